@@ -1,0 +1,178 @@
+//! The admin API on `listen.admin`: liveness, readiness, metrics, config
+//! version, upstream state, reload, drain. Reads the live table; writes
+//! nothing but drain flags (and asks `reload` for reloads).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use crate::app::AppState;
+use crate::proxy::ProxyBody;
+use crate::upstream::{Endpoint, Upstream};
+
+const DEFAULT_DRAIN_WAIT: Duration = Duration::from_secs(30);
+
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let method = req.method().clone();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, ["ready"]) => {
+            if state.is_ready() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        (&Method::GET, ["metrics"]) => {
+            let mut resp =
+                Response::new(ProxyBody::full(Bytes::from(state.shared.metrics.render())));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
+        (&Method::GET, ["config"]) => json_response(StatusCode::OK, &config_json(&state)),
+        (&Method::GET, ["upstreams"]) => json_response(StatusCode::OK, &upstreams_json(&state)),
+        (&Method::POST, ["reload"]) => match state.reloader.reload(true).await {
+            Ok(version) => json_response(StatusCode::OK, &json!({ "version": version })),
+            Err(e) => json_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &json!({ "errors": e.messages() }),
+            ),
+        },
+        (&Method::POST, ["upstreams", name, "drain"]) => drain(&state, name, &query).await,
+        (&Method::POST, ["upstreams", name, "undrain"]) => undrain(&state, name),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; see GET /config, /upstreams, /metrics\n",
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::full(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<ProxyBody> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn config_json(state: &AppState) -> Value {
+    let table = state.shared.live.load();
+    json!({
+        "version": table.version,
+        "loaded_at": rfc3339(table.loaded_at),
+        "path": state.reloader.path().display().to_string(),
+        "last_error": state.reloader.last_error(),
+    })
+}
+
+fn endpoint_json(upstream: &Upstream, e: &Endpoint) -> Value {
+    let state = if upstream.is_draining() {
+        "draining"
+    } else {
+        e.state().as_str()
+    };
+    let counter = e.counter();
+    json!({
+        "address": e.addr.to_string(),
+        "configured_as": e.configured_as,
+        "state": state,
+        "in_flight": e.in_flight(),
+        "consecutive_passes": counter.passes,
+        "consecutive_failures": counter.failures,
+        "last_check": e.last_check().map(|c| json!({
+            "at": rfc3339(c.at),
+            "ok": c.ok,
+            "status": c.status,
+            "error": c.error,
+        })),
+    })
+}
+
+fn upstreams_json(state: &AppState) -> Value {
+    let table = state.shared.live.load();
+    let list: Vec<Value> = table
+        .upstreams
+        .iter()
+        .map(|u| {
+            json!({
+                "name": u.name,
+                "protocol": u.protocol.as_str(),
+                "draining": u.is_draining(),
+                "in_flight": u.in_flight(),
+                "endpoints": u.endpoints.iter().map(|e| endpoint_json(u, e)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({ "upstreams": list })
+}
+
+fn find(state: &AppState, name: &str) -> Option<Arc<Upstream>> {
+    state.shared.live.load().upstream(name).cloned()
+}
+
+async fn drain(state: &AppState, name: &str, query: &str) -> Response<ProxyBody> {
+    let Some(upstream) = find(state, name) else {
+        return text(StatusCode::NOT_FOUND, "unknown upstream\n");
+    };
+    let wait = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("timeout="))
+        .and_then(|t| crate::config::parse_duration(t).ok())
+        .unwrap_or(DEFAULT_DRAIN_WAIT);
+    upstream.draining.store(true, Ordering::Relaxed);
+    tracing::info!(upstream = %name, "draining");
+    let deadline = Instant::now() + wait;
+    // Reads the live table each round: a reload during the wait swaps the
+    // Upstream object but keeps the endpoints (and their counts).
+    let in_flight = || find(state, name).map_or(0, |u| u.in_flight());
+    while in_flight() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = in_flight();
+    json_response(
+        StatusCode::OK,
+        &json!({ "upstream": name, "in_flight": left, "drained": left == 0 }),
+    )
+}
+
+fn undrain(state: &AppState, name: &str) -> Response<ProxyBody> {
+    let Some(upstream) = find(state, name) else {
+        return text(StatusCode::NOT_FOUND, "unknown upstream\n");
+    };
+    upstream.draining.store(false, Ordering::Relaxed);
+    tracing::info!(upstream = %name, "undrained");
+    json_response(
+        StatusCode::OK,
+        &json!({ "upstream": name, "draining": false }),
+    )
+}

@@ -1,0 +1,346 @@
+//! The configuration: the ONLY place that reads TOML. `load`/`parse` turn a
+//! `routes.toml` into validated domain types, or into every error the file
+//! has, each with FILE:LINE:COL. After this module returns nothing re-checks,
+//! unwraps or re-parses. It does no network I/O (names are resolved later).
+
+mod parse;
+mod walk;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use ipnet::IpNet;
+use regex::Regex;
+
+/// A validated configuration file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The path as given (for messages) and its content hash (the version).
+    pub path: PathBuf,
+    pub version: String,
+    pub listen: Listen,
+    pub tls: Vec<CertificateFiles>,
+    pub proxy: ProxySettings,
+    pub upstreams: Vec<UpstreamSpec>,
+    pub routes: Vec<RouteSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub upgrade_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub trusted_proxies: Vec<IpNet>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub dns_refresh: Duration,
+    pub shutdown_delay: Duration,
+    pub drain_timeout: Duration,
+    /// Largest request head (request line + headers) accepted; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Most header fields accepted in one request; more gets 431.
+    pub max_headers: usize,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            trusted_proxies: Vec::new(),
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(90),
+            dns_refresh: Duration::from_secs(5),
+            shutdown_delay: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(30),
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+/// Active health checking of one upstream's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSpec {
+    pub path: String,
+    /// Host header of the probe; `None` means the endpoint's own authority.
+    pub host: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        HealthSpec {
+            path: "/debug/ready".to_owned(),
+            host: None,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    H2c,
+    Https,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2c => "h2c",
+            Protocol::Https => "https",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastRequest,
+}
+
+/// One configured endpoint address: an IP literal or a name to resolve.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EndpointAddr {
+    Ip(SocketAddr),
+    Name { host: String, port: u16 },
+}
+
+impl fmt::Display for EndpointAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndpointAddr::Ip(addr) => write!(f, "{addr}"),
+            EndpointAddr::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSpec {
+    pub name: String,
+    pub endpoints: Vec<EndpointAddr>,
+    pub protocol: Protocol,
+    pub balance: Balance,
+    /// `None` when `health = false`.
+    pub health: Option<HealthSpec>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_server_name: Option<String>,
+}
+
+/// A host condition, lower-cased, without port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    /// `*.example.com`, stored as the suffix `.example.com`.
+    Wildcard(String),
+}
+
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+/// Where a route sends its requests. Upstreams are indices into
+/// `Config::upstreams`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Upstream(usize),
+    /// (upstream, weight); the weights sum to more than zero.
+    Split(Vec<(usize, u32)>),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HeaderRules {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderRules {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub name: String,
+    pub hosts: Vec<HostPattern>,
+    pub path: Option<PathMatch>,
+    pub methods: Vec<Method>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub header_regex: Vec<(HeaderName, Regex)>,
+    pub query: Vec<(String, String)>,
+    pub client_ips: Vec<IpNet>,
+    pub target: Target,
+    pub fallback: Vec<usize>,
+    pub strip_prefix: Option<String>,
+    pub request_headers: HeaderRules,
+    pub response_headers: HeaderRules,
+}
+
+/// One problem in a config file, with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.col, self.message
+        )
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", join_errors(.0))]
+    Invalid(Vec<ConfigError>),
+}
+
+impl LoadError {
+    /// Every message, one per line item (FILE:LINE:COL: message).
+    pub fn messages(&self) -> Vec<String> {
+        match self {
+            LoadError::Invalid(errors) => errors.iter().map(ToString::to_string).collect(),
+            other @ LoadError::Read { .. } => vec![other.to_string()],
+        }
+    }
+}
+
+fn join_errors(errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Reads and validates the file at `path`.
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Validates `text` as if read from `path` (relative file names in it are
+/// relative to `path`'s directory).
+pub fn parse(text: &str, path: &Path) -> Result<Config, LoadError> {
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    parse::document(text, &base)
+        .map(|parsed| Config {
+            path: path.to_path_buf(),
+            version: content_hash(text.as_bytes()),
+            listen: parsed.listen,
+            tls: parsed.tls,
+            proxy: parsed.proxy,
+            upstreams: parsed.upstreams,
+            routes: parsed.routes,
+        })
+        .map_err(|errors| {
+            let file = path.display().to_string();
+            let mut list: Vec<ConfigError> = errors
+                .list
+                .into_iter()
+                .map(|(span, message)| {
+                    let (line, col) = walk::line_col(text, span.start);
+                    ConfigError {
+                        file: file.clone(),
+                        line,
+                        col,
+                        message,
+                    }
+                })
+                .collect();
+            list.sort_by_key(|e| (e.line, e.col));
+            list.dedup();
+            LoadError::Invalid(list)
+        })
+}
+
+/// The version of a config: FNV-1a 64 over the bytes, as 16 hex digits.
+/// Stable across runs and platforms, which `/config` and reload need.
+pub fn content_hash(bytes: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// Parses `"250ms"`, `"2s"`, `"1.5s"`, `"5m"`, `"1h"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("duration `{text}` needs a unit (ms, s, m, h)"))?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("duration `{text}` does not start with a number"))?;
+    let scale = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => {
+            return Err(format!(
+                "duration `{text}` has unknown unit `{unit}` (use ms, s, m or h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(value * scale)
+        .map_err(|_| format!("duration `{text}` is out of range"))
+}
+
+/// Parses `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128).
+pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    text.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("`{text}` is not a CIDR (like 10.0.0.0/8) or an IP address"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,770 @@
+//! TOML tree -> domain types. Every check that can fail records an error
+//! with the span of the offending key or value and carries on, so one run of
+//! `steer check` reports everything wrong with a file.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use regex::Regex;
+use toml::de::{DeTable, DeValue};
+
+use super::walk::{Errors, Span, Table, as_integer, as_table, type_error};
+use super::{
+    Balance, CertificateFiles, EndpointAddr, HeaderRules, HealthSpec, HostPattern, Listen,
+    PathMatch, Protocol, ProxySettings, RouteSpec, Target, UpstreamSpec, parse_cidr,
+    parse_duration,
+};
+
+pub(super) struct Parsed {
+    pub(super) listen: Listen,
+    pub(super) tls: Vec<CertificateFiles>,
+    pub(super) proxy: ProxySettings,
+    pub(super) upstreams: Vec<UpstreamSpec>,
+    pub(super) routes: Vec<super::RouteSpec>,
+}
+
+const TOP_KEYS: &[&str] = &["listen", "tls", "proxy", "health", "upstreams", "routes"];
+
+pub(super) fn document(text: &str, base: &Path) -> Result<Parsed, Errors> {
+    let mut errors = Errors::default();
+    let (doc, syntax) = DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        for e in syntax {
+            errors.push(e.span().unwrap_or(0..0), e.message().to_owned());
+        }
+        return Err(errors);
+    }
+    let root = Table {
+        inner: doc.get_ref(),
+        span: 0..0,
+        name: "the file",
+    };
+    root.check_keys(&mut errors, TOP_KEYS);
+    let listen = listen(&mut errors, &root);
+    let tls = tls(&mut errors, &root, base);
+    if listen.https.is_some() && tls.is_empty() {
+        let span = root.get("listen").map_or(0..0, |v| v.span());
+        errors.push(
+            span,
+            "`listen.https` needs at least one [[tls.certificates]] entry",
+        );
+    }
+    let proxy = proxy(&mut errors, &root);
+    let health_defaults = root
+        .table(&mut errors, "health", "[health]")
+        .map(|t| health(&mut errors, &t, &HealthSpec::default()))
+        .unwrap_or_default();
+    let (upstreams, names) = upstreams(&mut errors, &root, &health_defaults, base);
+    let routes = routes(&mut errors, &root, &names);
+    if errors.list.is_empty() {
+        Ok(Parsed {
+            listen,
+            tls,
+            proxy,
+            upstreams,
+            routes,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+fn listen(errors: &mut Errors, root: &Table<'_, '_>) -> Listen {
+    let mut listen = Listen {
+        http: None,
+        https: None,
+        admin: None,
+        upgrade_socket: None,
+    };
+    let Some(table) = root.table(errors, "listen", "[listen]") else {
+        if root.get("listen").is_none() {
+            errors.push(
+                0..0,
+                "the file needs a [listen] table with `http` or `https`",
+            );
+        }
+        return listen;
+    };
+    table.check_keys(errors, &["http", "https", "admin", "upgrade_socket"]);
+    let mut addr = |key: &str| {
+        let (text, span) = table.str(errors, key)?;
+        text.parse::<SocketAddr>()
+            .map_err(|_| {
+                errors.push(
+                    span,
+                    format!("`{key}` must be IP:PORT, like 0.0.0.0:8080; got `{text}`"),
+                )
+            })
+            .ok()
+    };
+    listen.http = addr("http");
+    listen.https = addr("https");
+    listen.admin = addr("admin");
+    listen.upgrade_socket = table
+        .str(errors, "upgrade_socket")
+        .map(|(s, _)| PathBuf::from(s));
+    if table.get("http").is_none() && table.get("https").is_none() {
+        errors.push(
+            table.span.clone(),
+            "[listen] needs at least one of `http` or `https`",
+        );
+    }
+    listen
+}
+
+fn tls(errors: &mut Errors, root: &Table<'_, '_>, base: &Path) -> Vec<CertificateFiles> {
+    let Some(table) = root.table(errors, "tls", "[tls]") else {
+        return Vec::new();
+    };
+    table.check_keys(errors, &["certificates"]);
+    let Some(value) = table.get("certificates") else {
+        return Vec::new();
+    };
+    let DeValue::Array(items) = value.get_ref() else {
+        type_error(
+            errors,
+            value.span(),
+            "certificates",
+            "an array of tables",
+            value.get_ref(),
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for item in items.iter() {
+        let Some(cert) = as_table(errors, item, "[[tls.certificates]]") else {
+            continue;
+        };
+        cert.check_keys(errors, &["cert", "key"]);
+        let mut file = |key: &str| {
+            let (name, span) = cert.required_str(errors, key)?;
+            let path = base.join(name);
+            if path.is_file() {
+                Some(path)
+            } else {
+                errors.push(
+                    span,
+                    format!("`{key}` file `{}` does not exist", path.display()),
+                );
+                None
+            }
+        };
+        if let (Some(cert), Some(key)) = (file("cert"), file("key")) {
+            out.push(CertificateFiles { cert, key });
+        }
+    }
+    out
+}
+
+fn duration(errors: &mut Errors, table: &Table<'_, '_>, key: &str, default: Duration) -> Duration {
+    let Some((text, span)) = table.str(errors, key) else {
+        return default;
+    };
+    match parse_duration(text) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            errors.push(span, format!("`{key}` must be more than zero"));
+            default
+        }
+        Err(message) => {
+            errors.push(span, format!("`{key}`: {message}"));
+            default
+        }
+    }
+}
+
+fn positive(errors: &mut Errors, table: &Table<'_, '_>, key: &str, default: u32, max: u32) -> u32 {
+    let Some((n, span)) = table.integer(errors, key) else {
+        return default;
+    };
+    match u32::try_from(n) {
+        Ok(n) if (1..=max).contains(&n) => n,
+        _ => {
+            errors.push(span, format!("`{key}` must be between 1 and {max}"));
+            default
+        }
+    }
+}
+
+fn proxy(errors: &mut Errors, root: &Table<'_, '_>) -> ProxySettings {
+    let defaults = ProxySettings::default();
+    let Some(table) = root.table(errors, "proxy", "[proxy]") else {
+        return defaults;
+    };
+    table.check_keys(
+        errors,
+        &[
+            "trusted_proxies",
+            "connect_timeout",
+            "request_timeout",
+            "idle_timeout",
+            "dns_refresh",
+            "shutdown_delay",
+            "drain_timeout",
+            "max_header_bytes",
+            "max_headers",
+        ],
+    );
+    let trusted_proxies = table
+        .str_list(errors, "trusted_proxies")
+        .into_iter()
+        .filter_map(|(text, span)| parse_cidr(text).map_err(|m| errors.push(span, m)).ok())
+        .collect();
+    ProxySettings {
+        trusted_proxies,
+        connect_timeout: duration(errors, &table, "connect_timeout", defaults.connect_timeout),
+        request_timeout: duration(errors, &table, "request_timeout", defaults.request_timeout),
+        idle_timeout: duration(errors, &table, "idle_timeout", defaults.idle_timeout),
+        dns_refresh: duration(errors, &table, "dns_refresh", defaults.dns_refresh),
+        shutdown_delay: zero_ok_duration(errors, &table, "shutdown_delay", defaults.shutdown_delay),
+        drain_timeout: zero_ok_duration(errors, &table, "drain_timeout", defaults.drain_timeout),
+        max_header_bytes: positive(errors, &table, "max_header_bytes", 32 * 1024, 1 << 20) as usize,
+        max_headers: positive(errors, &table, "max_headers", 100, 1000) as usize,
+    }
+}
+
+/// Durations where `"0s"` is a meaningful choice (no delay, no drain).
+fn zero_ok_duration(
+    errors: &mut Errors,
+    table: &Table<'_, '_>,
+    key: &str,
+    default: Duration,
+) -> Duration {
+    let Some((text, span)) = table.str(errors, key) else {
+        return default;
+    };
+    parse_duration(text).unwrap_or_else(|message| {
+        errors.push(span, format!("`{key}`: {message}"));
+        default
+    })
+}
+
+const HEALTH_KEYS: &[&str] = &[
+    "path",
+    "host",
+    "interval",
+    "timeout",
+    "healthy_threshold",
+    "unhealthy_threshold",
+];
+
+fn health(errors: &mut Errors, table: &Table<'_, '_>, defaults: &HealthSpec) -> HealthSpec {
+    table.check_keys(errors, HEALTH_KEYS);
+    let path = match table.str(errors, "path") {
+        Some((p, _)) if p.starts_with('/') && p.parse::<http::uri::PathAndQuery>().is_ok() => {
+            p.to_owned()
+        }
+        Some((p, span)) => {
+            errors.push(
+                span,
+                format!("health `path` must be a path starting with `/`; got `{p}`"),
+            );
+            defaults.path.clone()
+        }
+        None => defaults.path.clone(),
+    };
+    let host = match table.str(errors, "host") {
+        Some((h, span)) if HeaderValue::from_str(h).is_err() || h.is_empty() => {
+            errors.push(
+                span,
+                format!("health `host` `{h}` is not a valid Host value"),
+            );
+            None
+        }
+        Some((h, _)) => Some(h.to_owned()),
+        None => defaults.host.clone(),
+    };
+    HealthSpec {
+        path,
+        host,
+        interval: duration(errors, table, "interval", defaults.interval),
+        timeout: duration(errors, table, "timeout", defaults.timeout),
+        healthy_threshold: positive(
+            errors,
+            table,
+            "healthy_threshold",
+            defaults.healthy_threshold,
+            100,
+        ),
+        unhealthy_threshold: positive(
+            errors,
+            table,
+            "unhealthy_threshold",
+            defaults.unhealthy_threshold,
+            100,
+        ),
+    }
+}
+
+type Names = HashMap<String, usize>;
+
+fn upstreams(
+    errors: &mut Errors,
+    root: &Table<'_, '_>,
+    health_defaults: &HealthSpec,
+    base: &Path,
+) -> (Vec<UpstreamSpec>, Names) {
+    let mut names = Names::new();
+    let mut out = Vec::new();
+    let Some(table) = root.table(errors, "upstreams", "[upstreams]") else {
+        if root.get("upstreams").is_none() {
+            errors.push(0..0, "the file needs at least one [upstreams.NAME] table");
+        }
+        return (out, names);
+    };
+    if table.inner.is_empty() {
+        errors.push(
+            table.span.clone(),
+            "the file needs at least one [upstreams.NAME] table",
+        );
+    }
+    for (key, value) in table.inner.iter() {
+        let name = key.get_ref().as_ref();
+        if !valid_name(name) {
+            errors.push(
+                key.span(),
+                format!("upstream name `{name}` may hold only letters, digits, `-`, `_` and `.`"),
+            );
+        }
+        let label = format!("[upstreams.{name}]");
+        let Some(t) = as_table(errors, value, &label) else {
+            continue;
+        };
+        names.insert(name.to_owned(), out.len());
+        out.push(upstream(errors, &t, name, health_defaults, base));
+    }
+    (out, names)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+const UPSTREAM_KEYS: &[&str] = &[
+    "endpoints",
+    "protocol",
+    "balance",
+    "health",
+    "tls_ca",
+    "tls_server_name",
+];
+
+fn upstream(
+    errors: &mut Errors,
+    t: &Table<'_, '_>,
+    name: &str,
+    health_defaults: &HealthSpec,
+    base: &Path,
+) -> UpstreamSpec {
+    t.check_keys(errors, UPSTREAM_KEYS);
+    let endpoints: Vec<EndpointAddr> = t
+        .str_list(errors, "endpoints")
+        .into_iter()
+        .filter_map(|(text, span)| endpoint(text).map_err(|m| errors.push(span, m)).ok())
+        .collect();
+    if t.get("endpoints").is_none() {
+        errors.push(t.span.clone(), format!("{} needs `endpoints`", t.name));
+    } else if endpoints.is_empty() && t.str_list(&mut Errors::default(), "endpoints").is_empty() {
+        let span = t.get("endpoints").map_or(0..0, |v| v.span());
+        errors.push(
+            span,
+            "`endpoints` must list at least one IP:PORT or HOST:PORT",
+        );
+    }
+    let protocol = match t.str(errors, "protocol") {
+        None | Some(("http1", _)) => Protocol::Http1,
+        Some(("h2c", _)) => Protocol::H2c,
+        Some(("https", _)) => Protocol::Https,
+        Some((other, span)) => {
+            errors.push(
+                span,
+                format!("`protocol` must be \"http1\", \"h2c\" or \"https\"; got `{other}`"),
+            );
+            Protocol::Http1
+        }
+    };
+    let balance = match t.str(errors, "balance") {
+        None | Some(("round_robin", _)) => Balance::RoundRobin,
+        Some(("least_request", _)) => Balance::LeastRequest,
+        Some((other, span)) => {
+            errors.push(
+                span,
+                format!("`balance` must be \"round_robin\" or \"least_request\"; got `{other}`"),
+            );
+            Balance::RoundRobin
+        }
+    };
+    let health = match t.get("health").map(|v| (v, v.get_ref())) {
+        None | Some((_, DeValue::Boolean(true))) => Some(health_defaults.clone()),
+        Some((_, DeValue::Boolean(false))) => None,
+        Some((v, _)) => as_table(errors, v, "health").map(|h| health(errors, &h, health_defaults)),
+    };
+    let tls_ca = t.str(errors, "tls_ca").and_then(|(file, span)| {
+        let path = base.join(file);
+        path.is_file().then_some(path.clone()).or_else(|| {
+            errors.push(
+                span,
+                format!("`tls_ca` file `{}` does not exist", path.display()),
+            );
+            None
+        })
+    });
+    let tls_server_name = t.str(errors, "tls_server_name").map(|(s, _)| s.to_owned());
+    if protocol != Protocol::Https {
+        for key in ["tls_ca", "tls_server_name"] {
+            if let Some(v) = t.get(key) {
+                errors.push(
+                    v.span(),
+                    format!("`{key}` applies only to protocol = \"https\""),
+                );
+            }
+        }
+    }
+    UpstreamSpec {
+        name: name.to_owned(),
+        endpoints,
+        protocol,
+        balance,
+        health,
+        tls_ca,
+        tls_server_name,
+    }
+}
+
+/// `IP:PORT`, `[v6]:PORT` or `HOST:PORT`.
+pub(crate) fn endpoint(text: &str) -> Result<EndpointAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(EndpointAddr::Ip(addr));
+    }
+    let bad = || format!("endpoint `{text}` must be IP:PORT or HOST:PORT");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    if !host_ok || port == 0 {
+        return Err(bad());
+    }
+    Ok(EndpointAddr::Name {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
+const ROUTE_KEYS: &[&str] = &[
+    "name",
+    "hosts",
+    "path",
+    "path_prefix",
+    "path_regex",
+    "methods",
+    "headers",
+    "header_regex",
+    "query",
+    "client_ips",
+    "upstream",
+    "split",
+    "fallback",
+    "strip_prefix",
+    "request_headers",
+    "response_headers",
+];
+
+fn routes(errors: &mut Errors, root: &Table<'_, '_>, names: &Names) -> Vec<RouteSpec> {
+    let items = match root.get("routes").map(|v| (v, v.get_ref())) {
+        Some((_, DeValue::Array(items))) if !items.is_empty() => items,
+        Some((v, DeValue::Array(_))) => {
+            errors.push(v.span(), "the file needs at least one [[routes]] entry");
+            return Vec::new();
+        }
+        Some((v, other)) => {
+            type_error(
+                errors,
+                v.span(),
+                "routes",
+                "an array of tables ([[routes]])",
+                other,
+            );
+            return Vec::new();
+        }
+        None => {
+            errors.push(0..0, "the file needs at least one [[routes]] entry");
+            return Vec::new();
+        }
+    };
+    let mut seen: HashMap<String, Span> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let label = format!("[[routes]] #{}", i + 1);
+        let Some(t) = as_table(errors, item, &label) else {
+            continue;
+        };
+        if let Some((name, span)) = t.str(&mut Errors::default(), "name")
+            && seen.insert(name.to_owned(), span.clone()).is_some()
+        {
+            errors.push(span, format!("duplicate route name `{name}`"));
+        }
+        if let Some(route) = route(errors, &t, names) {
+            out.push(route);
+        }
+    }
+    out
+}
+
+fn route(errors: &mut Errors, t: &Table<'_, '_>, names: &Names) -> Option<RouteSpec> {
+    t.check_keys(errors, ROUTE_KEYS);
+    let name = t.required_str(errors, "name").map(|(n, _)| n.to_owned());
+    if let Some(n) = &name
+        && !valid_name(n)
+        && let Some((_, span)) = t.str(&mut Errors::default(), "name")
+    {
+        errors.push(
+            span,
+            format!("route name `{n}` may hold only letters, digits, `-`, `_` and `.`"),
+        );
+    }
+    let target = target(errors, t, names);
+    let fallback = t
+        .str_list(errors, "fallback")
+        .into_iter()
+        .filter_map(|(n, span)| lookup(errors, names, n, span))
+        .collect();
+    let spec = RouteSpec {
+        name: name.unwrap_or_default(),
+        hosts: hosts(errors, t),
+        path: path(errors, t),
+        methods: methods(errors, t),
+        headers: headers_exact(errors, t),
+        header_regex: header_regex(errors, t),
+        query: t
+            .str_map(errors, "query")
+            .into_iter()
+            .map(|(k, _, v, _)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        client_ips: t
+            .str_list(errors, "client_ips")
+            .into_iter()
+            .filter_map(|(text, span)| parse_cidr(text).map_err(|m| errors.push(span, m)).ok())
+            .collect(),
+        target: target?,
+        fallback,
+        strip_prefix: strip_prefix(errors, t),
+        request_headers: header_rules(errors, t, "request_headers"),
+        response_headers: header_rules(errors, t, "response_headers"),
+    };
+    Some(spec)
+}
+
+fn lookup(errors: &mut Errors, names: &Names, name: &str, span: Span) -> Option<usize> {
+    let found = names.get(name).copied();
+    if found.is_none() {
+        errors.push(span, format!("unknown upstream `{name}`"));
+    }
+    found
+}
+
+fn target(errors: &mut Errors, t: &Table<'_, '_>, names: &Names) -> Option<Target> {
+    match (t.get("upstream"), t.get("split")) {
+        (Some(_), Some(split)) => {
+            errors.push(
+                split.span(),
+                "a route names exactly one of `upstream` or `split`, not both",
+            );
+            None
+        }
+        (None, None) => {
+            errors.push(
+                t.span.clone(),
+                format!("{} needs `upstream` or `split`", t.name),
+            );
+            None
+        }
+        (Some(_), None) => {
+            let (name, span) = t.str(errors, "upstream")?;
+            lookup(errors, names, name, span).map(Target::Upstream)
+        }
+        (None, Some(value)) => split(errors, value, names),
+    }
+}
+
+fn split(errors: &mut Errors, value: &super::walk::Value<'_>, names: &Names) -> Option<Target> {
+    let table = as_table(errors, value, "split")?;
+    let mut parts = Vec::new();
+    let mut total: u64 = 0;
+    let mut ok = true;
+    for (key, weight) in table.inner.iter() {
+        let upstream = lookup(errors, names, key.get_ref(), key.span());
+        let weight = as_integer(errors, weight, key.get_ref()).and_then(|(w, span)| {
+            u32::try_from(w)
+                .ok()
+                .filter(|w| *w <= 1_000_000)
+                .or_else(|| {
+                    errors.push(span, "a split weight must be between 0 and 1000000");
+                    None
+                })
+        });
+        match (upstream, weight) {
+            (Some(u), Some(w)) => {
+                total += u64::from(w);
+                parts.push((u, w));
+            }
+            _ => ok = false,
+        }
+    }
+    if ok && total == 0 {
+        errors.push(
+            value.span(),
+            "the split's weights add up to zero; at least one must be positive",
+        );
+        return None;
+    }
+    ok.then_some(Target::Split(parts))
+}
+
+fn hosts(errors: &mut Errors, t: &Table<'_, '_>) -> Vec<HostPattern> {
+    t.str_list(errors, "hosts")
+        .into_iter()
+        .filter_map(|(text, span)| {
+            let lower = text.trim_end_matches('.').to_ascii_lowercase();
+            let (pattern, rest) = match lower.strip_prefix("*.") {
+                Some(rest) => (HostPattern::Wildcard(format!(".{rest}")), rest.to_owned()),
+                None => (HostPattern::Exact(lower.clone()), lower.clone()),
+            };
+            let valid = !rest.is_empty()
+                && rest
+                    .split('.')
+                    .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+            if valid {
+                Some(pattern)
+            } else {
+                errors.push(
+                    span,
+                    format!("host `{text}` must be a name like `auth.example.com` or `*.example.com` (no port)"),
+                );
+                None
+            }
+        })
+        .collect()
+}
+
+fn path(errors: &mut Errors, t: &Table<'_, '_>) -> Option<PathMatch> {
+    let given: Vec<&str> = ["path", "path_prefix", "path_regex"]
+        .into_iter()
+        .filter(|k| t.get(k).is_some())
+        .collect();
+    if given.len() > 1 {
+        let span = t.get(given[1]).map_or(0..0, |v| v.span());
+        errors.push(
+            span,
+            "a route takes at most one of `path`, `path_prefix`, `path_regex`",
+        );
+        return None;
+    }
+    let key = *given.first()?;
+    let (text, span) = t.str(errors, key)?;
+    if key == "path_regex" {
+        return Regex::new(text)
+            .map(PathMatch::Regex)
+            .map_err(|e| errors.push(span, format!("`path_regex` is not a valid regex: {e}")))
+            .ok();
+    }
+    if !text.starts_with('/') {
+        errors.push(span, format!("`{key}` must start with `/`; got `{text}`"));
+        return None;
+    }
+    Some(if key == "path" {
+        PathMatch::Exact(text.to_owned())
+    } else {
+        PathMatch::Prefix(text.to_owned())
+    })
+}
+
+fn methods(errors: &mut Errors, t: &Table<'_, '_>) -> Vec<Method> {
+    t.str_list(errors, "methods")
+        .into_iter()
+        .filter_map(|(text, span)| {
+            Method::from_bytes(text.to_ascii_uppercase().as_bytes())
+                .map_err(|_| errors.push(span, format!("`{text}` is not an HTTP method")))
+                .ok()
+        })
+        .collect()
+}
+
+fn header_name(errors: &mut Errors, text: &str, span: Span) -> Option<HeaderName> {
+    HeaderName::from_bytes(text.as_bytes())
+        .map_err(|_| errors.push(span, format!("`{text}` is not a valid header name")))
+        .ok()
+}
+
+fn header_value(errors: &mut Errors, text: &str, span: Span) -> Option<HeaderValue> {
+    HeaderValue::from_str(text)
+        .map_err(|_| errors.push(span, format!("`{text}` is not a valid header value")))
+        .ok()
+}
+
+fn headers_exact(errors: &mut Errors, t: &Table<'_, '_>) -> Vec<(HeaderName, HeaderValue)> {
+    t.str_map(errors, "headers")
+        .into_iter()
+        .filter_map(|(k, ks, v, vs)| {
+            Some((header_name(errors, k, ks)?, header_value(errors, v, vs)?))
+        })
+        .collect()
+}
+
+fn header_regex(errors: &mut Errors, t: &Table<'_, '_>) -> Vec<(HeaderName, Regex)> {
+    t.str_map(errors, "header_regex")
+        .into_iter()
+        .filter_map(|(k, ks, v, vs)| {
+            let name = header_name(errors, k, ks)?;
+            let re = Regex::new(v)
+                .map_err(|e| errors.push(vs, format!("`{k}` is not a valid regex: {e}")))
+                .ok()?;
+            Some((name, re))
+        })
+        .collect()
+}
+
+fn strip_prefix(errors: &mut Errors, t: &Table<'_, '_>) -> Option<String> {
+    let (text, span) = t.str(errors, "strip_prefix")?;
+    if !text.starts_with('/') || text.len() < 2 {
+        errors.push(
+            span,
+            format!("`strip_prefix` must start with `/` and name a prefix; got `{text}`"),
+        );
+        return None;
+    }
+    Some(text.trim_end_matches('/').to_owned())
+}
+
+fn header_rules(errors: &mut Errors, t: &Table<'_, '_>, key: &str) -> HeaderRules {
+    let label = format!("`{key}`");
+    let Some(table) = t.table(errors, key, &label) else {
+        return HeaderRules::default();
+    };
+    table.check_keys(errors, &["set", "remove"]);
+    let set = table
+        .str_map(errors, "set")
+        .into_iter()
+        .filter_map(|(k, ks, v, vs)| {
+            Some((header_name(errors, k, ks)?, header_value(errors, v, vs)?))
+        })
+        .collect();
+    let remove = table
+        .str_list(errors, "remove")
+        .into_iter()
+        .filter_map(|(k, span)| header_name(errors, k, span))
+        .collect();
+    HeaderRules { set, remove }
+}

@@ -1,0 +1,335 @@
+use std::path::Path;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[listen]
+http = "127.0.0.1:8080"
+
+[upstreams.blue]
+endpoints = ["127.0.0.1:9001"]
+
+[[routes]]
+name = "default"
+upstream = "blue"
+"#;
+
+fn parse_ok(text: &str) -> Config {
+    match parse(text, Path::new("routes.toml")) {
+        Ok(c) => c,
+        Err(e) => panic!("expected a valid config, got:\n{e}"),
+    }
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match parse(text, Path::new("routes.toml")) {
+        Ok(_) => panic!("expected errors"),
+        Err(e) => e.messages(),
+    }
+}
+
+#[test]
+fn minimal_config_loads_with_defaults() {
+    let c = parse_ok(MINIMAL);
+    assert_eq!(c.listen.http, Some("127.0.0.1:8080".parse().unwrap()));
+    assert_eq!(c.proxy.connect_timeout, Duration::from_secs(2));
+    assert_eq!(c.upstreams[0].protocol, Protocol::Http1);
+    assert_eq!(c.upstreams[0].balance, Balance::RoundRobin);
+    assert_eq!(c.upstreams[0].health, Some(HealthSpec::default()));
+    assert_eq!(c.routes[0].target, Target::Upstream(0));
+}
+
+#[test]
+fn the_spec_example_loads() {
+    let text = r#"
+[listen]
+http  = "0.0.0.0:8080"
+admin = "127.0.0.1:9901"
+upgrade_socket = "/run/steer/upgrade.sock"
+
+[proxy]
+trusted_proxies = ["10.0.0.0/8"]
+connect_timeout = "2s"
+request_timeout = "60s"
+idle_timeout    = "90s"
+dns_refresh     = "5s"
+shutdown_delay  = "5s"
+drain_timeout   = "30s"
+
+[health]
+path = "/debug/ready"
+interval = "2s"
+timeout = "1s"
+healthy_threshold = 2
+unhealthy_threshold = 2
+
+[upstreams.eu-blue]
+endpoints = ["10.0.1.10:8080", "10.0.1.11:8080"]
+protocol  = "h2c"
+balance   = "round_robin"
+health    = { interval = "1s" }
+
+[upstreams.eu-green]
+endpoints = ["10.0.2.10:8080"]
+protocol  = "h2c"
+
+[upstreams.us-blue]
+endpoints = ["zitadel.us.example.internal:8080"]
+protocol  = "h2c"
+health = false
+
+[[routes]]
+name = "grpc-canary"
+hosts = ["auth.example.com", "*.auth.example.com"]
+path_prefix = "/zitadel."
+methods = ["POST"]
+headers = { "x-canary" = "1" }
+header_regex = { "content-type" = "^application/grpc" }
+query = { "tenant" = "acme" }
+client_ips = ["10.0.0.0/8", "2001:db8::/32"]
+upstream = "eu-green"
+fallback = ["eu-blue"]
+
+[[routes]]
+name = "default"
+split = { eu-blue = 90, eu-green = 10 }
+fallback = ["us-blue"]
+strip_prefix = "/api"
+request_headers  = { set = { "x-env" = "prod" }, remove = ["x-debug"] }
+response_headers = { set = { "strict-transport-security" = "max-age=31536000" } }
+"#;
+    let c = parse_ok(text);
+    assert_eq!(c.upstreams.len(), 3);
+    assert_eq!(
+        c.upstreams[0].health.as_ref().unwrap().interval,
+        Duration::from_secs(1)
+    );
+    assert_eq!(c.upstreams[2].health, None);
+    assert_eq!(
+        c.upstreams[2].endpoints,
+        vec![EndpointAddr::Name {
+            host: "zitadel.us.example.internal".into(),
+            port: 8080
+        }]
+    );
+    assert_eq!(c.routes[1].target, Target::Split(vec![(0, 90), (1, 10)]));
+    assert_eq!(c.routes[1].fallback, vec![2]);
+    assert_eq!(
+        c.routes[0].hosts,
+        vec![
+            HostPattern::Exact("auth.example.com".into()),
+            HostPattern::Wildcard(".auth.example.com".into())
+        ]
+    );
+    assert_eq!(c.routes[1].request_headers.set.len(), 1);
+    assert_eq!(c.routes[1].request_headers.remove.len(), 1);
+}
+
+#[test]
+fn unknown_key_is_reported_with_its_position() {
+    let text = MINIMAL.replace("[listen]\n", "[listen]\nhtp = \"x\"\n");
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("routes.toml:3:1: unknown key `htp` in [listen]"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn every_error_in_the_file_is_reported() {
+    let text = r#"
+[listen]
+http = "127.0.0.1:8080"
+
+[proxy]
+connect_timeout = "2 parsecs"
+trusted_proxies = ["10.0.0.0/33"]
+
+[upstreams.blue]
+endpoints = ["127.0.0.1:9001"]
+
+[[routes]]
+name = "a"
+upstream = "nope"
+path_regex = "("
+
+[[routes]]
+name = "a"
+upstream = "blue"
+split = { blue = 1 }
+
+[[routes]]
+name = "c"
+
+[[routes]]
+name = "d"
+split = { blue = 0 }
+fallback = ["gone"]
+"#;
+    let errs = errors(text);
+    let expect = [
+        ("6:19", "connect_timeout"),
+        ("7:20", "is not a CIDR"),
+        ("14:12", "unknown upstream `nope`"),
+        ("15:14", "not a valid regex"),
+        ("18:8", "duplicate route name `a`"),
+        ("20:9", "exactly one of `upstream` or `split`"),
+        ("22:1", "needs `upstream` or `split`"),
+        ("27:9", "add up to zero"),
+        ("28:13", "unknown upstream `gone`"),
+    ];
+    for (pos, text) in expect {
+        assert!(
+            errs.iter()
+                .any(|e| e.contains(&format!("routes.toml:{pos}: ")) && e.contains(text)),
+            "missing {pos} {text} in:\n{}",
+            errs.join("\n")
+        );
+    }
+    assert_eq!(errs.len(), expect.len(), "{}", errs.join("\n"));
+}
+
+#[test]
+fn no_routes_is_an_error() {
+    let text = "[listen]\nhttp = \"127.0.0.1:1\"\n[upstreams.a]\nendpoints = [\"127.0.0.1:2\"]\n";
+    let errs = errors(text);
+    assert!(
+        errs.iter().any(|e| e.contains("at least one [[routes]]")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn no_upstreams_is_an_error() {
+    let text = "[listen]\nhttp = \"127.0.0.1:1\"\n[[routes]]\nname = \"a\"\nupstream = \"x\"\n";
+    let errs = errors(text);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("at least one [upstreams.NAME]")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.contains("unknown upstream `x`")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn listen_needs_http_or_https() {
+    let text = MINIMAL.replace("http = \"127.0.0.1:8080\"", "admin = \"127.0.0.1:9901\"");
+    let errs = errors(&text);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("at least one of `http` or `https`")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn syntax_error_has_a_position() {
+    let errs = errors("[listen\nhttp = 1");
+    assert!(errs[0].starts_with("routes.toml:1:"), "{errs:?}");
+}
+
+#[test]
+fn wrong_type_names_what_was_expected() {
+    let text = MINIMAL.replace("endpoints = [\"127.0.0.1:9001\"]", "endpoints = [9001]");
+    let errs = errors(&text);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("must be a string, found integer")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn bad_endpoint_address_is_rejected() {
+    for bad in ["127.0.0.1", "host:", "host:99999", ":80", "bad host:80"] {
+        let text = MINIMAL.replace("127.0.0.1:9001", bad);
+        let errs = errors(&text);
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("must be IP:PORT or HOST:PORT")),
+            "{bad}: {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn durations_parse_with_units() {
+    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+    assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+    assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+    assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    assert!(parse_duration("5").is_err());
+    assert!(parse_duration("s").is_err());
+    assert!(parse_duration("5 weeks").is_err());
+}
+
+#[test]
+fn tls_options_need_https_protocol() {
+    let text = MINIMAL.replace(
+        "endpoints = [\"127.0.0.1:9001\"]",
+        "endpoints = [\"127.0.0.1:9001\"]\ntls_server_name = \"x\"",
+    );
+    let errs = errors(&text);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("applies only to protocol = \"https\"")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn https_listener_needs_a_certificate() {
+    let text = MINIMAL.replace("http = \"127.0.0.1:8080\"", "https = \"127.0.0.1:8443\"");
+    let errs = errors(&text);
+    assert!(
+        errs.iter().any(|e| e.contains("[[tls.certificates]]")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn missing_certificate_file_is_reported_at_its_value() {
+    let text =
+        format!("{MINIMAL}\n[[tls.certificates]]\ncert = \"nope.pem\"\nkey = \"nope.key\"\n");
+    let errs = errors(&text);
+    assert_eq!(
+        errs.iter().filter(|e| e.contains("does not exist")).count(),
+        2,
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn content_hash_is_stable_and_sensitive() {
+    assert_eq!(content_hash(b"abc"), content_hash(b"abc"));
+    assert_ne!(content_hash(b"abc"), content_hash(b"abd"));
+    assert_eq!(content_hash(b"").len(), 16);
+}
+
+#[test]
+fn host_patterns_are_lowercased_and_validated() {
+    let text = MINIMAL.replace(
+        "name = \"default\"",
+        "name = \"default\"\nhosts = [\"Auth.Example.COM\", \"*.x.io\"]",
+    );
+    let c = parse_ok(&text);
+    assert_eq!(
+        c.routes[0].hosts,
+        vec![
+            HostPattern::Exact("auth.example.com".into()),
+            HostPattern::Wildcard(".x.io".into())
+        ]
+    );
+    for bad in ["a.*.com", "host:8080", "*", ""] {
+        let text = MINIMAL.replace(
+            "name = \"default\"",
+            &format!("name = \"default\"\nhosts = [\"{bad}\"]"),
+        );
+        assert!(!errors(&text).is_empty(), "{bad} should be rejected");
+    }
+}

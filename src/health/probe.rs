@@ -1,0 +1,116 @@
+//! The probing shell around the threshold counter: one task per endpoint,
+//! `GET {path}` over the endpoint's own protocol and connection pool, result
+//! recorded on the endpoint. The task holds only a `Weak` to its endpoint,
+//! so an endpoint dropped by a reload stops being probed.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Uri, Version, header};
+use http_body_util::{BodyExt, Either, Full, Limited};
+
+use crate::config::{HealthSpec, Protocol};
+use crate::upstream::{CheckResult, Endpoint};
+
+/// Called after every probe (metrics, logs).
+pub type ProbeHook = Arc<dyn Fn(&Endpoint, &CheckResult) + Send + Sync>;
+
+/// Bodies of probe answers are read (so the connection can be reused) up to
+/// this size; ZITADEL's answers are a few bytes.
+const MAX_PROBE_BODY: usize = 64 * 1024;
+
+/// Starts probing `endpoint` until it is dropped everywhere. The first probe
+/// runs at once; later ones every `interval`, with the phase randomised and
+/// ±10% jitter so that many endpoints are not probed in one burst.
+pub fn spawn(endpoint: &Arc<Endpoint>, on_result: ProbeHook) {
+    let weak: Weak<Endpoint> = Arc::downgrade(endpoint);
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let Some(ep) = weak.upgrade() else { return };
+            let spec = ep.health_spec();
+            let interval = spec.as_ref().map_or(Duration::from_secs(1), |s| s.interval);
+            if let Some(spec) = spec {
+                let result = probe(&ep, &spec).await;
+                ep.record_check(result.clone(), &spec);
+                on_result(&ep, &result);
+            }
+            drop(ep);
+            let pause = if first {
+                first = false;
+                interval.mul_f64(fastrand::f64())
+            } else {
+                interval.mul_f64(0.9 + fastrand::f64() * 0.2)
+            };
+            tokio::time::sleep(pause).await;
+        }
+    });
+}
+
+/// One check: `GET {path}` with the configured Host; 2xx passes.
+pub async fn probe(endpoint: &Endpoint, spec: &HealthSpec) -> CheckResult {
+    let at = SystemTime::now();
+    let outcome = tokio::time::timeout(spec.timeout, exchange(endpoint, spec)).await;
+    let (ok, status, error) = match outcome {
+        Err(_) => (
+            false,
+            None,
+            Some(format!("timed out after {:?}", spec.timeout)),
+        ),
+        Ok(Err(e)) => (false, None, Some(e)),
+        Ok(Ok(status)) => {
+            let ok = (200..300).contains(&status);
+            (ok, Some(status), (!ok).then(|| format!("status {status}")))
+        }
+    };
+    CheckResult {
+        at,
+        ok,
+        status,
+        error,
+    }
+}
+
+async fn exchange(endpoint: &Endpoint, spec: &HealthSpec) -> Result<u16, String> {
+    let host = spec
+        .host
+        .clone()
+        .unwrap_or_else(|| endpoint.configured_as.clone());
+    let h2 = endpoint.protocol == Protocol::H2c;
+    let uri: Uri = if h2 {
+        format!("http://{host}{}", spec.path)
+    } else {
+        spec.path.clone()
+    }
+    .parse()
+    .map_err(|e| format!("bad probe URI: {e}"))?;
+    let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
+    *req.uri_mut() = uri;
+    *req.version_mut() = if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    if !h2 {
+        let value = HeaderValue::from_str(&host).map_err(|e| format!("bad probe Host: {e}"))?;
+        req.headers_mut().insert(header::HOST, value);
+    }
+    req.headers_mut().insert(
+        header::USER_AGENT,
+        HeaderValue::from_static("steer-health-check"),
+    );
+    let sent = endpoint
+        .pool
+        .send(endpoint.addr, endpoint.protocol, req, spec.timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = sent.response.status().as_u16();
+    let body = Limited::new(sent.response.into_body(), MAX_PROBE_BODY);
+    if body.collect().await.is_ok()
+        && let Some(conn) = sent.h1
+    {
+        endpoint.pool.put_h1(conn);
+    }
+    Ok(status)
+}

@@ -1,0 +1,55 @@
+//! steer: a reverse proxy that steers traffic to identity-server
+//! deployments (ZITADEL is the reference upstream).
+//!
+//! # One request
+//!
+//! 1. [`server`] accepts and serves the connection with hyper-util's auto
+//!    builder (HTTP/1.1 and h2c prior knowledge on one port).
+//! 2. [`proxy::handle`] loads the live [`table::Table`] once (an `ArcSwap`
+//!    snapshot), resolves the client IP, and asks [`routing`] for the first
+//!    matching route (404 when none).
+//! 3. The route's upstream (a split pick, then the split's other members,
+//!    then fallbacks) gives an endpoint through [`upstream`] balancing over
+//!    healthy endpoints (503 when none).
+//! 4. [`proxy`] rewrites headers and sends through the endpoint's pool in
+//!    [`client`]; the in-flight guard and the HTTP/1.1 connection go back
+//!    when the response body ends.
+//! 5. Every error becomes a response in [`proxy::error_response`].
+//!
+//! # One reload
+//!
+//! File event / poll / SIGHUP / `POST /reload` -> [`reload`] ->
+//! [`config::load`] -> [`table::Table::build`] (reusing endpoints that stay)
+//! -> one atomic swap. Requests running keep their snapshot.
+//!
+//! # Module map
+//!
+//! - [`config`]: the only reader of TOML; validated domain types, errors
+//!   with FILE:LINE:COL.
+//! - [`routing`]: compiled route table and matchers, client-IP resolution.
+//!   Pure.
+//! - [`upstream`]: upstreams, endpoints (health state, in-flight), balancing.
+//! - [`health`]: the threshold state machine and the probe tasks.
+//! - [`client`]: per-endpoint connection pools (HTTP/1.1, h2c).
+//! - [`table`]: the live table built from a config.
+//! - [`proxy`]: the request path, header rules, error mapping.
+//! - [`server`]: listeners and connection serving.
+//! - [`reload`]: file watch, poll, DNS refresh; sole writer of the table.
+//! - [`admin`]: the admin API.
+//! - [`metrics`]: Prometheus handles.
+//! - [`app`]: wiring, lifecycle, and the `check`/`route`/`demo` commands.
+//! - [`demo`]: the ZITADEL-like deployments behind `steer demo` and tests.
+
+pub mod admin;
+pub mod app;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod health;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod routing;
+pub mod server;
+pub mod table;
+pub mod upstream;

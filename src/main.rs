@@ -1,0 +1,186 @@
+//! The `steer` binary: command line -> logging -> `steer::app`. Nothing else.
+
+use std::io::IsTerminal;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use steer::app;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "steer",
+    version,
+    about = "Steers traffic to identity-server deployments"
+)]
+struct Cli {
+    /// Log format; default: pretty on a terminal, JSON lines otherwise.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Route table (for `steer` / `steer run`).
+    #[arg(long, env = "STEER_CONFIG", default_value = "routes.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve (the default).
+    Run {
+        #[arg(long, env = "STEER_CONFIG", default_value = "routes.toml")]
+        config: PathBuf,
+        /// Take the listening sockets over from a running steer.
+        #[arg(long)]
+        upgrade: bool,
+    },
+    /// Validate a route table: a summary and exit 0, or every error and exit 1.
+    Check { file: PathBuf },
+    /// Dry run: which route a request matches, why, and where it would go.
+    Route {
+        file: PathBuf,
+        method: String,
+        url: String,
+        /// A request header, `Name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// The TCP peer address to assume (default 127.0.0.1).
+        #[arg(long)]
+        client_ip: Option<IpAddr>,
+    },
+    /// Two built-in demo deployments (blue :9001, green :9002) behind ./routes.toml.
+    Demo,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+fn init_logging(format: Option<LogFormat>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = match format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Pretty) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Some(Command::Check { file }) => match app::check(&file) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("{e}");
+                }
+                ExitCode::from(1)
+            }
+        },
+        Some(Command::Route {
+            file,
+            method,
+            url,
+            headers,
+            client_ip,
+        }) => route(
+            file,
+            app::DryRun {
+                method,
+                url,
+                headers,
+                client_ip,
+            },
+        ),
+        Some(Command::Demo) => serve(None),
+        Some(Command::Run { config, upgrade }) => {
+            if upgrade {
+                tracing::warn!(
+                    "--upgrade: no socket handover is built yet; binding the listeners directly"
+                );
+            }
+            serve(Some(config))
+        }
+        None => serve(Some(cli.config)),
+    }
+}
+
+fn route(file: PathBuf, run: app::DryRun) -> ExitCode {
+    let config = match steer::config::load(&file) {
+        Ok(c) => c,
+        Err(e) => {
+            for m in e.messages() {
+                eprintln!("{m}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    match app::explain_route(&config, &run) {
+        Ok((report, matched)) => {
+            print!("{report}");
+            if matched {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("steer route: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `run` (with a config path) or `demo` (without).
+fn serve(config: Option<PathBuf>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("steer: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match config {
+            Some(path) => app::run(&path).await,
+            None => app::demo().await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<app::BindError>().is_some() => {
+            tracing::error!(error = %e, "cannot bind");
+            eprintln!("steer: {e:#}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            if let Some(load) = e.downcast_ref::<steer::config::LoadError>() {
+                for m in load.messages() {
+                    eprintln!("{m}");
+                }
+            } else {
+                eprintln!("steer: {e:#}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,143 @@
+use super::*;
+
+fn map(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(*k, HeaderValue::from_str(v).unwrap());
+    }
+    h
+}
+
+fn hop(trusted: bool) -> Hop<'static> {
+    Hop {
+        peer: "192.0.2.7".parse().unwrap(),
+        trusted,
+        tls: false,
+        host: Some("auth.example.com"),
+    }
+}
+
+#[test]
+fn untrusted_client_cannot_forge_forwarding_headers() {
+    let mut h = map(&[
+        ("forwarded", "for=6.6.6.6;host=evil.example"),
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-port", "1"),
+        ("x-real-ip", "6.6.6.6"),
+        ("x-zitadel-forwarded", "host=evil.example"),
+        ("x-zitadel-instance-host", "evil.example"),
+        ("x-zitadel-public-host", "evil.example"),
+    ]);
+    apply_forwarding(&mut h, &hop(false));
+    assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+    assert_eq!(h["x-forwarded-host"], "auth.example.com");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(
+        h["forwarded"],
+        "for=192.0.2.7;proto=http;host=auth.example.com"
+    );
+    for gone in [
+        "x-forwarded-port",
+        "x-real-ip",
+        "x-zitadel-forwarded",
+        "x-zitadel-instance-host",
+        "x-zitadel-public-host",
+    ] {
+        assert!(!h.contains_key(gone), "{gone} should be removed");
+    }
+}
+
+#[test]
+fn trusted_proxy_headers_are_kept_and_appended() {
+    let mut h = map(&[
+        ("forwarded", "for=1.2.3.4;proto=https;host=auth.example.com"),
+        ("x-forwarded-for", "1.2.3.4"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "auth.example.com"),
+        ("x-zitadel-instance-host", "tenant.example.com"),
+    ]);
+    apply_forwarding(&mut h, &hop(true));
+    assert_eq!(h["x-forwarded-for"], "1.2.3.4, 192.0.2.7");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(
+        h["forwarded"],
+        "for=1.2.3.4;proto=https;host=auth.example.com, for=192.0.2.7;proto=http;host=auth.example.com"
+    );
+    assert_eq!(h["x-zitadel-instance-host"], "tenant.example.com");
+}
+
+#[test]
+fn forwarded_quotes_ipv6_and_ported_hosts() {
+    let mut h = HeaderMap::new();
+    let hop = Hop {
+        peer: "2001:db8::1".parse().unwrap(),
+        trusted: false,
+        tls: true,
+        host: Some("auth.example.com:8443"),
+    };
+    apply_forwarding(&mut h, &hop);
+    assert_eq!(
+        h["forwarded"],
+        "for=\"[2001:db8::1]\";proto=https;host=\"auth.example.com:8443\""
+    );
+    assert_eq!(h["x-forwarded-proto"], "https");
+}
+
+#[test]
+fn hop_by_hop_headers_are_removed_including_connection_named_ones() {
+    let mut h = map(&[
+        ("connection", "keep-alive, x-secret"),
+        ("keep-alive", "timeout=5"),
+        ("x-secret", "1"),
+        ("transfer-encoding", "chunked"),
+        ("proxy-authorization", "Basic x"),
+        ("upgrade", "websocket"),
+        ("te", "gzip"),
+        ("x-kept", "1"),
+    ]);
+    strip_hop_by_hop(&mut h, false);
+    assert_eq!(h.len(), 1, "{h:?}");
+    assert!(h.contains_key("x-kept"));
+}
+
+#[test]
+fn te_trailers_survives_for_grpc() {
+    let mut h = map(&[("te", "trailers")]);
+    strip_hop_by_hop(&mut h, false);
+    assert_eq!(h["te"], "trailers");
+}
+
+#[test]
+fn upgrade_keeps_upgrade_and_connection() {
+    let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+    assert!(is_upgrade(&h));
+    strip_hop_by_hop(&mut h, true);
+    assert_eq!(h["upgrade"], "websocket");
+    assert_eq!(h["connection"], "upgrade");
+}
+
+#[test]
+fn rules_remove_then_set() {
+    let mut h = map(&[("x-debug", "1"), ("x-env", "dev")]);
+    let rules = HeaderRules {
+        set: vec![(
+            HeaderName::from_static("x-env"),
+            HeaderValue::from_static("prod"),
+        )],
+        remove: vec![HeaderName::from_static("x-debug")],
+    };
+    apply_rules(&mut h, &rules);
+    assert_eq!(h["x-env"], "prod");
+    assert!(!h.contains_key("x-debug"));
+}
+
+#[test]
+fn request_id_is_kept_or_generated() {
+    assert_eq!(request_id(&map(&[("x-request-id", "abc")])), "abc");
+    let a = request_id(&HeaderMap::new());
+    let b = request_id(&HeaderMap::new());
+    assert_eq!(a.len(), 32);
+    assert_ne!(a, b);
+}

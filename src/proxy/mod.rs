@@ -1,0 +1,382 @@
+//! The request path: snapshot -> select -> pick -> forward. Loads the live
+//! table once per request and never holds a guard across `.await`. The
+//! ONE place where errors become status codes is [`error_response`].
+
+mod body;
+pub mod headers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::Either;
+use hyper::body::Incoming;
+
+pub use body::ProxyBody;
+use body::UpstreamBody;
+use headers::{Hop, X_REQUEST_ID};
+
+use crate::client::ClientError;
+use crate::config::{Protocol, Target};
+use crate::metrics::Metrics;
+use crate::routing::{self, RequestView, Route};
+use crate::table::Table;
+use crate::upstream::{Endpoint, InFlight};
+
+/// State shared by every request: the live table and the metrics.
+#[derive(Debug)]
+pub struct Shared {
+    pub live: ArcSwap<Table>,
+    pub metrics: Metrics,
+}
+
+/// What the server knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Everything that ends a request with a response steer makes itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route for this request")]
+    NoRoute,
+    #[error("no healthy endpoint in upstream(s) {}", .0.join(", "))]
+    NoHealthyUpstream(Vec<String>),
+    #[error("upstream connection failed: {0}")]
+    Connect(#[source] ClientError),
+    #[error("upstream connection broke: {0}")]
+    Broken(#[source] ClientError),
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("request header fields too large: {0}")]
+    HeadersTooLarge(&'static str),
+}
+
+/// Maps an error to its response (status, short text naming the cause and
+/// the request id) and logs it once.
+pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<ProxyBody> {
+    let status = match err {
+        ProxyError::NoRoute => StatusCode::NOT_FOUND,
+        ProxyError::NoHealthyUpstream(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ProxyError::Connect(_) | ProxyError::Broken(_) => StatusCode::BAD_GATEWAY,
+        ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+    };
+    let id = String::from_utf8_lossy(request_id.as_bytes());
+    if status.is_server_error() {
+        tracing::warn!(request_id = %id, status = status.as_u16(), error = %err, "request failed");
+    } else {
+        tracing::debug!(request_id = %id, status = status.as_u16(), error = %err, "request refused");
+    }
+    let body = format!(
+        "{} {}: {err}\nrequest id: {id}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+    resp
+}
+
+/// Serves one request. Infallible: every failure is a response.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let table = shared.live.load_full();
+    let request_id = headers::request_id(req.headers());
+    let mut outcome = Outcome::default();
+    let mut resp = match proxy(&table, conn, req, &request_id, &mut outcome).await {
+        Ok(resp) => resp,
+        Err(err) => error_response(&err, &request_id),
+    };
+    resp.headers_mut().insert(X_REQUEST_ID, request_id);
+    let route = outcome.route.map(|r| &table.routes.routes()[r]);
+    let upstream = outcome.upstream.map(|u| &table.upstreams[u]);
+    shared.metrics.request(
+        route.map_or("", |r| r.spec.name.as_str()),
+        upstream.map_or("", |u| u.name.as_str()),
+        resp.status().as_u16(),
+    );
+    table
+        .metrics
+        .observe(outcome.route, outcome.upstream, started.elapsed());
+    resp
+}
+
+/// Which route and upstream a request used (for metrics and logs).
+#[derive(Debug, Default)]
+struct Outcome {
+    route: Option<usize>,
+    upstream: Option<usize>,
+}
+
+async fn proxy(
+    table: &Table,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+    outcome: &mut Outcome,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    check_limits(table, &req)?;
+    let raw_host = client_host(&req)?;
+    let host = raw_host.as_deref().map(routing::normalize_host);
+    let trusted = routing::client_ip_trusted(conn.peer.ip(), &table.proxy.trusted_proxies);
+    let client_ip =
+        routing::resolve_client_ip(conn.peer.ip(), req.headers(), &table.proxy.trusted_proxies);
+    let view = RequestView {
+        method: req.method(),
+        host: host.as_deref(),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+        client_ip,
+    };
+    let route = table.routes.select(&view).ok_or(ProxyError::NoRoute)?;
+    outcome.route = Some(route.index);
+    let (upstream_index, endpoint) = choose(table, route)?;
+    outcome.upstream = Some(upstream_index);
+    let hop = Hop {
+        peer: conn.peer.ip(),
+        trusted,
+        tls: conn.tls,
+        host: raw_host.as_deref(),
+    };
+    forward(
+        table,
+        route,
+        upstream_index,
+        endpoint,
+        req,
+        &hop,
+        request_id,
+    )
+    .await
+}
+
+/// Header count and size limits, answered with 431 and a reason (hyper's
+/// own, larger limits only guard the parser).
+fn check_limits(table: &Table, req: &Request<Incoming>) -> Result<(), ProxyError> {
+    let headers = req.headers();
+    if headers.len() > table.proxy.max_headers {
+        return Err(ProxyError::HeadersTooLarge("too many header fields"));
+    }
+    let size: usize = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
+        + headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if size > table.proxy.max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge(
+            "request head larger than max_header_bytes",
+        ));
+    }
+    Ok(())
+}
+
+/// The client's Host: `:authority` (HTTP/2, absolute-form) or `Host`.
+fn client_host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
+    if let Some(authority) = req.uri().authority() {
+        return Ok(Some(authority.as_str().to_owned()));
+    }
+    match req.headers().get(header::HOST) {
+        None if req.version() == Version::HTTP_11 => {
+            Err(ProxyError::BadRequest("HTTP/1.1 request without Host"))
+        }
+        None => Ok(None),
+        Some(v) => {
+            let s = v
+                .to_str()
+                .map_err(|_| ProxyError::BadRequest("Host is not valid text"))?;
+            if s.is_empty() || s.parse::<http::uri::Authority>().is_err() {
+                return Err(ProxyError::BadRequest("Host is not a valid host[:port]"));
+            }
+            Ok(Some(s.to_owned()))
+        }
+    }
+}
+
+/// The upstream and endpoint for a route: the target (or a weighted pick of
+/// a split, then the split's other members), then the fallbacks in order.
+fn choose<'t>(table: &'t Table, route: &Route) -> Result<(usize, &'t Arc<Endpoint>), ProxyError> {
+    let try_one = |u: usize| {
+        table
+            .upstreams
+            .get(u)
+            .and_then(|up| up.pick())
+            .map(|e| (u, e))
+    };
+    let first = match &route.spec.target {
+        Target::Upstream(u) => try_one(*u),
+        Target::Split(parts) => {
+            let picked = weighted(parts, |_| true);
+            picked.and_then(try_one).or_else(|| {
+                let usable = |u: usize| {
+                    Some(u) != picked && table.upstreams.get(u).is_some_and(|up| up.is_usable())
+                };
+                weighted(parts, usable).and_then(try_one)
+            })
+        }
+    };
+    if let Some(found) = first.or_else(|| route.spec.fallback.iter().find_map(|u| try_one(*u))) {
+        return Ok(found);
+    }
+    let mut tried: Vec<String> = match &route.spec.target {
+        Target::Upstream(u) => vec![*u],
+        Target::Split(parts) => parts.iter().map(|(u, _)| *u).collect(),
+    }
+    .into_iter()
+    .chain(route.spec.fallback.iter().copied())
+    .filter_map(|u| table.upstreams.get(u).map(|up| up.name.clone()))
+    .collect();
+    tried.dedup();
+    Err(ProxyError::NoHealthyUpstream(tried))
+}
+
+/// A weighted random pick among the parts that pass `keep`.
+fn weighted(parts: &[(usize, u32)], keep: impl Fn(usize) -> bool) -> Option<usize> {
+    let total: u64 = parts
+        .iter()
+        .filter(|(u, _)| keep(*u))
+        .map(|(_, w)| u64::from(*w))
+        .sum();
+    if total == 0 {
+        return None;
+    }
+    let mut ticket = fastrand::u64(..total);
+    for (u, w) in parts.iter().filter(|(u, _)| keep(*u)) {
+        if ticket < u64::from(*w) {
+            return Some(*u);
+        }
+        ticket -= u64::from(*w);
+    }
+    None
+}
+
+/// The path sent upstream after `strip_prefix` (only at a segment boundary:
+/// `/api` strips `/api` and `/api/x`, not `/apix`).
+fn rewrite_path<'p>(path: &'p str, strip: Option<&str>) -> std::borrow::Cow<'p, str> {
+    match strip.and_then(|p| path.strip_prefix(p)) {
+        Some("") => "/".into(),
+        Some(rest) if rest.starts_with('/') => rest.into(),
+        _ => path.into(),
+    }
+}
+
+fn upstream_uri(
+    req_uri: &Uri,
+    strip: Option<&str>,
+    authority: Option<&str>,
+) -> Result<Uri, ProxyError> {
+    let path = rewrite_path(req_uri.path(), strip);
+    let mut s = String::with_capacity(path.len() + 64);
+    if let Some(a) = authority {
+        s.push_str("http://");
+        s.push_str(a);
+    }
+    s.push_str(&path);
+    if let Some(q) = req_uri.query() {
+        s.push('?');
+        s.push_str(q);
+    }
+    s.parse()
+        .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
+}
+
+async fn forward(
+    table: &Table,
+    route: &Route,
+    upstream_index: usize,
+    endpoint: &Arc<Endpoint>,
+    req: Request<Incoming>,
+    hop: &Hop<'_>,
+    request_id: &HeaderValue,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let upstream = &table.upstreams[upstream_index];
+    let (mut parts, body) = req.into_parts();
+    let upgrade = parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers);
+    let client_upgrade = upgrade
+        .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+        .flatten();
+    let h2 = upstream.protocol == Protocol::H2c && !upgrade;
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::apply_forwarding(&mut parts.headers, hop);
+    headers::apply_rules(&mut parts.headers, &route.spec.request_headers);
+    parts.headers.insert(X_REQUEST_ID, request_id.clone());
+    let authority = hop
+        .host
+        .map_or_else(|| endpoint.addr.to_string(), str::to_owned);
+    if h2 {
+        parts.headers.remove(header::HOST);
+        parts.uri = upstream_uri(
+            &parts.uri,
+            route.spec.strip_prefix.as_deref(),
+            Some(&authority),
+        )?;
+        parts.version = Version::HTTP_2;
+    } else {
+        if !parts.headers.contains_key(header::HOST) {
+            let host = HeaderValue::from_str(&authority)
+                .map_err(|_| ProxyError::BadRequest("invalid authority"))?;
+            parts.headers.insert(header::HOST, host);
+        }
+        parts.uri = upstream_uri(&parts.uri, route.spec.strip_prefix.as_deref(), None)?;
+        parts.version = Version::HTTP_11;
+    }
+    let request = Request::from_parts(parts, Either::Left(body));
+    let guard = InFlight::new(endpoint.clone());
+    let timeout = table.proxy.request_timeout;
+    let sent = tokio::time::timeout(
+        timeout,
+        endpoint.pool.send(
+            endpoint.addr,
+            upstream.protocol,
+            request,
+            table.proxy.connect_timeout,
+        ),
+    )
+    .await
+    .map_err(|_| ProxyError::Timeout(timeout))?
+    .map_err(|e| {
+        endpoint.record_passive_failure(upstream.health.as_ref());
+        if e.not_sent() {
+            ProxyError::Connect(e)
+        } else {
+            ProxyError::Broken(e)
+        }
+    })?;
+    if upstream.health.is_none() {
+        endpoint.record_passive_success();
+    }
+    let mut response = sent.response;
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    headers::strip_hop_by_hop(response.headers_mut(), switching);
+    headers::apply_rules(response.headers_mut(), &route.spec.response_headers);
+    if switching {
+        return Ok(body::tunnel(response, client_upgrade, guard));
+    }
+    let (parts, incoming) = response.into_parts();
+    Ok(Response::from_parts(
+        parts,
+        ProxyBody::upstream(UpstreamBody::new(incoming, guard, sent.h1)),
+    ))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,62 @@
+use super::*;
+
+#[test]
+fn strip_prefix_only_at_a_segment_boundary() {
+    assert_eq!(rewrite_path("/api/v2/users", Some("/api")), "/v2/users");
+    assert_eq!(rewrite_path("/api", Some("/api")), "/");
+    assert_eq!(rewrite_path("/apix", Some("/api")), "/apix");
+    assert_eq!(rewrite_path("/other", Some("/api")), "/other");
+    assert_eq!(rewrite_path("/api/x", None), "/api/x");
+}
+
+#[test]
+fn upstream_uri_keeps_query_and_uses_client_authority_for_h2() {
+    let uri: Uri = "/api/v2/users?limit=5".parse().unwrap();
+    assert_eq!(
+        upstream_uri(&uri, Some("/api"), None).unwrap(),
+        "/v2/users?limit=5"
+    );
+    assert_eq!(
+        upstream_uri(&uri, None, Some("auth.example.com"))
+            .unwrap()
+            .to_string(),
+        "http://auth.example.com/api/v2/users?limit=5"
+    );
+}
+
+#[test]
+fn weighted_pick_follows_weights() {
+    let parts = [(0usize, 90u32), (1, 10)];
+    let n = 20_000;
+    let zeros = (0..n)
+        .filter(|_| weighted(&parts, |_| true) == Some(0))
+        .count();
+    let share = zeros as f64 / n as f64;
+    assert!((0.87..0.93).contains(&share), "share {share}");
+}
+
+#[test]
+fn weighted_pick_skips_filtered_and_zero_weights() {
+    let parts = [(0usize, 0u32), (1, 5), (2, 5)];
+    for _ in 0..100 {
+        assert_eq!(weighted(&parts, |u| u != 1), Some(2));
+    }
+    assert_eq!(weighted(&parts, |u| u == 0), None);
+}
+
+#[test]
+fn every_error_maps_to_its_status_and_names_the_request_id() {
+    let id = HeaderValue::from_static("req-123");
+    let cases = [
+        (ProxyError::NoRoute, 404),
+        (ProxyError::NoHealthyUpstream(vec!["blue".into()]), 503),
+        (ProxyError::Timeout(std::time::Duration::from_secs(1)), 504),
+        (ProxyError::BadRequest("x"), 400),
+        (ProxyError::HeadersTooLarge("x"), 431),
+    ];
+    for (err, status) in cases {
+        let resp = error_response(&err, &id);
+        assert_eq!(resp.status().as_u16(), status);
+        assert_eq!(resp.headers()["x-request-id"], "req-123");
+    }
+}

@@ -1,0 +1,238 @@
+//! Reloading: file events (the file, a rename over it, a ConfigMap `..data`
+//! symlink swap: the directory is watched), a slow poll as a fallback,
+//! SIGHUP and `POST /reload` -> `config::load` -> `Table::build` -> one
+//! atomic swap. The sole writer of the live table. A rejected file changes
+//! nothing but `last_error` and the failure counter.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::config::{self, Config, LoadError};
+use crate::proxy::Shared;
+use crate::table::{ProbeHook, Table};
+
+/// How long a burst of file events is given to settle before one reload.
+const DEBOUNCE: Duration = Duration::from_millis(150);
+/// The poll that catches what file events miss (some network and overlay
+/// file systems send none).
+const POLL: Duration = Duration::from_secs(5);
+
+pub struct Reloader {
+    path: PathBuf,
+    shared: Arc<Shared>,
+    hook: ProbeHook,
+    last_error: Mutex<Option<String>>,
+    /// Hash of the file as last read, good or not: a rejected file is
+    /// reported once, not at every poll.
+    seen: Mutex<Option<String>>,
+    /// Serialises reloads: two triggers at once must not interleave builds.
+    lock: tokio::sync::Mutex<Option<Config>>,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// Why a reload did not apply.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Load(#[from] LoadError),
+    #[error("changing [listen] needs a restart (running: {running}, file: {file})")]
+    ListenChanged { running: String, file: String },
+}
+
+impl ReloadError {
+    pub fn messages(&self) -> Vec<String> {
+        match self {
+            ReloadError::Load(e) => e.messages(),
+            other @ ReloadError::ListenChanged { .. } => vec![other.to_string()],
+        }
+    }
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, shared: Arc<Shared>, hook: ProbeHook, loaded: Config) -> Reloader {
+        Reloader {
+            path,
+            shared,
+            hook,
+            last_error: Mutex::new(None),
+            seen: Mutex::new(None),
+            lock: tokio::sync::Mutex::new(Some(loaded)),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_last_error(&self, e: Option<String>) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = e;
+    }
+
+    /// Re-reads the file. With `force` false (file events, polling) nothing
+    /// happens when the content hash is unchanged. Returns the version.
+    pub async fn reload(&self, force: bool) -> Result<String, ReloadError> {
+        let mut last_good = self.lock.lock().await;
+        let current = self.shared.live.load_full();
+        let text = match std::fs::read(&self.path) {
+            Ok(t) => t,
+            Err(source) => {
+                let err = LoadError::Read {
+                    path: self.path.display().to_string(),
+                    source,
+                };
+                return Err(self.reject(ReloadError::Load(err), force));
+            }
+        };
+        let hash = config::content_hash(&text);
+        let seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(hash.clone());
+        if !force && (hash == current.version || seen.as_deref() == Some(hash.as_str())) {
+            return Ok(current.version.clone());
+        }
+        let parsed = std::str::from_utf8(&text)
+            .map_err(|_| LoadError::Invalid(vec![not_utf8(&self.path)]))
+            .and_then(|t| config::parse(t, &self.path));
+        let config = match parsed {
+            Ok(c) => c,
+            Err(e) => return Err(self.reject(ReloadError::Load(e), true)),
+        };
+        if config.listen != current.listen {
+            let err = ReloadError::ListenChanged {
+                running: format!("{:?}", current.listen),
+                file: format!("{:?}", config.listen),
+            };
+            return Err(self.reject(err, true));
+        }
+        *last_good = Some(config.clone());
+        let table = Table::build(config, Some(&current), &self.hook, &self.shared.metrics).await;
+        let version = table.version.clone();
+        self.shared.live.store(Arc::new(table));
+        self.shared.metrics.reload(true);
+        self.set_last_error(None);
+        tracing::info!(version = %version, path = %self.path.display(), "config reloaded");
+        Ok(version)
+    }
+
+    fn reject(&self, err: ReloadError, count: bool) -> ReloadError {
+        let text = err.messages().join("\n");
+        tracing::error!(path = %self.path.display(), error = %text, "config rejected; the running table stays");
+        if count {
+            self.shared.metrics.reload(false);
+            self.set_last_error(Some(text));
+        }
+        err
+    }
+
+    /// Rebuilds the table from the last good config when a name resolves to
+    /// other addresses than before (every `dns_refresh`).
+    pub async fn refresh_dns(&self) {
+        let current = self.shared.live.load_full();
+        if !current.has_names() {
+            return;
+        }
+        let now = current.resolved_addresses().await;
+        let had: Vec<Vec<_>> = current
+            .upstreams
+            .iter()
+            .map(|u| {
+                let mut a: Vec<_> = u.endpoints.iter().map(|e| e.addr).collect();
+                a.sort();
+                a
+            })
+            .collect();
+        let changed = now.iter().zip(&had).any(|(n, h)| {
+            let mut n = n.clone();
+            n.sort();
+            n.dedup();
+            &n != h
+        });
+        if !changed {
+            return;
+        }
+        let last_good = self.lock.lock().await;
+        let Some(config) = last_good.clone() else {
+            return;
+        };
+        let current = self.shared.live.load_full();
+        let table = Table::build(config, Some(&current), &self.hook, &self.shared.metrics).await;
+        self.shared.live.store(Arc::new(table));
+        tracing::info!("endpoint addresses changed after DNS refresh; table rebuilt");
+    }
+
+    /// Runs the file watcher, the poll and the DNS refresh until the process
+    /// ends.
+    pub async fn watch(self: Arc<Self>) {
+        let (tx, mut rx) = mpsc::channel::<()>(16);
+        let dir = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                let _ = tx.try_send(());
+            }
+        });
+        // Keep the watcher alive for as long as this task runs.
+        let _watcher = match watcher {
+            Ok(mut w) => match w.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => Some(w),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch config directory; polling only");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no file watcher; polling only");
+                None
+            }
+        };
+        let dns_every = self.shared.live.load().proxy.dns_refresh;
+        let mut poll = tokio::time::interval(POLL);
+        let mut dns = tokio::time::interval(dns_every);
+        loop {
+            tokio::select! {
+                Some(()) = rx.recv() => {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while rx.try_recv().is_ok() {}
+                    let _ = self.reload(false).await;
+                }
+                _ = poll.tick() => { let _ = self.reload(false).await; }
+                _ = dns.tick() => self.refresh_dns().await,
+            }
+        }
+    }
+}
+
+fn not_utf8(path: &Path) -> config::ConfigError {
+    config::ConfigError {
+        file: path.display().to_string(),
+        line: 1,
+        col: 1,
+        message: "the file is not UTF-8".to_owned(),
+    }
+}

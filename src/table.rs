@@ -1,0 +1,188 @@
+//! The live table: everything a request needs that must change together on
+//! a reload (routes, upstreams with their endpoints, proxy settings), built
+//! whole from a validated `Config` off the request path. Building reuses the
+//! `Arc<Endpoint>` of every endpoint that stays, so health state, in-flight
+//! counts and pooled connections carry over; new endpoints get a probe task.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::SystemTime;
+
+use crate::config::{CertificateFiles, Config, EndpointAddr, Listen, ProxySettings, UpstreamSpec};
+use crate::health::probe;
+use crate::metrics::Metrics;
+use crate::routing::RouteTable;
+use crate::upstream::{Endpoint, Upstream};
+
+pub use crate::health::probe::ProbeHook;
+
+#[derive(Debug)]
+pub struct Table {
+    pub version: String,
+    pub path: PathBuf,
+    pub loaded_at: SystemTime,
+    pub listen: Listen,
+    pub tls: Vec<CertificateFiles>,
+    pub proxy: ProxySettings,
+    pub routes: RouteTable,
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// As configured, for re-resolving names every `dns_refresh`.
+    pub upstream_specs: Vec<UpstreamSpec>,
+    /// Pre-resolved metric handles, indexed like `routes` and `upstreams`.
+    pub metrics: crate::metrics::TableMetrics,
+}
+
+type EndpointKey = (String, String, SocketAddr);
+
+impl Table {
+    /// Builds a table, resolving endpoint names. `previous` donates the
+    /// endpoints (and drain flags) that stay.
+    pub async fn build(
+        config: Config,
+        previous: Option<&Table>,
+        hook: &ProbeHook,
+        metrics: &Metrics,
+    ) -> Table {
+        let mut keep: HashMap<EndpointKey, Arc<Endpoint>> = HashMap::new();
+        let mut drains: HashMap<&str, Arc<AtomicBool>> = HashMap::new();
+        if let Some(prev) = previous {
+            for u in &prev.upstreams {
+                drains.insert(&u.name, u.draining.clone());
+                for e in &u.endpoints {
+                    if e.protocol == u.protocol {
+                        keep.insert((u.name.clone(), e.configured_as.clone(), e.addr), e.clone());
+                    }
+                }
+            }
+        }
+        let mut upstreams = Vec::with_capacity(config.upstreams.len());
+        for spec in &config.upstreams {
+            let mut endpoints = Vec::new();
+            for configured in &spec.endpoints {
+                for addr in resolve(configured, spec, previous).await {
+                    let key = (spec.name.clone(), configured.to_string(), addr);
+                    let ep = match keep.remove(&key) {
+                        Some(ep) => ep,
+                        None => {
+                            let ep = Arc::new(Endpoint::new(
+                                &spec.name,
+                                addr,
+                                configured.to_string(),
+                                spec.protocol,
+                            ));
+                            probe::spawn(&ep, hook.clone());
+                            ep
+                        }
+                    };
+                    ep.set_health_spec(spec.health.clone());
+                    if spec.health.is_none() {
+                        ep.assume_healthy();
+                    }
+                    if !endpoints
+                        .iter()
+                        .any(|e: &Arc<Endpoint>| Arc::ptr_eq(e, &ep))
+                    {
+                        endpoints.push(ep);
+                    }
+                }
+            }
+            let draining = drains.get(spec.name.as_str()).cloned().unwrap_or_default();
+            upstreams.push(Arc::new(Upstream::new(
+                spec.name.clone(),
+                spec.protocol,
+                spec.balance,
+                spec.health.clone(),
+                endpoints,
+                draining,
+            )));
+        }
+        let table_metrics = metrics.for_table(&config.routes, &upstreams);
+        Table {
+            version: config.version,
+            path: config.path,
+            loaded_at: SystemTime::now(),
+            listen: config.listen,
+            tls: config.tls,
+            proxy: config.proxy,
+            routes: RouteTable::new(config.routes),
+            upstreams,
+            upstream_specs: config.upstreams,
+            metrics: table_metrics,
+        }
+    }
+
+    pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+
+    /// Whether any endpoint is configured by name (needs re-resolving).
+    pub fn has_names(&self) -> bool {
+        self.upstream_specs.iter().any(|u| {
+            u.endpoints
+                .iter()
+                .any(|e| matches!(e, EndpointAddr::Name { .. }))
+        })
+    }
+
+    /// The addresses names resolve to now, to compare with what the table has.
+    pub async fn resolved_addresses(&self) -> Vec<Vec<SocketAddr>> {
+        let mut out = Vec::new();
+        for spec in &self.upstream_specs {
+            let mut addrs = Vec::new();
+            for e in &spec.endpoints {
+                addrs.extend(resolve(e, spec, Some(self)).await);
+            }
+            out.push(addrs);
+        }
+        out
+    }
+
+    /// Whether every endpoint with active checks has been probed at least once.
+    pub fn first_round_done(&self) -> bool {
+        self.upstreams
+            .iter()
+            .flat_map(|u| u.endpoints.iter())
+            .all(|e| e.health_spec().is_none() || e.last_check().is_some())
+    }
+}
+
+/// Every address of one configured endpoint. A name that fails to resolve
+/// keeps the addresses the previous table had for it (a DNS hiccup must not
+/// empty an upstream).
+async fn resolve(
+    configured: &EndpointAddr,
+    spec: &UpstreamSpec,
+    previous: Option<&Table>,
+) -> Vec<SocketAddr> {
+    let (host, port) = match configured {
+        EndpointAddr::Ip(addr) => return vec![*addr],
+        EndpointAddr::Name { host, port } => (host.as_str(), *port),
+    };
+    match tokio::net::lookup_host((host, port)).await {
+        Ok(addrs) => {
+            let mut list: Vec<SocketAddr> = addrs.collect();
+            list.sort();
+            list.dedup();
+            list
+        }
+        Err(e) => {
+            let label = configured.to_string();
+            let kept: Vec<SocketAddr> = previous
+                .and_then(|t| t.upstream(&spec.name))
+                .map(|u| {
+                    u.endpoints
+                        .iter()
+                        .filter(|e| e.configured_as == label)
+                        .map(|e| e.addr)
+                        .collect()
+                })
+                .unwrap_or_default();
+            tracing::warn!(upstream = %spec.name, endpoint = %label, error = %e, kept = kept.len(),
+                "cannot resolve endpoint name; keeping its previous addresses");
+            kept
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! Upstreams and their endpoints: health state, in-flight counts, drain,
+//! and balancing (round robin, least request by power of two choices).
+//! An `Arc<Endpoint>` outlives reloads that keep it, so its state and its
+//! connection pool carry over; nothing here does I/O.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use crate::client::Pool;
+use crate::config::{Balance, HealthSpec, Protocol};
+use crate::health::{Counter, State};
+
+/// The outcome of the last probe, for `/upstreams`.
+#[derive(Debug, Clone)]
+pub struct CheckResult {
+    pub at: SystemTime,
+    pub ok: bool,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct HealthRecord {
+    counter: Counter,
+    last_check: Option<CheckResult>,
+}
+
+/// One address of an upstream.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub upstream: String,
+    pub addr: SocketAddr,
+    /// How the config named it (`zitadel.internal:8080` or `10.0.0.1:8080`).
+    pub configured_as: String,
+    pub protocol: Protocol,
+    state: AtomicU8,
+    in_flight: AtomicUsize,
+    health: Mutex<HealthRecord>,
+    /// The owning upstream's check settings; updated when a reload keeps
+    /// the endpoint but changes them. `None`: checks are off.
+    health_spec: Mutex<Option<HealthSpec>>,
+    pub pool: Pool,
+}
+
+const UNKNOWN: u8 = 0;
+const HEALTHY: u8 = 1;
+const UNHEALTHY: u8 = 2;
+
+fn encode(state: State) -> u8 {
+    match state {
+        State::Unknown => UNKNOWN,
+        State::Healthy => HEALTHY,
+        State::Unhealthy => UNHEALTHY,
+    }
+}
+
+impl Endpoint {
+    pub fn new(
+        upstream: &str,
+        addr: SocketAddr,
+        configured_as: String,
+        protocol: Protocol,
+    ) -> Endpoint {
+        Endpoint {
+            upstream: upstream.to_owned(),
+            addr,
+            configured_as,
+            protocol,
+            state: AtomicU8::new(UNKNOWN),
+            in_flight: AtomicUsize::new(0),
+            health: Mutex::new(HealthRecord::default()),
+            health_spec: Mutex::new(None),
+            pool: Pool::default(),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        match self.state.load(Ordering::Relaxed) {
+            HEALTHY => State::Healthy,
+            UNHEALTHY => State::Unhealthy,
+            _ => State::Unknown,
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn health_spec(&self) -> Option<HealthSpec> {
+        self.health_spec
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set_health_spec(&self, spec: Option<HealthSpec>) {
+        *self
+            .health_spec
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = spec;
+    }
+
+    pub fn last_check(&self) -> Option<CheckResult> {
+        self.record().last_check.clone()
+    }
+
+    pub fn counter(&self) -> Counter {
+        self.record().counter
+    }
+
+    fn record(&self) -> std::sync::MutexGuard<'_, HealthRecord> {
+        // A panic while holding this lock cannot leave the record half
+        // written (plain field stores), so a poisoned lock is still usable.
+        self.health.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Feeds one probe result through the thresholds; returns the new state.
+    pub fn record_check(&self, result: CheckResult, spec: &HealthSpec) -> State {
+        let mut rec = self.record();
+        let state = rec
+            .counter
+            .record(result.ok, spec.healthy_threshold, spec.unhealthy_threshold);
+        rec.last_check = Some(result);
+        self.state.store(encode(state), Ordering::Relaxed);
+        state
+    }
+
+    /// A connect failure or reset on live traffic.
+    pub fn record_passive_failure(&self, health: Option<&HealthSpec>) -> State {
+        let mut rec = self.record();
+        let state = match health {
+            Some(spec) => rec.counter.record_passive_failure(spec.unhealthy_threshold),
+            // Without active checks nothing would ever bring it back, so a
+            // passive failure only counts until the next success.
+            None => rec.counter.record(false, 1, 1),
+        };
+        self.state.store(encode(state), Ordering::Relaxed);
+        state
+    }
+
+    /// A request that went through, on an upstream without active checks.
+    pub fn record_passive_success(&self) {
+        if self.state.load(Ordering::Relaxed) != HEALTHY {
+            let mut rec = self.record();
+            let state = rec.counter.record(true, 1, 1);
+            self.state.store(encode(state), Ordering::Relaxed);
+        }
+    }
+
+    /// Marks the endpoint healthy without a probe (upstreams with
+    /// `health = false` start usable).
+    pub fn assume_healthy(&self) {
+        let mut rec = self.record();
+        if rec.counter.state == State::Unknown {
+            rec.counter.state = State::Healthy;
+            self.state.store(HEALTHY, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counts a request against an endpoint until dropped (when the response
+/// body ends, not when its head arrives).
+#[derive(Debug)]
+pub struct InFlight {
+    endpoint: Arc<Endpoint>,
+}
+
+impl InFlight {
+    pub fn new(endpoint: Arc<Endpoint>) -> InFlight {
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { endpoint }
+    }
+
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A named group of endpoints.
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: String,
+    pub protocol: Protocol,
+    pub balance: Balance,
+    pub health: Option<HealthSpec>,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Shared by every table that has an upstream of this name, so a drain
+    /// survives reloads.
+    pub draining: Arc<AtomicBool>,
+    next: AtomicUsize,
+}
+
+impl Upstream {
+    pub fn new(
+        name: String,
+        protocol: Protocol,
+        balance: Balance,
+        health: Option<HealthSpec>,
+        endpoints: Vec<Arc<Endpoint>>,
+        draining: Arc<AtomicBool>,
+    ) -> Upstream {
+        Upstream {
+            name,
+            protocol,
+            balance,
+            health,
+            endpoints,
+            draining,
+            next: AtomicUsize::new(fastrand::usize(..1024)),
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.endpoints.iter().map(|e| e.in_flight()).sum()
+    }
+
+    /// Whether `pick` would find an endpoint.
+    pub fn is_usable(&self) -> bool {
+        !self.is_draining() && self.endpoints.iter().any(|e| usable(e))
+    }
+
+    /// An endpoint for the next request, or `None` when none is usable.
+    pub fn pick(&self) -> Option<&Arc<Endpoint>> {
+        self.pick_excluding(None)
+    }
+
+    /// As `pick`, avoiding `avoid` when another endpoint is usable (retries).
+    pub fn pick_excluding(&self, avoid: Option<&Arc<Endpoint>>) -> Option<&Arc<Endpoint>> {
+        if self.is_draining() {
+            return None;
+        }
+        let ok = |e: &Arc<Endpoint>| usable(e) && avoid.is_none_or(|a| !Arc::ptr_eq(a, e));
+        match self.balance {
+            Balance::RoundRobin => self.round_robin(ok),
+            Balance::LeastRequest => least_request(&self.endpoints, ok),
+        }
+    }
+
+    /// Counts over the usable endpoints only, so that an unusable one does
+    /// not hand its turns to its neighbour.
+    fn round_robin(&self, ok: impl Fn(&Arc<Endpoint>) -> bool) -> Option<&Arc<Endpoint>> {
+        let usable = self.endpoints.iter().filter(|e| ok(e)).count();
+        if usable == 0 {
+            return None;
+        }
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % usable;
+        self.endpoints.iter().filter(|e| ok(e)).nth(turn)
+    }
+}
+
+fn usable(e: &Endpoint) -> bool {
+    e.state() == State::Healthy
+}
+
+/// Power of two choices over in-flight counts: two random usable endpoints,
+/// the less loaded wins (tower's p2c, without its EWMA).
+fn least_request(
+    endpoints: &[Arc<Endpoint>],
+    ok: impl Fn(&Arc<Endpoint>) -> bool,
+) -> Option<&Arc<Endpoint>> {
+    let count = endpoints.iter().filter(|e| ok(e)).count();
+    let nth = |i: usize| endpoints.iter().filter(|e| ok(e)).nth(i);
+    match count {
+        0 => None,
+        1 => nth(0),
+        _ => {
+            let a = fastrand::usize(..count);
+            let mut b = fastrand::usize(..count - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (ea, eb) = (nth(a)?, nth(b)?);
+            Some(if eb.in_flight() < ea.in_flight() {
+                eb
+            } else {
+                ea
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

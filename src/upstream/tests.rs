@@ -1,0 +1,107 @@
+use std::sync::atomic::AtomicBool;
+use std::time::SystemTime;
+
+use super::*;
+
+fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
+    (0..n)
+        .map(|i| {
+            let addr: SocketAddr = format!("127.0.0.1:{}", 10000 + i).parse().unwrap();
+            Arc::new(Endpoint::new("u", addr, addr.to_string(), Protocol::H2c))
+        })
+        .collect()
+}
+
+fn pass(e: &Endpoint) {
+    let r = CheckResult {
+        at: SystemTime::now(),
+        ok: true,
+        status: Some(200),
+        error: None,
+    };
+    e.record_check(r, &HealthSpec::default());
+}
+
+fn upstream(eps: Vec<Arc<Endpoint>>, balance: Balance) -> Upstream {
+    Upstream::new(
+        "u".into(),
+        Protocol::H2c,
+        balance,
+        Some(HealthSpec::default()),
+        eps,
+        Arc::new(AtomicBool::new(false)),
+    )
+}
+
+#[test]
+fn unknown_endpoints_get_no_traffic() {
+    let u = upstream(endpoints(2), Balance::RoundRobin);
+    assert!(u.pick().is_none());
+    assert!(!u.is_usable());
+}
+
+#[test]
+fn round_robin_alternates_over_healthy_endpoints() {
+    let eps = endpoints(3);
+    pass(&eps[0]);
+    pass(&eps[2]);
+    let u = upstream(eps.clone(), Balance::RoundRobin);
+    let picks: Vec<SocketAddr> = (0..6).map(|_| u.pick().unwrap().addr).collect();
+    assert!(!picks.contains(&eps[1].addr));
+    assert_eq!(
+        picks.iter().filter(|a| **a == eps[0].addr).count(),
+        3,
+        "{picks:?}"
+    );
+}
+
+#[test]
+fn draining_upstream_picks_nothing() {
+    let eps = endpoints(1);
+    pass(&eps[0]);
+    let u = upstream(eps, Balance::RoundRobin);
+    u.draining.store(true, Ordering::Relaxed);
+    assert!(u.pick().is_none());
+}
+
+#[test]
+fn least_request_prefers_the_less_loaded_of_two() {
+    let eps = endpoints(2);
+    pass(&eps[0]);
+    pass(&eps[1]);
+    let _busy: Vec<InFlight> = (0..5).map(|_| InFlight::new(eps[0].clone())).collect();
+    let u = upstream(eps.clone(), Balance::LeastRequest);
+    for _ in 0..50 {
+        assert_eq!(u.pick().unwrap().addr, eps[1].addr);
+    }
+}
+
+#[test]
+fn in_flight_guard_counts_until_dropped() {
+    let eps = endpoints(1);
+    let g = InFlight::new(eps[0].clone());
+    assert_eq!(eps[0].in_flight(), 1);
+    drop(g);
+    assert_eq!(eps[0].in_flight(), 0);
+}
+
+#[test]
+fn pick_excluding_avoids_the_failed_endpoint_when_it_can() {
+    let eps = endpoints(2);
+    pass(&eps[0]);
+    pass(&eps[1]);
+    let u = upstream(eps.clone(), Balance::RoundRobin);
+    for _ in 0..4 {
+        assert_eq!(u.pick_excluding(Some(&eps[0])).unwrap().addr, eps[1].addr);
+    }
+}
+
+#[test]
+fn passive_failure_without_checks_takes_endpoint_out() {
+    let eps = endpoints(1);
+    eps[0].assume_healthy();
+    eps[0].record_passive_failure(None);
+    assert_eq!(eps[0].state(), State::Unhealthy);
+    eps[0].record_passive_success();
+    assert_eq!(eps[0].state(), State::Healthy);
+}

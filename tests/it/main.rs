@@ -1,0 +1,4 @@
+//! Integration tests: real sockets on port 0, real upstreams, real clients.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
