@@ -87,6 +87,7 @@ async fn start_with(path: &Path, config: Config) -> anyhow::Result<Running> {
     let shared = Arc::new(Shared {
         live: ArcSwap::from_pointee(table),
         metrics: metrics.clone(),
+        retry_budget: crate::proxy::RetryBudget::default(),
     });
     let reloader = Arc::new(Reloader::new(
         path.to_path_buf(),
@@ -135,7 +136,8 @@ async fn start_with(path: &Path, config: Config) -> anyhow::Result<Running> {
         ));
     }
     tokio::spawn(reloader.watch());
-    tracing::info!(http = ?http_addr, admin = ?admin_addr, version = %shared.live.load().version, "steer started");
+    let shown = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(http = %shown(http_addr), admin = %shown(admin_addr), version = %shared.live.load().version, "steer started");
     Ok(Running {
         state,
         http: http_addr,

@@ -82,6 +82,8 @@ struct Shared {
     ready: AtomicBool,
     requests: AtomicU64,
     ready_checks: AtomicU64,
+    /// Added before every answer outside `/debug/` (a slow deployment).
+    delay_ms: AtomicU64,
     reporter: HealthReporter,
     health: HealthServer<HealthService>,
     /// Serialises publications to the reporter, see [`Shared::sync_health`].
@@ -105,6 +107,7 @@ impl Deployment {
             ready: AtomicBool::new(true),
             requests: AtomicU64::new(0),
             ready_checks: AtomicU64::new(0),
+            delay_ms: AtomicU64::new(0),
             reporter,
             health,
             health_sync: tokio::sync::Mutex::new(()),
@@ -145,6 +148,13 @@ impl Deployment {
     /// health probes excluded).
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// Delays every answer outside `/debug/` (probes stay fast): a
+    /// deployment that is ready but slow.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.shared.delay_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Requests served on `/debug/ready`.
@@ -235,6 +245,10 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<DemoBody> {
     if !req.uri().path().starts_with("/debug/") {
         shared.requests.fetch_add(1, Ordering::SeqCst);
+        let delay = shared.delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
     }
     if is_grpc(req.headers()) {
         return grpc(&shared, req).await;

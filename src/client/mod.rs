@@ -80,6 +80,13 @@ pub struct Pool {
     h2: tokio::sync::Mutex<Option<http2::SendRequest<ReqBody>>>,
 }
 
+/// A failed exchange; `request` is the request back when it was not sent.
+#[derive(Debug)]
+pub struct Failed {
+    pub error: ClientError,
+    pub request: Option<Request<ReqBody>>,
+}
+
 /// What `send` returns besides the response: the HTTP/1.1 connection to
 /// return to the pool when the body is done.
 pub struct Sent {
@@ -127,22 +134,37 @@ impl Pool {
 
     /// Sends `req` to `addr`. `req`'s URI must be in origin form for
     /// HTTP/1.1 and absolute (client's authority) for HTTP/2; `protocol`
-    /// picks the wire protocol; upgrades always go over HTTP/1.1.
+    /// picks the wire protocol; upgrades always go over HTTP/1.1. When the
+    /// request never left steer the error hands it back, so it can be sent
+    /// elsewhere with its body intact.
     pub async fn send(
         &self,
         addr: SocketAddr,
         protocol: Protocol,
         mut req: Request<ReqBody>,
         connect_timeout: Duration,
-    ) -> Result<Sent, ClientError> {
+    ) -> Result<Sent, Failed> {
         let h2 = matches!(protocol, Protocol::H2c) && req.version() == Version::HTTP_2;
         if h2 {
-            let mut sender = self.h2_sender(addr, connect_timeout).await?;
-            let response = sender
-                .send_request(req)
-                .await
-                .map_err(|source| ClientError::Broken { addr, source })?;
-            return Ok(Sent { response, h1: None });
+            let mut sender = match self.h2_sender(addr, connect_timeout).await {
+                Ok(s) => s,
+                Err(error) => {
+                    return Err(Failed {
+                        error,
+                        request: Some(req),
+                    });
+                }
+            };
+            return match sender.try_send_request(req).await {
+                Ok(response) => Ok(Sent { response, h1: None }),
+                Err(mut e) => Err(Failed {
+                    request: e.take_message(),
+                    error: ClientError::Broken {
+                        addr,
+                        source: e.into_error(),
+                    },
+                }),
+            };
         }
         *req.version_mut() = Version::HTTP_11;
         if let Some(mut sender) = self.take_h1().await {
@@ -158,23 +180,40 @@ impl Pool {
                     // (the upstream closed it): a fresh one is safe.
                     Some(back) => req = back,
                     None => {
-                        return Err(ClientError::Broken {
+                        let error = ClientError::Broken {
                             addr,
                             source: e.into_error(),
+                        };
+                        return Err(Failed {
+                            error,
+                            request: None,
                         });
                     }
                 },
             }
         }
-        let mut sender = connect_h1(addr, connect_timeout).await?;
-        let response = sender
-            .send_request(req)
-            .await
-            .map_err(|source| ClientError::Broken { addr, source })?;
-        Ok(Sent {
-            response,
-            h1: Some(sender),
-        })
+        let mut sender = match connect_h1(addr, connect_timeout).await {
+            Ok(s) => s,
+            Err(error) => {
+                return Err(Failed {
+                    error,
+                    request: Some(req),
+                });
+            }
+        };
+        match sender.try_send_request(req).await {
+            Ok(response) => Ok(Sent {
+                response,
+                h1: Some(sender),
+            }),
+            Err(mut e) => Err(Failed {
+                request: e.take_message(),
+                error: ClientError::Broken {
+                    addr,
+                    source: e.into_error(),
+                },
+            }),
+        }
     }
 
     async fn h2_sender(

@@ -104,7 +104,7 @@ async fn exchange(endpoint: &Endpoint, spec: &HealthSpec) -> Result<u16, String>
         .pool
         .send(endpoint.addr, endpoint.protocol, req, spec.timeout)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|f| f.error.to_string())?;
     let status = sent.response.status().as_u16();
     let body = Limited::new(sent.response.into_body(), MAX_PROBE_BODY);
     if body.collect().await.is_ok()

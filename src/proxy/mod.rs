@@ -4,6 +4,7 @@
 
 mod body;
 pub mod headers;
+mod retry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,14 +14,16 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use http_body_util::Either;
 use hyper::body::Incoming;
 
 pub use body::ProxyBody;
 use body::UpstreamBody;
 use headers::{Hop, X_REQUEST_ID};
+pub use retry::RetryBudget;
 
-use crate::client::ClientError;
+use crate::client::{ClientError, ReqBody};
 use crate::config::{Protocol, Target};
 use crate::metrics::Metrics;
 use crate::routing::{self, RequestView, Route};
@@ -32,6 +35,7 @@ use crate::upstream::{Endpoint, InFlight};
 pub struct Shared {
     pub live: ArcSwap<Table>,
     pub metrics: Metrics,
+    pub retry_budget: RetryBudget,
 }
 
 /// What the server knows about the connection a request came on.
@@ -102,7 +106,8 @@ pub async fn handle(
     let table = shared.live.load_full();
     let request_id = headers::request_id(req.headers());
     let mut outcome = Outcome::default();
-    let mut resp = match proxy(&table, conn, req, &request_id, &mut outcome).await {
+    shared.retry_budget.record_request();
+    let mut resp = match proxy(&shared, &table, conn, req, &request_id, &mut outcome).await {
         Ok(resp) => resp,
         Err(err) => error_response(&err, &request_id),
     };
@@ -125,9 +130,11 @@ pub async fn handle(
 struct Outcome {
     route: Option<usize>,
     upstream: Option<usize>,
+    retries: u32,
 }
 
 async fn proxy(
+    shared: &Shared,
     table: &Table,
     conn: ConnInfo,
     req: Request<Incoming>,
@@ -159,13 +166,14 @@ async fn proxy(
         host: raw_host.as_deref(),
     };
     forward(
+        shared,
         table,
         route,
-        upstream_index,
-        endpoint,
+        (upstream_index, endpoint),
         req,
         &hop,
         request_id,
+        outcome,
     )
     .await
 }
@@ -299,83 +307,174 @@ fn upstream_uri(
         .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
 }
 
+/// Where a prepared request goes: the client's authority and the path and
+/// query after rewriting. Re-aiming at another upstream (a retry, possibly
+/// a fallback with another protocol) only changes URI form and version.
+struct Aim {
+    authority: String,
+    path_and_query: String,
+}
+
+impl Aim {
+    fn apply(&self, req: &mut Request<ReqBody>, h2: bool) -> Result<(), ProxyError> {
+        let bad = |_| ProxyError::BadRequest("request target cannot be forwarded");
+        if h2 {
+            req.headers_mut().remove(header::HOST);
+            *req.uri_mut() = format!("http://{}{}", self.authority, self.path_and_query)
+                .parse()
+                .map_err(bad)?;
+            *req.version_mut() = Version::HTTP_2;
+        } else {
+            if !req.headers().contains_key(header::HOST) {
+                let host = HeaderValue::from_str(&self.authority)
+                    .map_err(|_| ProxyError::BadRequest("invalid authority"))?;
+                req.headers_mut().insert(header::HOST, host);
+            }
+            *req.uri_mut() = self.path_and_query.parse().map_err(bad)?;
+            *req.version_mut() = Version::HTTP_11;
+        }
+        Ok(())
+    }
+}
+
+/// Idempotent methods whose bodiless requests may be replayed after the
+/// upstream broke before answering.
+fn replayable(method: &http::Method) -> bool {
+    matches!(
+        method.as_str(),
+        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE"
+    )
+}
+
+/// A copy of a bodiless request's head, to send again.
+fn head_copy(req: &Request<ReqBody>) -> Request<ReqBody> {
+    let mut copy = Request::new(Either::Right(http_body_util::Full::new(Bytes::new())));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// Another endpoint for a retry: the same upstream without the one that
+/// failed, else the route's choice again (fallbacks) if it differs.
+fn next_endpoint<'t>(
+    table: &'t Table,
+    route: &Route,
+    upstream: usize,
+    failed: &Arc<Endpoint>,
+) -> Option<(usize, &'t Arc<Endpoint>)> {
+    if let Some(e) = table.upstreams[upstream].pick_excluding(Some(failed))
+        && !Arc::ptr_eq(e, failed)
+    {
+        return Some((upstream, e));
+    }
+    choose(table, route)
+        .ok()
+        .filter(|(_, e)| !Arc::ptr_eq(e, failed))
+}
+
+/// Retries after the first attempt: one for a broken exchange, two when
+/// connects fail (the request never left, so it costs the upstream nothing).
+const MAX_RETRIES: u32 = 2;
+
+#[allow(clippy::too_many_arguments)]
 async fn forward(
+    shared: &Shared,
     table: &Table,
     route: &Route,
-    upstream_index: usize,
-    endpoint: &Arc<Endpoint>,
+    first: (usize, &Arc<Endpoint>),
     req: Request<Incoming>,
     hop: &Hop<'_>,
     request_id: &HeaderValue,
+    outcome: &mut Outcome,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let upstream = &table.upstreams[upstream_index];
     let (mut parts, body) = req.into_parts();
     let upgrade = parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers);
     let client_upgrade = upgrade
         .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
         .flatten();
-    let h2 = upstream.protocol == Protocol::H2c && !upgrade;
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::apply_forwarding(&mut parts.headers, hop);
     headers::apply_rules(&mut parts.headers, &route.spec.request_headers);
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
-    let authority = hop
-        .host
-        .map_or_else(|| endpoint.addr.to_string(), str::to_owned);
-    if h2 {
-        parts.headers.remove(header::HOST);
-        parts.uri = upstream_uri(
-            &parts.uri,
-            route.spec.strip_prefix.as_deref(),
-            Some(&authority),
-        )?;
-        parts.version = Version::HTTP_2;
-    } else {
-        if !parts.headers.contains_key(header::HOST) {
-            let host = HeaderValue::from_str(&authority)
-                .map_err(|_| ProxyError::BadRequest("invalid authority"))?;
-            parts.headers.insert(header::HOST, host);
-        }
-        parts.uri = upstream_uri(&parts.uri, route.spec.strip_prefix.as_deref(), None)?;
-        parts.version = Version::HTTP_11;
-    }
-    let request = Request::from_parts(parts, Either::Left(body));
-    let guard = InFlight::new(endpoint.clone());
-    let timeout = table.proxy.request_timeout;
-    let sent = tokio::time::timeout(
-        timeout,
-        endpoint.pool.send(
+    let path_and_query =
+        upstream_uri(&parts.uri, route.spec.strip_prefix.as_deref(), None)?.to_string();
+    let aim = Aim {
+        authority: hop
+            .host
+            .map_or_else(|| first.1.addr.to_string(), str::to_owned),
+        path_and_query,
+    };
+    let empty_body = body.is_end_stream();
+    let mut request = Request::from_parts(parts, Either::Left(body));
+    let replay =
+        (empty_body && !upgrade && replayable(request.method())).then(|| head_copy(&request));
+    let deadline = tokio::time::Instant::now() + table.proxy.request_timeout;
+    let (mut upstream_index, mut endpoint) = first;
+    let mut retries = 0;
+    loop {
+        let upstream = &table.upstreams[upstream_index];
+        outcome.upstream = Some(upstream_index);
+        aim.apply(&mut request, upstream.protocol == Protocol::H2c && !upgrade)?;
+        let guard = InFlight::new(endpoint.clone());
+        let send = endpoint.pool.send(
             endpoint.addr,
             upstream.protocol,
             request,
             table.proxy.connect_timeout,
-        ),
-    )
-    .await
-    .map_err(|_| ProxyError::Timeout(timeout))?
-    .map_err(|e| {
+        );
+        let failed = match tokio::time::timeout_at(deadline, send).await {
+            Err(_) => return Err(ProxyError::Timeout(table.proxy.request_timeout)),
+            Ok(Ok(sent)) => {
+                if upstream.health.is_none() {
+                    endpoint.record_passive_success();
+                }
+                return Ok(respond(sent, route, client_upgrade, guard));
+            }
+            Ok(Err(failed)) => failed,
+        };
+        drop(guard);
         endpoint.record_passive_failure(upstream.health.as_ref());
-        if e.not_sent() {
-            ProxyError::Connect(e)
-        } else {
-            ProxyError::Broken(e)
+        let not_sent = failed.error.not_sent();
+        tracing::debug!(request_id = ?request_id, endpoint = %endpoint.addr, error = %failed.error, "upstream attempt failed");
+        let again = failed.request.or_else(|| replay.as_ref().map(head_copy));
+        let limit = if not_sent { MAX_RETRIES } else { 1 };
+        let next = next_endpoint(table, route, upstream_index, endpoint);
+        match (again, next) {
+            (Some(req), Some(next)) if retries < limit && shared.retry_budget.try_retry() => {
+                retries += 1;
+                outcome.retries = retries;
+                shared.metrics.retries(&upstream.name).inc();
+                request = req;
+                (upstream_index, endpoint) = next;
+            }
+            _ if not_sent => return Err(ProxyError::Connect(failed.error)),
+            _ => return Err(ProxyError::Broken(failed.error)),
         }
-    })?;
-    if upstream.health.is_none() {
-        endpoint.record_passive_success();
     }
+}
+
+/// The client's response from the upstream's: hop-by-hop removed, the
+/// route's rules applied, body wrapped to release the endpoint at its end.
+fn respond(
+    sent: crate::client::Sent,
+    route: &Route,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    guard: InFlight,
+) -> Response<ProxyBody> {
     let mut response = sent.response;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(response.headers_mut(), switching);
     headers::apply_rules(response.headers_mut(), &route.spec.response_headers);
     if switching {
-        return Ok(body::tunnel(response, client_upgrade, guard));
+        return body::tunnel(response, client_upgrade, guard);
     }
     let (parts, incoming) = response.into_parts();
-    Ok(Response::from_parts(
+    Response::from_parts(
         parts,
         ProxyBody::upstream(UpstreamBody::new(incoming, guard, sent.h1)),
-    ))
+    )
 }
 
 #[cfg(test)]

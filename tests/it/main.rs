@@ -1,4 +1,10 @@
 //! Integration tests: real sockets on port 0, real upstreams, real clients.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cli;
+mod forwarding;
+mod grpc;
+mod health;
+mod lifecycle;
 mod support;
+mod websocket;

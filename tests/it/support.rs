@@ -1,1 +1,207 @@
+//! Fixtures: ZITADEL-like upstreams, a steer started from a TOML snippet on
+//! port 0, real HTTP/1.1 and h2c clients, and polling with a deadline.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use steer::app::Running;
+use steer::demo::Deployment;
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A ZITADEL-like upstream on a free port.
+pub async fn upstream(name: &str) -> Deployment {
+    Deployment::start(name, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// A steer serving `body` (everything but `[listen]`, which is added with
+/// port 0 for the proxy and the admin API).
+pub struct Steer {
+    pub running: Option<Running>,
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl Steer {
+    pub async fn start(body: &str) -> Steer {
+        Steer::start_with("", body).await
+    }
+
+    /// As `start`, with extra lines for the `[proxy]` table.
+    pub async fn start_with(proxy: &str, body: &str) -> Steer {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.toml");
+        std::fs::write(&path, with_listen_proxy(proxy, body)).unwrap();
+        let running = steer::app::start(&path).await.unwrap();
+        Steer {
+            running: Some(running),
+            dir,
+            path,
+        }
+    }
+
+    /// Starts and waits until every endpoint has been probed once.
+    pub async fn start_ready(body: &str) -> Steer {
+        Steer::start_ready_with("", body).await
+    }
+
+    pub async fn start_ready_with(proxy: &str, body: &str) -> Steer {
+        let s = Steer::start_with(proxy, body).await;
+        let admin = s.admin();
+        eventually("steer /ready", || async {
+            get(&format!("{admin}/ready")).await.0 == StatusCode::OK
+        })
+        .await;
+        s
+    }
+
+    fn running(&self) -> &Running {
+        self.running.as_ref().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running().http.unwrap())
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.running().http.unwrap()
+    }
+
+    pub fn admin(&self) -> String {
+        format!("http://{}", self.running().admin.unwrap())
+    }
+
+    /// Replaces the route table (same `[listen]`) on disk.
+    pub fn write(&self, body: &str) {
+        let tmp = self.dir.path().join("routes.toml.tmp");
+        std::fs::write(&tmp, with_listen(body)).unwrap();
+        std::fs::rename(&tmp, &self.path).unwrap();
+    }
+}
+
+pub fn with_listen(body: &str) -> String {
+    with_listen_proxy("", body)
+}
+
+pub fn with_listen_proxy(proxy: &str, body: &str) -> String {
+    format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[proxy]\n{proxy}\nshutdown_delay = \"0s\"\ndrain_timeout = \"5s\"\nrequest_timeout = \"2s\"\nconnect_timeout = \"500ms\"\n\n[health]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1\n\n{body}"
+    )
+}
+
+/// An upstream block for `name` at `addr`.
+pub fn upstream_toml(name: &str, addr: SocketAddr, protocol: &str) -> String {
+    format!("[upstreams.{name}]\nendpoints = [\"{addr}\"]\nprotocol = \"{protocol}\"\n\n")
+}
+
+pub fn http1() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2c() -> HttpClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// The demo upstream's name for who answered.
+    /// Empty when steer answered itself (503 and friends).
+    pub fn deployment(&self) -> String {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v["deployment"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+pub async fn send(client: &HttpClient, req: Request<Full<Bytes>>) -> Answer {
+    let resp = client.request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub fn request(method: &str, url: &str) -> http::request::Builder {
+    Request::builder().method(method).uri(url)
+}
+
+pub async fn call(req: http::request::Builder) -> Answer {
+    send(&http1(), req.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+/// GET over HTTP/1.1: (status, body text).
+pub async fn get(url: &str) -> (StatusCode, String) {
+    let a = call(request("GET", url)).await;
+    (a.status, a.text())
+}
+
+pub async fn post(url: &str) -> (StatusCode, String) {
+    let a = call(request("POST", url)).await;
+    (a.status, a.text())
+}
+
+/// Polls `cond` every 20 ms until it holds; fails after 10 s.
+pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// The state of every endpoint of `upstream` as `/upstreams` shows it.
+pub async fn states(admin: &str, upstream: &str) -> Vec<String> {
+    let a = call(request("GET", &format!("{admin}/upstreams"))).await;
+    let v = a.json();
+    v["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["name"] == upstream)
+        .flat_map(|u| u["endpoints"].as_array().unwrap().clone())
+        .map(|e| e["state"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A port with nothing listening (bound, then closed).
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}

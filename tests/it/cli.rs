@@ -1,0 +1,181 @@
+//! The `steer` binary's commands and exit codes.
+
+use std::process::{Command, Output};
+
+fn steer(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_steer"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn write(dir: &tempfile::TempDir, text: &str) -> String {
+    let path = dir.path().join("routes.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+const GOOD: &str = r#"
+[listen]
+http = "127.0.0.1:0"
+
+[proxy]
+trusted_proxies = ["10.0.0.0/8"]
+
+[upstreams.blue]
+endpoints = ["127.0.0.1:9001"]
+protocol = "h2c"
+
+[upstreams.green]
+endpoints = ["127.0.0.1:9002"]
+
+[[routes]]
+name = "office"
+client_ips = ["192.168.0.0/16"]
+upstream = "green"
+
+[[routes]]
+name = "grpc"
+hosts = ["*.example.com"]
+header_regex = { "content-type" = "^application/grpc" }
+upstream = "blue"
+fallback = ["green"]
+
+[[routes]]
+name = "split"
+path_prefix = "/ui/"
+split = { blue = 3, green = 1 }
+"#;
+
+#[test]
+fn the_top_level_routes_toml_loads() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/routes.toml");
+    steer::config::load(std::path::Path::new(path)).unwrap();
+    let out = steer(&["check", path]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_valid_prints_a_summary_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, GOOD);
+    let out = steer(&["check", &path]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ok: 3 routes, 2 upstreams, 2 endpoints"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 1);
+}
+
+#[test]
+fn check_invalid_prints_every_error_with_position_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = GOOD
+        .replace(
+            "upstream = \"green\"\n\n[[routes]]\nname = \"grpc\"",
+            "upstream = \"teal\"\n\n[[routes]]\nname = \"grpc\"",
+        )
+        .replace("protocol = \"h2c\"", "protocol = \"h3\"");
+    let path = write(&dir, &bad);
+    let out = steer(&["check", &path]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].starts_with(&format!("{path}:10:12: `protocol` must be")),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{path}:18:12: unknown upstream `teal`")),
+        "{err}"
+    );
+}
+
+#[test]
+fn route_explains_the_match_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, GOOD);
+    let out = steer(&[
+        "route",
+        &path,
+        "POST",
+        "http://auth.example.com/zitadel.admin.v1.AdminService/Healthz",
+        "-H",
+        "content-type: application/grpc",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("route \"office\": no (client IP not in `client_ips`)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("matched route \"grpc\" (#2 in file order)"),
+        "{text}"
+    );
+    assert!(text.contains("host in [*.example.com]"), "{text}");
+    assert!(
+        text.contains("upstream: blue (h2c, endpoints 127.0.0.1:9001)"),
+        "{text}"
+    );
+    assert!(text.contains("fallbacks: green"), "{text}");
+}
+
+#[test]
+fn route_shows_split_and_client_ip_behind_a_trusted_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, GOOD);
+    let out = steer(&["route", &path, "GET", "/ui/login", "-H", "Host: a.io"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("matched route \"split\""), "{text}");
+    assert!(text.contains("3 (75%) -> blue"), "{text}");
+    let out = steer(&[
+        "route",
+        &path,
+        "GET",
+        "/",
+        "--client-ip",
+        "10.0.0.1",
+        "-H",
+        "X-Forwarded-For: 192.168.1.7",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("client_ip=192.168.1.7"), "{text}");
+    assert!(text.contains("matched route \"office\""), "{text}");
+}
+
+#[test]
+fn route_without_a_match_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, GOOD);
+    let out = steer(&["route", &path, "GET", "http://other.io/x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("no route matches"), "{text}");
+}
+
+#[test]
+fn run_with_an_invalid_config_exits_1_and_a_taken_port_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "[listen]\n");
+    let out = steer(&["run", "--config", &path]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("routes.toml:"));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let path = write(&dir, &GOOD.replace("127.0.0.1:0", &addr.to_string()));
+    let out = steer(&["--log-format", "json", "run", "--config", &path]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

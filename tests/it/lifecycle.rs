@@ -1,0 +1,303 @@
+//! Reload triggers, rejection, in-flight work across reloads, graceful
+//! shutdown; signals are sent to a real `steer` process.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use http::StatusCode;
+use tonic_health::ServingStatus;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::support::*;
+
+fn routes_to(target: &str) -> String {
+    format!("[[routes]]\nname = \"r\"\nupstream = \"{target}\"\n")
+}
+
+async fn two(protocol: &str) -> (steer::demo::Deployment, steer::demo::Deployment, String) {
+    let blue = upstream("blue").await;
+    let green = upstream("green").await;
+    let ups = format!(
+        "{}{}",
+        upstream_toml("blue", blue.addr(), protocol),
+        upstream_toml("green", green.addr(), protocol)
+    );
+    (blue, green, ups)
+}
+
+async fn serves(steer: &Steer, who: &str) -> bool {
+    call(request("GET", &steer.url("/x"))).await.deployment() == who
+}
+
+#[tokio::test]
+async fn writing_the_file_in_place_reloads() {
+    let (_b, _g, ups) = two("h2c").await;
+    let steer = Steer::start_ready(&format!("{ups}{}", routes_to("blue"))).await;
+    assert!(serves(&steer, "blue").await);
+    std::fs::write(
+        &steer.path,
+        with_listen(&format!("{ups}{}", routes_to("green"))),
+    )
+    .unwrap();
+    eventually("green after in-place write", || serves(&steer, "green")).await;
+}
+
+#[tokio::test]
+async fn a_rename_over_the_file_reloads() {
+    let (_b, _g, ups) = two("h2c").await;
+    let steer = Steer::start_ready(&format!("{ups}{}", routes_to("blue"))).await;
+    steer.write(&format!("{ups}{}", routes_to("green")));
+    eventually("green after rename", || serves(&steer, "green")).await;
+}
+
+#[tokio::test]
+async fn a_configmap_symlink_swap_reloads() {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::symlink;
+        let (_b, _g, ups) = two("h2c").await;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("..2026_11_27_1")).unwrap();
+        std::fs::write(
+            d.join("..2026_11_27_1/routes.toml"),
+            with_listen(&format!("{ups}{}", routes_to("blue"))),
+        )
+        .unwrap();
+        symlink("..2026_11_27_1", d.join("..data")).unwrap();
+        symlink("..data/routes.toml", d.join("routes.toml")).unwrap();
+        let running = steer::app::start(&d.join("routes.toml")).await.unwrap();
+        let url = format!("http://{}/x", running.http.unwrap());
+        eventually("blue", || async {
+            call(request("GET", &url)).await.deployment() == "blue"
+        })
+        .await;
+        // What the kubelet does: new dir, new ..data link, renamed over.
+        std::fs::create_dir(d.join("..2026_11_27_2")).unwrap();
+        std::fs::write(
+            d.join("..2026_11_27_2/routes.toml"),
+            with_listen(&format!("{ups}{}", routes_to("green"))),
+        )
+        .unwrap();
+        symlink("..2026_11_27_2", d.join("..data_tmp")).unwrap();
+        std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+        eventually("green after ..data swap", || async {
+            call(request("GET", &url)).await.deployment() == "green"
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn post_reload_applies_and_an_invalid_file_is_rejected_and_reported() {
+    let (_b, _g, ups) = two("h2c").await;
+    let steer = Steer::start_ready(&format!("{ups}{}", routes_to("blue"))).await;
+    let admin = steer.admin();
+    let v1 = call(request("GET", &format!("{admin}/config")))
+        .await
+        .json();
+    assert!(v1["last_error"].is_null());
+    // Invalid: unknown upstream. The running table stays.
+    steer.write(&format!("{ups}{}", routes_to("purple")));
+    let a = call(request("POST", &format!("{admin}/reload"))).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let errors = a.json()["errors"].as_array().unwrap().clone();
+    assert!(
+        errors[0]
+            .as_str()
+            .unwrap()
+            .contains("unknown upstream `purple`"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[0].as_str().unwrap().contains("routes.toml:"),
+        "{errors:?}"
+    );
+    assert!(serves(&steer, "blue").await);
+    let cfg = call(request("GET", &format!("{admin}/config")))
+        .await
+        .json();
+    assert_eq!(cfg["version"], v1["version"]);
+    assert!(cfg["last_error"].as_str().unwrap().contains("purple"));
+    let metrics = call(request("GET", &format!("{admin}/metrics")))
+        .await
+        .text();
+    assert!(
+        metrics.contains("steer_config_reloads_total{result=\"failure\"}"),
+        "{metrics}"
+    );
+    // A good file clears the error.
+    steer.write(&format!("{ups}{}", routes_to("green")));
+    let a = call(request("POST", &format!("{admin}/reload"))).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_ne!(a.json()["version"], v1["version"]);
+    assert!(serves(&steer, "green").await);
+    let cfg = call(request("GET", &format!("{admin}/config")))
+        .await
+        .json();
+    assert!(cfg["last_error"].is_null());
+    for field in ["version", "loaded_at", "path"] {
+        assert!(cfg[field].is_string(), "{field}");
+    }
+}
+
+#[tokio::test]
+async fn a_slow_request_finishes_on_the_old_table_after_its_route_is_removed() {
+    let (blue, _g, ups) = two("h2c").await;
+    let steer = Steer::start_ready(&format!(
+        "{ups}[[routes]]\nname = \"slow\"\npath_prefix = \"/demo/slow\"\nupstream = \"blue\"\n"
+    ))
+    .await;
+    let url = steer.url("/demo/slow?ms=600");
+    let slow = tokio::spawn(async move { call(request("GET", &url)).await });
+    eventually("in flight", || async { blue.requests() == 1 }).await;
+    steer.write(&format!(
+        "{ups}{}",
+        "[[routes]]\nname = \"other\"\npath = \"/other\"\nupstream = \"green\"\n"
+    ));
+    let (status, _) = post(&format!("{}/reload", steer.admin())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        get(&steer.url("/demo/slow?ms=1")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let a = slow.await.unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.deployment(), "blue");
+}
+
+#[tokio::test]
+async fn a_grpc_stream_and_a_websocket_survive_a_reload() {
+    let (blue, _g, ups) = two("h2c").await;
+    let steer = Steer::start_ready(&format!("{ups}{}", routes_to("blue"))).await;
+    let channel = tonic::transport::Channel::from_shared(steer.url(""))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    let mut stream = client
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        stream.message().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+    steer.write(&format!("{ups}{}", routes_to("green")));
+    let (status, _) = post(&format!("{}/reload", steer.admin())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(serves(&steer, "green").await);
+    blue.set_ready(false);
+    assert_eq!(
+        stream.message().await.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
+}
+
+/// A `steer run` child process and its bound addresses (from its JSON log).
+struct Proc {
+    child: Child,
+    http: String,
+    admin: String,
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_steer(body: &str) -> Proc {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    std::fs::write(&path, with_listen(body)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_steer"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .arg("--log-format=json")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let started = loop {
+        let line = lines.next().expect("steer exited before starting").unwrap();
+        if line.contains("steer started") {
+            break line;
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let v: serde_json::Value = serde_json::from_str(&started).unwrap();
+    let addr = |k: &str| v[k].as_str().unwrap().to_owned();
+    Proc {
+        http: format!("http://{}", addr("http")),
+        admin: format!("http://{}", addr("admin")),
+        child,
+        _dir: dir,
+        path,
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[tokio::test]
+async fn sighup_reloads_even_an_unchanged_file() {
+    let (_b, _g, ups) = two("h2c").await;
+    let p = spawn_steer(&format!("{ups}{}", routes_to("blue")));
+    let count = || async {
+        let m = call(request("GET", &format!("{}/metrics", p.admin)))
+            .await
+            .text();
+        m.lines()
+            .find(|l| l.starts_with("steer_config_reloads_total{result=\"success\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    eventually("admin up", || async {
+        get(&format!("{}/healthz", p.admin)).await.0 == StatusCode::OK
+    })
+    .await;
+    assert_eq!(count().await, 0);
+    signal(&p.child, "-HUP");
+    eventually("a forced reload counted", || async { count().await == 1 }).await;
+    assert!(p.path.exists());
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_request_finish_and_exits_0() {
+    let (blue, _g, ups) = two("h2c").await;
+    let mut p = spawn_steer(&format!("{ups}{}", routes_to("blue")));
+    let ready = format!("{}/ready", p.admin);
+    eventually("ready", || async { get(&ready).await.0 == StatusCode::OK }).await;
+    let url = format!("{}/demo/slow?ms=800", p.http);
+    let slow = tokio::spawn(async move { call(request("GET", &url)).await });
+    eventually("request in flight", || async { blue.requests() == 1 }).await;
+    signal(&p.child, "-TERM");
+    let a = slow.await.unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.deployment(), "blue");
+    let status = tokio::task::spawn_blocking(move || {
+        let s = p.child.wait().unwrap();
+        (s, p)
+    })
+    .await
+    .unwrap()
+    .0;
+    assert_eq!(status.code(), Some(0));
+}
