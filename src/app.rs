@@ -66,8 +66,7 @@ pub struct Running {
 
 fn probe_hook(metrics: Metrics) -> ProbeHook {
     Arc::new(move |e: &Endpoint, r: &CheckResult| {
-        let healthy = e.state() == crate::health::State::Healthy;
-        metrics.endpoint_health(&e.upstream, &e.addr.to_string(), healthy, r.ok);
+        metrics.health_check(&e.upstream, &e.addr.to_string(), r.ok);
     })
 }
 
@@ -155,12 +154,25 @@ impl Running {
     /// `drain_timeout`; then the admin listener stops.
     pub async fn shutdown(self) {
         self.state.shutting_down.store(true, Ordering::Relaxed);
-        let delay = self.state.shared.live.load().proxy.shutdown_delay;
+        let (delay, drain) = {
+            let t = self.state.shared.live.load();
+            (t.proxy.shutdown_delay, t.proxy.drain_timeout)
+        };
         tracing::info!(?delay, "shutting down: readiness off, still serving");
         tokio::time::sleep(delay).await;
+        let deadline = tokio::time::Instant::now() + drain;
         let _ = self.stop_proxy.send(true);
         if let Some(task) = self.proxy_task {
             let _ = task.await;
+        }
+        // Upgraded connections (WebSocket) left hyper's tracking when they
+        // switched protocols; their in-flight guards still count.
+        let in_flight = || {
+            let t = self.state.shared.live.load();
+            t.upstreams.iter().map(|u| u.in_flight()).sum::<usize>()
+        };
+        while in_flight() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         let _ = self.stop_admin.send(true);
         tracing::info!("shutdown complete");

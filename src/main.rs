@@ -19,8 +19,16 @@ struct Cli {
     #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormat>,
     /// Route table (for `steer` / `steer run`).
-    #[arg(long, env = "STEER_CONFIG", default_value = "routes.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "STEER_CONFIG",
+        default_value = "routes.toml"
+    )]
     config: PathBuf,
+    /// Take the listening sockets over from a running steer (see README).
+    #[arg(long, global = true)]
+    upgrade: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -28,13 +36,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve (the default).
-    Run {
-        #[arg(long, env = "STEER_CONFIG", default_value = "routes.toml")]
-        config: PathBuf,
-        /// Take the listening sockets over from a running steer.
-        #[arg(long)]
-        upgrade: bool,
-    },
+    Run,
     /// Validate a route table: a summary and exit 0, or every error and exit 1.
     Check { file: PathBuf },
     /// Dry run: which route a request matches, why, and where it would go.
@@ -78,7 +80,17 @@ fn init_logging(format: Option<LogFormat>) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout with 0; usage errors exit 1, as
+            // the contract says for invalid arguments (clap's own is 2,
+            // which steer reserves for a listener that cannot be bound).
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
     init_logging(cli.log_format);
     match cli.command {
         Some(Command::Check { file }) => match app::check(&file) {
@@ -109,15 +121,14 @@ fn main() -> ExitCode {
             },
         ),
         Some(Command::Demo) => serve(None),
-        Some(Command::Run { config, upgrade }) => {
-            if upgrade {
+        Some(Command::Run) | None => {
+            if cli.upgrade {
                 tracing::warn!(
                     "--upgrade: no socket handover is built yet; binding the listeners directly"
                 );
             }
-            serve(Some(config))
+            serve(Some(cli.config))
         }
-        None => serve(Some(cli.config)),
     }
 }
 

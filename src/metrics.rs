@@ -2,7 +2,7 @@
 //! only from closed sets (route and upstream names from the config, status
 //! codes, result enums), never from request data.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus::{
@@ -30,6 +30,9 @@ pub struct Metrics {
     reloads: IntCounterVec,
     connections: IntGaugeVec,
     retries: IntCounterVec,
+    in_flight: IntGaugeVec,
+    config_info: IntGaugeVec,
+    last_reload: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -38,23 +41,76 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-/// Handles resolved when a table loads, so the request path does no label
-/// lookups for the histogram.
+/// Status codes whose counters are cached per (route, upstream); others go
+/// through the label lookup (rare codes, rare requests).
+const COMMON_CODES: [u16; 26] = [
+    200, 201, 204, 206, 301, 302, 303, 304, 307, 308, 400, 401, 403, 404, 405, 408, 409, 412, 413,
+    422, 429, 431, 500, 502, 503, 504,
+];
+
+fn code_slot(code: u16) -> Option<usize> {
+    COMMON_CODES.iter().position(|c| *c == code)
+}
+
+/// The handles one (route, upstream) pair uses, created on first use so
+/// that /metrics shows only series that saw traffic.
 #[derive(Debug, Default)]
+struct Cell {
+    duration: OnceLock<prometheus::Histogram>,
+    codes: [OnceLock<IntCounter>; COMMON_CODES.len()],
+}
+
+/// Per-table metric handles: the request path does no label hashing or
+/// string formatting for the common cases, only an index and an atomic add.
+#[derive(Debug)]
 pub struct TableMetrics {
-    /// `[route][upstream]` request duration; the extra last row is "no route".
-    durations: Vec<Vec<prometheus::Histogram>>,
+    route_names: Vec<String>,
+    upstream_names: Vec<String>,
+    /// One row per route plus one for "no route", created on first use.
+    rows: Vec<OnceLock<Box<[Cell]>>>,
+    requests: IntCounterVec,
+    duration: HistogramVec,
 }
 
 impl TableMetrics {
-    pub fn observe(&self, route: Option<usize>, upstream: Option<usize>, elapsed: Duration) {
-        let row = route.map_or(self.durations.len().saturating_sub(1), |r| r);
-        if let Some(h) = self
-            .durations
-            .get(row)
-            .and_then(|r| r.get(upstream.map_or(r.len().saturating_sub(1), |u| u)))
-        {
-            h.observe(elapsed.as_secs_f64());
+    /// Counts one answered request and observes its time to response head.
+    pub fn record(
+        &self,
+        route: Option<usize>,
+        upstream: Option<usize>,
+        code: u16,
+        elapsed: Duration,
+    ) {
+        let r = route.unwrap_or(self.route_names.len() - 1);
+        let u = upstream.unwrap_or(self.upstream_names.len() - 1);
+        let (Some(row), Some(route_name), Some(upstream_name)) = (
+            self.rows.get(r),
+            self.route_names.get(r),
+            self.upstream_names.get(u),
+        ) else {
+            return;
+        };
+        let cells = row.get_or_init(|| {
+            (0..self.upstream_names.len())
+                .map(|_| Cell::default())
+                .collect()
+        });
+        let Some(cell) = cells.get(u) else { return };
+        let labels = [route_name.as_str(), upstream_name.as_str()];
+        cell.duration
+            .get_or_init(|| self.duration.with_label_values(&labels))
+            .observe(elapsed.as_secs_f64());
+        match code_slot(code) {
+            Some(slot) => cell.codes[slot]
+                .get_or_init(|| {
+                    self.requests
+                        .with_label_values(&[labels[0], labels[1], &code.to_string()])
+                })
+                .inc(),
+            None => self
+                .requests
+                .with_label_values(&[labels[0], labels[1], &code.to_string()])
+                .inc(),
         }
     }
 }
@@ -140,51 +196,96 @@ impl Metrics {
                 "Requests retried on another endpoint, by upstream",
                 &["upstream"],
             ),
+            in_flight: gauge_vec(
+                &registry,
+                "steer_endpoint_in_flight",
+                "Requests (and upgraded connections) in flight to the endpoint",
+                &["upstream", "endpoint"],
+            ),
+            config_info: gauge_vec(
+                &registry,
+                "steer_config_info",
+                "1 for the version (content hash) of the running route table",
+                &["version"],
+            ),
+            last_reload: gauge_vec(
+                &registry,
+                "steer_config_last_reload_timestamp_seconds",
+                "Unix time of the last reload attempt, by result",
+                &["result"],
+            ),
             registry,
         }
     }
 
     pub fn for_table(&self, routes: &[RouteSpec], upstreams: &[Arc<Upstream>]) -> TableMetrics {
-        let upstream_names: Vec<&str> = upstreams
+        let route_names: Vec<String> = routes
             .iter()
-            .map(|u| u.name.as_str())
-            .chain([""])
+            .map(|r| r.name.clone())
+            .chain([String::new()])
             .collect();
-        let durations = routes
+        let upstream_names = upstreams
             .iter()
-            .map(|r| r.name.as_str())
-            .chain([""])
-            .map(|route| {
-                upstream_names
-                    .iter()
-                    .map(|u| self.duration.with_label_values(&[route, u]))
-                    .collect()
-            })
+            .map(|u| u.name.clone())
+            .chain([String::new()])
             .collect();
-        TableMetrics { durations }
+        TableMetrics {
+            rows: route_names.iter().map(|_| OnceLock::new()).collect(),
+            route_names,
+            upstream_names,
+            requests: self.requests.clone(),
+            duration: self.duration.clone(),
+        }
     }
 
-    pub fn request(&self, route: &str, upstream: &str, code: u16) {
-        let mut buf = itoa_buf(code);
-        self.requests
-            .with_label_values(&[route, upstream, buf.as_str()])
-            .inc();
-        buf.clear();
+    /// The gauges of one endpoint (resolved once per endpoint).
+    pub fn endpoint_gauges(
+        &self,
+        upstream: &str,
+        endpoint: &str,
+    ) -> crate::upstream::EndpointGauges {
+        crate::upstream::EndpointGauges {
+            in_flight: self.in_flight.with_label_values(&[upstream, endpoint]),
+            healthy: self
+                .endpoint_healthy
+                .with_label_values(&[upstream, endpoint]),
+        }
     }
 
-    pub fn endpoint_health(&self, upstream: &str, endpoint: &str, healthy: bool, ok: bool) {
-        self.endpoint_healthy
-            .with_label_values(&[upstream, endpoint])
-            .set(i64::from(healthy));
+    /// Drops the per-endpoint series of an endpoint a reload removed.
+    pub fn forget_endpoint(&self, upstream: &str, endpoint: &str) {
+        let _ = self.in_flight.remove_label_values(&[upstream, endpoint]);
+        let _ = self
+            .endpoint_healthy
+            .remove_label_values(&[upstream, endpoint]);
+        for result in ["pass", "fail"] {
+            let _ = self
+                .health_checks
+                .remove_label_values(&[upstream, endpoint, result]);
+        }
+    }
+
+    /// Marks `version` as the running table.
+    pub fn config_version(&self, version: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[version]).set(1);
+    }
+
+    /// Counts one probe result (the health gauge follows the endpoint's
+    /// state by itself).
+    pub fn health_check(&self, upstream: &str, endpoint: &str, ok: bool) {
         self.health_checks
             .with_label_values(&[upstream, endpoint, if ok { "pass" } else { "fail" }])
             .inc();
     }
 
     pub fn reload(&self, success: bool) {
-        self.reloads
-            .with_label_values(&[if success { "success" } else { "failure" }])
-            .inc();
+        let result = if success { "success" } else { "failure" };
+        self.reloads.with_label_values(&[result]).inc();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        self.last_reload.with_label_values(&[result]).set(now);
     }
 
     pub fn reload_count(&self, success: bool) -> u64 {
@@ -207,8 +308,4 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
     }
-}
-
-fn itoa_buf(code: u16) -> String {
-    code.to_string()
 }

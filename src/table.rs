@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::SystemTime;
 
-use crate::config::{CertificateFiles, Config, EndpointAddr, Listen, ProxySettings, UpstreamSpec};
+use crate::config::{
+    CertificateFiles, Config, EndpointAddr, Listen, LogSettings, ProxySettings, UpstreamSpec,
+};
 use crate::health::probe;
 use crate::metrics::Metrics;
 use crate::routing::RouteTable;
@@ -27,6 +29,7 @@ pub struct Table {
     pub listen: Listen,
     pub tls: Vec<CertificateFiles>,
     pub proxy: ProxySettings,
+    pub log: LogSettings,
     pub routes: RouteTable,
     pub upstreams: Vec<Arc<Upstream>>,
     /// As configured, for re-resolving names every `dns_refresh`.
@@ -73,6 +76,7 @@ impl Table {
                                 configured.to_string(),
                                 spec.protocol,
                             ));
+                            ep.set_gauges(metrics.endpoint_gauges(&spec.name, &addr.to_string()));
                             probe::spawn(&ep, hook.clone());
                             ep
                         }
@@ -99,6 +103,17 @@ impl Table {
                 draining,
             )));
         }
+        // Endpoints the reload dropped lose their series (unless another
+        // endpoint now has the same upstream and address).
+        for ((upstream, _, addr), _) in keep {
+            let still = upstreams.iter().any(|u: &Arc<Upstream>| {
+                u.name == upstream && u.endpoints.iter().any(|e| e.addr == addr)
+            });
+            if !still {
+                metrics.forget_endpoint(&upstream, &addr.to_string());
+            }
+        }
+        metrics.config_version(&config.version);
         let table_metrics = metrics.for_table(&config.routes, &upstreams);
         Table {
             version: config.version,
@@ -107,6 +122,7 @@ impl Table {
             listen: config.listen,
             tls: config.tls,
             proxy: config.proxy,
+            log: config.log,
             routes: RouteTable::new(config.routes),
             upstreams,
             upstream_specs: config.upstreams,

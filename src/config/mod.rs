@@ -24,8 +24,22 @@ pub struct Config {
     pub listen: Listen,
     pub tls: Vec<CertificateFiles>,
     pub proxy: ProxySettings,
+    pub log: LogSettings,
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
+}
+
+/// `[log]`: what steer logs besides its own events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// One line per request at target `steer::access`.
+    pub access: bool,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings { access: true }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -272,6 +286,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, LoadError> {
             listen: parsed.listen,
             tls: parsed.tls,
             proxy: parsed.proxy,
+            log: parsed.log,
             upstreams: parsed.upstreams,
             routes: parsed.routes,
         })

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -14,7 +14,7 @@ use toml::de::{DeTable, DeValue};
 use super::walk::{Errors, Span, Table, as_integer, as_table, type_error};
 use super::{
     Balance, CertificateFiles, EndpointAddr, HeaderRules, HealthSpec, HostPattern, Listen,
-    PathMatch, Protocol, ProxySettings, RouteSpec, Target, UpstreamSpec, parse_cidr,
+    LogSettings, PathMatch, Protocol, ProxySettings, RouteSpec, Target, UpstreamSpec, parse_cidr,
     parse_duration,
 };
 
@@ -22,11 +22,20 @@ pub(super) struct Parsed {
     pub(super) listen: Listen,
     pub(super) tls: Vec<CertificateFiles>,
     pub(super) proxy: ProxySettings,
+    pub(super) log: LogSettings,
     pub(super) upstreams: Vec<UpstreamSpec>,
     pub(super) routes: Vec<super::RouteSpec>,
 }
 
-const TOP_KEYS: &[&str] = &["listen", "tls", "proxy", "health", "upstreams", "routes"];
+const TOP_KEYS: &[&str] = &[
+    "listen",
+    "tls",
+    "proxy",
+    "health",
+    "upstreams",
+    "routes",
+    "log",
+];
 
 pub(super) fn document(text: &str, base: &Path) -> Result<Parsed, Errors> {
     let mut errors = Errors::default();
@@ -43,7 +52,7 @@ pub(super) fn document(text: &str, base: &Path) -> Result<Parsed, Errors> {
         name: "the file",
     };
     root.check_keys(&mut errors, TOP_KEYS);
-    let listen = listen(&mut errors, &root);
+    let listen = listen(&mut errors, &root, base);
     let tls = tls(&mut errors, &root, base);
     if listen.https.is_some() && tls.is_empty() {
         let span = root.get("listen").map_or(0..0, |v| v.span());
@@ -53,6 +62,7 @@ pub(super) fn document(text: &str, base: &Path) -> Result<Parsed, Errors> {
         );
     }
     let proxy = proxy(&mut errors, &root);
+    let log = log(&mut errors, &root);
     let health_defaults = root
         .table(&mut errors, "health", "[health]")
         .map(|t| health(&mut errors, &t, &HealthSpec::default()))
@@ -64,6 +74,7 @@ pub(super) fn document(text: &str, base: &Path) -> Result<Parsed, Errors> {
             listen,
             tls,
             proxy,
+            log,
             upstreams,
             routes,
         })
@@ -72,7 +83,7 @@ pub(super) fn document(text: &str, base: &Path) -> Result<Parsed, Errors> {
     }
 }
 
-fn listen(errors: &mut Errors, root: &Table<'_, '_>) -> Listen {
+fn listen(errors: &mut Errors, root: &Table<'_, '_>, base: &Path) -> Listen {
     let mut listen = Listen {
         http: None,
         https: None,
@@ -105,7 +116,7 @@ fn listen(errors: &mut Errors, root: &Table<'_, '_>) -> Listen {
     listen.admin = addr("admin");
     listen.upgrade_socket = table
         .str(errors, "upgrade_socket")
-        .map(|(s, _)| PathBuf::from(s));
+        .map(|(s, _)| base.join(s));
     if table.get("http").is_none() && table.get("https").is_none() {
         errors.push(
             table.span.clone(),
@@ -224,6 +235,22 @@ fn proxy(errors: &mut Errors, root: &Table<'_, '_>) -> ProxySettings {
         max_header_bytes: positive(errors, &table, "max_header_bytes", 32 * 1024, 1 << 20) as usize,
         max_headers: positive(errors, &table, "max_headers", 100, 1000) as usize,
     }
+}
+
+fn log(errors: &mut Errors, root: &Table<'_, '_>) -> LogSettings {
+    let Some(table) = root.table(errors, "log", "[log]") else {
+        return LogSettings::default();
+    };
+    table.check_keys(errors, &["access"]);
+    let access = match table.get("access").map(|v| (v, v.get_ref())) {
+        None => true,
+        Some((_, DeValue::Boolean(b))) => *b,
+        Some((v, other)) => {
+            type_error(errors, v.span(), "access", "a boolean", other);
+            true
+        }
+    };
+    LogSettings { access }
 }
 
 /// Durations where `"0s"` is a meaningful choice (no delay, no drain).

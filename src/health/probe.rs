@@ -11,6 +11,7 @@ use http::{HeaderValue, Request, Uri, Version, header};
 use http_body_util::{BodyExt, Either, Full, Limited};
 
 use crate::config::{HealthSpec, Protocol};
+use crate::health::State;
 use crate::upstream::{CheckResult, Endpoint};
 
 /// Called after every probe (metrics, logs).
@@ -29,23 +30,52 @@ pub fn spawn(endpoint: &Arc<Endpoint>, on_result: ProbeHook) {
         let mut first = true;
         loop {
             let Some(ep) = weak.upgrade() else { return };
-            let spec = ep.health_spec();
-            let interval = spec.as_ref().map_or(Duration::from_secs(1), |s| s.interval);
-            if let Some(spec) = spec {
-                let result = probe(&ep, &spec).await;
-                ep.record_check(result.clone(), &spec);
-                on_result(&ep, &result);
-            }
-            drop(ep);
-            let pause = if first {
-                first = false;
-                interval.mul_f64(fastrand::f64())
-            } else {
-                interval.mul_f64(0.9 + fastrand::f64() * 0.2)
+            let pause = match ep.health_spec() {
+                Some(spec) => {
+                    let before = ep.state();
+                    let result = probe(&ep, &spec).await;
+                    let after = ep.record_check(result.clone(), &spec);
+                    on_result(&ep, &result);
+                    log_change(&ep, before, after, &result);
+                    let factor = if first {
+                        fastrand::f64()
+                    } else {
+                        0.9 + fastrand::f64() * 0.2
+                    };
+                    first = false;
+                    spec.interval.mul_f64(factor)
+                }
+                None => {
+                    if ep.revive_after_passive_failure() {
+                        tracing::info!(upstream = %ep.upstream, endpoint = %ep.addr, "endpoint back in rotation after its passive-failure timeout");
+                    }
+                    Duration::from_secs(1)
+                }
             };
-            tokio::time::sleep(pause).await;
+            // Sleep without keeping the endpoint alive; a reload that
+            // changes the settings wakes the task at once.
+            let changed = async move { ep.settings_changed.notified().await };
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = changed => {}
+            }
         }
     });
+}
+
+fn log_change(ep: &Endpoint, before: State, after: State, result: &CheckResult) {
+    if before == after {
+        return;
+    }
+    let error = result.error.as_deref().unwrap_or("");
+    match after {
+        State::Healthy => {
+            tracing::info!(upstream = %ep.upstream, endpoint = %ep.addr, from = before.as_str(), "endpoint healthy");
+        }
+        State::Unhealthy | State::Unknown => {
+            tracing::warn!(upstream = %ep.upstream, endpoint = %ep.addr, from = before.as_str(), error, "endpoint unhealthy");
+        }
+    }
 }
 
 /// One check: `GET {path}` with the configured Host; 2xx passes.

@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
+use super::access::Access;
 use crate::client::H1Sender;
 use crate::upstream::InFlight;
 
@@ -37,6 +38,18 @@ impl ProxyBody {
 
     pub(super) fn upstream(body: UpstreamBody) -> ProxyBody {
         ProxyBody::Upstream(body)
+    }
+
+    /// Hands the access-log record to the body: an upstream body writes it
+    /// when it ends; steer's own bodies are complete, so it is written now.
+    pub(super) fn attach_access(&mut self, mut access: Box<Access>) {
+        match self {
+            ProxyBody::Upstream(b) => b.access = Some(access),
+            ProxyBody::Full(b) => {
+                access.bytes = b.size_hint().exact().unwrap_or(0);
+                drop(access);
+            }
+        }
     }
 }
 
@@ -78,6 +91,7 @@ pub struct UpstreamBody {
     inner: Incoming,
     guard: Option<InFlight>,
     h1: Option<H1Sender>,
+    access: Option<Box<Access>>,
 }
 
 impl UpstreamBody {
@@ -86,6 +100,7 @@ impl UpstreamBody {
             inner,
             guard: Some(guard),
             h1,
+            access: None,
         }
     }
 
@@ -109,6 +124,9 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(access)) = (&polled, this.access.as_mut()) {
+            access.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+        }
         match &polled {
             Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Err(_))) => {

@@ -118,9 +118,29 @@ pub fn apply_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
         None => peer.clone(),
     };
     set(headers, X_FORWARDED_FOR, &xff);
-    let proto = if hop.tls { "https" } else { "http" };
+    let own_proto = if hop.tls { "https" } else { "http" };
+    // A trusted proxy in front that speaks only X-Forwarded-* (most load
+    // balancers) saw the original scheme and host; the Forwarded element
+    // steer starts must say the same, or ZITADEL, which reads the left-most
+    // Forwarded element first, would build http:// URLs behind a TLS LB.
+    let first_hop = !headers.contains_key(header::FORWARDED);
+    let trusted_value = |name: &HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').next().unwrap_or("").trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    let (proto, fwd_host) = if hop.trusted && first_hop {
+        (
+            trusted_value(&X_FORWARDED_PROTO).unwrap_or_else(|| own_proto.to_owned()),
+            trusted_value(&X_FORWARDED_HOST).or_else(|| hop.host.map(str::to_owned)),
+        )
+    } else {
+        (own_proto.to_owned(), hop.host.map(str::to_owned))
+    };
     if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(own_proto));
     }
     if let Some(host) = hop.host
         && !headers.contains_key(&X_FORWARDED_HOST)
@@ -131,14 +151,23 @@ pub fn apply_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
         IpAddr::V4(_) => peer,
         IpAddr::V6(_) => format!("\"[{peer}]\""),
     };
+    let proto = if is_token(&proto) {
+        proto
+    } else {
+        own_proto.to_owned()
+    };
     let mut element = format!("for={node};proto={proto}");
-    if let Some(host) = hop.host.filter(|h| is_token(h)) {
-        element.push_str(";host=");
-        element.push_str(host);
-    } else if let Some(host) = hop.host {
-        element.push_str(";host=\"");
-        element.push_str(&host.replace(['"', '\\'], ""));
-        element.push('"');
+    match fwd_host {
+        Some(host) if is_token(&host) => {
+            element.push_str(";host=");
+            element.push_str(&host);
+        }
+        Some(host) => {
+            element.push_str(";host=\"");
+            element.push_str(&host.replace(['"', '\\'], ""));
+            element.push('"');
+        }
+        None => {}
     }
     let forwarded = match join_values(headers, &header::FORWARDED) {
         Some(prev) => format!("{prev}, {element}"),

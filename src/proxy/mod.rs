@@ -2,6 +2,7 @@
 //! table once per request and never holds a guard across `.await`. The
 //! ONE place where errors become status codes is [`error_response`].
 
+mod access;
 mod body;
 pub mod headers;
 mod retry;
@@ -18,6 +19,7 @@ use http_body::Body as _;
 use http_body_util::Either;
 use hyper::body::Incoming;
 
+use access::Access;
 pub use body::ProxyBody;
 use body::UpstreamBody;
 use headers::{Hop, X_REQUEST_ID};
@@ -79,7 +81,7 @@ pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<Pr
     if status.is_server_error() {
         tracing::warn!(request_id = %id, status = status.as_u16(), error = %err, "request failed");
     } else {
-        tracing::debug!(request_id = %id, status = status.as_u16(), error = %err, "request refused");
+        tracing::info!(request_id = %id, status = status.as_u16(), error = %err, "request refused");
     }
     let body = format!(
         "{} {}: {err}\nrequest id: {id}\n",
@@ -105,31 +107,58 @@ pub async fn handle(
     let started = Instant::now();
     let table = shared.live.load_full();
     let request_id = headers::request_id(req.headers());
-    let mut outcome = Outcome::default();
+    let access = table.log.access.then(|| {
+        Box::new(Access {
+            table: table.clone(),
+            start: started,
+            method: req.method().clone(),
+            host: client_host(&req).ok().flatten(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned()),
+            request_id: request_id.clone(),
+            trace_id: access::trace_id(req.headers()),
+            client_ip: None,
+            route: None,
+            upstream: None,
+            endpoint: None,
+            retries: 0,
+            status: 0,
+            bytes: 0,
+        })
+    });
     shared.retry_budget.record_request();
+    let mut outcome = Outcome::default();
     let mut resp = match proxy(&shared, &table, conn, req, &request_id, &mut outcome).await {
         Ok(resp) => resp,
         Err(err) => error_response(&err, &request_id),
     };
     resp.headers_mut().insert(X_REQUEST_ID, request_id);
-    let route = outcome.route.map(|r| &table.routes.routes()[r]);
-    let upstream = outcome.upstream.map(|u| &table.upstreams[u]);
-    shared.metrics.request(
-        route.map_or("", |r| r.spec.name.as_str()),
-        upstream.map_or("", |u| u.name.as_str()),
-        resp.status().as_u16(),
-    );
+    let status = resp.status().as_u16();
     table
         .metrics
-        .observe(outcome.route, outcome.upstream, started.elapsed());
+        .record(outcome.route, outcome.upstream, status, started.elapsed());
+    if let Some(mut access) = access {
+        access.client_ip = outcome.client_ip;
+        access.route = outcome.route;
+        access.upstream = outcome.upstream;
+        access.endpoint = outcome.endpoint;
+        access.retries = outcome.retries;
+        access.status = status;
+        // Written when the body ends (or right away for steer's own answers).
+        resp.body_mut().attach_access(access);
+    }
     resp
 }
 
-/// Which route and upstream a request used (for metrics and logs).
+/// Which route, upstream and endpoint a request used (metrics and logs).
 #[derive(Debug, Default)]
 struct Outcome {
+    client_ip: Option<std::net::IpAddr>,
     route: Option<usize>,
     upstream: Option<usize>,
+    endpoint: Option<SocketAddr>,
     retries: u32,
 }
 
@@ -147,6 +176,7 @@ async fn proxy(
     let trusted = routing::client_ip_trusted(conn.peer.ip(), &table.proxy.trusted_proxies);
     let client_ip =
         routing::resolve_client_ip(conn.peer.ip(), req.headers(), &table.proxy.trusted_proxies);
+    outcome.client_ip = Some(client_ip);
     let view = RequestView {
         method: req.method(),
         host: host.as_deref(),
@@ -238,7 +268,11 @@ fn choose<'t>(table: &'t Table, route: &Route) -> Result<(usize, &'t Arc<Endpoin
                 let usable = |u: usize| {
                     Some(u) != picked && table.upstreams.get(u).is_some_and(|up| up.is_usable())
                 };
-                weighted(parts, usable).and_then(try_one)
+                // Weight-0 members are still members: after the weighted
+                // ones they take the request (blue/green at 0/100).
+                weighted(parts, usable)
+                    .or_else(|| parts.iter().map(|(u, _)| *u).find(|u| usable(*u)))
+                    .and_then(try_one)
             })
         }
     };
@@ -416,6 +450,7 @@ async fn forward(
     loop {
         let upstream = &table.upstreams[upstream_index];
         outcome.upstream = Some(upstream_index);
+        outcome.endpoint = Some(endpoint.addr);
         aim.apply(&mut request, upstream.protocol == Protocol::H2c && !upgrade)?;
         let guard = InFlight::new(endpoint.clone());
         let send = endpoint.pool.send(

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::client::Pool;
 use crate::config::{Balance, HealthSpec, Protocol};
@@ -25,6 +25,19 @@ pub struct CheckResult {
 struct HealthRecord {
     counter: Counter,
     last_check: Option<CheckResult>,
+    /// When live traffic last marked the endpoint down (for `health = false`).
+    passive_down_at: Option<Instant>,
+}
+
+/// With `health = false`, how long a failed connection keeps an endpoint
+/// out before it is tried again (nginx's `fail_timeout`).
+pub const PASSIVE_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Metric handles of one endpoint, resolved once.
+#[derive(Debug)]
+pub struct EndpointGauges {
+    pub in_flight: prometheus::IntGauge,
+    pub healthy: prometheus::IntGauge,
 }
 
 /// One address of an upstream.
@@ -41,6 +54,9 @@ pub struct Endpoint {
     /// The owning upstream's check settings; updated when a reload keeps
     /// the endpoint but changes them. `None`: checks are off.
     health_spec: Mutex<Option<HealthSpec>>,
+    gauges: std::sync::OnceLock<EndpointGauges>,
+    /// Wakes the probe task when its settings change on a reload.
+    pub(crate) settings_changed: tokio::sync::Notify,
     pub pool: Pool,
 }
 
@@ -72,6 +88,8 @@ impl Endpoint {
             in_flight: AtomicUsize::new(0),
             health: Mutex::new(HealthRecord::default()),
             health_spec: Mutex::new(None),
+            gauges: std::sync::OnceLock::new(),
+            settings_changed: tokio::sync::Notify::new(),
             pool: Pool::default(),
         }
     }
@@ -88,6 +106,22 @@ impl Endpoint {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    pub fn set_gauges(&self, gauges: EndpointGauges) {
+        gauges
+            .healthy
+            .set(i64::from(self.state() == State::Healthy));
+        let _ = self.gauges.set(gauges);
+    }
+
+    /// The one place the shared state word is written, so the health gauge
+    /// follows every change (probes, live traffic, revival).
+    fn publish(&self, state: State) {
+        self.state.store(encode(state), Ordering::Relaxed);
+        if let Some(g) = self.gauges.get() {
+            g.healthy.set(i64::from(state == State::Healthy));
+        }
+    }
+
     pub fn health_spec(&self) -> Option<HealthSpec> {
         self.health_spec
             .lock()
@@ -96,10 +130,14 @@ impl Endpoint {
     }
 
     pub fn set_health_spec(&self, spec: Option<HealthSpec>) {
-        *self
+        let mut current = self
             .health_spec
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = spec;
+            .unwrap_or_else(PoisonError::into_inner);
+        if *current != spec {
+            *current = spec;
+            self.settings_changed.notify_one();
+        }
     }
 
     pub fn last_check(&self) -> Option<CheckResult> {
@@ -123,7 +161,7 @@ impl Endpoint {
             .counter
             .record(result.ok, spec.healthy_threshold, spec.unhealthy_threshold);
         rec.last_check = Some(result);
-        self.state.store(encode(state), Ordering::Relaxed);
+        self.publish(state);
         state
     }
 
@@ -134,9 +172,12 @@ impl Endpoint {
             Some(spec) => rec.counter.record_passive_failure(spec.unhealthy_threshold),
             // Without active checks nothing would ever bring it back, so a
             // passive failure only counts until the next success.
-            None => rec.counter.record(false, 1, 1),
+            None => {
+                rec.passive_down_at = Some(Instant::now());
+                rec.counter.record(false, 1, 1)
+            }
         };
-        self.state.store(encode(state), Ordering::Relaxed);
+        self.publish(state);
         state
     }
 
@@ -145,7 +186,7 @@ impl Endpoint {
         if self.state.load(Ordering::Relaxed) != HEALTHY {
             let mut rec = self.record();
             let state = rec.counter.record(true, 1, 1);
-            self.state.store(encode(state), Ordering::Relaxed);
+            self.publish(state);
         }
     }
 
@@ -155,8 +196,33 @@ impl Endpoint {
         let mut rec = self.record();
         if rec.counter.state == State::Unknown {
             rec.counter.state = State::Healthy;
-            self.state.store(HEALTHY, Ordering::Relaxed);
+            self.publish(State::Healthy);
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn backdate_passive_failure(&self, by: Duration) {
+        let mut rec = self.record();
+        rec.passive_down_at = rec.passive_down_at.and_then(|t| t.checked_sub(by));
+    }
+
+    /// `health = false`: brings an endpoint that live traffic took out back
+    /// once `PASSIVE_FAIL_TIMEOUT` has passed. Returns whether it did.
+    pub fn revive_after_passive_failure(&self) -> bool {
+        let mut rec = self.record();
+        let due = rec
+            .passive_down_at
+            .is_some_and(|t| t.elapsed() >= PASSIVE_FAIL_TIMEOUT);
+        if due && rec.counter.state == State::Unhealthy {
+            rec.counter = Counter {
+                state: State::Healthy,
+                passes: 0,
+                failures: 0,
+            };
+            rec.passive_down_at = None;
+            self.publish(State::Healthy);
+        }
+        due
     }
 }
 
@@ -170,6 +236,9 @@ pub struct InFlight {
 impl InFlight {
     pub fn new(endpoint: Arc<Endpoint>) -> InFlight {
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Some(g) = endpoint.gauges.get() {
+            g.in_flight.inc();
+        }
         InFlight { endpoint }
     }
 
@@ -181,6 +250,9 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(g) = self.endpoint.gauges.get() {
+            g.in_flight.dec();
+        }
     }
 }
 

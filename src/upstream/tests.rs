@@ -105,3 +105,15 @@ fn passive_failure_without_checks_takes_endpoint_out() {
     eps[0].record_passive_success();
     assert_eq!(eps[0].state(), State::Healthy);
 }
+
+#[test]
+fn passive_failure_without_checks_expires_after_the_fail_timeout() {
+    let eps = endpoints(1);
+    eps[0].assume_healthy();
+    eps[0].record_passive_failure(None);
+    assert!(!eps[0].revive_after_passive_failure());
+    assert_eq!(eps[0].state(), State::Unhealthy);
+    eps[0].backdate_passive_failure(PASSIVE_FAIL_TIMEOUT);
+    assert!(eps[0].revive_after_passive_failure());
+    assert_eq!(eps[0].state(), State::Healthy);
+}

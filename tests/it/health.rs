@@ -345,3 +345,26 @@ async fn ready_is_503_until_the_first_round_is_done() {
     assert_eq!(states(&steer.admin(), "mute").await, ["unhealthy"]);
     hold.abort();
 }
+
+#[tokio::test]
+async fn a_weight_zero_split_member_still_takes_over_when_the_others_are_down() {
+    let blue = upstream("blue").await;
+    let green = upstream("green").await;
+    let body = format!(
+        "{}{}[[routes]]\nname = \"r\"\nsplit = {{ blue = 100, green = 0 }}\n",
+        upstream_toml("blue", blue.addr(), "h2c"),
+        upstream_toml("green", green.addr(), "h2c"),
+    );
+    let steer = Steer::start_ready(&body).await;
+    for _ in 0..10 {
+        assert_eq!(
+            call(request("GET", &steer.url("/"))).await.deployment(),
+            "blue"
+        );
+    }
+    blue.set_ready(false);
+    eventually("green takes over", || async {
+        call(request("GET", &steer.url("/"))).await.deployment() == "green"
+    })
+    .await;
+}

@@ -1,9 +1,6 @@
 //! Reload triggers, rejection, in-flight work across reloads, graceful
 //! shutdown; signals are sent to a real `steer` process.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
 use http::StatusCode;
 use tonic_health::ServingStatus;
 use tonic_health::pb::HealthCheckRequest;
@@ -197,63 +194,6 @@ async fn a_grpc_stream_and_a_websocket_survive_a_reload() {
         stream.message().await.unwrap().unwrap().status,
         ServingStatus::NotServing as i32
     );
-}
-
-/// A `steer run` child process and its bound addresses (from its JSON log).
-struct Proc {
-    child: Child,
-    http: String,
-    admin: String,
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_steer(body: &str) -> Proc {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("routes.toml");
-    std::fs::write(&path, with_listen(body)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_steer"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .arg("--log-format=json")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let started = loop {
-        let line = lines.next().expect("steer exited before starting").unwrap();
-        if line.contains("steer started") {
-            break line;
-        }
-    };
-    // Keep draining stderr so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    let v: serde_json::Value = serde_json::from_str(&started).unwrap();
-    let addr = |k: &str| v[k].as_str().unwrap().to_owned();
-    Proc {
-        http: format!("http://{}", addr("http")),
-        admin: format!("http://{}", addr("admin")),
-        child,
-        _dir: dir,
-        path,
-    }
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
 }
 
 #[tokio::test]

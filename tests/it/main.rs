@@ -2,9 +2,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod examples;
 mod forwarding;
 mod grpc;
 mod health;
 mod lifecycle;
+mod observability;
 mod support;
 mod websocket;

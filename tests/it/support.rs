@@ -2,8 +2,10 @@
 //! port 0, real HTTP/1.1 and h2c clients, and polling with a deadline.
 
 use std::future::Future;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -97,6 +99,18 @@ pub fn with_listen_proxy(proxy: &str, body: &str) -> String {
     format!(
         "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[proxy]\n{proxy}\nshutdown_delay = \"0s\"\ndrain_timeout = \"5s\"\nrequest_timeout = \"2s\"\nconnect_timeout = \"500ms\"\n\n[health]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1\n\n{body}"
     )
+}
+
+/// One upstream `blue` (protocol as given) behind a ready steer whose
+/// only route `r` sends everything to it.
+pub async fn single(protocol: &str) -> (Deployment, Steer) {
+    let blue = upstream("blue").await;
+    let body = format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
+        upstream_toml("blue", blue.addr(), protocol)
+    );
+    let steer = Steer::start_ready(&body).await;
+    (blue, steer)
 }
 
 /// An upstream block for `name` at `addr`.
@@ -204,4 +218,69 @@ pub async fn states(admin: &str, upstream: &str) -> Vec<String> {
 pub fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
+}
+
+/// A `steer run` child process and its bound addresses (from its JSON log).
+pub struct Proc {
+    pub child: Child,
+    pub http: String,
+    pub admin: String,
+    _dir: tempfile::TempDir,
+    pub path: std::path::PathBuf,
+    pub logs: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn spawn_steer(body: &str) -> Proc {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    std::fs::write(&path, with_listen(body)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_steer"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .arg("--log-format=json")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let started = loop {
+        let line = lines.next().expect("steer exited before starting").unwrap();
+        if line.contains("steer started") {
+            break line;
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe; the
+    // lines stay readable through `logs`.
+    let (tx, logs) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let v: serde_json::Value = serde_json::from_str(&started).unwrap();
+    let addr = |k: &str| v[k].as_str().unwrap().to_owned();
+    Proc {
+        http: format!("http://{}", addr("http")),
+        admin: format!("http://{}", addr("admin")),
+        child,
+        _dir: dir,
+        path,
+        logs,
+    }
+}
+
+pub fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
 }

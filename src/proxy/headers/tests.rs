@@ -69,6 +69,27 @@ fn trusted_proxy_headers_are_kept_and_appended() {
 }
 
 #[test]
+fn forwarded_element_follows_a_trusted_load_balancers_scheme_and_host() {
+    let mut h = map(&[
+        ("x-forwarded-for", "198.51.100.4"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "auth.example.com"),
+    ]);
+    let hop = Hop {
+        peer: "10.0.0.2".parse().unwrap(),
+        trusted: true,
+        tls: false,
+        host: Some("steer.internal:8080"),
+    };
+    apply_forwarding(&mut h, &hop);
+    assert_eq!(
+        h["forwarded"],
+        "for=10.0.0.2;proto=https;host=auth.example.com"
+    );
+    assert_eq!(h["x-forwarded-proto"], "https");
+}
+
+#[test]
 fn forwarded_quotes_ipv6_and_ported_hosts() {
     let mut h = HeaderMap::new();
     let hop = Hop {
