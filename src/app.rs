@@ -18,6 +18,7 @@ use crate::proxy::Shared;
 use crate::reload::Reloader;
 use crate::routing::{self, RequestView, RouteTable};
 use crate::table::{ProbeHook, Table};
+use crate::tls::TlsStore;
 use crate::upstream::{CheckResult, Endpoint};
 
 /// A listener could not be bound (exit code 2).
@@ -58,10 +59,11 @@ impl AppState {
 pub struct Running {
     pub state: Arc<AppState>,
     pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
     stop_proxy: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
-    proxy_task: Option<tokio::task::JoinHandle<()>>,
+    proxy_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 fn probe_hook(metrics: Metrics) -> ProbeHook {
@@ -76,10 +78,35 @@ pub async fn start(path: &Path) -> anyhow::Result<Running> {
     start_with(path, config).await
 }
 
+/// The bound listeners, before serving starts.
+struct Bound {
+    http: Option<tokio::net::TcpListener>,
+    https: Option<tokio::net::TcpListener>,
+    admin: Option<tokio::net::TcpListener>,
+}
+
+fn bind_all(listen: &config::Listen) -> Result<Bound, BindError> {
+    let bind = |name: &'static str, addr: Option<SocketAddr>| {
+        addr.map(|addr| {
+            crate::server::bind(addr).map_err(|source| BindError { name, addr, source })
+        })
+        .transpose()
+    };
+    Ok(Bound {
+        http: bind("http", listen.http)?,
+        https: bind("https", listen.https)?,
+        admin: bind("admin", listen.admin)?,
+    })
+}
+
 async fn start_with(path: &Path, config: Config) -> anyhow::Result<Running> {
     let metrics = Metrics::new();
     let hook = probe_hook(metrics.clone());
     let loaded = config.clone();
+    let tls_store = match config.tls.is_empty() {
+        true => None,
+        false => Some(Arc::new(TlsStore::new(&config.tls)?)),
+    };
     let table = Table::build(config, None, &hook, &metrics).await;
     let listen = table.listen.clone();
     let settings = table.proxy.clone();
@@ -88,11 +115,15 @@ async fn start_with(path: &Path, config: Config) -> anyhow::Result<Running> {
         metrics: metrics.clone(),
         retry_budget: crate::proxy::RetryBudget::default(),
     });
+    if let Some(store) = &tls_store {
+        metrics.certificates(&store.current().certs);
+    }
     let reloader = Arc::new(Reloader::new(
         path.to_path_buf(),
         shared.clone(),
         hook,
         loaded,
+        tls_store.clone(),
     ));
     let state = Arc::new(AppState {
         shared: shared.clone(),
@@ -100,33 +131,34 @@ async fn start_with(path: &Path, config: Config) -> anyhow::Result<Running> {
         first_round_done: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
     });
-    let bind = |name: &'static str, addr: SocketAddr| {
-        crate::server::bind(addr).map_err(|source| BindError { name, addr, source })
-    };
-    let http = listen.http.map(|a| bind("http", a)).transpose()?;
-    let admin = listen.admin.map(|a| bind("admin", a)).transpose()?;
-    if listen.https.is_some() {
-        tracing::warn!(
-            "listen.https is configured but TLS termination is not built yet; only `http` is served"
-        );
-    }
+    let bound = bind_all(&listen)?;
     let (stop_proxy, stop_rx) = watch::channel(false);
     let (stop_admin, admin_rx) = watch::channel(false);
-    let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
-    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
-    let proxy_task = http.map(|listener| {
-        let drain = settings.drain_timeout;
+    let local = |l: &Option<tokio::net::TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+    let (http_addr, https_addr, admin_addr) =
+        (local(&bound.http), local(&bound.https), local(&bound.admin));
+    let mut proxy_tasks = Vec::new();
+    let serve = |listener, tls, name| {
         tokio::spawn(crate::server::serve_proxy(
             listener,
-            false,
+            tls,
             shared.clone(),
             settings.clone(),
             stop_rx.clone(),
-            drain,
-            metrics.connections("http"),
+            metrics.connections(name),
         ))
-    });
-    if let Some(listener) = admin {
+    };
+    if let Some(listener) = bound.http {
+        proxy_tasks.push(serve(listener, None, "http"));
+    }
+    if let (Some(listener), Some(store)) = (bound.https, tls_store.as_ref()) {
+        let tls = crate::server::TlsListener {
+            acceptor: tokio_rustls::TlsAcceptor::from(store.server_config()?),
+            handshake_timeout: settings.tls_handshake_timeout,
+        };
+        proxy_tasks.push(serve(listener, Some(tls), "https"));
+    }
+    if let Some(listener) = bound.admin {
         let st = state.clone();
         tokio::spawn(crate::server::serve_simple(
             listener,
@@ -136,14 +168,16 @@ async fn start_with(path: &Path, config: Config) -> anyhow::Result<Running> {
     }
     tokio::spawn(reloader.watch());
     let shown = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!(http = %shown(http_addr), admin = %shown(admin_addr), version = %shared.live.load().version, "steer started");
+    tracing::info!(http = %shown(http_addr), https = %shown(https_addr), admin = %shown(admin_addr),
+        version = %shared.live.load().version, "steer started");
     Ok(Running {
         state,
         http: http_addr,
+        https: https_addr,
         admin: admin_addr,
         stop_proxy,
         stop_admin,
-        proxy_task,
+        proxy_tasks,
     })
 }
 
@@ -162,7 +196,7 @@ impl Running {
         tokio::time::sleep(delay).await;
         let deadline = tokio::time::Instant::now() + drain;
         let _ = self.stop_proxy.send(true);
-        if let Some(task) = self.proxy_task {
+        for task in self.proxy_tasks {
             let _ = task.await;
         }
         // Upgraded connections (WebSocket) left hyper's tracking when they

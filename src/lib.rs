@@ -37,6 +37,7 @@
 //! - [`reload`]: file watch, poll, DNS refresh; sole writer of the table.
 //! - [`admin`]: the admin API.
 //! - [`metrics`]: Prometheus handles.
+//! - [`tls`]: rustls server certificates (SNI, reload) and upstream TLS.
 //! - [`app`]: wiring, lifecycle, and the `check`/`route`/`demo` commands.
 //! - [`demo`]: the ZITADEL-like deployments behind `steer demo` and tests.
 
@@ -52,4 +53,5 @@ pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod table;
+pub mod tls;
 pub mod upstream;

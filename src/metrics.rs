@@ -33,6 +33,7 @@ pub struct Metrics {
     in_flight: IntGaugeVec,
     config_info: IntGaugeVec,
     last_reload: IntGaugeVec,
+    cert_expiry: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -214,6 +215,12 @@ impl Metrics {
                 "Unix time of the last reload attempt, by result",
                 &["result"],
             ),
+            cert_expiry: gauge_vec(
+                &registry,
+                "steer_tls_certificate_expiry_timestamp_seconds",
+                "Unix time at which the served certificate (by cert file) expires",
+                &["cert"],
+            ),
             registry,
         }
     }
@@ -262,6 +269,20 @@ impl Metrics {
             let _ = self
                 .health_checks
                 .remove_label_values(&[upstream, endpoint, result]);
+        }
+    }
+
+    /// Publishes the expiry of the certificates being served.
+    pub fn certificates(&self, certs: &[crate::tls::LoadedCert]) {
+        self.cert_expiry.reset();
+        for c in certs {
+            let at = c
+                .not_after
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            self.cert_expiry
+                .with_label_values(&[&c.files.cert.display().to_string()])
+                .set(at);
         }
     }
 

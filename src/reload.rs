@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::config::{self, Config, LoadError};
 use crate::proxy::Shared;
 use crate::table::{ProbeHook, Table};
+use crate::tls::TlsStore;
 
 /// How long a burst of file events is given to settle before one reload.
 const DEBOUNCE: Duration = Duration::from_millis(150);
@@ -25,6 +26,7 @@ pub struct Reloader {
     path: PathBuf,
     shared: Arc<Shared>,
     hook: ProbeHook,
+    tls: Option<Arc<TlsStore>>,
     last_error: Mutex<Option<String>>,
     /// Hash of the file as last read, good or not: a rejected file is
     /// reported once, not at every poll.
@@ -46,6 +48,8 @@ impl std::fmt::Debug for Reloader {
 pub enum ReloadError {
     #[error("{0}")]
     Load(#[from] LoadError),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("changing [listen] needs a restart (running: {running}, file: {file})")]
     ListenChanged { running: String, file: String },
 }
@@ -54,20 +58,51 @@ impl ReloadError {
     pub fn messages(&self) -> Vec<String> {
         match self {
             ReloadError::Load(e) => e.messages(),
-            other @ ReloadError::ListenChanged { .. } => vec![other.to_string()],
+            other @ (ReloadError::ListenChanged { .. } | ReloadError::Tls(_)) => {
+                vec![other.to_string()]
+            }
         }
     }
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, shared: Arc<Shared>, hook: ProbeHook, loaded: Config) -> Reloader {
+    pub fn new(
+        path: PathBuf,
+        shared: Arc<Shared>,
+        hook: ProbeHook,
+        loaded: Config,
+        tls: Option<Arc<TlsStore>>,
+    ) -> Reloader {
         Reloader {
             path,
             shared,
             hook,
+            tls,
             last_error: Mutex::new(None),
             seen: Mutex::new(None),
             lock: tokio::sync::Mutex::new(Some(loaded)),
+        }
+    }
+
+    /// Re-reads certificate files whose content changed (in place or by a
+    /// Secret's symlink swap). A broken file keeps the old certificate and
+    /// is reported like a rejected config.
+    pub fn refresh_certificates(&self) {
+        let Some(store) = &self.tls else { return };
+        match store.refresh() {
+            Ok(false) => {}
+            Ok(true) => {
+                self.shared.metrics.certificates(&store.current().certs);
+                tracing::info!("certificates reloaded");
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if self.last_error().as_deref() != Some(text.as_str()) {
+                    tracing::error!(error = %text, "certificate rejected; the old one is still served");
+                    self.shared.metrics.reload(false);
+                    self.set_last_error(Some(text));
+                }
+            }
         }
     }
 
@@ -126,6 +161,20 @@ impl Reloader {
                 file: format!("{:?}", config.listen),
             };
             return Err(self.reject(err, true));
+        }
+        if let Some(store) = &self.tls
+            && store
+                .current()
+                .certs
+                .iter()
+                .map(|c| &c.files)
+                .ne(config.tls.iter())
+        {
+            if let Err(e) = store.replace(&config.tls) {
+                let err = ReloadError::Tls(e);
+                return Err(self.reject(err, true));
+            }
+            self.shared.metrics.certificates(&store.current().certs);
         }
         *last_good = Some(config.clone());
         let table = Table::build(config, Some(&current), &self.hook, &self.shared.metrics).await;
@@ -200,7 +249,16 @@ impl Reloader {
         // Keep the watcher alive for as long as this task runs.
         let _watcher = match watcher {
             Ok(mut w) => match w.watch(&dir, RecursiveMode::NonRecursive) {
-                Ok(()) => Some(w),
+                Ok(()) => {
+                    for cert_dir in self.tls.as_ref().map(|t| t.dirs()).unwrap_or_default() {
+                        if cert_dir != dir
+                            && let Err(e) = w.watch(&cert_dir, RecursiveMode::NonRecursive)
+                        {
+                            tracing::warn!(dir = %cert_dir.display(), error = %e, "cannot watch certificate directory; polling it");
+                        }
+                    }
+                    Some(w)
+                }
                 Err(e) => {
                     tracing::warn!(dir = %dir.display(), error = %e, "cannot watch config directory; polling only");
                     None
@@ -220,8 +278,12 @@ impl Reloader {
                     tokio::time::sleep(DEBOUNCE).await;
                     while rx.try_recv().is_ok() {}
                     let _ = self.reload(false).await;
+                    self.refresh_certificates();
                 }
-                _ = poll.tick() => { let _ = self.reload(false).await; }
+                _ = poll.tick() => {
+                    let _ = self.reload(false).await;
+                    self.refresh_certificates();
+                }
                 _ = dns.tick() => self.refresh_dns().await,
             }
         }

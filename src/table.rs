@@ -12,11 +12,13 @@ use std::sync::atomic::AtomicBool;
 use std::time::SystemTime;
 
 use crate::config::{
-    CertificateFiles, Config, EndpointAddr, Listen, LogSettings, ProxySettings, UpstreamSpec,
+    CertificateFiles, Config, EndpointAddr, Listen, LogSettings, Protocol, ProxySettings,
+    UpstreamSpec,
 };
 use crate::health::probe;
 use crate::metrics::Metrics;
 use crate::routing::RouteTable;
+use crate::tls::client::UpstreamTls;
 use crate::upstream::{Endpoint, Upstream};
 
 pub use crate::health::probe::ProbeHook;
@@ -38,7 +40,67 @@ pub struct Table {
     pub metrics: crate::metrics::TableMetrics,
 }
 
+/// (upstream, how the endpoint is configured + protocol + TLS settings,
+/// address): an endpoint is reused only when all of these stay.
 type EndpointKey = (String, String, SocketAddr);
+
+fn key(
+    upstream: &str,
+    configured: &str,
+    addr: SocketAddr,
+    protocol: Protocol,
+    tls_id: &str,
+) -> EndpointKey {
+    (
+        upstream.to_owned(),
+        format!("{configured}|{}|{tls_id}", protocol.as_str()),
+        addr,
+    )
+}
+
+/// Builds the TLS settings of an https upstream's endpoints (once per
+/// upstream for the root store; the server name is per endpoint).
+struct TlsFactory<'a> {
+    spec: &'a UpstreamSpec,
+    configs: Option<(Arc<rustls::ClientConfig>, Arc<rustls::ClientConfig>)>,
+    id: String,
+}
+
+impl<'a> TlsFactory<'a> {
+    fn new(spec: &'a UpstreamSpec) -> TlsFactory<'a> {
+        let id = format!("{:?}|{:?}", spec.tls_ca, spec.tls_server_name);
+        if spec.protocol != Protocol::Https {
+            return TlsFactory {
+                spec,
+                configs: None,
+                id: String::new(),
+            };
+        }
+        let configs = crate::tls::client::client_configs(spec.tls_ca.as_deref())
+            .map_err(|e| tracing::error!(upstream = %spec.name, error = %e, "cannot set up TLS to this upstream; its requests will fail"))
+            .ok();
+        TlsFactory { spec, configs, id }
+    }
+
+    fn for_endpoint(&self, configured: &EndpointAddr) -> Option<UpstreamTls> {
+        let (config, config_h1) = self.configs.clone()?;
+        let host = match configured {
+            EndpointAddr::Ip(addr) => addr.ip().to_string(),
+            EndpointAddr::Name { host, .. } => host.clone(),
+        };
+        match crate::tls::client::server_name(self.spec.tls_server_name.as_deref(), &host) {
+            Ok(server_name) => Some(UpstreamTls {
+                config,
+                config_h1,
+                server_name,
+            }),
+            Err(e) => {
+                tracing::error!(upstream = %self.spec.name, error = %e, "cannot set up TLS to this endpoint; its requests will fail");
+                None
+            }
+        }
+    }
+}
 
 impl Table {
     /// Builds a table, resolving endpoint names. `previous` donates the
@@ -55,40 +117,39 @@ impl Table {
             for u in &prev.upstreams {
                 drains.insert(&u.name, u.draining.clone());
                 for e in &u.endpoints {
-                    if e.protocol == u.protocol {
-                        keep.insert((u.name.clone(), e.configured_as.clone(), e.addr), e.clone());
-                    }
+                    keep.insert(
+                        key(&u.name, &e.configured_as, e.addr, e.protocol, &e.tls_id),
+                        e.clone(),
+                    );
                 }
             }
         }
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for spec in &config.upstreams {
-            let mut endpoints = Vec::new();
+            let tls = TlsFactory::new(spec);
+            let mut endpoints: Vec<Arc<Endpoint>> = Vec::new();
             for configured in &spec.endpoints {
                 for addr in resolve(configured, spec, previous).await {
-                    let key = (spec.name.clone(), configured.to_string(), addr);
-                    let ep = match keep.remove(&key) {
-                        Some(ep) => ep,
-                        None => {
-                            let ep = Arc::new(Endpoint::new(
-                                &spec.name,
-                                addr,
-                                configured.to_string(),
-                                spec.protocol,
-                            ));
-                            ep.set_gauges(metrics.endpoint_gauges(&spec.name, &addr.to_string()));
-                            probe::spawn(&ep, hook.clone());
-                            ep
-                        }
-                    };
+                    let label = configured.to_string();
+                    let ep =
+                        match keep.remove(&key(&spec.name, &label, addr, spec.protocol, &tls.id)) {
+                            Some(ep) => ep,
+                            None => {
+                                let ep = Endpoint::new(&spec.name, addr, label, spec.protocol)
+                                    .with_tls(tls.for_endpoint(configured), tls.id.clone());
+                                let ep = Arc::new(ep);
+                                ep.set_gauges(
+                                    metrics.endpoint_gauges(&spec.name, &addr.to_string()),
+                                );
+                                probe::spawn(&ep, hook.clone());
+                                ep
+                            }
+                        };
                     ep.set_health_spec(spec.health.clone());
                     if spec.health.is_none() {
                         ep.assume_healthy();
                     }
-                    if !endpoints
-                        .iter()
-                        .any(|e: &Arc<Endpoint>| Arc::ptr_eq(e, &ep))
-                    {
+                    if !endpoints.iter().any(|e| Arc::ptr_eq(e, &ep)) {
                         endpoints.push(ep);
                     }
                 }

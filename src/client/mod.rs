@@ -1,26 +1,32 @@
 //! The upstream HTTP client: one connection pool per endpoint (idle
-//! HTTP/1.1 connections, one shared HTTP/2 connection), used by the proxy
-//! and by health probes alike.
+//! HTTP/1.1 connections, one shared HTTP/2 connection), over plain TCP or
+//! TLS, used by the proxy and by health probes alike.
 //!
 //! Why not hyper-util's pooled `Client`: it takes the connection target and
 //! the pool key from the request URI, and over HTTP/2 it sends that URI's
 //! authority as `:authority`. steer must connect to the endpoint's address
 //! while sending the client's Host as `:authority`, so connections are keyed
-//! by endpoint here and the URI carries the client's host.
+//! by endpoint here.
+//!
+//! Callers hand over requests in HTTP/1.1 form (origin-form URI plus a
+//! `Host` header); when the exchange goes over HTTP/2 the request is turned
+//! into absolute form with the Host as `:authority`.
 
 use std::net::SocketAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response, Version};
+use http::{Request, Response, Uri, Version, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::config::Protocol;
+use crate::tls::client::UpstreamTls;
 
 /// Request bodies sent upstream: the client's streamed body, or bytes we
 /// hold (probes, buffered retries).
@@ -43,11 +49,22 @@ pub enum ClientError {
     },
     #[error("connect to {addr} timed out after {timeout:?}")]
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Tls {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("HTTP handshake with {addr} failed: {source}")]
     Handshake {
         addr: SocketAddr,
         #[source]
         source: hyper::Error,
+    },
+    #[error("request to {addr} cannot be sent: {reason}")]
+    BadRequest {
+        addr: SocketAddr,
+        reason: &'static str,
     },
     /// The request was (perhaps partly) sent and the exchange broke.
     #[error("upstream {addr} broke: {source}")]
@@ -65,7 +82,9 @@ impl ClientError {
             self,
             ClientError::Connect { .. }
                 | ClientError::ConnectTimeout { .. }
+                | ClientError::Tls { .. }
                 | ClientError::Handshake { .. }
+                | ClientError::BadRequest { .. }
         )
     }
 }
@@ -73,11 +92,21 @@ impl ClientError {
 /// A HTTP/1.1 connection lent out for one exchange; give it back with
 /// [`Pool::put_h1`] once the response body has ended.
 pub type H1Sender = http1::SendRequest<ReqBody>;
+type H2Sender = http2::SendRequest<ReqBody>;
+
+/// Where and how to connect.
+#[derive(Debug, Clone, Copy)]
+pub struct Dial<'a> {
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+    pub tls: Option<&'a UpstreamTls>,
+    pub connect_timeout: Duration,
+}
 
 #[derive(Debug, Default)]
 pub struct Pool {
     idle_h1: Mutex<Vec<(H1Sender, Instant)>>,
-    h2: tokio::sync::Mutex<Option<http2::SendRequest<ReqBody>>>,
+    h2: tokio::sync::Mutex<Option<H2Sender>>,
 }
 
 /// A failed exchange; `request` is the request back when it was not sent.
@@ -92,6 +121,12 @@ pub struct Failed {
 pub struct Sent {
     pub response: Response<Incoming>,
     pub h1: Option<H1Sender>,
+}
+
+/// A fresh connection, by what its handshake (ALPN) settled on.
+enum Fresh {
+    H1(H1Sender),
+    H2(H2Sender),
 }
 
 impl Pool {
@@ -132,124 +167,224 @@ impl Pool {
             .len()
     }
 
-    /// Sends `req` to `addr`. `req`'s URI must be in origin form for
-    /// HTTP/1.1 and absolute (client's authority) for HTTP/2; `protocol`
-    /// picks the wire protocol; upgrades always go over HTTP/1.1. When the
-    /// request never left steer the error hands it back, so it can be sent
-    /// elsewhere with its body intact.
-    pub async fn send(
-        &self,
-        addr: SocketAddr,
-        protocol: Protocol,
-        mut req: Request<ReqBody>,
-        connect_timeout: Duration,
-    ) -> Result<Sent, Failed> {
-        let h2 = matches!(protocol, Protocol::H2c) && req.version() == Version::HTTP_2;
-        if h2 {
-            let mut sender = match self.h2_sender(addr, connect_timeout).await {
-                Ok(s) => s,
-                Err(error) => {
-                    return Err(Failed {
-                        error,
-                        request: Some(req),
-                    });
-                }
-            };
-            return match sender.try_send_request(req).await {
-                Ok(response) => Ok(Sent { response, h1: None }),
-                Err(mut e) => Err(Failed {
-                    request: e.take_message(),
-                    error: ClientError::Broken {
-                        addr,
-                        source: e.into_error(),
-                    },
-                }),
-            };
-        }
-        *req.version_mut() = Version::HTTP_11;
-        if let Some(mut sender) = self.take_h1().await {
-            match sender.try_send_request(req).await {
-                Ok(response) => {
-                    return Ok(Sent {
-                        response,
-                        h1: Some(sender),
-                    });
-                }
-                Err(mut e) => match e.take_message() {
-                    // The idle connection died before our request went out
-                    // (the upstream closed it): a fresh one is safe.
-                    Some(back) => req = back,
-                    None => {
-                        let error = ClientError::Broken {
-                            addr,
-                            source: e.into_error(),
-                        };
-                        return Err(Failed {
-                            error,
-                            request: None,
-                        });
-                    }
-                },
-            }
-        }
-        let mut sender = match connect_h1(addr, connect_timeout).await {
-            Ok(s) => s,
-            Err(error) => {
-                return Err(Failed {
-                    error,
-                    request: Some(req),
-                });
-            }
-        };
-        match sender.try_send_request(req).await {
-            Ok(response) => Ok(Sent {
-                response,
-                h1: Some(sender),
-            }),
-            Err(mut e) => Err(Failed {
-                request: e.take_message(),
-                error: ClientError::Broken {
-                    addr,
-                    source: e.into_error(),
-                },
-            }),
-        }
+    /// A live shared HTTP/2 connection, if there is one.
+    async fn live_h2(&self) -> Option<H2Sender> {
+        self.h2
+            .lock()
+            .await
+            .as_ref()
+            .filter(|s| !s.is_closed())
+            .cloned()
     }
 
-    async fn h2_sender(
-        &self,
-        addr: SocketAddr,
-        connect_timeout: Duration,
-    ) -> Result<http2::SendRequest<ReqBody>, ClientError> {
-        // Held across the connect so that a burst of first requests opens
-        // one connection, not one each.
-        let mut slot = self.h2.lock().await;
-        if let Some(sender) = slot.as_ref()
-            && !sender.is_closed()
-        {
-            return Ok(sender.clone());
+    /// Sends `req` (HTTP/1.1 form) to the endpoint. h2c upstreams get
+    /// HTTP/2, http1 upstreams HTTP/1.1, https upstreams what ALPN settles;
+    /// upgrades always go over HTTP/1.1. When the request never left steer
+    /// the error hands it back, so it can go elsewhere with its body intact.
+    pub async fn send(&self, dial: Dial<'_>, req: Request<ReqBody>) -> Result<Sent, Failed> {
+        let upgrade = req.headers().contains_key(header::UPGRADE);
+        let wants_h2 = !upgrade && dial.protocol != Protocol::Http1;
+        if wants_h2 && let Some(sender) = self.live_h2().await {
+            return send_h2(sender, dial, req).await;
         }
-        let sender = connect_h2(addr, connect_timeout).await?;
-        *slot = Some(sender.clone());
-        Ok(sender)
+        let mut req = req;
+        if (dial.protocol != Protocol::H2c || upgrade)
+            && let Some(sender) = self.take_h1().await
+        {
+            match send_h1(sender, dial, req).await {
+                // The idle connection died before our request went out (the
+                // upstream closed it): a fresh one is safe.
+                Err(Failed {
+                    request: Some(back),
+                    error: ClientError::Broken { .. },
+                }) => req = back,
+                other => return other,
+            }
+        }
+        let fresh = if dial.protocol == Protocol::H2c && wants_h2 {
+            // One connection per endpoint: a burst of first requests waits
+            // for the one handshake instead of opening one each.
+            let mut slot = self.h2.lock().await;
+            match slot.as_ref().filter(|s| !s.is_closed()) {
+                Some(s) => Ok(Fresh::H2(s.clone())),
+                None => connect(dial, false).await.inspect(|f| {
+                    if let Fresh::H2(s) = f {
+                        *slot = Some(s.clone());
+                    }
+                }),
+            }
+        } else {
+            connect(dial, upgrade).await
+        };
+        match fresh {
+            Err(error) => Err(Failed {
+                error,
+                request: Some(req),
+            }),
+            Ok(Fresh::H2(sender)) => {
+                if dial.protocol == Protocol::Https {
+                    *self.h2.lock().await = Some(sender.clone());
+                }
+                send_h2(sender, dial, req).await
+            }
+            Ok(Fresh::H1(sender)) => send_h1(sender, dial, req).await,
+        }
     }
 }
 
-async fn connect_tcp(
+async fn send_h1(
+    mut sender: H1Sender,
+    dial: Dial<'_>,
+    mut req: Request<ReqBody>,
+) -> Result<Sent, Failed> {
+    *req.version_mut() = Version::HTTP_11;
+    match sender.try_send_request(req).await {
+        Ok(response) => Ok(Sent {
+            response,
+            h1: Some(sender),
+        }),
+        Err(mut e) => Err(Failed {
+            request: e.take_message(),
+            error: ClientError::Broken {
+                addr: dial.addr,
+                source: e.into_error(),
+            },
+        }),
+    }
+}
+
+async fn send_h2(
+    mut sender: H2Sender,
+    dial: Dial<'_>,
+    req: Request<ReqBody>,
+) -> Result<Sent, Failed> {
+    let scheme = if dial.protocol == Protocol::Https {
+        "https"
+    } else {
+        "http"
+    };
+    let req = match to_h2(req, scheme, dial.addr) {
+        Ok(r) => r,
+        Err(reason) => {
+            return Err(Failed {
+                error: ClientError::BadRequest {
+                    addr: dial.addr,
+                    reason,
+                },
+                request: None,
+            });
+        }
+    };
+    match sender.try_send_request(req).await {
+        Ok(response) => Ok(Sent { response, h1: None }),
+        Err(mut e) => Err(Failed {
+            request: e.take_message().map(to_h1),
+            error: ClientError::Broken {
+                addr: dial.addr,
+                source: e.into_error(),
+            },
+        }),
+    }
+}
+
+/// HTTP/1.1 form -> HTTP/2 form: the Host becomes `:authority`.
+fn to_h2(
+    mut req: Request<ReqBody>,
+    scheme: &str,
     addr: SocketAddr,
-    timeout: Duration,
-) -> Result<TokioIo<TcpStream>, ClientError> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+) -> Result<Request<ReqBody>, &'static str> {
+    let authority = match req.headers_mut().remove(header::HOST) {
+        Some(h) => h
+            .to_str()
+            .map(str::to_owned)
+            .map_err(|_| "Host is not valid text")?,
+        None => addr.to_string(),
+    };
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let uri: Uri = format!("{scheme}://{authority}{pq}")
+        .parse()
+        .map_err(|_| "Host and path do not form a URI")?;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_2;
+    Ok(req)
+}
+
+/// HTTP/2 form -> HTTP/1.1 form (a request handed back unsent).
+fn to_h1(mut req: Request<ReqBody>) -> Request<ReqBody> {
+    if let Some(authority) = req.uri().authority().map(|a| a.as_str().to_owned())
+        && let Ok(host) = http::HeaderValue::from_str(&authority)
+    {
+        req.headers_mut().insert(header::HOST, host);
+    }
+    if let Some(pq) = req.uri().path_and_query().cloned() {
+        *req.uri_mut() = Uri::from(pq);
+    }
+    *req.version_mut() = Version::HTTP_11;
+    req
+}
+
+async fn connect(dial: Dial<'_>, h1_only: bool) -> Result<Fresh, ClientError> {
+    let addr = dial.addr;
+    let tcp = tokio::time::timeout(dial.connect_timeout, TcpStream::connect(addr))
         .await
-        .map_err(|_| ClientError::ConnectTimeout { addr, timeout })?
+        .map_err(|_| ClientError::ConnectTimeout {
+            addr,
+            timeout: dial.connect_timeout,
+        })?
         .map_err(|source| ClientError::Connect { addr, source })?;
     // Small request/response heads must not wait for Nagle.
-    let _ = stream.set_nodelay(true);
-    Ok(TokioIo::new(stream))
+    let _ = tcp.set_nodelay(true);
+    match (dial.protocol, dial.tls) {
+        (Protocol::Https, Some(tls)) => {
+            let config = if h1_only {
+                tls.config_h1.clone()
+            } else {
+                tls.config.clone()
+            };
+            let handshake =
+                tokio_rustls::TlsConnector::from(config).connect(tls.server_name.clone(), tcp);
+            let stream = tokio::time::timeout(dial.connect_timeout, handshake)
+                .await
+                .map_err(|_| ClientError::ConnectTimeout {
+                    addr,
+                    timeout: dial.connect_timeout,
+                })?
+                .map_err(|source| ClientError::Tls { addr, source })?;
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            handshake_http(TokioIo::new(stream), addr, h2).await
+        }
+        (Protocol::H2c, _) if !h1_only => handshake_http(TokioIo::new(tcp), addr, true).await,
+        // Never fall back to plaintext for an https upstream.
+        (Protocol::Https, None) => Err(ClientError::Tls {
+            addr,
+            source: std::io::Error::other(
+                "no usable TLS settings for this upstream (see the load log)",
+            ),
+        }),
+        _ => handshake_http(TokioIo::new(tcp), addr, false).await,
+    }
 }
 
-async fn connect_h1(addr: SocketAddr, timeout: Duration) -> Result<H1Sender, ClientError> {
-    let io = connect_tcp(addr, timeout).await?;
+async fn handshake_http<T>(io: TokioIo<T>, addr: SocketAddr, h2: bool) -> Result<Fresh, ClientError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if h2 {
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .adaptive_window(true)
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(io)
+            .await
+            .map_err(|source| ClientError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        return Ok(Fresh::H2(sender));
+    }
     let (sender, conn) = http1::Builder::new()
         .handshake(io)
         .await
@@ -259,26 +394,5 @@ async fn connect_h1(addr: SocketAddr, timeout: Duration) -> Result<H1Sender, Cli
             tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
         }
     });
-    Ok(sender)
-}
-
-async fn connect_h2(
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<http2::SendRequest<ReqBody>, ClientError> {
-    let io = connect_tcp(addr, timeout).await?;
-    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .adaptive_window(true)
-        .keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .handshake(io)
-        .await
-        .map_err(|source| ClientError::Handshake { addr, source })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
-        }
-    });
-    Ok(sender)
+    Ok(Fresh::H1(sender))
 }

@@ -69,6 +69,8 @@ pub struct ProxySettings {
     pub max_header_bytes: usize,
     /// Most header fields accepted in one request; more gets 431.
     pub max_headers: usize,
+    /// A client that has not finished its TLS handshake by then is dropped.
+    pub tls_handshake_timeout: Duration,
 }
 
 impl Default for ProxySettings {
@@ -83,6 +85,7 @@ impl Default for ProxySettings {
             drain_timeout: Duration::from_secs(30),
             max_header_bytes: 32 * 1024,
             max_headers: 100,
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -54,7 +54,18 @@ pub(super) fn document(text: &str, base: &Path) -> Result<Parsed, Errors> {
     root.check_keys(&mut errors, TOP_KEYS);
     let listen = listen(&mut errors, &root, base);
     let tls = tls(&mut errors, &root, base);
-    if listen.https.is_some() && tls.is_empty() {
+    let tls_given = root
+        .get("tls")
+        .and_then(|t| {
+            t.get_ref()
+                .as_table()?
+                .get("certificates")?
+                .get_ref()
+                .as_array()
+                .map(|a| a.len())
+        })
+        .unwrap_or(0);
+    if listen.https.is_some() && tls_given == 0 {
         let span = root.get("listen").map_or(0..0, |v| v.span());
         errors.push(
             span,
@@ -163,8 +174,20 @@ fn tls(errors: &mut Errors, root: &Table<'_, '_>, base: &Path) -> Vec<Certificat
                 None
             }
         };
-        if let (Some(cert), Some(key)) = (file("cert"), file("key")) {
-            out.push(CertificateFiles { cert, key });
+        if let (Some(cert_path), Some(key)) = (file("cert"), file("key")) {
+            let files = CertificateFiles {
+                cert: cert_path,
+                key,
+            };
+            // The pair must parse, match and be unexpired, so that `steer
+            // check` catches what would stop TLS from being served.
+            match crate::tls::load_pair(&files) {
+                Ok(_) => out.push(files),
+                Err(e) => {
+                    let span = cert.get("cert").map_or(cert.span.clone(), |v| v.span());
+                    errors.push(span, e.to_string());
+                }
+            }
         }
     }
     out
@@ -217,6 +240,7 @@ fn proxy(errors: &mut Errors, root: &Table<'_, '_>) -> ProxySettings {
             "drain_timeout",
             "max_header_bytes",
             "max_headers",
+            "tls_handshake_timeout",
         ],
     );
     let trusted_proxies = table
@@ -234,6 +258,12 @@ fn proxy(errors: &mut Errors, root: &Table<'_, '_>) -> ProxySettings {
         drain_timeout: zero_ok_duration(errors, &table, "drain_timeout", defaults.drain_timeout),
         max_header_bytes: positive(errors, &table, "max_header_bytes", 32 * 1024, 1 << 20) as usize,
         max_headers: positive(errors, &table, "max_headers", 100, 1000) as usize,
+        tls_handshake_timeout: duration(
+            errors,
+            &table,
+            "tls_handshake_timeout",
+            defaults.tls_handshake_timeout,
+        ),
     }
 }
 
@@ -434,13 +464,20 @@ fn upstream(
     };
     let tls_ca = t.str(errors, "tls_ca").and_then(|(file, span)| {
         let path = base.join(file);
-        path.is_file().then_some(path.clone()).or_else(|| {
+        if !path.is_file() {
             errors.push(
                 span,
                 format!("`tls_ca` file `{}` does not exist", path.display()),
             );
-            None
-        })
+            return None;
+        }
+        match crate::tls::read_certs(&path) {
+            Ok(_) => Some(path),
+            Err(e) => {
+                errors.push(span, format!("`tls_ca`: {e}"));
+                None
+            }
+        }
     });
     let tls_server_name = t.str(errors, "tls_server_name").map(|(s, _)| s.to_owned());
     if protocol != Protocol::Https {

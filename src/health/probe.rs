@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Uri, Version, header};
 use http_body_util::{BodyExt, Either, Full, Limited};
 
-use crate::config::{HealthSpec, Protocol};
+use crate::config::HealthSpec;
 use crate::health::State;
 use crate::upstream::{CheckResult, Endpoint};
 
@@ -107,32 +107,21 @@ async fn exchange(endpoint: &Endpoint, spec: &HealthSpec) -> Result<u16, String>
         .host
         .clone()
         .unwrap_or_else(|| endpoint.configured_as.clone());
-    let h2 = endpoint.protocol == Protocol::H2c;
-    let uri: Uri = if h2 {
-        format!("http://{host}{}", spec.path)
-    } else {
-        spec.path.clone()
-    }
-    .parse()
-    .map_err(|e| format!("bad probe URI: {e}"))?;
     let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
-    *req.uri_mut() = uri;
-    *req.version_mut() = if h2 {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
-    };
-    if !h2 {
-        let value = HeaderValue::from_str(&host).map_err(|e| format!("bad probe Host: {e}"))?;
-        req.headers_mut().insert(header::HOST, value);
-    }
+    *req.uri_mut() = spec
+        .path
+        .parse::<Uri>()
+        .map_err(|e| format!("bad probe path: {e}"))?;
+    *req.version_mut() = Version::HTTP_11;
+    let value = HeaderValue::from_str(&host).map_err(|e| format!("bad probe Host: {e}"))?;
+    req.headers_mut().insert(header::HOST, value);
     req.headers_mut().insert(
         header::USER_AGENT,
         HeaderValue::from_static("steer-health-check"),
     );
     let sent = endpoint
         .pool
-        .send(endpoint.addr, endpoint.protocol, req, spec.timeout)
+        .send(endpoint.dial(spec.timeout), req)
         .await
         .map_err(|f| f.error.to_string())?;
     let status = sent.response.status().as_u16();

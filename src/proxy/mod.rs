@@ -26,7 +26,7 @@ use headers::{Hop, X_REQUEST_ID};
 pub use retry::RetryBudget;
 
 use crate::client::{ClientError, ReqBody};
-use crate::config::{Protocol, Target};
+use crate::config::Target;
 use crate::metrics::Metrics;
 use crate::routing::{self, RequestView, Route};
 use crate::table::Table;
@@ -350,23 +350,19 @@ struct Aim {
 }
 
 impl Aim {
-    fn apply(&self, req: &mut Request<ReqBody>, h2: bool) -> Result<(), ProxyError> {
-        let bad = |_| ProxyError::BadRequest("request target cannot be forwarded");
-        if h2 {
-            req.headers_mut().remove(header::HOST);
-            *req.uri_mut() = format!("http://{}{}", self.authority, self.path_and_query)
-                .parse()
-                .map_err(bad)?;
-            *req.version_mut() = Version::HTTP_2;
-        } else {
-            if !req.headers().contains_key(header::HOST) {
-                let host = HeaderValue::from_str(&self.authority)
-                    .map_err(|_| ProxyError::BadRequest("invalid authority"))?;
-                req.headers_mut().insert(header::HOST, host);
-            }
-            *req.uri_mut() = self.path_and_query.parse().map_err(bad)?;
-            *req.version_mut() = Version::HTTP_11;
+    /// Puts the request in HTTP/1.1 form (origin-form URI, Host header);
+    /// the client turns it into HTTP/2 form when the connection is h2.
+    fn apply(&self, req: &mut Request<ReqBody>) -> Result<(), ProxyError> {
+        if !req.headers().contains_key(header::HOST) {
+            let host = HeaderValue::from_str(&self.authority)
+                .map_err(|_| ProxyError::BadRequest("invalid authority"))?;
+            req.headers_mut().insert(header::HOST, host);
         }
+        *req.uri_mut() = self
+            .path_and_query
+            .parse()
+            .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+        *req.version_mut() = Version::HTTP_11;
         Ok(())
     }
 }
@@ -451,14 +447,11 @@ async fn forward(
         let upstream = &table.upstreams[upstream_index];
         outcome.upstream = Some(upstream_index);
         outcome.endpoint = Some(endpoint.addr);
-        aim.apply(&mut request, upstream.protocol == Protocol::H2c && !upgrade)?;
+        aim.apply(&mut request)?;
         let guard = InFlight::new(endpoint.clone());
-        let send = endpoint.pool.send(
-            endpoint.addr,
-            upstream.protocol,
-            request,
-            table.proxy.connect_timeout,
-        );
+        let send = endpoint
+            .pool
+            .send(endpoint.dial(table.proxy.connect_timeout), request);
         let failed = match tokio::time::timeout_at(deadline, send).await {
             Err(_) => return Err(ProxyError::Timeout(table.proxy.request_timeout)),
             Ok(Ok(sent)) => {

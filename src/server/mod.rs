@@ -50,36 +50,64 @@ pub fn builder(settings: &ProxySettings) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// TLS on a listener: the acceptor (certificates swap underneath it) and
+/// how long a client may take to finish its handshake.
+#[derive(Clone)]
+pub struct TlsListener {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub handshake_timeout: Duration,
+}
+
 /// Accepts on `listener` until `stop` turns true, then asks every open
 /// connection to finish (HTTP/1.1: `Connection: close` after the response
 /// in progress; HTTP/2: GOAWAY) and waits up to `drain` for them.
-#[allow(clippy::too_many_arguments)]
 pub async fn serve_proxy(
     listener: TcpListener,
-    tls: bool,
+    tls: Option<TlsListener>,
     shared: Arc<Shared>,
     settings: ProxySettings,
     stop: watch::Receiver<bool>,
-    drain: Duration,
     active: IntGauge,
 ) {
     let builder = Arc::new(builder(&settings));
     let graceful = GracefulShutdown::new();
     accept_loop(listener, stop, |stream, peer| {
         let shared = shared.clone();
-        let info = ConnInfo { peer, tls };
+        let info = ConnInfo {
+            peer,
+            tls: tls.is_some(),
+        };
         let service = service_fn(move |req: Request<Incoming>| {
             let shared = shared.clone();
             async move { Ok::<_, Infallible>(proxy::handle(shared, info, req).await) }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let tls = tls.clone();
         let active = active.clone();
         async move {
             active.inc();
-            if let Err(e) = conn.await {
+            let result = match tls {
+                None => {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(tls) => {
+                    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(stream)) => {
+                            let conn = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Ok(Err(e)) => Err(format!("TLS handshake failed: {e}").into()),
+                        Err(_) => Err("TLS handshake timed out".into()),
+                    }
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "client connection ended with an error");
             }
             active.dec();
@@ -90,7 +118,7 @@ pub async fn serve_proxy(
         open = graceful.count(),
         "stopped accepting; draining open connections"
     );
-    if tokio::time::timeout(drain, graceful.shutdown())
+    if tokio::time::timeout(settings.drain_timeout, graceful.shutdown())
         .await
         .is_err()
     {

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::client::Pool;
+use crate::client::{Dial, Pool};
 use crate::config::{Balance, HealthSpec, Protocol};
 use crate::health::{Counter, State};
+use crate::tls::client::UpstreamTls;
 
 /// The outcome of the last probe, for `/upstreams`.
 #[derive(Debug, Clone)]
@@ -48,6 +49,11 @@ pub struct Endpoint {
     /// How the config named it (`zitadel.internal:8080` or `10.0.0.1:8080`).
     pub configured_as: String,
     pub protocol: Protocol,
+    /// TLS settings for `protocol = "https"`.
+    pub tls: Option<UpstreamTls>,
+    /// Identifies the TLS settings, so a reload that changes them gets a
+    /// new endpoint (and new connections) instead of reusing this one.
+    pub tls_id: String,
     state: AtomicU8,
     in_flight: AtomicUsize,
     health: Mutex<HealthRecord>,
@@ -84,6 +90,8 @@ impl Endpoint {
             addr,
             configured_as,
             protocol,
+            tls: None,
+            tls_id: String::new(),
             state: AtomicU8::new(UNKNOWN),
             in_flight: AtomicUsize::new(0),
             health: Mutex::new(HealthRecord::default()),
@@ -91,6 +99,23 @@ impl Endpoint {
             gauges: std::sync::OnceLock::new(),
             settings_changed: tokio::sync::Notify::new(),
             pool: Pool::default(),
+        }
+    }
+
+    /// Sets the TLS settings (at creation).
+    pub fn with_tls(mut self, tls: Option<UpstreamTls>, tls_id: String) -> Endpoint {
+        self.tls = tls;
+        self.tls_id = tls_id;
+        self
+    }
+
+    /// How to reach this endpoint.
+    pub fn dial(&self, connect_timeout: Duration) -> Dial<'_> {
+        Dial {
+            addr: self.addr,
+            protocol: self.protocol,
+            tls: self.tls.as_ref(),
+            connect_timeout,
         }
     }
 

@@ -9,4 +9,5 @@ mod health;
 mod lifecycle;
 mod observability;
 mod support;
+mod tls;
 mod websocket;

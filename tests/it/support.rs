@@ -41,9 +41,14 @@ impl Steer {
 
     /// As `start`, with extra lines for the `[proxy]` table.
     pub async fn start_with(proxy: &str, body: &str) -> Steer {
-        let dir = tempfile::tempdir().unwrap();
+        Steer::start_in(tempfile::tempdir().unwrap(), "", proxy, body).await
+    }
+
+    /// As `start_with`, in `dir` (which may hold certificates), with extra
+    /// `[listen]` lines.
+    pub async fn start_in(dir: tempfile::TempDir, listen: &str, proxy: &str, body: &str) -> Steer {
         let path = dir.path().join("routes.toml");
-        std::fs::write(&path, with_listen_proxy(proxy, body)).unwrap();
+        std::fs::write(&path, with_listen_full(listen, proxy, body)).unwrap();
         let running = steer::app::start(&path).await.unwrap();
         Steer {
             running: Some(running),
@@ -79,6 +84,10 @@ impl Steer {
         self.running().http.unwrap()
     }
 
+    pub fn https_addr(&self) -> SocketAddr {
+        self.running().https.unwrap()
+    }
+
     pub fn admin(&self) -> String {
         format!("http://{}", self.running().admin.unwrap())
     }
@@ -96,8 +105,12 @@ pub fn with_listen(body: &str) -> String {
 }
 
 pub fn with_listen_proxy(proxy: &str, body: &str) -> String {
+    with_listen_full("", proxy, body)
+}
+
+pub fn with_listen_full(listen: &str, proxy: &str, body: &str) -> String {
     format!(
-        "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[proxy]\n{proxy}\nshutdown_delay = \"0s\"\ndrain_timeout = \"5s\"\nrequest_timeout = \"2s\"\nconnect_timeout = \"500ms\"\n\n[health]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1\n\n{body}"
+        "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{listen}\n\n[proxy]\n{proxy}\nshutdown_delay = \"0s\"\ndrain_timeout = \"5s\"\nrequest_timeout = \"2s\"\nconnect_timeout = \"500ms\"\n\n[health]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1\n\n{body}"
     )
 }
 

@@ -1,0 +1,332 @@
+//! TLS with rustls (ring provider): the server side (certificates by SNI,
+//! reloaded when their files change) and the client side for `protocol =
+//! "https"` upstreams (see `client`). Reads PEM files; knows nothing about
+//! routing or HTTP.
+//!
+//! Why ring: it builds with the C compiler alone in well under a minute on
+//! two cores, where aws-lc-rs needs cmake and several minutes; handshake and
+//! AES-GCM/ChaCha20 throughput are on par for a proxy's needs. Deployments
+//! that need FIPS 140-3 would switch the provider to aws-lc-rs (`fips`).
+
+pub mod client;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::config::CertificateFiles;
+
+/// Certificates that expire sooner than this are loaded with a warning.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: no PEM certificate in the file")]
+    NoCertificate { path: PathBuf },
+    #[error("{path}: no PEM private key in the file")]
+    NoKey { path: PathBuf },
+    #[error("{path}: unusable private key: {source}")]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{key} does not match the certificate in {cert}")]
+    Mismatch { cert: PathBuf, key: PathBuf },
+    #[error("{path}: the certificate cannot be parsed: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: the certificate expired at {at}")]
+    Expired { path: PathBuf, at: String },
+    #[error("{path}: the certificate names no DNS name (subjectAltName) to match SNI against")]
+    NoNames { path: PathBuf },
+    #[error("TLS setup failed: {0}")]
+    Setup(#[source] rustls::Error),
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Every certificate in a PEM file.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = read(path)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+/// A certificate chain and key, checked and ready to serve.
+#[derive(Debug, Clone)]
+pub struct LoadedCert {
+    pub files: CertificateFiles,
+    /// DNS names from the subjectAltName, lower-case (`*.example.com` kept).
+    pub names: Vec<String>,
+    pub not_after: SystemTime,
+    pub key: Arc<CertifiedKey>,
+    /// Content hash of both files (to notice changes).
+    pub hash: String,
+}
+
+/// Reads and checks one `[[tls.certificates]]` entry: the chain parses, the
+/// key parses and matches the leaf, the leaf has DNS names and has not
+/// expired. Expiring within `EXPIRY_WARNING` is logged, not refused.
+pub fn load_pair(files: &CertificateFiles) -> Result<LoadedCert, TlsError> {
+    let certs = read_certs(&files.cert)?;
+    let key_bytes = read(&files.key)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|_| TlsError::NoKey {
+        path: files.key.clone(),
+    })?;
+    let leaf = certs
+        .first()
+        .cloned()
+        .ok_or_else(|| TlsError::NoCertificate {
+            path: files.cert.clone(),
+        })?;
+    let (names, not_after) = leaf_facts(&leaf, &files.cert)?;
+    let certified =
+        CertifiedKey::from_der(certs, key, &provider()).map_err(|source| match source {
+            rustls::Error::InconsistentKeys(_) => TlsError::Mismatch {
+                cert: files.cert.clone(),
+                key: files.key.clone(),
+            },
+            source => TlsError::Key {
+                path: files.key.clone(),
+                source,
+            },
+        })?;
+    let now = SystemTime::now();
+    if not_after <= now {
+        return Err(TlsError::Expired {
+            path: files.cert.clone(),
+            at: humantime::format_rfc3339_seconds(not_after).to_string(),
+        });
+    }
+    if not_after.duration_since(now).unwrap_or_default() < EXPIRY_WARNING {
+        tracing::warn!(cert = %files.cert.display(), not_after = %humantime::format_rfc3339_seconds(not_after),
+            "certificate expires within 14 days");
+    }
+    let mut all = read(&files.cert)?;
+    all.extend_from_slice(&key_bytes);
+    Ok(LoadedCert {
+        files: files.clone(),
+        names,
+        not_after,
+        key: Arc::new(certified),
+        hash: crate::config::content_hash(&all),
+    })
+}
+
+fn leaf_facts(
+    leaf: &CertificateDer<'_>,
+    path: &Path,
+) -> Result<(Vec<String>, SystemTime), TlsError> {
+    let parse_err = |message: String| TlsError::Parse {
+        path: path.to_path_buf(),
+        message,
+    };
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| parse_err(e.to_string()))?;
+    let secs = cert.validity().not_after.timestamp();
+    let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                names.push(dns.to_ascii_lowercase());
+            }
+        }
+    }
+    if names.is_empty() {
+        return Err(TlsError::NoNames {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok((names, not_after))
+}
+
+/// The certificates being served, indexed by name.
+#[derive(Debug)]
+pub struct CertSet {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.com` stored as `.example.com`: one label in front only.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    /// The first entry: for clients without SNI or with an unknown name.
+    default: Arc<CertifiedKey>,
+    pub certs: Vec<LoadedCert>,
+}
+
+impl CertSet {
+    pub fn new(certs: Vec<LoadedCert>) -> Option<CertSet> {
+        let default = certs.first()?.key.clone();
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        // Earlier entries win when two certificates name the same host.
+        for c in certs.iter().rev() {
+            for name in &c.names {
+                match name.strip_prefix('*') {
+                    Some(suffix) => wildcard.insert(suffix.to_owned(), c.key.clone()),
+                    None => exact.insert(name.clone(), c.key.clone()),
+                };
+            }
+        }
+        Some(CertSet {
+            exact,
+            wildcard,
+            default,
+            certs,
+        })
+    }
+
+    pub fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = sni.map(str::to_ascii_lowercase) else {
+            return self.default.clone();
+        };
+        if let Some(k) = self.exact.get(&name) {
+            return k.clone();
+        }
+        name.find('.')
+            .and_then(|dot| self.wildcard.get(&name[dot..]))
+            .unwrap_or(&self.default)
+            .clone()
+    }
+}
+
+/// rustls' certificate resolver over a swappable `CertSet`: reloading
+/// certificates swaps the set; open connections keep what they negotiated.
+#[derive(Debug)]
+pub struct Resolver {
+    set: ArcSwap<CertSet>,
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.set.load().pick(hello.server_name()))
+    }
+}
+
+/// The served certificates and the files they came from.
+#[derive(Debug)]
+pub struct TlsStore {
+    resolver: Arc<Resolver>,
+    files: Mutex<Vec<CertificateFiles>>,
+}
+
+impl TlsStore {
+    /// Loads every entry; fails on the first bad one.
+    pub fn new(files: &[CertificateFiles]) -> Result<TlsStore, TlsError> {
+        let set = load_set(files)?;
+        Ok(TlsStore {
+            resolver: Arc::new(Resolver {
+                set: ArcSwap::from_pointee(set),
+            }),
+            files: Mutex::new(files.to_vec()),
+        })
+    }
+
+    /// A server config (TLS 1.2 and 1.3, ALPN h2 and http/1.1) that always
+    /// serves the store's current certificates.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(TlsError::Setup)?
+            .with_no_client_auth()
+            .with_cert_resolver(self.resolver.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    pub fn current(&self) -> arc_swap::Guard<Arc<CertSet>> {
+        self.resolver.set.load()
+    }
+
+    /// Serves `files` from now on (a reload changed the paths).
+    pub fn replace(&self, files: &[CertificateFiles]) -> Result<(), TlsError> {
+        let set = load_set(files)?;
+        self.resolver.set.store(Arc::new(set));
+        *self.files.lock().unwrap_or_else(PoisonError::into_inner) = files.to_vec();
+        Ok(())
+    }
+
+    /// Re-reads the files when their content changed. `Ok(true)` when new
+    /// certificates are served; an error keeps the old ones.
+    pub fn refresh(&self) -> Result<bool, TlsError> {
+        let files = self
+            .files
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let unchanged = {
+            let current = self.current();
+            files.len() == current.certs.len()
+                && files
+                    .iter()
+                    .zip(&current.certs)
+                    .all(|(f, c)| file_hash(f).as_deref() == Some(c.hash.as_str()))
+        };
+        if unchanged {
+            return Ok(false);
+        }
+        let set = load_set(&files)?;
+        self.resolver.set.store(Arc::new(set));
+        Ok(true)
+    }
+
+    /// The directories holding certificate files (to watch).
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        let files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut dirs: Vec<PathBuf> = files
+            .iter()
+            .flat_map(|f| [&f.cert, &f.key])
+            .filter_map(|p| p.parent().map(Path::to_path_buf))
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+}
+
+fn load_set(files: &[CertificateFiles]) -> Result<CertSet, TlsError> {
+    let certs = files.iter().map(load_pair).collect::<Result<Vec<_>, _>>()?;
+    CertSet::new(certs).ok_or(TlsError::NoCertificate {
+        path: PathBuf::new(),
+    })
+}
+
+fn file_hash(files: &CertificateFiles) -> Option<String> {
+    let mut all = std::fs::read(&files.cert).ok()?;
+    all.extend_from_slice(&std::fs::read(&files.key).ok()?);
+    Some(crate::config::content_hash(&all))
+}
+
+#[cfg(test)]
+mod tests;

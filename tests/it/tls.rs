@@ -1,0 +1,440 @@
+//! TLS: termination with SNI and ALPN, certificate reload, TLS to upstreams,
+//! handshake timeout. Certificates are made here with rcgen.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+struct Pem {
+    cert: String,
+    key: String,
+    der: CertificateDer<'static>,
+}
+
+fn self_signed(names: &[&str]) -> Pem {
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let c = rcgen::generate_simple_self_signed(names).unwrap();
+    Pem {
+        cert: c.cert.pem(),
+        key: c.signing_key.serialize_pem(),
+        der: c.cert.der().clone(),
+    }
+}
+
+fn ca() -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+fn signed_by(ca: &CertifiedIssuer<'static, KeyPair>, names: &[&str]) -> Pem {
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, ca)
+        .unwrap();
+    Pem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+        der: cert.der().clone(),
+    }
+}
+
+/// Accepts any certificate: these tests look at which one was served.
+#[derive(Debug)]
+struct AnyCert;
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn client_config(alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(AnyCert))
+    .with_no_client_auth();
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(c)
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// A TLS connection to `addr`; `sni` None sends no SNI (IP server name).
+async fn connect(addr: SocketAddr, sni: Option<&str>, alpn: &[&[u8]]) -> Tls {
+    let name = match sni {
+        Some(n) => ServerName::try_from(n.to_owned()).unwrap(),
+        None => ServerName::IpAddress(addr.ip().into()),
+    };
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(client_config(alpn))
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
+fn served(tls: &Tls) -> CertificateDer<'static> {
+    tls.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
+}
+
+/// GET over an established TLS connection, speaking what ALPN chose.
+async fn get_over(tls: Tls, host: &str, path: &str) -> (StatusCode, String) {
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(tls);
+    let req = |uri: String| {
+        Request::get(uri)
+            .header("host", host)
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let resp = if h2 {
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut r = req(format!("https://{host}{path}"));
+        r.headers_mut().remove("host");
+        send.send_request(r).await.unwrap()
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        send.send_request(req(path.to_owned())).await.unwrap()
+    };
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn write_pair(dir: &std::path::Path, name: &str, pem: &Pem) {
+    std::fs::write(dir.join(format!("{name}.pem")), &pem.cert).unwrap();
+    std::fs::write(dir.join(format!("{name}.key")), &pem.key).unwrap();
+}
+
+/// steer with `listen.https`, certificates `names` (files written first).
+async fn tls_steer(certs: &[(&str, &Pem)], body: &str) -> Steer {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tls = String::new();
+    for (name, pem) in certs {
+        write_pair(dir.path(), name, pem);
+        tls.push_str(&format!(
+            "[[tls.certificates]]\ncert = \"{name}.pem\"\nkey = \"{name}.key\"\n\n"
+        ));
+    }
+    let s = Steer::start_in(
+        dir,
+        "https = \"127.0.0.1:0\"",
+        "tls_handshake_timeout = \"300ms\"",
+        &format!("{tls}{body}"),
+    )
+    .await;
+    let admin = s.admin();
+    eventually("ready", || async {
+        get(&format!("{admin}/ready")).await.0 == StatusCode::OK
+    })
+    .await;
+    s
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate_and_no_sni_gets_the_first() {
+    let blue = upstream("blue").await;
+    let a = self_signed(&["auth.example.com"]);
+    let b = self_signed(&["*.tenant.example.com"]);
+    let body = format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
+        upstream_toml("blue", blue.addr(), "h2c")
+    );
+    let steer = tls_steer(&[("a", &a), ("b", &b)], &body).await;
+    let addr = steer.https_addr();
+    assert_eq!(
+        served(&connect(addr, Some("auth.example.com"), &[b"h2"]).await),
+        a.der
+    );
+    assert_eq!(
+        served(&connect(addr, Some("x.tenant.example.com"), &[b"h2"]).await),
+        b.der
+    );
+    assert_eq!(served(&connect(addr, None, &[b"h2"]).await), a.der);
+    assert_eq!(
+        served(&connect(addr, Some("unknown.example.org"), &[b"h2"]).await),
+        a.der
+    );
+}
+
+#[tokio::test]
+async fn alpn_negotiates_h2_and_http1_and_both_are_proxied_with_https_forwarding() {
+    let blue = upstream("blue").await;
+    let a = self_signed(&["auth.example.com"]);
+    let body = format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
+        upstream_toml("blue", blue.addr(), "h2c")
+    );
+    let steer = tls_steer(&[("a", &a)], &body).await;
+    for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
+        let tls = connect(steer.https_addr(), Some("auth.example.com"), &[alpn]).await;
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+        let (status, body) = get_over(tls, "auth.example.com", "/x").await;
+        assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["headers"]["x-forwarded-proto"][0], "https");
+        let fwd = v["headers"]["forwarded"][0].as_str().unwrap();
+        assert!(fwd.contains("proto=https"), "{fwd}");
+        assert_eq!(v["authority"], "auth.example.com");
+    }
+}
+
+#[tokio::test]
+async fn grpc_over_tls_to_steer_and_h2c_behind_it() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let blue = upstream("blue").await;
+    let a = self_signed(&["auth.example.com"]);
+    let body = format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
+        upstream_toml("blue", blue.addr(), "h2c")
+    );
+    let steer = tls_steer(&[("a", &a)], &body).await;
+    let addr = steer.https_addr();
+    let channel = tonic::transport::Endpoint::from_static("https://auth.example.com")
+        .connect_with_connector(tower::service_fn(move |_| async move {
+            Ok::<_, std::io::Error>(TokioIo::new(
+                connect(addr, Some("auth.example.com"), &[b"h2"]).await,
+            ))
+        }))
+        .await
+        .unwrap();
+    let resp = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.get_ref().status,
+        tonic_health::ServingStatus::Serving as i32
+    );
+}
+
+#[tokio::test]
+async fn a_replaced_certificate_is_served_to_new_handshakes_and_a_broken_one_is_not() {
+    let blue = upstream("blue").await;
+    let old = self_signed(&["auth.example.com"]);
+    let body = format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
+        upstream_toml("blue", blue.addr(), "h2c")
+    );
+    let steer = tls_steer(&[("a", &old)], &body).await;
+    let addr = steer.https_addr();
+    let open = connect(addr, Some("auth.example.com"), &[b"h2"]).await;
+    // A broken replacement (key of another certificate): the old one stays.
+    let other = self_signed(&["auth.example.com"]);
+    std::fs::write(steer.dir.path().join("a.key"), &other.key).unwrap();
+    let admin = steer.admin();
+    eventually("rejection reported", || async {
+        let v = call(request("GET", &format!("{admin}/config")))
+            .await
+            .json();
+        v["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("does not match"))
+    })
+    .await;
+    assert_eq!(
+        served(&connect(addr, Some("auth.example.com"), &[b"h2"]).await),
+        old.der
+    );
+    // The matching pair, written by rename (as a Secret update does).
+    let new = self_signed(&["auth.example.com"]);
+    write_pair(steer.dir.path(), "next", &new);
+    std::fs::rename(
+        steer.dir.path().join("next.pem"),
+        steer.dir.path().join("a.pem"),
+    )
+    .unwrap();
+    std::fs::rename(
+        steer.dir.path().join("next.key"),
+        steer.dir.path().join("a.key"),
+    )
+    .unwrap();
+    eventually("new certificate served", || async {
+        served(&connect(addr, Some("auth.example.com"), &[b"h2"]).await) == new.der
+    })
+    .await;
+    // The connection opened before still works, on the old certificate.
+    assert_eq!(served(&open), old.der);
+    let (status, _) = get_over(open, "auth.example.com", "/x").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_stalled_handshake_is_closed_after_the_timeout() {
+    let blue = upstream("blue").await;
+    let a = self_signed(&["auth.example.com"]);
+    let body = format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
+        upstream_toml("blue", blue.addr(), "h2c")
+    );
+    let steer = tls_steer(&[("a", &a)], &body).await;
+    let mut tcp = TcpStream::connect(steer.https_addr()).await.unwrap();
+    // Send nothing: the server must close within tls_handshake_timeout (300ms).
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .expect("steer kept a stalled handshake open")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn check_reports_a_key_that_does_not_match_and_an_expired_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = self_signed(&["auth.example.com"]);
+    let b = self_signed(&["auth.example.com"]);
+    std::fs::write(dir.path().join("a.pem"), &a.cert).unwrap();
+    std::fs::write(dir.path().join("b.key"), &b.key).unwrap();
+    let mut params = CertificateParams::new(vec!["old.example.com".to_owned()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let key = KeyPair::generate().unwrap();
+    let expired = params.self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("old.pem"), expired.pem()).unwrap();
+    std::fs::write(dir.path().join("old.key"), key.serialize_pem()).unwrap();
+    let text = with_listen_full(
+        "https = \"127.0.0.1:0\"",
+        "",
+        "[[tls.certificates]]\ncert = \"a.pem\"\nkey = \"b.key\"\n\n[[tls.certificates]]\ncert = \"old.pem\"\nkey = \"old.key\"\n\n[upstreams.u]\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"r\"\nupstream = \"u\"\n",
+    );
+    let path = dir.path().join("routes.toml");
+    std::fs::write(&path, text).unwrap();
+    let errors = match steer::config::load(&path) {
+        Ok(_) => panic!("should be rejected"),
+        Err(e) => e.messages(),
+    };
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].contains("does not match the certificate"),
+        "{errors:?}"
+    );
+    assert!(errors[1].contains("expired"), "{errors:?}");
+    assert!(
+        errors.iter().all(|e| e.contains("routes.toml:")),
+        "{errors:?}"
+    );
+}
+
+/// A TLS front for a demo deployment: terminates TLS with `pem` (ALPN h2,
+/// http/1.1) and pipes the bytes to `backend`.
+async fn tls_front(pem: &Pem, backend: SocketAddr) -> SocketAddr {
+    let certs = vec![pem.der.clone()];
+    use rustls::pki_types::pem::PemObject;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut back) = TcpStream::connect(backend).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut back).await;
+                let _ = back.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn https_upstream_with_a_private_ca_works_and_an_untrusted_one_is_a_502() {
+    let blue = upstream("blue").await;
+    let ca = ca();
+    let leaf = signed_by(&ca, &["zitadel.internal"]);
+    let front = tls_front(&leaf, blue.addr()).await;
+    let rogue = self_signed(&["zitadel.internal"]);
+    let rogue_front = tls_front(&rogue, blue.addr()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), ca.as_ref().pem()).unwrap();
+    let body = format!(
+        "[upstreams.good]\nendpoints = [\"{front}\"]\nprotocol = \"https\"\ntls_ca = \"ca.pem\"\ntls_server_name = \"zitadel.internal\"\n\n\
+         [upstreams.rogue]\nendpoints = [\"{rogue_front}\"]\nprotocol = \"https\"\ntls_ca = \"ca.pem\"\ntls_server_name = \"zitadel.internal\"\nhealth = false\n\n\
+         [[routes]]\nname = \"rogue\"\npath_prefix = \"/rogue\"\nupstream = \"rogue\"\n\n[[routes]]\nname = \"good\"\nupstream = \"good\"\n"
+    );
+    let steer = Steer::start_in(dir, "", "", &body).await;
+    eventually("https upstream healthy (probes over TLS)", || async {
+        states(&steer.admin(), "good").await == ["healthy"]
+    })
+    .await;
+    let a = call(request("GET", &steer.url("/x")).header("host", "auth.example.com")).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let v = a.json();
+    assert_eq!(v["deployment"], "blue");
+    // ALPN chose h2 to the upstream; the client's Host is :authority.
+    assert_eq!(v["version"], "HTTP/2.0");
+    assert_eq!(v["authority"], "auth.example.com");
+    let a = call(request("GET", &steer.url("/rogue"))).await;
+    assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{}", a.text());
+    assert!(a.text().contains("TLS handshake"), "{}", a.text());
+}
