@@ -184,6 +184,18 @@ async fn tls_steer(certs: &[(&str, &Pem)], body: &str) -> Steer {
     s
 }
 
+/// A demo upstream behind steer serving one certificate for auth.example.com.
+async fn auth_steer() -> (steer::demo::Deployment, Pem, Steer) {
+    let blue = upstream("blue").await;
+    let a = self_signed(&["auth.example.com"]);
+    let body = format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
+        upstream_toml("blue", blue.addr(), "h2c")
+    );
+    let steer = tls_steer(&[("a", &a)], &body).await;
+    (blue, a, steer)
+}
+
 #[tokio::test]
 async fn sni_picks_the_certificate_and_no_sni_gets_the_first() {
     let blue = upstream("blue").await;
@@ -212,13 +224,7 @@ async fn sni_picks_the_certificate_and_no_sni_gets_the_first() {
 
 #[tokio::test]
 async fn alpn_negotiates_h2_and_http1_and_both_are_proxied_with_https_forwarding() {
-    let blue = upstream("blue").await;
-    let a = self_signed(&["auth.example.com"]);
-    let body = format!(
-        "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
-        upstream_toml("blue", blue.addr(), "h2c")
-    );
-    let steer = tls_steer(&[("a", &a)], &body).await;
+    let (_blue, _a, steer) = auth_steer().await;
     for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
         let tls = connect(steer.https_addr(), Some("auth.example.com"), &[alpn]).await;
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
@@ -236,13 +242,7 @@ async fn alpn_negotiates_h2_and_http1_and_both_are_proxied_with_https_forwarding
 async fn grpc_over_tls_to_steer_and_h2c_behind_it() {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
-    let blue = upstream("blue").await;
-    let a = self_signed(&["auth.example.com"]);
-    let body = format!(
-        "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
-        upstream_toml("blue", blue.addr(), "h2c")
-    );
-    let steer = tls_steer(&[("a", &a)], &body).await;
+    let (_blue, _a, steer) = auth_steer().await;
     let addr = steer.https_addr();
     let channel = tonic::transport::Endpoint::from_static("https://auth.example.com")
         .connect_with_connector(tower::service_fn(move |_| async move {
@@ -266,13 +266,7 @@ async fn grpc_over_tls_to_steer_and_h2c_behind_it() {
 
 #[tokio::test]
 async fn a_replaced_certificate_is_served_to_new_handshakes_and_a_broken_one_is_not() {
-    let blue = upstream("blue").await;
-    let old = self_signed(&["auth.example.com"]);
-    let body = format!(
-        "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
-        upstream_toml("blue", blue.addr(), "h2c")
-    );
-    let steer = tls_steer(&[("a", &old)], &body).await;
+    let (_blue, old, steer) = auth_steer().await;
     let addr = steer.https_addr();
     let open = connect(addr, Some("auth.example.com"), &[b"h2"]).await;
     // A broken replacement (key of another certificate): the old one stays.
@@ -317,13 +311,7 @@ async fn a_replaced_certificate_is_served_to_new_handshakes_and_a_broken_one_is_
 
 #[tokio::test]
 async fn a_stalled_handshake_is_closed_after_the_timeout() {
-    let blue = upstream("blue").await;
-    let a = self_signed(&["auth.example.com"]);
-    let body = format!(
-        "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
-        upstream_toml("blue", blue.addr(), "h2c")
-    );
-    let steer = tls_steer(&[("a", &a)], &body).await;
+    let (_blue, _a, steer) = auth_steer().await;
     let mut tcp = TcpStream::connect(steer.https_addr()).await.unwrap();
     // Send nothing: the server must close within tls_handshake_timeout (300ms).
     let mut buf = [0u8; 16];
