@@ -10,26 +10,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
-use tokio::sync::watch;
 
 use crate::config::{self, Config, Target};
 use crate::metrics::Metrics;
 use crate::proxy::Shared;
 use crate::reload::Reloader;
 use crate::routing::{self, RequestView, RouteTable};
+use crate::server::handover;
+use crate::server::listeners::{Kind, ListenerSet};
 use crate::table::{ProbeHook, Table};
 use crate::tls::TlsStore;
 use crate::upstream::{CheckResult, Endpoint};
 
-/// A listener could not be bound (exit code 2).
-#[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} ({name}): {source}")]
-pub struct BindError {
-    pub name: &'static str,
-    pub addr: SocketAddr,
-    #[source]
-    pub source: std::io::Error,
-}
+pub use crate::server::listeners::BindError;
 
 /// Process-wide state the admin API reads.
 #[derive(Debug)]
@@ -61,9 +54,9 @@ pub struct Running {
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
-    stop_proxy: watch::Sender<bool>,
-    stop_admin: watch::Sender<bool>,
-    proxy_tasks: Vec<tokio::task::JoinHandle<()>>,
+    pub listeners: Arc<ListenerSet>,
+    /// Set when `listen.upgrade_socket` is configured.
+    handover: Option<Arc<handover::Server>>,
 }
 
 fn probe_hook(metrics: Metrics) -> ProbeHook {
@@ -74,32 +67,13 @@ fn probe_hook(metrics: Metrics) -> ProbeHook {
 
 /// Loads `path`, binds the listeners and starts serving.
 pub async fn start(path: &Path) -> anyhow::Result<Running> {
+    start_with(path, false).await
+}
+
+/// As `start`; with `upgrade`, first takes the listening sockets over from a
+/// running steer on `listen.upgrade_socket` (binding itself if none runs).
+pub async fn start_with(path: &Path, upgrade: bool) -> anyhow::Result<Running> {
     let config = config::load(path)?;
-    start_with(path, config).await
-}
-
-/// The bound listeners, before serving starts.
-struct Bound {
-    http: Option<tokio::net::TcpListener>,
-    https: Option<tokio::net::TcpListener>,
-    admin: Option<tokio::net::TcpListener>,
-}
-
-fn bind_all(listen: &config::Listen) -> Result<Bound, BindError> {
-    let bind = |name: &'static str, addr: Option<SocketAddr>| {
-        addr.map(|addr| {
-            crate::server::bind(addr).map_err(|source| BindError { name, addr, source })
-        })
-        .transpose()
-    };
-    Ok(Bound {
-        http: bind("http", listen.http)?,
-        https: bind("https", listen.https)?,
-        admin: bind("admin", listen.admin)?,
-    })
-}
-
-async fn start_with(path: &Path, config: Config) -> anyhow::Result<Running> {
     let metrics = Metrics::new();
     let hook = probe_hook(metrics.clone());
     let loaded = config.clone();
@@ -107,98 +81,140 @@ async fn start_with(path: &Path, config: Config) -> anyhow::Result<Running> {
         true => None,
         false => Some(Arc::new(TlsStore::new(&config.tls)?)),
     };
+    let upgrade_socket = config.listen.upgrade_socket.clone();
     let table = Table::build(config, None, &hook, &metrics).await;
     let listen = table.listen.clone();
-    let settings = table.proxy.clone();
     let shared = Arc::new(Shared {
         live: ArcSwap::from_pointee(table),
         metrics: metrics.clone(),
         retry_budget: crate::proxy::RetryBudget::default(),
+        draining: AtomicBool::new(false),
     });
     if let Some(store) = &tls_store {
         metrics.certificates(&store.current().certs);
     }
+    let listeners = Arc::new(ListenerSet::new(
+        shared.clone(),
+        tls_store.clone(),
+        metrics.clone(),
+    ));
     let reloader = Arc::new(Reloader::new(
         path.to_path_buf(),
         shared.clone(),
         hook,
         loaded,
-        tls_store.clone(),
+        tls_store,
     ));
+    reloader.set_listeners(listeners.clone());
     let state = Arc::new(AppState {
         shared: shared.clone(),
         reloader: reloader.clone(),
         first_round_done: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
     });
-    let bound = bind_all(&listen)?;
-    let (stop_proxy, stop_rx) = watch::channel(false);
-    let (stop_admin, admin_rx) = watch::channel(false);
-    let local = |l: &Option<tokio::net::TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
-    let (http_addr, https_addr, admin_addr) =
-        (local(&bound.http), local(&bound.https), local(&bound.admin));
-    let mut proxy_tasks = Vec::new();
-    let serve = |listener, tls, name| {
-        tokio::spawn(crate::server::serve_proxy(
-            listener,
-            tls,
-            shared.clone(),
-            settings.clone(),
-            stop_rx.clone(),
-            metrics.connections(name),
-        ))
+    let st = state.clone();
+    listeners.set_admin_handler(Arc::new(move |req| {
+        Box::pin(crate::admin::handle(st.clone(), req))
+    }));
+    let mut received = match (&upgrade_socket, upgrade) {
+        (Some(path), true) => {
+            // Take the sockets only once our own health checks have run:
+            // until then every endpoint is unknown and requests would 503.
+            wait_first_round(&shared).await;
+            take_over(path).await?
+        }
+        (None, true) => {
+            tracing::warn!(
+                "--upgrade without listen.upgrade_socket: binding the listeners directly"
+            );
+            None
+        }
+        _ => None,
     };
-    if let Some(listener) = bound.http {
-        proxy_tasks.push(serve(listener, None, "http"));
-    }
-    if let (Some(listener), Some(store)) = (bound.https, tls_store.as_ref()) {
-        let tls = crate::server::TlsListener {
-            acceptor: tokio_rustls::TlsAcceptor::from(store.server_config()?),
-            handshake_timeout: settings.tls_handshake_timeout,
-        };
-        proxy_tasks.push(serve(listener, Some(tls), "https"));
-    }
-    if let Some(listener) = bound.admin {
-        let st = state.clone();
-        tokio::spawn(crate::server::serve_simple(
-            listener,
-            admin_rx,
-            move |req| crate::admin::handle(st.clone(), req),
-        ));
+    listeners.apply(&listen, received.as_mut())?;
+    let handover = match &upgrade_socket {
+        Some(p) => Some(Arc::new(
+            handover::Server::bind(p).context("binding listen.upgrade_socket")?,
+        )),
+        None => None,
+    };
+    if let Some(r) = received {
+        r.ready()
+            .context("confirming the handover to the old steer")?;
+        tracing::info!(
+            "took the listening sockets over from the previous steer; it drains and exits"
+        );
     }
     tokio::spawn(reloader.watch());
+    let (http, https, admin) = (
+        listeners.local(Kind::Http),
+        listeners.local(Kind::Https),
+        listeners.local(Kind::Admin),
+    );
     let shown = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
-    tracing::info!(http = %shown(http_addr), https = %shown(https_addr), admin = %shown(admin_addr),
+    tracing::info!(http = %shown(http), https = %shown(https), admin = %shown(admin),
         version = %shared.live.load().version, "steer started");
     Ok(Running {
         state,
-        http: http_addr,
-        https: https_addr,
-        admin: admin_addr,
-        stop_proxy,
-        stop_admin,
-        proxy_tasks,
+        http,
+        https,
+        admin,
+        listeners,
+        handover,
     })
+}
+
+/// Waits until every checked endpoint has been probed once (bounded by the
+/// longest probe timeout plus a second).
+async fn wait_first_round(shared: &Shared) {
+    let table = shared.live.load_full();
+    let longest = table
+        .upstreams
+        .iter()
+        .filter_map(|u| u.health.as_ref().map(|h| h.timeout))
+        .max()
+        .unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + longest + std::time::Duration::from_secs(1);
+    while !table.first_round_done() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+async fn take_over(path: &Path) -> anyhow::Result<Option<handover::Received>> {
+    let path = path.to_path_buf();
+    let received = tokio::task::spawn_blocking(move || handover::receive(&path))
+        .await
+        .context("handover task")?
+        .context("receiving the listening sockets from the running steer")?;
+    if received.is_none() {
+        tracing::info!("--upgrade: no steer on the upgrade socket; binding the listeners directly");
+    }
+    Ok(received)
 }
 
 impl Running {
     /// SIGTERM semantics: `/ready` turns 503, listeners keep serving for
-    /// `shutdown_delay`, then stop accepting; open connections are asked to
-    /// finish (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY) and get
-    /// `drain_timeout`; then the admin listener stops.
+    /// `shutdown_delay` (skipped after a handover: the new steer already
+    /// accepts on the same sockets), then stop accepting; open connections
+    /// are asked to finish (HTTP/1.1 `Connection: close`, HTTP/2 GOAWAY)
+    /// and get `drain_timeout`; then the admin listener stops.
     pub async fn shutdown(self) {
+        self.shutdown_after(true).await;
+    }
+
+    async fn shutdown_after(self, delay_first: bool) {
         self.state.shutting_down.store(true, Ordering::Relaxed);
         let (delay, drain) = {
             let t = self.state.shared.live.load();
             (t.proxy.shutdown_delay, t.proxy.drain_timeout)
         };
-        tracing::info!(?delay, "shutting down: readiness off, still serving");
-        tokio::time::sleep(delay).await;
-        let deadline = tokio::time::Instant::now() + drain;
-        let _ = self.stop_proxy.send(true);
-        for task in self.proxy_tasks {
-            let _ = task.await;
+        if delay_first {
+            tracing::info!(?delay, "shutting down: readiness off, still serving");
+            tokio::time::sleep(delay).await;
         }
+        let deadline = tokio::time::Instant::now() + drain;
+        self.state.shared.draining.store(true, Ordering::Relaxed);
+        self.listeners.stop(&[Kind::Http, Kind::Https]).await;
         // Upgraded connections (WebSocket) left hyper's tracking when they
         // switched protocols; their in-flight guards still count.
         let in_flight = || {
@@ -208,7 +224,7 @@ impl Running {
         while in_flight() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        let _ = self.stop_admin.send(true);
+        self.listeners.stop(&[Kind::Admin]).await;
         tracing::info!("shutdown complete");
     }
 
@@ -216,31 +232,45 @@ impl Running {
     pub fn http_base(&self) -> Option<String> {
         self.http.map(|a| format!("http://{a}"))
     }
-}
 
-/// `steer run`: serve until SIGTERM/SIGINT, reloading on SIGHUP.
-pub async fn run(path: &Path) -> anyhow::Result<()> {
-    let running = start(path).await?;
-    wait_for_signals(&running).await?;
-    running.shutdown().await;
-    Ok(())
-}
-
-async fn wait_for_signals(running: &Running) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading");
-                let _ = running.state.reloader.reload(true).await;
-            }
+    /// Waits for SIGTERM/SIGINT (reloading on SIGHUP) or for a completed
+    /// handover to a new steer; then shuts down.
+    pub async fn serve_until_stopped(self) -> anyhow::Result<()> {
+        let (handed_tx, mut handed_rx) = tokio::sync::oneshot::channel::<()>();
+        if let Some(server) = self.handover.clone() {
+            let listeners = self.listeners.clone();
+            tokio::task::spawn_blocking(move || {
+                server.serve_one(|| listeners.sockets());
+                let _ = handed_tx.send(());
+            });
         }
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+        let handed = loop {
+            tokio::select! {
+                _ = term.recv() => break false,
+                _ = int.recv() => break false,
+                Ok(()) = &mut handed_rx => break true,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading");
+                    let _ = self.state.reloader.reload(true).await;
+                }
+            }
+        };
+        if handed {
+            tracing::info!("handed the listening sockets to a new steer; draining");
+        }
+        self.shutdown_after(!handed).await;
+        Ok(())
     }
+}
+
+/// `steer run`: serve until SIGTERM/SIGINT (or a handover), reloading on
+/// SIGHUP.
+pub async fn run(path: &Path, upgrade: bool) -> anyhow::Result<()> {
+    start_with(path, upgrade).await?.serve_until_stopped().await
 }
 
 /// `steer check FILE`: the one-line summary, or every error.
@@ -460,9 +490,7 @@ pub async fn demo() -> anyhow::Result<()> {
         .map(|a| format!("http://{a}"))
         .unwrap_or_default();
     eprintln!("{}", demo_instructions(&base, &admin, &blue, &green));
-    wait_for_signals(&running).await?;
-    running.shutdown().await;
-    Ok(())
+    running.serve_until_stopped().await
 }
 
 fn demo_instructions(

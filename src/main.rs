@@ -120,15 +120,8 @@ fn main() -> ExitCode {
                 client_ip,
             },
         ),
-        Some(Command::Demo) => serve(None),
-        Some(Command::Run) | None => {
-            if cli.upgrade {
-                tracing::warn!(
-                    "--upgrade: no socket handover is built yet; binding the listeners directly"
-                );
-            }
-            serve(Some(cli.config))
-        }
+        Some(Command::Demo) => serve(None, false),
+        Some(Command::Run) | None => serve(Some(cli.config), cli.upgrade),
     }
 }
 
@@ -159,7 +152,7 @@ fn route(file: PathBuf, run: app::DryRun) -> ExitCode {
 }
 
 /// `run` (with a config path) or `demo` (without).
-fn serve(config: Option<PathBuf>) -> ExitCode {
+fn serve(config: Option<PathBuf>, upgrade: bool) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -172,7 +165,7 @@ fn serve(config: Option<PathBuf>) -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match config {
-            Some(path) => app::run(&path).await,
+            Some(path) => app::run(&path, upgrade).await,
             None => app::demo().await,
         }
     });

@@ -5,7 +5,7 @@
 //! nothing but `last_error` and the failure counter.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{self, Config, LoadError};
 use crate::proxy::Shared;
+use crate::server::listeners::{BindError, ListenerSet};
 use crate::table::{ProbeHook, Table};
 use crate::tls::TlsStore;
 
@@ -27,6 +28,7 @@ pub struct Reloader {
     shared: Arc<Shared>,
     hook: ProbeHook,
     tls: Option<Arc<TlsStore>>,
+    listeners: OnceLock<Arc<ListenerSet>>,
     last_error: Mutex<Option<String>>,
     /// Hash of the file as last read, good or not: a rejected file is
     /// reported once, not at every poll.
@@ -50,15 +52,15 @@ pub enum ReloadError {
     Load(#[from] LoadError),
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
-    #[error("changing [listen] needs a restart (running: {running}, file: {file})")]
-    ListenChanged { running: String, file: String },
+    #[error("{0}")]
+    Listen(#[from] BindError),
 }
 
 impl ReloadError {
     pub fn messages(&self) -> Vec<String> {
         match self {
             ReloadError::Load(e) => e.messages(),
-            other @ (ReloadError::ListenChanged { .. } | ReloadError::Tls(_)) => {
+            other @ (ReloadError::Listen(_) | ReloadError::Tls(_)) => {
                 vec![other.to_string()]
             }
         }
@@ -78,6 +80,7 @@ impl Reloader {
             shared,
             hook,
             tls,
+            listeners: OnceLock::new(),
             last_error: Mutex::new(None),
             seen: Mutex::new(None),
             lock: tokio::sync::Mutex::new(Some(loaded)),
@@ -104,6 +107,11 @@ impl Reloader {
                 }
             }
         }
+    }
+
+    /// Lets reloads apply `[listen]` changes.
+    pub fn set_listeners(&self, listeners: Arc<ListenerSet>) {
+        let _ = self.listeners.set(listeners);
     }
 
     pub fn path(&self) -> &Path {
@@ -155,12 +163,13 @@ impl Reloader {
             Ok(c) => c,
             Err(e) => return Err(self.reject(ReloadError::Load(e), true)),
         };
-        if config.listen != current.listen {
-            let err = ReloadError::ListenChanged {
-                running: format!("{:?}", current.listen),
-                file: format!("{:?}", config.listen),
-            };
-            return Err(self.reject(err, true));
+        if config.listen != current.listen
+            && let Some(listeners) = self.listeners.get()
+            && let Err(e) = listeners.apply(&config.listen, None)
+        {
+            // New addresses are bound before old ones close; a bind failure
+            // leaves every listener and the table as they were.
+            return Err(self.reject(ReloadError::Listen(e), true));
         }
         if let Some(store) = &self.tls
             && store

@@ -38,6 +38,10 @@ pub struct Shared {
     pub live: ArcSwap<Table>,
     pub metrics: Metrics,
     pub retry_budget: RetryBudget,
+    /// Set when steer stops accepting for good: HTTP/1.1 responses then
+    /// carry `Connection: close`, so keep-alive clients move on cleanly
+    /// instead of racing a close of their idle connection.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// What the server knows about the connection a request came on.
@@ -129,12 +133,20 @@ pub async fn handle(
         })
     });
     shared.retry_budget.record_request();
+    let http1 = req.version() < Version::HTTP_2;
     let mut outcome = Outcome::default();
     let mut resp = match proxy(&shared, &table, conn, req, &request_id, &mut outcome).await {
         Ok(resp) => resp,
         Err(err) => error_response(&err, &request_id),
     };
     resp.headers_mut().insert(X_REQUEST_ID, request_id);
+    if http1
+        && shared.draining.load(std::sync::atomic::Ordering::Relaxed)
+        && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+    {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let status = resp.status().as_u16();
     table
         .metrics

@@ -19,12 +19,19 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::ProxySettings;
+
+pub mod handover;
+pub mod listeners;
 use crate::proxy::{self, ConnInfo, ProxyBody, Shared};
 
 /// hyper's own parser limit sits above steer's `max_header_bytes` so that
 /// oversized heads reach steer and get a 431 with a reason; only heads
 /// beyond this get hyper's bare 431.
 const PARSER_SLACK: usize = 4;
+
+/// How long, at shutdown, keep-alive clients get to take their
+/// `Connection: close` answers before idle connections are closed.
+const KEEPALIVE_GRACE: Duration = Duration::from_secs(2);
 
 /// Connection-level settings for client-facing listeners.
 pub fn builder(settings: &ProxySettings) -> auto::Builder<TokioExecutor> {
@@ -118,7 +125,21 @@ pub async fn serve_proxy(
         open = graceful.count(),
         "stopped accepting; draining open connections"
     );
-    if tokio::time::timeout(settings.drain_timeout, graceful.shutdown())
+    let drain = shared.live.load().proxy.drain_timeout;
+    let started = tokio::time::Instant::now();
+    if shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        // Keep-alive grace: clients still sending get their answers with
+        // `Connection: close` and leave by themselves; closing an idle
+        // HTTP/1.1 connection under a client that is just sending on it
+        // would fail that request. Whoever is left after the grace is
+        // asked to finish (HTTP/2: GOAWAY) or closed.
+        let grace = (drain / 2).min(KEEPALIVE_GRACE);
+        while graceful.count() > 0 && started.elapsed() < grace {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let left = drain.saturating_sub(started.elapsed());
+    if tokio::time::timeout(left, graceful.shutdown())
         .await
         .is_err()
     {

@@ -199,7 +199,7 @@ async fn a_grpc_stream_and_a_websocket_survive_a_reload() {
 #[tokio::test]
 async fn sighup_reloads_even_an_unchanged_file() {
     let (_b, _g, ups) = two("h2c").await;
-    let p = spawn_steer(&format!("{ups}{}", routes_to("blue")));
+    let p = spawn_steer(&format!("{ups}{}", routes_to("blue"))).await;
     let count = || async {
         let m = call(request("GET", &format!("{}/metrics", p.admin)))
             .await
@@ -222,7 +222,7 @@ async fn sighup_reloads_even_an_unchanged_file() {
 #[tokio::test]
 async fn sigterm_lets_an_in_flight_request_finish_and_exits_0() {
     let (blue, _g, ups) = two("h2c").await;
-    let mut p = spawn_steer(&format!("{ups}{}", routes_to("blue")));
+    let mut p = spawn_steer(&format!("{ups}{}", routes_to("blue"))).await;
     let ready = format!("{}/ready", p.admin);
     eventually("ready", || async { get(&ready).await.0 == StatusCode::OK }).await;
     let url = format!("{}/demo/slow?ms=800", p.http);
@@ -240,4 +240,125 @@ async fn sigterm_lets_an_in_flight_request_finish_and_exits_0() {
     .unwrap()
     .0;
     assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_changed_listen_address_is_bound_before_the_old_one_stops() {
+    let (_b, _g, ups) = two("h2c").await;
+    let body = format!("{ups}{}", routes_to("blue"));
+    let steer = Steer::start_ready(&body).await;
+    let old = steer.url("/x");
+    let free = closed_port();
+    let text =
+        with_listen(&body).replacen("http = \"127.0.0.1:0\"", &format!("http = \"{free}\""), 1);
+    std::fs::write(&steer.path, text).unwrap();
+    let a = call(request("POST", &format!("{}/reload", steer.admin()))).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(
+        call(request("GET", &format!("http://{free}/x")))
+            .await
+            .deployment(),
+        "blue"
+    );
+    eventually("old address closed", || async {
+        tokio::net::TcpStream::connect(old.trim_start_matches("http://").trim_end_matches("/x"))
+            .await
+            .is_err()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_listen_address_that_cannot_be_bound_rejects_the_reload() {
+    let (_b, _g, ups) = two("h2c").await;
+    let body = format!("{ups}{}", routes_to("blue"));
+    let steer = Steer::start_ready(&body).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let text = with_listen(&format!("{ups}{}", routes_to("green"))).replacen(
+        "http = \"127.0.0.1:0\"",
+        &format!("http = \"{addr}\""),
+        1,
+    );
+    std::fs::write(&steer.path, text).unwrap();
+    let a = call(request("POST", &format!("{}/reload", steer.admin()))).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(a.text().contains("cannot listen"), "{}", a.text());
+    // Nothing changed: the old listener and the old table.
+    assert!(serves(&steer, "blue").await);
+}
+
+#[tokio::test]
+async fn upgrade_hands_the_sockets_over_while_a_client_keeps_sending() {
+    let (_b, _g, ups) = two("h2c").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    let text = with_listen_full(
+        "upgrade_socket = \"steer.sock\"",
+        "",
+        &format!("{ups}{}", routes_to("blue")),
+    );
+    std::fs::write(&path, text).unwrap();
+    let mut old = spawn_steer_at(None, path.clone(), &[]).await;
+    let ready = format!("{}/ready", old.admin);
+    eventually("old ready", || async {
+        get(&ready).await.0 == StatusCode::OK
+    })
+    .await;
+    // Clients on keep-alive connections, sending throughout the handover.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (url, stop) = (format!("{}/x", old.http), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let client = http1();
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let req = request("GET", &url)
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap();
+                match client.request(req).await {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+                        ok += 1;
+                    }
+                    Ok(r) => {
+                        let body = http_body_util::BodyExt::collect(r.into_body())
+                            .await
+                            .map(|b| b.to_bytes());
+                        failed.push(format!("{body:?}"));
+                    }
+                    Err(e) => failed.push(format!("{e:?}")),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let new = spawn_steer_at(Some(dir), path, &["--upgrade"]).await;
+    assert_eq!(new.http, old.http, "the new steer serves the same socket");
+    let status = tokio::task::spawn_blocking(move || old.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "the old steer drains and exits 0");
+    // Keep sending a little after the old one is gone, then stop.
+    let served = call(request("GET", &format!("{}/x", new.http))).await;
+    if served.deployment() != "blue" {
+        let logs: Vec<String> = new.logs.try_iter().collect();
+        panic!("{}\nnew steer: {logs:#?}", served.text());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for c in clients {
+        let (ok, failed) = c.await.unwrap();
+        if !failed.is_empty() {
+            let logs: Vec<String> = new
+                .logs
+                .try_iter()
+                .filter(|l| l.contains("WARN") || l.contains("healthy"))
+                .collect();
+            panic!("failed requests during the handover: {failed:?}\nnew steer: {logs:#?}");
+        }
+        total += ok;
+    }
+    assert!(total > 0);
 }

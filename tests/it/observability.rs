@@ -148,7 +148,8 @@ async fn access_log_lines_are_json_with_every_field() {
     let p = spawn_steer(&format!(
         "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
         upstream_toml("blue", blue.addr(), "h2c")
-    ));
+    ))
+    .await;
     let ready = format!("{}/ready", p.admin);
     eventually("ready", || async { get(&ready).await.0 == StatusCode::OK }).await;
     let a = call(

@@ -238,7 +238,7 @@ pub struct Proc {
     pub child: Child,
     pub http: String,
     pub admin: String,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     pub path: std::path::PathBuf,
     pub logs: std::sync::mpsc::Receiver<String>,
 }
@@ -250,14 +250,29 @@ impl Drop for Proc {
     }
 }
 
-pub fn spawn_steer(body: &str) -> Proc {
+pub async fn spawn_steer(body: &str) -> Proc {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("routes.toml");
     std::fs::write(&path, with_listen(body)).unwrap();
+    spawn_steer_at(Some(dir), path, &[]).await
+}
+
+/// Runs `steer run --config PATH ARGS...` and waits for its start line,
+/// off the test's runtime (which must keep serving the test upstreams that
+/// the new steer probes meanwhile).
+pub async fn spawn_steer_at(dir: Option<tempfile::TempDir>, path: PathBuf, args: &[&str]) -> Proc {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || spawn_blocking_steer(dir, path, &args))
+        .await
+        .unwrap()
+}
+
+fn spawn_blocking_steer(dir: Option<tempfile::TempDir>, path: PathBuf, args: &[String]) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_steer"))
         .args(["run", "--config"])
         .arg(&path)
         .arg("--log-format=json")
+        .args(args)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
