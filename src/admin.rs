@@ -44,7 +44,10 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Pr
         (&Method::GET, ["config"]) => json_response(StatusCode::OK, &config_json(&state)),
         (&Method::GET, ["upstreams"]) => json_response(StatusCode::OK, &upstreams_json(&state)),
         (&Method::POST, ["reload"]) => match state.reloader.reload(true).await {
-            Ok(version) => json_response(StatusCode::OK, &json!({ "version": version })),
+            Ok(r) => json_response(
+                StatusCode::OK,
+                &json!({ "version": r.version, "pending": r.pending }),
+            ),
             Err(e) => json_response(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 &json!({ "errors": e.messages() }),
@@ -92,7 +95,39 @@ fn config_json(state: &AppState) -> Value {
         "loaded_at": rfc3339(table.loaded_at),
         "path": state.reloader.path().display().to_string(),
         "last_error": state.reloader.last_error(),
+        "pending": state.reloader.pending().map(|p| json!({
+            "version": p.version,
+            "waiting_for": p.waiting_for,
+            "since": rfc3339(p.since),
+            "gate_timeout_seconds": p.gate_timeout.as_secs_f64(),
+        })),
+        "ramps": ramps_json(&table),
     })
+}
+
+fn ramps_json(table: &crate::table::Table) -> Value {
+    let now = std::time::Instant::now();
+    let list: Vec<Value> = table
+        .routes
+        .routes()
+        .iter()
+        .filter_map(|r| {
+            let ramp = r.ramp.as_ref().filter(|x| x.progress(now) < 1.0)?;
+            let weights: serde_json::Map<String, Value> = ramp
+                .upstreams()
+                .filter_map(|u| {
+                    Some((
+                        table.upstreams.get(u)?.name.clone(),
+                        json!(ramp.share(u, now)),
+                    ))
+                })
+                .collect();
+            Some(
+                json!({ "route": r.spec.name, "progress": ramp.progress(now), "weights": weights }),
+            )
+        })
+        .collect();
+    json!(list)
 }
 
 fn endpoint_json(upstream: &Upstream, e: &Endpoint) -> Value {

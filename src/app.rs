@@ -273,18 +273,21 @@ pub async fn run(path: &Path, upgrade: bool) -> anyhow::Result<()> {
     start_with(path, upgrade).await?.serve_until_stopped().await
 }
 
-/// `steer check FILE`: the one-line summary, or every error.
-pub fn check(path: &Path) -> Result<String, Vec<String>> {
-    let config = config::load(path).map_err(|e| e.messages())?;
+/// `steer check FILE`: the one-line summary and the lint warnings, or
+/// every error.
+pub fn check(path: &Path) -> Result<(String, Vec<String>), Vec<String>> {
+    let (config, warnings) = config::check_file(path).map_err(|e| e.messages())?;
     let endpoints: usize = config.upstreams.iter().map(|u| u.endpoints.len()).sum();
-    Ok(format!(
-        "{}: ok: {} routes, {} upstreams, {} endpoints (version {})",
+    let summary = format!(
+        "{}: ok: {} routes, {} upstreams, {} endpoints, {} warnings (version {})",
         path.display(),
         config.routes.len(),
         config.upstreams.len(),
         endpoints,
+        warnings.len(),
         config.version
-    ))
+    );
+    Ok((summary, warnings))
 }
 
 /// The inputs of `steer route`.

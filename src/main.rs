@@ -38,7 +38,12 @@ enum Command {
     /// Serve (the default).
     Run,
     /// Validate a route table: a summary and exit 0, or every error and exit 1.
-    Check { file: PathBuf },
+    Check {
+        file: PathBuf,
+        /// Exit 1 on lint warnings too.
+        #[arg(long)]
+        strict: bool,
+    },
     /// Dry run: which route a request matches, why, and where it would go.
     Route {
         file: PathBuf,
@@ -93,10 +98,17 @@ fn main() -> ExitCode {
     };
     init_logging(cli.log_format);
     match cli.command {
-        Some(Command::Check { file }) => match app::check(&file) {
-            Ok(summary) => {
+        Some(Command::Check { file, strict }) => match app::check(&file) {
+            Ok((summary, warnings)) => {
+                for w in &warnings {
+                    eprintln!("{w}");
+                }
                 println!("{summary}");
-                ExitCode::SUCCESS
+                if strict && !warnings.is_empty() {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                }
             }
             Err(errors) => {
                 for e in errors {

@@ -5,13 +5,14 @@
 //! nothing but `last_error` and the failure counter.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::config::{self, Config, LoadError};
+use crate::config::{self, Config, GateTimeout, LoadError, ReloadSettings};
 use crate::proxy::Shared;
 use crate::server::listeners::{BindError, ListenerSet};
 use crate::table::{ProbeHook, Table};
@@ -33,6 +34,10 @@ pub struct Reloader {
     /// Hash of the file as last read, good or not: a rejected file is
     /// reported once, not at every poll.
     seen: Mutex<Option<String>>,
+    /// Bumped by every built table; a gated reload applies only while its
+    /// generation is the newest.
+    generation: AtomicU64,
+    pending: Mutex<Option<Pending>>,
     /// Serialises reloads: two triggers at once must not interleave builds.
     lock: tokio::sync::Mutex<Option<Config>>,
 }
@@ -43,6 +48,26 @@ impl std::fmt::Debug for Reloader {
             .field("path", &self.path)
             .finish()
     }
+}
+
+/// How often a gated reload looks at its upstreams' health.
+const GATE_POLL: Duration = Duration::from_millis(50);
+
+/// What a reload did: the version it loaded, and whether that table waits
+/// at the readiness gate instead of serving already.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    pub version: String,
+    pub pending: bool,
+}
+
+/// A reload waiting for upstreams to become healthy.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub version: String,
+    pub waiting_for: Vec<String>,
+    pub since: SystemTime,
+    pub gate_timeout: Duration,
 }
 
 /// Why a reload did not apply.
@@ -81,6 +106,8 @@ impl Reloader {
             hook,
             tls,
             listeners: OnceLock::new(),
+            generation: AtomicU64::new(0),
+            pending: Mutex::new(None),
             last_error: Mutex::new(None),
             seen: Mutex::new(None),
             lock: tokio::sync::Mutex::new(Some(loaded)),
@@ -134,7 +161,7 @@ impl Reloader {
 
     /// Re-reads the file. With `force` false (file events, polling) nothing
     /// happens when the content hash is unchanged. Returns the version.
-    pub async fn reload(&self, force: bool) -> Result<String, ReloadError> {
+    pub async fn reload(self: &Arc<Self>, force: bool) -> Result<Reloaded, ReloadError> {
         let mut last_good = self.lock.lock().await;
         let current = self.shared.live.load_full();
         let text = match std::fs::read(&self.path) {
@@ -154,7 +181,10 @@ impl Reloader {
             .unwrap_or_else(PoisonError::into_inner)
             .replace(hash.clone());
         if !force && (hash == current.version || seen.as_deref() == Some(hash.as_str())) {
-            return Ok(current.version.clone());
+            return Ok(Reloaded {
+                version: current.version.clone(),
+                pending: false,
+            });
         }
         let parsed = std::str::from_utf8(&text)
             .map_err(|_| LoadError::Invalid(vec![not_utf8(&self.path)]))
@@ -185,14 +215,117 @@ impl Reloader {
             }
             self.shared.metrics.certificates(&store.current().certs);
         }
-        *last_good = Some(config.clone());
-        let table = Table::build(config, Some(&current), &self.hook, &self.shared.metrics).await;
+        let settings = config.reload.clone();
+        let table = Table::build(
+            config.clone(),
+            Some(&current),
+            &self.hook,
+            &self.shared.metrics,
+        )
+        .await;
+        let version = table.version.clone();
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let waiting = gate::waiting_for(&table, &current);
+        if waiting.is_empty() {
+            self.apply(table, config, &mut last_good);
+            return Ok(Reloaded {
+                version,
+                pending: false,
+            });
+        }
+        tracing::info!(version = %version, waiting_for = ?waiting, gate_timeout = ?settings.gate_timeout,
+            "reload waits until the upstreams it newly routes to have a healthy endpoint");
+        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = Some(Pending {
+            version: version.clone(),
+            waiting_for: waiting.clone(),
+            since: SystemTime::now(),
+            gate_timeout: settings.gate_timeout,
+        });
+        tokio::spawn(
+            self.clone()
+                .gate(table, config, generation, settings, waiting),
+        );
+        Ok(Reloaded {
+            version,
+            pending: true,
+        })
+    }
+
+    /// Swaps `table` in (the caller holds the reload lock).
+    fn apply(&self, table: Table, config: Config, last_good: &mut Option<Config>) {
         let version = table.version.clone();
         self.shared.live.store(Arc::new(table));
+        *last_good = Some(config);
         self.shared.metrics.reload(true);
         self.set_last_error(None);
+        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = None;
         tracing::info!(version = %version, path = %self.path.display(), "config reloaded");
-        Ok(version)
+    }
+
+    /// Waits for the pending table's newly used upstreams, then applies it;
+    /// or gives up at the gate timeout, per `on_gate_timeout`. A newer
+    /// reload (a higher generation) supersedes this one.
+    async fn gate(
+        self: Arc<Self>,
+        table: Table,
+        config: Config,
+        generation: u64,
+        settings: ReloadSettings,
+        waiting: Vec<String>,
+    ) {
+        let deadline = tokio::time::Instant::now() + settings.gate_timeout;
+        let current = |r: &Self| r.generation.load(Ordering::SeqCst) == generation;
+        loop {
+            if !current(&self) {
+                tracing::info!(version = %table.version, "pending reload superseded by a newer one");
+                return;
+            }
+            let left = gate::still_waiting(&table, &waiting);
+            if let Some(p) = self
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_mut()
+            {
+                p.waiting_for.clone_from(&left);
+            }
+            if left.is_empty() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                if settings.on_gate_timeout == GateTimeout::Apply {
+                    tracing::warn!(version = %table.version, waiting_for = ?left, "reload gate timed out; applying anyway");
+                    break;
+                }
+                let text = format!(
+                    "reload gate timed out after {:?} waiting for a healthy endpoint in {}; kept the running table",
+                    settings.gate_timeout,
+                    left.join(", ")
+                );
+                tracing::error!(version = %table.version, "{text}");
+                let mut last_good = self.lock.lock().await;
+                if current(&self) {
+                    self.shared.metrics.reload(false);
+                    self.set_last_error(Some(text));
+                    *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                }
+                let _ = &mut last_good;
+                return;
+            }
+            tokio::time::sleep(GATE_POLL).await;
+        }
+        let mut last_good = self.lock.lock().await;
+        if current(&self) {
+            self.apply(table, config, &mut last_good);
+        }
+    }
+
+    /// The reload waiting at the readiness gate, if any (for `/config`).
+    pub fn pending(&self) -> Option<Pending> {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn reject(&self, err: ReloadError, count: bool) -> ReloadError {
@@ -305,5 +438,68 @@ fn not_utf8(path: &Path) -> config::ConfigError {
         line: 1,
         col: 1,
         message: "the file is not UTF-8".to_owned(),
+    }
+}
+
+/// The readiness gate's rules: a reloaded table waits while an upstream that
+/// its routes newly send traffic to (a target or a weighted split member
+/// that no route used before, or whose endpoints changed) has no healthy
+/// endpoint. Upstreams that were already in use and are down in both
+/// tables do not hold a reload back.
+mod gate {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use crate::config::Target;
+    use crate::table::Table;
+
+    fn targets(t: &Table) -> HashSet<&str> {
+        let mut out = HashSet::new();
+        for r in t.routes.routes() {
+            match &r.spec.target {
+                Target::Upstream(u) => {
+                    out.extend(t.upstreams.get(*u).map(|x| x.name.as_str()));
+                }
+                Target::Split(parts) => {
+                    for (u, w) in parts {
+                        if *w > 0 {
+                            out.extend(t.upstreams.get(*u).map(|x| x.name.as_str()));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn usable(t: &Table, name: &str) -> bool {
+        t.upstream(name).is_some_and(|u| u.is_usable())
+    }
+
+    pub fn waiting_for(new: &Table, old: &Table) -> Vec<String> {
+        let before = targets(old);
+        let mut out: Vec<String> = targets(new)
+            .into_iter()
+            .filter(|name| !usable(new, name))
+            .filter(|name| {
+                let same_endpoints = match (new.upstream(name), old.upstream(name)) {
+                    (Some(n), Some(o)) => {
+                        n.endpoints.len() == o.endpoints.len()
+                            && n.endpoints
+                                .iter()
+                                .all(|e| o.endpoints.iter().any(|x| Arc::ptr_eq(e, x)))
+                    }
+                    _ => false,
+                };
+                !before.contains(name) || !same_endpoints
+            })
+            .map(str::to_owned)
+            .collect();
+        out.sort();
+        out
+    }
+
+    pub fn still_waiting(t: &Table, waiting: &[String]) -> Vec<String> {
+        waiting.iter().filter(|n| !usable(t, n)).cloned().collect()
     }
 }

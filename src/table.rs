@@ -11,13 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::SystemTime;
 
+use crate::config::Target;
 use crate::config::{
     CertificateFiles, Config, EndpointAddr, Listen, LogSettings, Protocol, ProxySettings,
     UpstreamSpec,
 };
 use crate::health::probe;
 use crate::metrics::Metrics;
-use crate::routing::RouteTable;
+use crate::routing::{Ramp, RouteTable, fractions};
 use crate::tls::client::UpstreamTls;
 use crate::upstream::{Endpoint, Upstream};
 
@@ -184,7 +185,7 @@ impl Table {
             tls: config.tls,
             proxy: config.proxy,
             log: config.log,
-            routes: RouteTable::new(config.routes),
+            routes: with_ramps(RouteTable::new(config.routes), previous, &upstreams),
             upstreams,
             upstream_specs: config.upstreams,
             metrics: table_metrics,
@@ -224,6 +225,68 @@ impl Table {
             .flat_map(|u| u.endpoints.iter())
             .all(|e| e.health_spec().is_none() || e.last_check().is_some())
     }
+}
+
+/// Starts the ramps of split routes with `ramp` whose weights differ from
+/// what the previous table sent (its effective weights, mid-ramp or not).
+fn with_ramps(
+    mut routes: RouteTable,
+    previous: Option<&Table>,
+    upstreams: &[Arc<Upstream>],
+) -> RouteTable {
+    let Some(prev) = previous else { return routes };
+    let now = std::time::Instant::now();
+    let index_of = |name: &str| upstreams.iter().position(|u| u.name == name);
+    let mut starts = Vec::new();
+    for route in routes.routes() {
+        let (Some(duration), Target::Split(parts)) = (route.spec.ramp, &route.spec.target) else {
+            continue;
+        };
+        let Some(old) = prev
+            .routes
+            .routes()
+            .iter()
+            .find(|r| r.spec.name == route.spec.name)
+        else {
+            continue;
+        };
+        let old_shares: Vec<(String, f64)> = match (&old.ramp, &old.spec.target) {
+            (Some(r), _) if r.progress(now) < 1.0 => r
+                .upstreams()
+                .map(|u| (u, r.share(u, now)))
+                .map(|(u, w)| (prev.upstreams[u].name.clone(), w))
+                .collect(),
+            (_, Target::Split(p)) => fractions(p)
+                .into_iter()
+                .map(|(u, w)| (prev.upstreams[u].name.clone(), w))
+                .collect(),
+            (_, Target::Upstream(u)) => vec![(prev.upstreams[*u].name.clone(), 1.0)],
+        };
+        let from: Vec<(usize, f64)> = old_shares
+            .iter()
+            .filter_map(|(n, w)| Some((index_of(n)?, *w)))
+            .collect();
+        let to = fractions(parts);
+        let same = to.iter().all(|(u, w)| {
+            (from.iter().find(|(x, _)| x == u).map_or(0.0, |(_, f)| *f) - w).abs() < 1e-9
+        });
+        if !same {
+            starts.push((
+                route.index,
+                Ramp {
+                    from,
+                    to,
+                    start: now,
+                    duration,
+                },
+            ));
+        }
+    }
+    for (index, ramp) in starts {
+        tracing::info!(route = %routes.routes()[index].spec.name, ?ramp.duration, "split weights ramping to the new values");
+        routes.set_ramp(index, ramp);
+    }
+    routes
 }
 
 /// Every address of one configured endpoint. A name that fails to resolve

@@ -3,8 +3,11 @@
 //! has, each with FILE:LINE:COL. After this module returns nothing re-checks,
 //! unwraps or re-parses. It does no network I/O (names are resolved later).
 
+mod lint;
 mod parse;
 mod walk;
+
+pub use lint::{Warning, lint};
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -25,8 +28,36 @@ pub struct Config {
     pub tls: Vec<CertificateFiles>,
     pub proxy: ProxySettings,
     pub log: LogSettings,
+    pub reload: ReloadSettings,
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
+}
+
+/// `[reload]`: the readiness gate of reloads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadSettings {
+    /// How long a reload that points routes at upstreams without a healthy
+    /// endpoint waits for them.
+    pub gate_timeout: Duration,
+    /// What happens when the gate times out.
+    pub on_gate_timeout: GateTimeout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateTimeout {
+    /// Keep the running table (the safe default).
+    Keep,
+    /// Apply the new table anyway.
+    Apply,
+}
+
+impl Default for ReloadSettings {
+    fn default() -> Self {
+        ReloadSettings {
+            gate_timeout: Duration::from_secs(60),
+            on_gate_timeout: GateTimeout::Keep,
+        }
+    }
 }
 
 /// `[log]`: what steer logs besides its own events.
@@ -94,6 +125,12 @@ impl Default for ProxySettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthSpec {
     pub path: String,
+    /// Check through `grpc.health.v1.Health/Check` for this service name
+    /// instead of `GET path` (h2c and https upstreams).
+    pub grpc_service: Option<String>,
+    /// Requests that must also answer 2xx before an endpoint is first
+    /// promoted to healthy.
+    pub warmup: Vec<Warmup>,
     /// Host header of the probe; `None` means the endpoint's own authority.
     pub host: Option<String>,
     pub interval: Duration,
@@ -106,6 +143,8 @@ impl Default for HealthSpec {
     fn default() -> Self {
         HealthSpec {
             path: "/debug/ready".to_owned(),
+            grpc_service: None,
+            warmup: Vec::new(),
             host: None,
             interval: Duration::from_secs(2),
             timeout: Duration::from_secs(1),
@@ -113,6 +152,15 @@ impl Default for HealthSpec {
             unhealthy_threshold: 2,
         }
     }
+}
+
+/// One warm-up request (`health.warmup`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warmup {
+    pub path: String,
+    pub host: Option<String>,
+    /// A substring the answer's body must contain.
+    pub expect_body: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +205,8 @@ impl fmt::Display for EndpointAddr {
 #[derive(Debug, Clone)]
 pub struct UpstreamSpec {
     pub name: String,
+    /// Byte offset of the upstream's key in the file (for lints).
+    pub at: usize,
     pub endpoints: Vec<EndpointAddr>,
     pub protocol: Protocol,
     pub balance: Balance,
@@ -205,6 +255,11 @@ impl HeaderRules {
 #[derive(Debug, Clone)]
 pub struct RouteSpec {
     pub name: String,
+    /// Byte offset of the route's `[[routes]]` table in the file (for lints).
+    pub at: usize,
+    /// With `split`: a reload that changes the weights moves the effective
+    /// weights linearly from the old to the new over this time.
+    pub ramp: Option<Duration>,
     pub hosts: Vec<HostPattern>,
     pub path: Option<PathMatch>,
     pub methods: Vec<Method>,
@@ -278,6 +333,24 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
     parse(&text, path)
 }
 
+/// Reads and validates the file at `path` and runs the lints: the config
+/// and every warning as `FILE:LINE:COL: warning: message`.
+pub fn check_file(path: &Path) -> Result<(Config, Vec<String>), LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let config = parse(&text, path)?;
+    let warnings = lint(&config)
+        .into_iter()
+        .map(|w| {
+            let (line, col) = walk::line_col(&text, w.at);
+            format!("{}:{line}:{col}: warning: {}", path.display(), w.message)
+        })
+        .collect();
+    Ok((config, warnings))
+}
+
 /// Validates `text` as if read from `path` (relative file names in it are
 /// relative to `path`'s directory).
 pub fn parse(text: &str, path: &Path) -> Result<Config, LoadError> {
@@ -290,6 +363,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, LoadError> {
             tls: parsed.tls,
             proxy: parsed.proxy,
             log: parsed.log,
+            reload: parsed.reload,
             upstreams: parsed.upstreams,
             routes: parsed.routes,
         })

@@ -17,17 +17,20 @@ use super::{
     LogSettings, PathMatch, Protocol, ProxySettings, RouteSpec, Target, UpstreamSpec, parse_cidr,
     parse_duration,
 };
+use super::{GateTimeout, ReloadSettings, Warmup};
 
 pub(super) struct Parsed {
     pub(super) listen: Listen,
     pub(super) tls: Vec<CertificateFiles>,
     pub(super) proxy: ProxySettings,
     pub(super) log: LogSettings,
+    pub(super) reload: ReloadSettings,
     pub(super) upstreams: Vec<UpstreamSpec>,
     pub(super) routes: Vec<super::RouteSpec>,
 }
 
 const TOP_KEYS: &[&str] = &[
+    "reload",
     "listen",
     "tls",
     "proxy",
@@ -74,6 +77,7 @@ pub(super) fn document(text: &str, base: &Path) -> Result<Parsed, Errors> {
     }
     let proxy = proxy(&mut errors, &root);
     let log = log(&mut errors, &root);
+    let reload = reload(&mut errors, &root);
     let health_defaults = root
         .table(&mut errors, "health", "[health]")
         .map(|t| health(&mut errors, &t, &HealthSpec::default()))
@@ -86,6 +90,7 @@ pub(super) fn document(text: &str, base: &Path) -> Result<Parsed, Errors> {
             tls,
             proxy,
             log,
+            reload,
             upstreams,
             routes,
         })
@@ -267,6 +272,29 @@ fn proxy(errors: &mut Errors, root: &Table<'_, '_>) -> ProxySettings {
     }
 }
 
+fn reload(errors: &mut Errors, root: &Table<'_, '_>) -> ReloadSettings {
+    let defaults = ReloadSettings::default();
+    let Some(table) = root.table(errors, "reload", "[reload]") else {
+        return defaults;
+    };
+    table.check_keys(errors, &["gate_timeout", "on_gate_timeout"]);
+    let on_gate_timeout = match table.str(errors, "on_gate_timeout") {
+        None | Some(("keep", _)) => GateTimeout::Keep,
+        Some(("apply", _)) => GateTimeout::Apply,
+        Some((other, span)) => {
+            errors.push(
+                span,
+                format!("`on_gate_timeout` must be \"keep\" or \"apply\"; got `{other}`"),
+            );
+            GateTimeout::Keep
+        }
+    };
+    ReloadSettings {
+        gate_timeout: zero_ok_duration(errors, &table, "gate_timeout", defaults.gate_timeout),
+        on_gate_timeout,
+    }
+}
+
 fn log(errors: &mut Errors, root: &Table<'_, '_>) -> LogSettings {
     let Some(table) = root.table(errors, "log", "[log]") else {
         return LogSettings::default();
@@ -301,6 +329,8 @@ fn zero_ok_duration(
 
 const HEALTH_KEYS: &[&str] = &[
     "path",
+    "grpc_service",
+    "warmup",
     "host",
     "interval",
     "timeout",
@@ -334,8 +364,18 @@ fn health(errors: &mut Errors, table: &Table<'_, '_>, defaults: &HealthSpec) -> 
         Some((h, _)) => Some(h.to_owned()),
         None => defaults.host.clone(),
     };
+    let grpc_service = match table.str(errors, "grpc_service") {
+        Some((name, _)) => Some(name.to_owned()),
+        None => defaults.grpc_service.clone(),
+    };
+    let warmup = match table.get("warmup") {
+        Some(v) => warmups(errors, v),
+        None => defaults.warmup.clone(),
+    };
     HealthSpec {
         path,
+        grpc_service,
+        warmup,
         host,
         interval: duration(errors, table, "interval", defaults.interval),
         timeout: duration(errors, table, "timeout", defaults.timeout),
@@ -354,6 +394,42 @@ fn health(errors: &mut Errors, table: &Table<'_, '_>, defaults: &HealthSpec) -> 
             100,
         ),
     }
+}
+
+fn warmups(errors: &mut Errors, value: &super::walk::Value<'_>) -> Vec<Warmup> {
+    let DeValue::Array(items) = value.get_ref() else {
+        type_error(
+            errors,
+            value.span(),
+            "warmup",
+            "an array of tables",
+            value.get_ref(),
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for item in items.iter() {
+        let Some(t) = as_table(errors, item, "a `warmup` entry") else {
+            continue;
+        };
+        t.check_keys(errors, &["path", "host", "expect_body"]);
+        let Some((path, span)) = t.required_str(errors, "path") else {
+            continue;
+        };
+        if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+            errors.push(
+                span,
+                format!("warm-up `path` must be a path starting with `/`; got `{path}`"),
+            );
+            continue;
+        }
+        out.push(Warmup {
+            path: path.to_owned(),
+            host: t.str(errors, "host").map(|(h, _)| h.to_owned()),
+            expect_body: t.str(errors, "expect_body").map(|(b, _)| b.to_owned()),
+        });
+    }
+    out
 }
 
 type Names = HashMap<String, usize>;
@@ -391,7 +467,9 @@ fn upstreams(
             continue;
         };
         names.insert(name.to_owned(), out.len());
-        out.push(upstream(errors, &t, name, health_defaults, base));
+        let mut spec = upstream(errors, &t, name, health_defaults, base);
+        spec.at = key.span().start;
+        out.push(spec);
     }
     (out, names)
 }
@@ -490,8 +568,18 @@ fn upstream(
             }
         }
     }
+    if let (Some(h), Protocol::Http1) = (&health, protocol)
+        && h.grpc_service.is_some()
+    {
+        let span = t.get("health").map_or(t.span.clone(), |v| v.span());
+        errors.push(
+            span,
+            "gRPC health checks (`grpc_service`) need protocol \"h2c\" or \"https\"",
+        );
+    }
     UpstreamSpec {
         name: name.to_owned(),
+        at: 0,
         endpoints,
         protocol,
         balance,
@@ -544,6 +632,7 @@ const ROUTE_KEYS: &[&str] = &[
     "strip_prefix",
     "request_headers",
     "response_headers",
+    "ramp",
 ];
 
 fn routes(errors: &mut Errors, root: &Table<'_, '_>, names: &Names) -> Vec<RouteSpec> {
@@ -605,8 +694,16 @@ fn route(errors: &mut Errors, t: &Table<'_, '_>, names: &Names) -> Option<RouteS
         .into_iter()
         .filter_map(|(n, span)| lookup(errors, names, n, span))
         .collect();
+    let ramp = t.get("ramp").map(|v| {
+        if t.get("split").is_none() {
+            errors.push(v.span(), "`ramp` applies only to a route with `split`");
+        }
+        duration(errors, t, "ramp", Duration::ZERO)
+    });
     let spec = RouteSpec {
         name: name.unwrap_or_default(),
+        at: t.span.start,
+        ramp,
         hosts: hosts(errors, t),
         path: path(errors, t),
         methods: methods(errors, t),

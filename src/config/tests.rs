@@ -333,3 +333,64 @@ fn host_patterns_are_lowercased_and_validated() {
         assert!(!errors(&text).is_empty(), "{bad} should be rejected");
     }
 }
+
+#[test]
+fn reload_gate_settings_parse() {
+    let c = parse_ok(&format!(
+        "[reload]\ngate_timeout = \"30s\"\non_gate_timeout = \"apply\"\n{MINIMAL}"
+    ));
+    assert_eq!(c.reload.gate_timeout, Duration::from_secs(30));
+    assert_eq!(c.reload.on_gate_timeout, GateTimeout::Apply);
+    let errs = errors(&format!("[reload]\non_gate_timeout = \"maybe\"\n{MINIMAL}"));
+    assert!(
+        errs[0].contains("must be \"keep\" or \"apply\""),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn ramp_needs_a_split() {
+    let errs =
+        errors(&MINIMAL.replace("upstream = \"blue\"", "upstream = \"blue\"\nramp = \"1m\""));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("`ramp` applies only to a route with `split`")),
+        "{errs:?}"
+    );
+    let c =
+        parse_ok(&MINIMAL.replace("upstream = \"blue\"", "split = { blue = 1 }\nramp = \"1m\""));
+    assert_eq!(c.routes[0].ramp, Some(Duration::from_secs(60)));
+}
+
+#[test]
+fn grpc_health_needs_http2() {
+    let errs = errors(&MINIMAL.replace(
+        "endpoints = [\"127.0.0.1:9001\"]",
+        "endpoints = [\"127.0.0.1:9001\"]\nhealth = { grpc_service = \"\" }",
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("need protocol \"h2c\" or \"https\"")),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn warmups_parse_and_validate() {
+    let c = parse_ok(&MINIMAL.replace(
+        "endpoints = [\"127.0.0.1:9001\"]",
+        "endpoints = [\"127.0.0.1:9001\"]\nhealth = { warmup = [{ path = \"/.well-known/openid-configuration\", host = \"auth.example.com\", expect_body = \"issuer\" }] }",
+    ));
+    let w = &c.upstreams[0].health.as_ref().unwrap().warmup[0];
+    assert_eq!(w.host.as_deref(), Some("auth.example.com"));
+    assert_eq!(w.expect_body.as_deref(), Some("issuer"));
+    let errs = errors(&MINIMAL.replace(
+        "endpoints = [\"127.0.0.1:9001\"]",
+        "endpoints = [\"127.0.0.1:9001\"]\nhealth = { warmup = [{ path = \"nope\" }] }",
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("warm-up `path` must be a path")),
+        "{errs:?}"
+    );
+}

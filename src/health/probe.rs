@@ -10,7 +10,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Uri, Version, header};
 use http_body_util::{BodyExt, Either, Full, Limited};
 
-use crate::config::HealthSpec;
+use crate::client::ReqBody;
+use crate::config::{HealthSpec, Warmup};
 use crate::health::State;
 use crate::upstream::{CheckResult, Endpoint};
 
@@ -78,58 +79,181 @@ fn log_change(ep: &Endpoint, before: State, after: State, result: &CheckResult) 
     }
 }
 
-/// One check: `GET {path}` with the configured Host; 2xx passes.
+/// One check: `GET {path}` (2xx passes) or, with `grpc_service`,
+/// `grpc.health.v1.Health/Check` (SERVING passes); before an endpoint's
+/// first promotion, also every warm-up request.
 pub async fn probe(endpoint: &Endpoint, spec: &HealthSpec) -> CheckResult {
     let at = SystemTime::now();
-    let outcome = tokio::time::timeout(spec.timeout, exchange(endpoint, spec)).await;
-    let (ok, status, error) = match outcome {
-        Err(_) => (
-            false,
-            None,
-            Some(format!("timed out after {:?}", spec.timeout)),
-        ),
-        Ok(Err(e)) => (false, None, Some(e)),
-        Ok(Ok(status)) => {
-            let ok = (200..300).contains(&status);
-            (ok, Some(status), (!ok).then(|| format!("status {status}")))
-        }
+    let timed = |f| async move {
+        tokio::time::timeout(spec.timeout, f)
+            .await
+            .unwrap_or_else(|_| Err((None, format!("timed out after {:?}", spec.timeout))))
     };
-    CheckResult {
-        at,
-        ok,
-        status,
-        error,
+    let mut outcome = match &spec.grpc_service {
+        Some(service) => {
+            timed(Box::pin(grpc_check(endpoint, spec, service)) as CheckFuture<'_>).await
+        }
+        None => timed(Box::pin(http_check(endpoint, spec)) as CheckFuture<'_>).await,
+    };
+    if outcome.is_ok() && !endpoint.ever_healthy() {
+        for w in &spec.warmup {
+            if let Err((status, e)) =
+                timed(Box::pin(warmup(endpoint, spec, w)) as CheckFuture<'_>).await
+            {
+                outcome = Err((status, format!("warm-up GET {}: {e}", w.path)));
+                break;
+            }
+        }
+    }
+    match outcome {
+        Ok(status) => CheckResult {
+            at,
+            ok: true,
+            status: Some(status),
+            error: None,
+        },
+        Err((status, error)) => CheckResult {
+            at,
+            ok: false,
+            status,
+            error: Some(error),
+        },
     }
 }
 
-async fn exchange(endpoint: &Endpoint, spec: &HealthSpec) -> Result<u16, String> {
-    let host = spec
-        .host
-        .clone()
-        .unwrap_or_else(|| endpoint.configured_as.clone());
-    let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
-    *req.uri_mut() = spec
-        .path
+/// A check's result: the status that passed, or the status (if any) and why
+/// it failed.
+type Checked = Result<u16, (Option<u16>, String)>;
+type CheckFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Checked> + Send + 'a>>;
+
+fn request(
+    endpoint: &Endpoint,
+    host: Option<&str>,
+    path: &str,
+    body: Bytes,
+) -> Result<Request<ReqBody>, String> {
+    let host = host.unwrap_or(&endpoint.configured_as);
+    let mut req = Request::new(Either::Right(Full::new(body)));
+    *req.uri_mut() = path
         .parse::<Uri>()
         .map_err(|e| format!("bad probe path: {e}"))?;
     *req.version_mut() = Version::HTTP_11;
-    let value = HeaderValue::from_str(&host).map_err(|e| format!("bad probe Host: {e}"))?;
+    let value = HeaderValue::from_str(host).map_err(|e| format!("bad probe Host: {e}"))?;
     req.headers_mut().insert(header::HOST, value);
     req.headers_mut().insert(
         header::USER_AGENT,
         HeaderValue::from_static("steer-health-check"),
     );
+    Ok(req)
+}
+
+/// Sends `req` and reads the whole (small) answer: status, head, body and
+/// trailers.
+async fn exchange(
+    endpoint: &Endpoint,
+    timeout: Duration,
+    req: Request<ReqBody>,
+) -> Result<(http::response::Parts, http_body_util::Collected<Bytes>), (Option<u16>, String)> {
     let sent = endpoint
         .pool
-        .send(endpoint.dial(spec.timeout), req)
+        .send(endpoint.dial(timeout), req)
         .await
-        .map_err(|f| f.error.to_string())?;
-    let status = sent.response.status().as_u16();
-    let body = Limited::new(sent.response.into_body(), MAX_PROBE_BODY);
-    if body.collect().await.is_ok()
-        && let Some(conn) = sent.h1
-    {
+        .map_err(|f| (None, f.error.to_string()))?;
+    let (parts, body) = sent.response.into_parts();
+    let status = parts.status.as_u16();
+    let collected = Limited::new(body, MAX_PROBE_BODY)
+        .collect()
+        .await
+        .map_err(|e| (Some(status), format!("reading the answer: {e}")))?;
+    if let Some(conn) = sent.h1 {
         endpoint.pool.put_h1(conn);
+    }
+    Ok((parts, collected))
+}
+
+async fn http_check(endpoint: &Endpoint, spec: &HealthSpec) -> Checked {
+    let req =
+        request(endpoint, spec.host.as_deref(), &spec.path, Bytes::new()).map_err(|e| (None, e))?;
+    let (parts, _) = exchange(endpoint, spec.timeout, req).await?;
+    let status = parts.status.as_u16();
+    if parts.status.is_success() {
+        Ok(status)
+    } else {
+        Err((Some(status), format!("status {status}")))
+    }
+}
+
+async fn warmup(endpoint: &Endpoint, spec: &HealthSpec, w: &Warmup) -> Checked {
+    let host = w.host.as_deref().or(spec.host.as_deref());
+    let req = request(endpoint, host, &w.path, Bytes::new()).map_err(|e| (None, e))?;
+    let (parts, body) = exchange(endpoint, spec.timeout, req).await?;
+    let status = parts.status.as_u16();
+    if !parts.status.is_success() {
+        return Err((Some(status), format!("status {status}")));
+    }
+    if let Some(needle) = &w.expect_body {
+        let body = body.to_bytes();
+        if !String::from_utf8_lossy(&body).contains(needle.as_str()) {
+            return Err((Some(status), format!("body does not contain {needle:?}")));
+        }
     }
     Ok(status)
 }
+
+/// `grpc.health.v1.Health/Check` by hand over the endpoint's pool: one
+/// length-prefixed protobuf message each way, status in the trailers.
+async fn grpc_check(endpoint: &Endpoint, spec: &HealthSpec, service: &str) -> Checked {
+    use prost::Message;
+    let msg = tonic_health::pb::HealthCheckRequest {
+        service: service.to_owned(),
+    }
+    .encode_to_vec();
+    let mut frame = Vec::with_capacity(5 + msg.len());
+    frame.push(0);
+    frame.extend_from_slice(&u32::try_from(msg.len()).unwrap_or(u32::MAX).to_be_bytes());
+    frame.extend_from_slice(&msg);
+    let mut req = request(
+        endpoint,
+        spec.host.as_deref(),
+        GRPC_HEALTH_CHECK,
+        Bytes::from(frame),
+    )
+    .map_err(|e| (None, e))?;
+    *req.method_mut() = http::Method::POST;
+    req.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    req.headers_mut()
+        .insert(header::TE, HeaderValue::from_static("trailers"));
+    let (parts, body) = exchange(endpoint, spec.timeout, req).await?;
+    let status = parts.status.as_u16();
+    let grpc_status = body
+        .trailers()
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| parts.headers.get("grpc-status"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("missing")
+        .to_owned();
+    if grpc_status != "0" {
+        return Err((
+            Some(status),
+            format!("gRPC health check answered grpc-status {grpc_status}"),
+        ));
+    }
+    let bytes = body.to_bytes();
+    let serving = bytes
+        .get(5..)
+        .and_then(|m| tonic_health::pb::HealthCheckResponse::decode(m).ok())
+        .map(|r| r.status());
+    match serving {
+        Some(tonic_health::pb::health_check_response::ServingStatus::Serving) => Ok(status),
+        Some(other) => Err((
+            Some(status),
+            format!("gRPC health: {}", other.as_str_name()),
+        )),
+        None => Err((Some(status), "gRPC health: unreadable answer".to_owned())),
+    }
+}
+
+const GRPC_HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";

@@ -275,14 +275,22 @@ fn choose<'t>(table: &'t Table, route: &Route) -> Result<(usize, &'t Arc<Endpoin
     let first = match &route.spec.target {
         Target::Upstream(u) => try_one(*u),
         Target::Split(parts) => {
-            let picked = weighted(parts, |_| true);
+            let now = Instant::now();
+            let ramp = route.ramp.as_ref().filter(|r| r.progress(now) < 1.0);
+            // A ramp in progress weighs by the effective shares (in parts
+            // per million); otherwise the configured weights.
+            let weight = |u: usize, w: u32| match ramp {
+                Some(r) => (r.share(u, now) * 1_000_000.0) as u64,
+                None => u64::from(w),
+            };
+            let picked = weighted(parts, weight, |_| true);
             picked.and_then(try_one).or_else(|| {
                 let usable = |u: usize| {
                     Some(u) != picked && table.upstreams.get(u).is_some_and(|up| up.is_usable())
                 };
                 // Weight-0 members are still members: after the weighted
                 // ones they take the request (blue/green at 0/100).
-                weighted(parts, usable)
+                weighted(parts, weight, usable)
                     .or_else(|| parts.iter().map(|(u, _)| *u).find(|u| usable(*u)))
                     .and_then(try_one)
             })
@@ -304,21 +312,26 @@ fn choose<'t>(table: &'t Table, route: &Route) -> Result<(usize, &'t Arc<Endpoin
 }
 
 /// A weighted random pick among the parts that pass `keep`.
-fn weighted(parts: &[(usize, u32)], keep: impl Fn(usize) -> bool) -> Option<usize> {
+fn weighted(
+    parts: &[(usize, u32)],
+    weight: impl Fn(usize, u32) -> u64,
+    keep: impl Fn(usize) -> bool,
+) -> Option<usize> {
     let total: u64 = parts
         .iter()
         .filter(|(u, _)| keep(*u))
-        .map(|(_, w)| u64::from(*w))
+        .map(|(u, w)| weight(*u, *w))
         .sum();
     if total == 0 {
         return None;
     }
     let mut ticket = fastrand::u64(..total);
     for (u, w) in parts.iter().filter(|(u, _)| keep(*u)) {
-        if ticket < u64::from(*w) {
+        let w = weight(*u, *w);
+        if ticket < w {
             return Some(*u);
         }
-        ticket -= u64::from(*w);
+        ticket -= w;
     }
     None
 }

@@ -29,7 +29,7 @@ fn weighted_pick_follows_weights() {
     let parts = [(0usize, 90u32), (1, 10)];
     let n = 20_000;
     let zeros = (0..n)
-        .filter(|_| weighted(&parts, |_| true) == Some(0))
+        .filter(|_| weighted(&parts, |_, w| u64::from(w), |_| true) == Some(0))
         .count();
     let share = zeros as f64 / n as f64;
     assert!((0.87..0.93).contains(&share), "share {share}");
@@ -39,9 +39,9 @@ fn weighted_pick_follows_weights() {
 fn weighted_pick_skips_filtered_and_zero_weights() {
     let parts = [(0usize, 0u32), (1, 5), (2, 5)];
     for _ in 0..100 {
-        assert_eq!(weighted(&parts, |u| u != 1), Some(2));
+        assert_eq!(weighted(&parts, |_, w| u64::from(w), |u| u != 1), Some(2));
     }
-    assert_eq!(weighted(&parts, |u| u == 0), None);
+    assert_eq!(weighted(&parts, |_, w| u64::from(w), |u| u == 0), None);
 }
 
 #[test]

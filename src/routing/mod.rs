@@ -68,6 +68,63 @@ impl std::fmt::Display for Mismatch {
 pub struct Route {
     pub index: usize,
     pub spec: RouteSpec,
+    /// A split's weights moving from the previous table's (see `ramp`).
+    pub ramp: Option<Ramp>,
+}
+
+/// Effective split weights moving linearly from `from` to `to` (fractions
+/// per upstream index, each summing to 1) over `duration` from `start`.
+#[derive(Debug, Clone)]
+pub struct Ramp {
+    pub from: Vec<(usize, f64)>,
+    pub to: Vec<(usize, f64)>,
+    pub start: std::time::Instant,
+    pub duration: std::time::Duration,
+}
+
+impl Ramp {
+    /// 0.0 at the start, 1.0 once done.
+    pub fn progress(&self, now: std::time::Instant) -> f64 {
+        if self.duration.is_zero() {
+            return 1.0;
+        }
+        (now.saturating_duration_since(self.start).as_secs_f64() / self.duration.as_secs_f64())
+            .min(1.0)
+    }
+
+    /// The effective share of upstream `u` at `now`.
+    pub fn share(&self, u: usize, now: std::time::Instant) -> f64 {
+        let of =
+            |list: &[(usize, f64)]| list.iter().find(|(x, _)| *x == u).map_or(0.0, |(_, w)| *w);
+        let p = self.progress(now);
+        of(&self.from) * (1.0 - p) + of(&self.to) * p
+    }
+
+    /// Every upstream in either end of the ramp.
+    pub fn upstreams(&self) -> impl Iterator<Item = usize> + '_ {
+        let mut all: Vec<usize> = self.from.iter().chain(&self.to).map(|(u, _)| *u).collect();
+        all.sort_unstable();
+        all.dedup();
+        all.into_iter()
+    }
+}
+
+/// A split's weights as fractions summing to 1.
+pub fn fractions(parts: &[(usize, u32)]) -> Vec<(usize, f64)> {
+    let total: f64 = parts.iter().map(|(_, w)| f64::from(*w)).sum();
+    parts
+        .iter()
+        .map(|(u, w)| {
+            (
+                *u,
+                if total > 0.0 {
+                    f64::from(*w) / total
+                } else {
+                    0.0
+                },
+            )
+        })
+        .collect()
 }
 
 impl Route {
@@ -282,13 +339,24 @@ impl RouteTable {
                 };
                 bucket.add(index, path);
             }
-            table.routes.push(Route { index, spec });
+            table.routes.push(Route {
+                index,
+                spec,
+                ramp: None,
+            });
         }
         table
     }
 
     pub fn routes(&self) -> &[Route] {
         &self.routes
+    }
+
+    /// Starts a ramp on route `index` (when a table is built).
+    pub fn set_ramp(&mut self, index: usize, ramp: Ramp) {
+        if let Some(r) = self.routes.get_mut(index) {
+            r.ramp = Some(ramp);
+        }
     }
 
     /// The first route in file order whose every condition matches.

@@ -28,6 +28,8 @@ struct HealthRecord {
     last_check: Option<CheckResult>,
     /// When live traffic last marked the endpoint down (for `health = false`).
     passive_down_at: Option<Instant>,
+    /// Whether the endpoint has ever been healthy (warm-ups run until then).
+    ever_healthy: bool,
 }
 
 /// With `health = false`, how long a failed connection keeps an endpoint
@@ -147,6 +149,10 @@ impl Endpoint {
         }
     }
 
+    pub fn ever_healthy(&self) -> bool {
+        self.record().ever_healthy
+    }
+
     pub fn health_spec(&self) -> Option<HealthSpec> {
         self.health_spec
             .lock()
@@ -186,6 +192,7 @@ impl Endpoint {
             .counter
             .record(result.ok, spec.healthy_threshold, spec.unhealthy_threshold);
         rec.last_check = Some(result);
+        rec.ever_healthy |= state == State::Healthy;
         self.publish(state);
         state
     }

@@ -25,9 +25,16 @@ fn toml_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// Loads `path` and requires it to pass the `steer check` lints too.
 fn load(path: &Path) {
-    let config = steer::config::load(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let (config, warnings) =
+        steer::config::check_file(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert!(!config.routes.is_empty(), "{}: no routes", path.display());
+    assert!(
+        warnings.is_empty(),
+        "{}: lint warnings: {warnings:#?}",
+        path.display()
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod cutover;
 mod examples;
 mod forwarding;
 mod grpc;
