@@ -34,6 +34,7 @@ pub struct Metrics {
     config_info: IntGaugeVec,
     last_reload: IntGaugeVec,
     cert_expiry: IntGaugeVec,
+    rate_limited: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -215,6 +216,12 @@ impl Metrics {
                 "Unix time of the last reload attempt, by result",
                 &["result"],
             ),
+            rate_limited: counter_vec(
+                &registry,
+                "steer_rate_limited_total",
+                "Requests answered 429 by a route's rate limit",
+                &["route"],
+            ),
             cert_expiry: gauge_vec(
                 &registry,
                 "steer_tls_certificate_expiry_timestamp_seconds",
@@ -270,6 +277,10 @@ impl Metrics {
                 .health_checks
                 .remove_label_values(&[upstream, endpoint, result]);
         }
+    }
+
+    pub fn rate_limited(&self, route: &str) {
+        self.rate_limited.with_label_values(&[route]).inc();
     }
 
     /// Publishes the expiry of the certificates being served.

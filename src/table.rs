@@ -18,6 +18,7 @@ use crate::config::{
 };
 use crate::health::probe;
 use crate::metrics::Metrics;
+use crate::proxy::ratelimit::RateLimiter;
 use crate::routing::{Ramp, RouteTable, fractions};
 use crate::tls::client::UpstreamTls;
 use crate::upstream::{Endpoint, Upstream};
@@ -37,6 +38,9 @@ pub struct Table {
     pub upstreams: Vec<Arc<Upstream>>,
     /// As configured, for re-resolving names every `dns_refresh`.
     pub upstream_specs: Vec<UpstreamSpec>,
+    /// Each route's rate limiter (by route index); a reload keeps the
+    /// buckets of a route whose name and limit stay.
+    pub limiters: Vec<Option<Arc<RateLimiter>>>,
     /// Pre-resolved metric handles, indexed like `routes` and `upstreams`.
     pub metrics: crate::metrics::TableMetrics,
 }
@@ -177,6 +181,22 @@ impl Table {
         }
         metrics.config_version(&config.version);
         let table_metrics = metrics.for_table(&config.routes, &upstreams);
+        let limiters = config
+            .routes
+            .iter()
+            .map(|r| {
+                let spec = r.rate_limit.clone()?;
+                let kept = previous.and_then(|p| {
+                    let i = p
+                        .routes
+                        .routes()
+                        .iter()
+                        .position(|x| x.spec.name == r.name)?;
+                    p.limiters.get(i)?.clone().filter(|l| l.spec == spec)
+                });
+                Some(kept.unwrap_or_else(|| Arc::new(RateLimiter::new(spec))))
+            })
+            .collect();
         Table {
             version: config.version,
             path: config.path,
@@ -189,6 +209,7 @@ impl Table {
             upstreams,
             upstream_specs: config.upstreams,
             metrics: table_metrics,
+            limiters,
         }
     }
 

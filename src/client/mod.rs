@@ -16,9 +16,7 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{Request, Response, Uri, Version, header};
-use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -28,9 +26,9 @@ use tokio::net::TcpStream;
 use crate::config::Protocol;
 use crate::tls::client::UpstreamTls;
 
-/// Request bodies sent upstream: the client's streamed body, or bytes we
-/// hold (probes, buffered retries).
-pub type ReqBody = Either<Incoming, Full<Bytes>>;
+mod body;
+
+pub use body::{BodyTooLarge, Fault, ReqBody};
 
 /// Idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_H1: usize = 256;

@@ -102,6 +102,15 @@ pub struct ProxySettings {
     pub max_headers: usize,
     /// A client that has not finished its TLS handshake by then is dropped.
     pub tls_handshake_timeout: Duration,
+    /// A client that has not sent a whole request head by then (slowloris)
+    /// is disconnected.
+    pub header_read_timeout: Duration,
+    /// Open client connections per listener; at the cap steer stops
+    /// accepting until one closes.
+    pub max_connections: usize,
+    /// Open client connections per client IP (TCP peer); more are closed
+    /// at once. `None`: no cap.
+    pub max_connections_per_ip: Option<usize>,
 }
 
 impl Default for ProxySettings {
@@ -117,6 +126,9 @@ impl Default for ProxySettings {
             max_header_bytes: 32 * 1024,
             max_headers: 100,
             tls_handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_connections_per_ip: None,
         }
     }
 }
@@ -272,6 +284,26 @@ pub struct RouteSpec {
     pub strip_prefix: Option<String>,
     pub request_headers: HeaderRules,
     pub response_headers: HeaderRules,
+    /// A token bucket per key; 429 when empty.
+    pub rate_limit: Option<RateLimitSpec>,
+    /// Largest request body; 413 beyond it.
+    pub max_body: Option<u64>,
+}
+
+/// `rate_limit = { requests = 20, per = "1s", burst = 40, key = "client_ip" }`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitSpec {
+    pub requests: u32,
+    pub per: Duration,
+    pub burst: u32,
+    pub key: RateKey,
+}
+
+/// What a rate limit counts by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    ClientIp,
+    Header(HeaderName),
 }
 
 /// One problem in a config file, with its position.

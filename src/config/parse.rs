@@ -17,7 +17,7 @@ use super::{
     LogSettings, PathMatch, Protocol, ProxySettings, RouteSpec, Target, UpstreamSpec, parse_cidr,
     parse_duration,
 };
-use super::{GateTimeout, ReloadSettings, Warmup};
+use super::{GateTimeout, RateKey, RateLimitSpec, ReloadSettings, Warmup};
 
 pub(super) struct Parsed {
     pub(super) listen: Listen,
@@ -246,6 +246,9 @@ fn proxy(errors: &mut Errors, root: &Table<'_, '_>) -> ProxySettings {
             "max_header_bytes",
             "max_headers",
             "tls_handshake_timeout",
+            "header_read_timeout",
+            "max_connections",
+            "max_connections_per_ip",
         ],
     );
     let trusted_proxies = table
@@ -269,7 +272,94 @@ fn proxy(errors: &mut Errors, root: &Table<'_, '_>) -> ProxySettings {
             "tls_handshake_timeout",
             defaults.tls_handshake_timeout,
         ),
+        header_read_timeout: duration(
+            errors,
+            &table,
+            "header_read_timeout",
+            defaults.header_read_timeout,
+        ),
+        max_connections: positive(errors, &table, "max_connections", 10_000, 10_000_000) as usize,
+        max_connections_per_ip: table
+            .get("max_connections_per_ip")
+            .map(|_| positive(errors, &table, "max_connections_per_ip", 0, 10_000_000) as usize),
     }
+}
+
+/// `"1MiB"`, `"512KiB"`, `"10MB"`, `"2048"` (bytes), or an integer.
+fn size(errors: &mut Errors, t: &Table<'_, '_>, key: &str) -> Option<u64> {
+    let value = t.get(key)?;
+    let parsed = match value.get_ref() {
+        DeValue::Integer(_) => {
+            as_integer(errors, value, key).and_then(|(n, _)| u64::try_from(n).ok())
+        }
+        DeValue::String(s) => parse_size(s),
+        other => {
+            type_error(errors, value.span(), key, "a size like \"1MiB\"", other);
+            return None;
+        }
+    };
+    match parsed {
+        Some(n) if n > 0 => Some(n),
+        _ => {
+            errors.push(
+                value.span(),
+                format!("`{key}` must be a positive size like \"10MiB\", \"512KiB\" or bytes"),
+            );
+            None
+        }
+    }
+}
+
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+fn rate_limit(errors: &mut Errors, t: &Table<'_, '_>) -> Option<RateLimitSpec> {
+    let table = t.table(errors, "rate_limit", "`rate_limit`")?;
+    table.check_keys(errors, &["requests", "per", "burst", "key"]);
+    let requests = positive(errors, &table, "requests", 0, u32::MAX);
+    if table.get("requests").is_none() {
+        errors.push(table.span.clone(), "`rate_limit` needs `requests`");
+    }
+    let per = duration(errors, &table, "per", Duration::from_secs(1));
+    let burst = table.get("burst").map_or(requests, |_| {
+        positive(errors, &table, "burst", requests, u32::MAX)
+    });
+    let key = match table.str(errors, "key") {
+        None | Some(("client_ip", _)) => RateKey::ClientIp,
+        Some((name, span)) => match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) => RateKey::Header(h),
+            Err(_) => {
+                errors.push(
+                    span,
+                    format!("`key` must be \"client_ip\" or a header name; got `{name}`"),
+                );
+                RateKey::ClientIp
+            }
+        },
+    };
+    Some(RateLimitSpec {
+        requests,
+        per,
+        burst,
+        key,
+    })
 }
 
 fn reload(errors: &mut Errors, root: &Table<'_, '_>) -> ReloadSettings {
@@ -633,6 +723,8 @@ const ROUTE_KEYS: &[&str] = &[
     "request_headers",
     "response_headers",
     "ramp",
+    "rate_limit",
+    "max_body",
 ];
 
 fn routes(errors: &mut Errors, root: &Table<'_, '_>, names: &Names) -> Vec<RouteSpec> {
@@ -724,6 +816,8 @@ fn route(errors: &mut Errors, t: &Table<'_, '_>, names: &Names) -> Option<RouteS
         strip_prefix: strip_prefix(errors, t),
         request_headers: header_rules(errors, t, "request_headers"),
         response_headers: header_rules(errors, t, "response_headers"),
+        rate_limit: rate_limit(errors, t),
+        max_body: size(errors, t, "max_body"),
     };
     Some(spec)
 }

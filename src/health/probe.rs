@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Uri, Version, header};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 
 use crate::client::ReqBody;
 use crate::config::{HealthSpec, Warmup};
@@ -133,7 +133,7 @@ fn request(
     body: Bytes,
 ) -> Result<Request<ReqBody>, String> {
     let host = host.unwrap_or(&endpoint.configured_as);
-    let mut req = Request::new(Either::Right(Full::new(body)));
+    let mut req = Request::new(ReqBody::full(body));
     *req.uri_mut() = path
         .parse::<Uri>()
         .map_err(|e| format!("bad probe path: {e}"))?;

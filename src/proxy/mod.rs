@@ -5,6 +5,7 @@
 mod access;
 mod body;
 pub mod headers;
+pub mod ratelimit;
 mod retry;
 
 use std::net::SocketAddr;
@@ -16,7 +17,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use http_body_util::Either;
 use hyper::body::Incoming;
 
 use access::Access;
@@ -25,7 +25,7 @@ use body::UpstreamBody;
 use headers::{Hop, X_REQUEST_ID};
 pub use retry::RetryBudget;
 
-use crate::client::{ClientError, ReqBody};
+use crate::client::{ClientError, Fault, ReqBody};
 use crate::config::Target;
 use crate::metrics::Metrics;
 use crate::routing::{self, RequestView, Route};
@@ -68,6 +68,12 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("request header fields too large: {0}")]
     HeadersTooLarge(&'static str),
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(&'static str),
+    #[error("too many requests; retry after {0} s")]
+    TooManyRequests(u64),
+    #[error("request body larger than this route's max_body")]
+    BodyTooLarge,
 }
 
 /// Maps an error to its response (status, short text naming the cause and
@@ -80,6 +86,9 @@ pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<Pr
         ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
         ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+        ProxyError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+        ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
     };
     let id = String::from_utf8_lossy(request_id.as_bytes());
     if status.is_server_error() {
@@ -99,6 +108,10 @@ pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<Pr
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+    if let ProxyError::TooManyRequests(secs) = err {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+    }
     resp
 }
 
@@ -183,6 +196,13 @@ async fn proxy(
     outcome: &mut Outcome,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     check_limits(table, &req)?;
+    if req.method() == http::Method::CONNECT {
+        // Extended CONNECT (WebSocket over HTTP/2) is not offered, so every
+        // CONNECT asks for a tunnel: steer is no forward proxy.
+        return Err(ProxyError::MethodNotAllowed(
+            "CONNECT: steer is a reverse proxy, not a tunnel",
+        ));
+    }
     let raw_host = client_host(&req)?;
     let host = raw_host.as_deref().map(routing::normalize_host);
     let trusted = routing::client_ip_trusted(conn.peer.ip(), &table.proxy.trusted_proxies);
@@ -199,6 +219,21 @@ async fn proxy(
     };
     let route = table.routes.select(&view).ok_or(ProxyError::NoRoute)?;
     outcome.route = Some(route.index);
+    if let Some(limiter) = table.limiters.get(route.index).and_then(Option::as_ref) {
+        let key = match &limiter.spec.key {
+            crate::config::RateKey::ClientIp => std::borrow::Cow::Owned(client_ip.to_string()),
+            crate::config::RateKey::Header(h) => std::borrow::Cow::Borrowed(
+                req.headers()
+                    .get(h)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(""),
+            ),
+        };
+        if let ratelimit::Verdict::Limit(secs) = limiter.check(&key, Instant::now()) {
+            shared.metrics.rate_limited(&route.spec.name);
+            return Err(ProxyError::TooManyRequests(secs));
+        }
+    }
     let (upstream_index, endpoint) = choose(table, route)?;
     outcome.upstream = Some(upstream_index);
     let hop = Hop {
@@ -403,7 +438,7 @@ fn replayable(method: &http::Method) -> bool {
 
 /// A copy of a bodiless request's head, to send again.
 fn head_copy(req: &Request<ReqBody>) -> Request<ReqBody> {
-    let mut copy = Request::new(Either::Right(http_body_util::Full::new(Bytes::new())));
+    let mut copy = Request::new(ReqBody::empty());
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
@@ -462,7 +497,18 @@ async fn forward(
         path_and_query,
     };
     let empty_body = body.is_end_stream();
-    let mut request = Request::from_parts(parts, Either::Left(body));
+    let fault = Arc::new(Fault::default());
+    if let Some(max) = route.spec.max_body {
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(ProxyError::BodyTooLarge);
+        }
+    }
+    let body = ReqBody::client(body, route.spec.max_body, fault.clone());
+    let mut request = Request::from_parts(parts, body);
     let replay =
         (empty_body && !upgrade && replayable(request.method())).then(|| head_copy(&request));
     let deadline = tokio::time::Instant::now() + table.proxy.request_timeout;
@@ -488,6 +534,14 @@ async fn forward(
             Ok(Err(failed)) => failed,
         };
         drop(guard);
+        // The client's side failed (our max_body, or a malformed body):
+        // not the upstream's fault, and nothing to retry.
+        if fault.too_large() {
+            return Err(ProxyError::BodyTooLarge);
+        }
+        if fault.malformed() {
+            return Err(ProxyError::BadRequest("malformed request body"));
+        }
         endpoint.record_passive_failure(upstream.health.as_ref());
         let not_sent = failed.error.not_sent();
         tracing::debug!(request_id = ?request_id, endpoint = %endpoint.addr, error = %failed.error, "upstream attempt failed");

@@ -13,13 +13,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::IntGauge;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::ProxySettings;
 
+mod conn;
 pub mod handover;
 pub mod listeners;
 use crate::proxy::{self, ConnInfo, ProxyBody, Shared};
@@ -39,7 +39,7 @@ pub fn builder(settings: &ProxySettings) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(settings.header_read_timeout)
         .max_buf_size((settings.max_header_bytes * PARSER_SLACK).max(8192 * 2))
         .max_headers(settings.max_headers * 2)
         .keep_alive(true);
@@ -67,7 +67,9 @@ pub struct TlsListener {
 
 /// Accepts on `listener` until `stop` turns true, then asks every open
 /// connection to finish (HTTP/1.1: `Connection: close` after the response
-/// in progress; HTTP/2: GOAWAY) and waits up to `drain` for them.
+/// in progress; HTTP/2: GOAWAY) and waits up to `drain_timeout` for them.
+/// Caps connections (per listener and per client IP) and closes idle ones
+/// after `idle_timeout`.
 pub async fn serve_proxy(
     listener: TcpListener,
     tls: Option<TlsListener>,
@@ -77,42 +79,36 @@ pub async fn serve_proxy(
     active: IntGauge,
 ) {
     let builder = Arc::new(builder(&settings));
-    let graceful = GracefulShutdown::new();
-    accept_loop(listener, stop, |stream, peer| {
+    let tracker = Arc::new(conn::Tracker::default());
+    let (finish, finish_rx) = watch::channel(false);
+    let limits = Limits {
+        max: settings.max_connections,
+        tracker: tracker.clone(),
+    };
+    accept_loop(listener, stop, Some(limits), |stream, peer| {
+        let slot = tracker.admit(peer.ip(), settings.max_connections_per_ip);
         let shared = shared.clone();
-        let info = ConnInfo {
-            peer,
-            tls: tls.is_some(),
-        };
-        let service = service_fn(move |req: Request<Incoming>| {
-            let shared = shared.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(shared, info, req).await) }
-        });
-        let watcher = graceful.watcher();
         let builder = builder.clone();
         let tls = tls.clone();
         let active = active.clone();
+        let finish = finish_rx.clone();
+        let idle = settings.idle_timeout;
         async move {
+            let Some(_slot) = slot else {
+                tracing::warn!(%peer, "per-client connection cap reached; closing the new connection");
+                return;
+            };
             active.inc();
+            let activity = conn::Activity::new();
+            let io = conn::IdleIo::new(stream, activity.clone());
+            let info = ConnInfo { peer, tls: tls.is_some() };
             let result = match tls {
-                None => {
-                    let conn =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
-                }
-                Some(tls) => {
-                    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(stream)) => {
-                            let conn = builder
-                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
-                            watcher.watch(conn.into_owned()).await
-                        }
-                        Ok(Err(e)) => Err(format!("TLS handshake failed: {e}").into()),
-                        Err(_) => Err("TLS handshake timed out".into()),
-                    }
-                }
+                None => serve_client(&builder, TokioIo::new(io), shared, info, activity, idle, finish).await,
+                Some(tls) => match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(io)).await {
+                    Ok(Ok(stream)) => serve_client(&builder, TokioIo::new(stream), shared, info, activity, idle, finish).await,
+                    Ok(Err(e)) => Err(format!("TLS handshake failed: {e}").into()),
+                    Err(_) => Err("TLS handshake timed out".into()),
+                },
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "client connection ended with an error");
@@ -121,12 +117,18 @@ pub async fn serve_proxy(
         }
     })
     .await;
-    tracing::info!(
-        open = graceful.count(),
-        "stopped accepting; draining open connections"
-    );
+    drain(&shared, &tracker, &finish).await;
+}
+
+/// After the accept loop: keep-alive grace (when the process drains), then
+/// ask every connection to finish, bounded by `drain_timeout`.
+async fn drain(shared: &Shared, tracker: &conn::Tracker, finish: &watch::Sender<bool>) {
     let drain = shared.live.load().proxy.drain_timeout;
     let started = tokio::time::Instant::now();
+    tracing::info!(
+        open = tracker.open(),
+        "stopped accepting; draining open connections"
+    );
     if shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
         // Keep-alive grace: clients still sending get their answers with
         // `Connection: close` and leave by themselves; closing an idle
@@ -134,17 +136,78 @@ pub async fn serve_proxy(
         // would fail that request. Whoever is left after the grace is
         // asked to finish (HTTP/2: GOAWAY) or closed.
         let grace = (drain / 2).min(KEEPALIVE_GRACE);
-        while graceful.count() > 0 && started.elapsed() < grace {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let _ = tokio::time::timeout(grace, tracker.all_closed()).await;
     }
+    let _ = finish.send(true);
     let left = drain.saturating_sub(started.elapsed());
-    if tokio::time::timeout(left, graceful.shutdown())
+    if tokio::time::timeout(left, tracker.all_closed())
         .await
         .is_err()
     {
-        tracing::warn!("drain_timeout passed with requests still open; closing them");
+        tracing::warn!(
+            open = tracker.open(),
+            "drain_timeout passed with requests still open; closing them"
+        );
     }
+}
+
+type ClientResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// Serves one client connection until it ends; asks it to finish when
+/// `finish` turns true or when it has been idle for `idle`.
+async fn serve_client<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: TokioIo<I>,
+    shared: Arc<Shared>,
+    info: ConnInfo,
+    activity: Arc<conn::Activity>,
+    idle: Duration,
+    mut finish: watch::Receiver<bool>,
+) -> ClientResult
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let per_request = activity.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        let shared = shared.clone();
+        let open = per_request.open();
+        async move {
+            let resp = proxy::handle(shared, info, req).await;
+            Ok::<_, Infallible>(resp.map(|b| conn::Guarded::new(b, open)))
+        }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let mut tick =
+        tokio::time::interval((idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)));
+    let mut asked = *finish.borrow();
+    if asked {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => return result,
+            changed = finish.changed(), if !asked => {
+                if changed.is_err() || *finish.borrow() {
+                    asked = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            _ = tick.tick(), if !asked => {
+                if activity.idle_for(idle) {
+                    asked = true;
+                    tracing::debug!(peer = %info.peer, "closing idle client connection");
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// The connection cap of a proxy listener.
+struct Limits {
+    max: usize,
+    tracker: Arc<conn::Tracker>,
 }
 
 /// Serves a small internal HTTP service (admin API) on `listener`.
@@ -154,7 +217,7 @@ where
     Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    accept_loop(listener, stop, move |stream, peer| {
+    accept_loop(listener, stop, None, move |stream, peer| {
         let handler = handler.clone();
         let service = service_fn(move |req| {
             let handler = handler.clone();
@@ -173,8 +236,12 @@ where
     .await;
 }
 
-async fn accept_loop<F, Fut>(listener: TcpListener, mut stop: watch::Receiver<bool>, on_conn: F)
-where
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    limits: Option<Limits>,
+    on_conn: F,
+) where
     F: Fn(tokio::net::TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -182,7 +249,26 @@ where
         let _ = stop.wait_for(|s| *s).await;
     };
     tokio::pin!(stopped);
+    let mut at_cap = false;
     loop {
+        if let Some(l) = &limits
+            && l.tracker.open() >= l.max
+        {
+            // Stop accepting (the kernel backlog holds new clients) until a
+            // connection closes.
+            if !at_cap {
+                tracing::warn!(
+                    max_connections = l.max,
+                    "connection limit reached; not accepting until one closes"
+                );
+                at_cap = true;
+            }
+            tokio::select! {
+                () = &mut stopped => return,
+                () = tokio::time::sleep(Duration::from_millis(10)) => continue,
+            }
+        }
+        at_cap = false;
         tokio::select! {
             biased;
             () = &mut stopped => return,

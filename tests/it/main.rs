@@ -6,6 +6,7 @@ mod cutover;
 mod examples;
 mod forwarding;
 mod grpc;
+mod hardening;
 mod health;
 mod lifecycle;
 mod observability;

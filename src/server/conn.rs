@@ -1,0 +1,253 @@
+//! Per-connection bookkeeping for client connections: activity for the
+//! idle timeout, open requests (a connection with a request or stream in
+//! flight is never idle), connection caps per listener and per client IP,
+//! and the count that a graceful shutdown waits on.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+use crate::proxy::ProxyBody;
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What one connection is doing.
+#[derive(Debug)]
+pub struct Activity {
+    last_ms: AtomicU64,
+    open: AtomicUsize,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            last_ms: AtomicU64::new(now_ms()),
+            open: AtomicUsize::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Idle: no request open and no bytes either way for `timeout`.
+    pub fn idle_for(&self, timeout: Duration) -> bool {
+        let quiet = now_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed));
+        self.open.load(Ordering::Relaxed) == 0
+            && quiet >= u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Marks a request open until the returned guard drops.
+    pub fn open(self: &Arc<Self>) -> OpenGuard {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(self.clone())
+    }
+}
+
+#[derive(Debug)]
+pub struct OpenGuard(Arc<Activity>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// A response body that keeps its request counted as open until the body
+/// is finished (long gRPC streams are not idle connections).
+#[derive(Debug)]
+pub struct Guarded {
+    inner: ProxyBody,
+    _open: OpenGuard,
+}
+
+impl Guarded {
+    pub fn new(inner: ProxyBody, open: OpenGuard) -> Guarded {
+        Guarded { inner, _open: open }
+    }
+}
+
+impl Body for Guarded {
+    type Data = Bytes;
+    type Error = <ProxyBody as Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An IO stream that records when bytes last moved.
+#[derive(Debug)]
+pub struct IdleIo<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> IdleIo<T> {
+    pub fn new(inner: T, activity: Arc<Activity>) -> IdleIo<T> {
+        IdleIo { inner, activity }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Open connections of one listener: the cap, the per-IP counts, and what
+/// a drain waits on.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    open: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    closed: Notify,
+}
+
+/// Counts one connection until dropped.
+#[derive(Debug)]
+pub struct Slot {
+    tracker: Arc<Tracker>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(ip) = self.ip {
+            let mut map = self
+                .tracker
+                .per_ip
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(n) = map.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+        self.tracker.open.fetch_sub(1, Ordering::Relaxed);
+        self.tracker.closed.notify_waiters();
+    }
+}
+
+impl Tracker {
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Admits a connection from `ip`, unless that client already has
+    /// `per_ip` open.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, per_ip: Option<usize>) -> Option<Slot> {
+        let counted = match per_ip {
+            Some(cap) => {
+                let mut map = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+                let n = map.entry(ip).or_insert(0);
+                if *n >= cap {
+                    return None;
+                }
+                *n += 1;
+                Some(ip)
+            }
+            None => None,
+        };
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Some(Slot {
+            tracker: self.clone(),
+            ip: counted,
+        })
+    }
+
+    /// Waits until every connection has closed.
+    pub async fn all_closed(&self) {
+        loop {
+            let notified = self.closed.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a close in between wakes us.
+            notified.as_mut().enable();
+            if self.open() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! Hostile clients: each abuse case gets a 4xx or a closed connection and
+//! does not disturb a normal client; limits, rate limits, body limits,
+//! connection caps, slowloris and idle timeouts.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// Writes `bytes` on a fresh connection and reads until the server closes
+/// it or 5 s pass; returns what came back.
+async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(answer: &str) -> u16 {
+    answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+async fn hardened(proxy: &str, routes: &str) -> (steer::demo::Deployment, Steer) {
+    let blue = upstream("blue").await;
+    let body = format!("{}{routes}", upstream_toml("blue", blue.addr(), "http1"));
+    let steer = Steer::start_ready_with(proxy, &body).await;
+    (blue, steer)
+}
+
+const ONE_ROUTE: &str =
+    "[[routes]]\nname = \"r\"\nhosts = [\"auth.example.com\"]\nupstream = \"blue\"\n";
+
+#[tokio::test]
+async fn smuggling_and_malformed_requests_get_4xx_and_others_are_unaffected() {
+    let (blue, steer) = hardened("", ONE_ROUTE).await;
+    let cases: [(&str, &[u8]); 6] = [
+        (
+            "Content-Length with Transfer-Encoding",
+            b"POST / HTTP/1.1\r\nHost: auth.example.com\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: auth.example.com\r\n\r\n",
+        ),
+        (
+            "duplicate Content-Length",
+            b"POST / HTTP/1.1\r\nHost: auth.example.com\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+        ),
+        ("malformed Content-Length", b"POST / HTTP/1.1\r\nHost: auth.example.com\r\nContent-Length: 4x\r\n\r\nabcd"),
+        ("obs-fold", b"GET / HTTP/1.1\r\nHost: auth.example.com\r\nX-Folded: a\r\n b\r\n\r\n"),
+        (
+            "chunk-size overflow",
+            b"POST / HTTP/1.1\r\nHost: auth.example.com\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFFFF\r\nx\r\n0\r\n\r\n",
+        ),
+        ("no Host", b"GET / HTTP/1.1\r\n\r\n"),
+    ];
+    for (name, bytes) in cases {
+        let answer = raw(steer.addr(), bytes).await;
+        let status = status_of(&answer);
+        // RFC 9112 §6.1: with both headers the chunked framing wins and the
+        // connection is closed after the answer; the smuggled request
+        // behind it is never read.
+        let closed_after_one =
+            answer.matches("HTTP/1.1 ").count() == 1 && answer.contains("connection: close");
+        assert!(
+            answer.is_empty()
+                || (400..500).contains(&status)
+                || (name.contains("Transfer-Encoding") && closed_after_one),
+            "{name}: {answer:?}"
+        );
+        // A normal client on another connection is unaffected.
+        let a = call(request("GET", &steer.url("/")).header("host", "auth.example.com")).await;
+        assert_eq!(a.status, StatusCode::OK, "{name}");
+    }
+    let smuggled = call(request("GET", &format!("{}/metrics", steer.admin())))
+        .await
+        .text();
+    assert!(
+        blue.requests() <= 7,
+        "no smuggled request reached the upstream ({} requests)",
+        blue.requests()
+    );
+    assert!(!smuggled.is_empty());
+}
+
+#[tokio::test]
+async fn oversized_heads_get_431() {
+    let (_b, steer) = hardened("max_header_bytes = 8192\nmax_headers = 20", ONE_ROUTE).await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: auth.example.com\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(9000)
+    );
+    assert_eq!(status_of(&raw(steer.addr(), big.as_bytes()).await), 431);
+    let line = format!(
+        "GET /{} HTTP/1.1\r\nHost: auth.example.com\r\n\r\n",
+        "a".repeat(9000)
+    );
+    assert_eq!(status_of(&raw(steer.addr(), line.as_bytes()).await), 431);
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: auth.example.com\r\n");
+    for i in 0..25 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_eq!(status_of(&raw(steer.addr(), many.as_bytes()).await), 431);
+    // Far beyond the parser's own limit: hyper answers 431 itself.
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: auth.example.com\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    let answer = raw(steer.addr(), huge.as_bytes()).await;
+    assert!(answer.is_empty() || status_of(&answer) == 431, "{answer:?}");
+}
+
+#[tokio::test]
+async fn no_open_proxy_absolute_form_and_connect() {
+    let (blue, steer) = hardened("", ONE_ROUTE).await;
+    let absolute =
+        b"GET http://elsewhere.example.org/ HTTP/1.1\r\nHost: elsewhere.example.org\r\n\r\n";
+    assert_eq!(status_of(&raw(steer.addr(), absolute).await), 404);
+    let connect =
+        b"CONNECT elsewhere.example.org:443 HTTP/1.1\r\nHost: elsewhere.example.org:443\r\n\r\n";
+    let answer = raw(steer.addr(), connect).await;
+    assert_eq!(status_of(&answer), 405, "{answer}");
+    assert!(answer.contains("not a tunnel"));
+    assert_eq!(blue.requests(), 0);
+}
+
+#[tokio::test]
+async fn rate_limit_allows_the_burst_then_429_with_retry_after_per_key() {
+    let routes = "[[routes]]\nname = \"token\"\npath = \"/oauth/v2/token\"\nupstream = \"blue\"\nrate_limit = { requests = 1, per = \"10s\", burst = 3, key = \"x-client\" }\n[[routes]]\nname = \"r\"\nupstream = \"blue\"\n";
+    let (_b, steer) = hardened("", routes).await;
+    let post = |client: &'static str| {
+        let url = steer.url("/oauth/v2/token");
+        async move { call(request("POST", &url).header("x-client", client)).await }
+    };
+    for _ in 0..3 {
+        assert_eq!(post("a").await.status, StatusCode::OK);
+    }
+    let limited = post("a").await;
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=10).contains(&retry), "{retry}");
+    assert!(limited.text().contains("too many requests"));
+    // Another key has its own bucket; other routes are not limited.
+    assert_eq!(post("b").await.status, StatusCode::OK);
+    assert_eq!(
+        call(request("GET", &steer.url("/x"))).await.status,
+        StatusCode::OK
+    );
+    let m = call(request("GET", &format!("{}/metrics", steer.admin())))
+        .await
+        .text();
+    assert!(
+        m.contains("steer_rate_limited_total{route=\"token\"} 1"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn body_limit_gives_413_declared_or_streamed() {
+    let routes = "[[routes]]\nname = \"r\"\nupstream = \"blue\"\nmax_body = \"1KiB\"\n";
+    let (_b, steer) = hardened("", routes).await;
+    let big = Bytes::from(vec![b'x'; 4096]);
+    let declared = send(
+        &http1(),
+        request("POST", &steer.url("/demo/echo"))
+            .body(Full::new(big.clone()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        declared.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        declared.text()
+    );
+    let small = send(
+        &http1(),
+        request("POST", &steer.url("/demo/echo"))
+            .body(Full::new(Bytes::from_static(b"ok")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(small.status, StatusCode::OK);
+    // Chunked, no length: cut while streaming.
+    let chunked = format!(
+        "POST /demo/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n800\r\n{}\r\n800\r\n{}\r\n0\r\n\r\n",
+        "y".repeat(2048),
+        "y".repeat(2048)
+    );
+    let answer = raw(steer.addr(), chunked.as_bytes()).await;
+    assert_eq!(status_of(&answer), 413, "{answer}");
+}
+
+#[tokio::test]
+async fn connection_cap_pauses_accepting_until_one_closes() {
+    let (_b, steer) = hardened("max_connections = 2", ONE_ROUTE).await;
+    let req = b"GET / HTTP/1.1\r\nHost: auth.example.com\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(steer.addr()).await.unwrap();
+        s.write_all(req).await.unwrap();
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).await.unwrap();
+        held.push(s);
+    }
+    let mut third = TcpStream::connect(steer.addr()).await.unwrap();
+    third.write_all(req).await.unwrap();
+    let mut buf = [0u8; 12];
+    let early = tokio::time::timeout(Duration::from_millis(300), third.read_exact(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "the third connection was served beyond the cap"
+    );
+    drop(held.pop());
+    tokio::time::timeout(Duration::from_secs(5), third.read_exact(&mut buf))
+        .await
+        .expect("served once a slot freed")
+        .unwrap();
+    assert_eq!(&buf[9..12], b"200");
+}
+
+#[tokio::test]
+async fn per_client_ip_cap_closes_the_extra_connection() {
+    let (_b, steer) = hardened("max_connections_per_ip = 1", ONE_ROUTE).await;
+    let _first = TcpStream::connect(steer.addr()).await.unwrap();
+    eventually("first connection counted", || async {
+        let m = call(request("GET", &format!("{}/metrics", steer.admin())))
+            .await
+            .text();
+        m.contains("steer_connections_active{listener=\"http\"} 1")
+    })
+    .await;
+    let answer = raw(
+        steer.addr(),
+        b"GET / HTTP/1.1\r\nHost: auth.example.com\r\n\r\n",
+    )
+    .await;
+    assert!(answer.is_empty(), "{answer}");
+}
+
+#[tokio::test]
+async fn slowloris_is_closed_after_the_header_read_timeout() {
+    let (_b, steer) = hardened("header_read_timeout = \"300ms\"", ONE_ROUTE).await;
+    let mut s = TcpStream::connect(steer.addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: auth.exa")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("a slow client must be cut off")
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.is_empty() || status_of(&text) == 408, "{text}");
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_after_idle_timeout() {
+    let (_b, steer) = hardened("idle_timeout = \"300ms\"", ONE_ROUTE).await;
+    let mut s = TcpStream::connect(steer.addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: auth.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .expect("the idle connection must be closed")
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_slow_stream_is_not_idle() {
+    // A request in flight keeps its connection open past idle_timeout.
+    let (_b, steer) = hardened("idle_timeout = \"200ms\"", ONE_ROUTE).await;
+    let a =
+        call(request("GET", &steer.url("/demo/slow?ms=800")).header("host", "auth.example.com"))
+            .await;
+    assert_eq!(a.status, StatusCode::OK);
+}
