@@ -83,12 +83,12 @@ pub async fn start_with(path: &Path, upgrade: bool) -> anyhow::Result<Running> {
     };
     let upgrade_socket = config.listen.upgrade_socket.clone();
     let table = Table::build(config, None, &hook, &metrics).await;
+    metrics.config_version(&table.version);
     let listen = table.listen.clone();
     let shared = Arc::new(Shared {
         live: ArcSwap::from_pointee(table),
         metrics: metrics.clone(),
         retry_budget: crate::proxy::RetryBudget::default(),
-        draining: AtomicBool::new(false),
     });
     if let Some(store) = &tls_store {
         metrics.certificates(&store.current().certs);
@@ -131,7 +131,8 @@ pub async fn start_with(path: &Path, upgrade: bool) -> anyhow::Result<Running> {
         }
         _ => None,
     };
-    listeners.apply(&listen, received.as_mut())?;
+    let settings = shared.live.load().proxy.clone();
+    listeners.apply(&listen, &settings, received.as_mut())?;
     let handover = match &upgrade_socket {
         Some(p) => Some(Arc::new(
             handover::Server::bind(p).context("binding listen.upgrade_socket")?,
@@ -213,7 +214,6 @@ impl Running {
             tokio::time::sleep(delay).await;
         }
         let deadline = tokio::time::Instant::now() + drain;
-        self.state.shared.draining.store(true, Ordering::Relaxed);
         self.listeners.stop(&[Kind::Http, Kind::Https]).await;
         // Upgraded connections (WebSocket) left hyper's tracking when they
         // switched protocols; their in-flight guards still count.
@@ -221,7 +221,9 @@ impl Running {
             let t = self.state.shared.live.load();
             t.upstreams.iter().map(|u| u.in_flight()).sum::<usize>()
         };
-        while in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        while (in_flight() > 0 || crate::proxy::open_tunnels() > 0)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         self.listeners.stop(&[Kind::Admin]).await;
@@ -260,6 +262,9 @@ impl Running {
             }
         };
         if handed {
+            // The admin socket went over too: from now on the new steer
+            // alone answers /ready, /metrics and /reload on it.
+            self.listeners.stop(&[Kind::Admin]).await;
             tracing::info!("handed the listening sockets to a new steer; draining");
         }
         self.shutdown_after(!handed).await;

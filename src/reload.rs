@@ -30,6 +30,8 @@ pub struct Reloader {
     hook: ProbeHook,
     tls: Option<Arc<TlsStore>>,
     listeners: OnceLock<Arc<ListenerSet>>,
+    /// The last certificate refresh error (cleared by a good refresh).
+    cert_error: Mutex<Option<String>>,
     last_error: Mutex<Option<String>>,
     /// Hash of the file as last read, good or not: a rejected file is
     /// reported once, not at every poll.
@@ -106,6 +108,7 @@ impl Reloader {
             hook,
             tls,
             listeners: OnceLock::new(),
+            cert_error: Mutex::new(None),
             generation: AtomicU64::new(0),
             pending: Mutex::new(None),
             last_error: Mutex::new(None),
@@ -124,13 +127,26 @@ impl Reloader {
             Ok(true) => {
                 self.shared.metrics.certificates(&store.current().certs);
                 tracing::info!("certificates reloaded");
+                // A fixed pair clears the error its broken version left.
+                let cert_error = self
+                    .cert_error
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+                if cert_error.is_some() && self.last_error() == cert_error {
+                    self.set_last_error(None);
+                }
             }
             Err(e) => {
                 let text = e.to_string();
                 if self.last_error().as_deref() != Some(text.as_str()) {
                     tracing::error!(error = %text, "certificate rejected; the old one is still served");
                     self.shared.metrics.reload(false);
-                    self.set_last_error(Some(text));
+                    self.set_last_error(Some(text.clone()));
+                    *self
+                        .cert_error
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(text);
                 }
             }
         }
@@ -193,26 +209,27 @@ impl Reloader {
             Ok(c) => c,
             Err(e) => return Err(self.reject(ReloadError::Load(e), true)),
         };
+        // Certificates are read before anything changes, so a bad pair
+        // rejects the reload with the listeners untouched.
+        let certs = match &self.tls {
+            Some(store) if !config.tls.is_empty() && store.files() != config.tls => {
+                match crate::tls::TlsStore::load(&config.tls) {
+                    Ok(set) => Some((store, set)),
+                    Err(e) => return Err(self.reject(ReloadError::Tls(e), true)),
+                }
+            }
+            _ => None,
+        };
         if config.listen != current.listen
             && let Some(listeners) = self.listeners.get()
-            && let Err(e) = listeners.apply(&config.listen, None)
+            && let Err(e) = listeners.apply(&config.listen, &config.proxy, None)
         {
             // New addresses are bound before old ones close; a bind failure
             // leaves every listener and the table as they were.
             return Err(self.reject(ReloadError::Listen(e), true));
         }
-        if let Some(store) = &self.tls
-            && store
-                .current()
-                .certs
-                .iter()
-                .map(|c| &c.files)
-                .ne(config.tls.iter())
-        {
-            if let Err(e) = store.replace(&config.tls) {
-                let err = ReloadError::Tls(e);
-                return Err(self.reject(err, true));
-            }
+        if let Some((store, set)) = certs {
+            store.install(set, &config.tls);
             self.shared.metrics.certificates(&store.current().certs);
         }
         let settings = config.reload.clone();
@@ -252,8 +269,9 @@ impl Reloader {
     }
 
     /// Swaps `table` in (the caller holds the reload lock).
-    fn apply(&self, table: Table, config: Config, last_good: &mut Option<Config>) {
+    fn apply(&self, mut table: Table, config: Config, last_good: &mut Option<Config>) {
         let version = table.version.clone();
+        table.activate(&self.shared.live.load(), &self.shared.metrics);
         self.shared.live.store(Arc::new(table));
         *last_good = Some(config);
         self.shared.metrics.reload(true);
@@ -369,7 +387,9 @@ impl Reloader {
             return;
         };
         let current = self.shared.live.load_full();
-        let table = Table::build(config, Some(&current), &self.hook, &self.shared.metrics).await;
+        let mut table =
+            Table::build(config, Some(&current), &self.hook, &self.shared.metrics).await;
+        table.activate(&current, &self.shared.metrics);
         self.shared.live.store(Arc::new(table));
         tracing::info!("endpoint addresses changed after DNS refresh; table rebuilt");
     }
@@ -472,8 +492,14 @@ mod gate {
         out
     }
 
+    /// Has a healthy endpoint (a drain is an operator's choice, not a
+    /// readiness problem, so it does not hold a reload back).
     fn usable(t: &Table, name: &str) -> bool {
-        t.upstream(name).is_some_and(|u| u.is_usable())
+        t.upstream(name).is_some_and(|u| {
+            u.endpoints
+                .iter()
+                .any(|e| e.state() == crate::health::State::Healthy)
+        })
     }
 
     pub fn waiting_for(new: &Table, old: &Table) -> Vec<String> {

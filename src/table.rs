@@ -73,7 +73,14 @@ struct TlsFactory<'a> {
 
 impl<'a> TlsFactory<'a> {
     fn new(spec: &'a UpstreamSpec) -> TlsFactory<'a> {
-        let id = format!("{:?}|{:?}", spec.tls_ca, spec.tls_server_name);
+        // The CA file's content is part of the identity: a changed bundle
+        // under the same path gives new endpoints (and new connections).
+        let ca_hash = spec
+            .tls_ca
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .map(|b| crate::config::content_hash(&b));
+        let id = format!("{:?}|{:?}|{:?}", spec.tls_ca, ca_hash, spec.tls_server_name);
         if spec.protocol != Protocol::Https {
             return TlsFactory {
                 spec,
@@ -169,17 +176,6 @@ impl Table {
                 draining,
             )));
         }
-        // Endpoints the reload dropped lose their series (unless another
-        // endpoint now has the same upstream and address).
-        for ((upstream, _, addr), _) in keep {
-            let still = upstreams.iter().any(|u: &Arc<Upstream>| {
-                u.name == upstream && u.endpoints.iter().any(|e| e.addr == addr)
-            });
-            if !still {
-                metrics.forget_endpoint(&upstream, &addr.to_string());
-            }
-        }
-        metrics.config_version(&config.version);
         let table_metrics = metrics.for_table(&config.routes, &upstreams);
         let limiters = config
             .routes
@@ -211,6 +207,26 @@ impl Table {
             metrics: table_metrics,
             limiters,
         }
+    }
+
+    /// What becomes true when this table is swapped in over `previous`:
+    /// the version metric, the series of endpoints that are gone, and the
+    /// start of the split ramps (time spent waiting at the reload gate does
+    /// not count).
+    pub fn activate(&mut self, previous: &Table, metrics: &Metrics) {
+        metrics.config_version(&self.version);
+        for u in &previous.upstreams {
+            for e in &u.endpoints {
+                let still = self
+                    .upstreams
+                    .iter()
+                    .any(|n| n.name == u.name && n.endpoints.iter().any(|x| x.addr == e.addr));
+                if !still {
+                    metrics.forget_endpoint(&u.name, &e.addr.to_string());
+                }
+            }
+        }
+        self.routes.restart_ramps(std::time::Instant::now());
     }
 
     pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
@@ -271,6 +287,45 @@ fn with_ramps(
         else {
             continue;
         };
+        let to = fractions(parts);
+        if let Some(r) = old.ramp.as_ref().filter(|r| r.progress(now) < 1.0) {
+            let names = |list: &[(usize, f64)], t: &Table| -> Vec<(String, u64)> {
+                let mut v: Vec<(String, u64)> = list
+                    .iter()
+                    .map(|(u, w)| (t.upstreams[*u].name.clone(), (w * 1e9) as u64))
+                    .collect();
+                v.sort();
+                v
+            };
+            let new_names: Vec<(String, u64)> = {
+                let mut v: Vec<(String, u64)> = to
+                    .iter()
+                    .map(|(u, w)| (upstreams[*u].name.clone(), (w * 1e9) as u64))
+                    .collect();
+                v.sort();
+                v
+            };
+            if names(&r.to, prev) == new_names {
+                // Same destination (a DNS refresh, an unrelated edit): the
+                // ramp in progress goes on where it is.
+                let from = r
+                    .from
+                    .iter()
+                    .filter_map(|(u, w)| Some((index_of(&prev.upstreams[*u].name)?, *w)))
+                    .collect();
+                starts.push((
+                    route.index,
+                    Ramp {
+                        from,
+                        to,
+                        start: r.start,
+                        duration: r.duration,
+                    },
+                    true,
+                ));
+                continue;
+            }
+        }
         let old_shares: Vec<(String, f64)> = match (&old.ramp, &old.spec.target) {
             (Some(r), _) if r.progress(now) < 1.0 => r
                 .upstreams()
@@ -287,7 +342,6 @@ fn with_ramps(
             .iter()
             .filter_map(|(n, w)| Some((index_of(n)?, *w)))
             .collect();
-        let to = fractions(parts);
         let same = to.iter().all(|(u, w)| {
             (from.iter().find(|(x, _)| x == u).map_or(0.0, |(_, f)| *f) - w).abs() < 1e-9
         });
@@ -300,12 +354,15 @@ fn with_ramps(
                     start: now,
                     duration,
                 },
+                false,
             ));
         }
     }
-    for (index, ramp) in starts {
-        tracing::info!(route = %routes.routes()[index].spec.name, ?ramp.duration, "split weights ramping to the new values");
-        routes.set_ramp(index, ramp);
+    for (index, ramp, continued) in starts {
+        if !continued {
+            tracing::info!(route = %routes.routes()[index].spec.name, ?ramp.duration, "split weights ramping to the new values");
+        }
+        routes.set_ramp(index, ramp, continued);
     }
     routes
 }

@@ -283,7 +283,8 @@ def per_round_ratio(rows, proxy, key, fn=None):
     for rnd in by_round.values():
         if proxy in rnd and "steer" in rnd:
             a, b = get(rnd[proxy]), get(rnd["steer"])
-            if a is not None and b not in (None, 0):
+            # a ratio of a negative "added latency" means nothing: skip it
+            if a is not None and b is not None and a > 0 and b > 0:
                 ratios.append(a / b)
     return med(ratios)
 

@@ -431,7 +431,7 @@ EOF
   echo
   echo "Command: \`bash benches/load/run.sh --rounds $ROUNDS --seconds $SECONDS_$( [ "$IDLE_CONNS" != 8000 ] && echo " --idle-conns $IDLE_CONNS")$( [ "$SCENARIOS" != a,b,c,d ] && echo " --scenarios $SCENARIOS")\`"
   echo
-  echo "- steer: $("$STEER_BIN" --version) (commit $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)), TOKIO_WORKER_THREADS=$STEER_THREADS, access log on (JSON to /dev/null)"
+  echo "- steer: $("$STEER_BIN" --version) (binary built $(date -u -r "$STEER_SRC" '+%Y-%m-%d %H:%M UTC'); work tree at commit $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)), TOKIO_WORKER_THREADS=$STEER_THREADS, access log on (JSON to /dev/null)"
   echo "- $(nginx -v 2>&1 | sed 's/^nginx version: //'): 1 worker, upstream keepalive 64, access log on (file, buffer=64k)"
   echo "- $(haproxy -v | head -1 | cut -d' ' -f1-3): nbthread 1, http-reuse always, option httplog to stdout (/dev/null)"
   echo "- $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $(h2load --version | head -1); upstream: nginx, 1 worker, 100-byte body"

@@ -639,7 +639,7 @@ fn upstream(
             );
             return None;
         }
-        match crate::tls::read_certs(&path) {
+        match crate::tls::client::client_configs(Some(&path)) {
             Ok(_) => Some(path),
             Err(e) => {
                 errors.push(span, format!("`tls_ca`: {e}"));
@@ -647,7 +647,12 @@ fn upstream(
             }
         }
     });
-    let tls_server_name = t.str(errors, "tls_server_name").map(|(s, _)| s.to_owned());
+    let tls_server_name = t.str(errors, "tls_server_name").and_then(|(name, span)| {
+        crate::tls::client::server_name(Some(name), "")
+            .map(|_| name.to_owned())
+            .map_err(|e| errors.push(span, e))
+            .ok()
+    });
     if protocol != Protocol::Https {
         for key in ["tls_ca", "tls_server_name"] {
             if let Some(v) = t.get(key) {

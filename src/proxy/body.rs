@@ -4,6 +4,7 @@
 //! Also the tunnel behind a `101 Switching Protocols`.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -158,6 +159,14 @@ impl Drop for UpstreamBody {
     }
 }
 
+/// Upgraded connections (WebSocket tunnels) open in this process; a
+/// shutdown waits for them, whichever table they started on.
+static TUNNELS: AtomicUsize = AtomicUsize::new(0);
+
+pub fn open_tunnels() -> usize {
+    TUNNELS.load(Ordering::Relaxed)
+}
+
 /// Answers the client's upgrade with the upstream's 101 and splices the two
 /// upgraded connections together; the in-flight guard lives as long as the
 /// tunnel.
@@ -168,7 +177,16 @@ pub(super) fn tunnel(
 ) -> Response<ProxyBody> {
     let upstream = hyper::upgrade::on(&mut upstream_resp);
     if let Some(client) = client {
+        TUNNELS.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
+            // Counted until the tunnel ends, whichever way.
+            struct Open;
+            impl Drop for Open {
+                fn drop(&mut self) {
+                    TUNNELS.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            let _open = Open;
             let (Ok(up), Ok(down)) = (upstream.await, client.await) else {
                 tracing::debug!("upgrade did not complete on one side");
                 return;

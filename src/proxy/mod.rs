@@ -20,8 +20,8 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use access::Access;
-pub use body::ProxyBody;
 use body::UpstreamBody;
+pub use body::{ProxyBody, open_tunnels};
 use headers::{Hop, X_REQUEST_ID};
 pub use retry::RetryBudget;
 
@@ -38,17 +38,18 @@ pub struct Shared {
     pub live: ArcSwap<Table>,
     pub metrics: Metrics,
     pub retry_budget: RetryBudget,
-    /// Set when steer stops accepting for good: HTTP/1.1 responses then
-    /// carry `Connection: close`, so keep-alive clients move on cleanly
-    /// instead of racing a close of their idle connection.
-    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// What the server knows about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// Set when the listener stopped accepting (shutdown, or a reload that
+    /// moved it): HTTP/1.1 answers then carry `Connection: close`, so
+    /// keep-alive clients move on cleanly instead of racing a close of
+    /// their idle connection.
+    pub closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Everything that ends a request with a response steer makes itself.
@@ -148,13 +149,14 @@ pub async fn handle(
     shared.retry_budget.record_request();
     let http1 = req.version() < Version::HTTP_2;
     let mut outcome = Outcome::default();
+    let closing = conn.closing.clone();
     let mut resp = match proxy(&shared, &table, conn, req, &request_id, &mut outcome).await {
         Ok(resp) => resp,
         Err(err) => error_response(&err, &request_id),
     };
     resp.headers_mut().insert(X_REQUEST_ID, request_id);
     if http1
-        && shared.draining.load(std::sync::atomic::Ordering::Relaxed)
+        && closing.load(std::sync::atomic::Ordering::Relaxed)
         && resp.status() != StatusCode::SWITCHING_PROTOCOLS
     {
         resp.headers_mut()

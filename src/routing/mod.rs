@@ -318,6 +318,8 @@ pub struct RouteTable {
     exact_hosts: HashMap<Box<str>, Bucket>,
     wildcard_hosts: HashMap<Box<str>, Bucket>,
     any_host: Bucket,
+    /// Routes whose ramp starts when the table goes live.
+    fresh_ramps: Vec<usize>,
 }
 
 impl RouteTable {
@@ -352,10 +354,24 @@ impl RouteTable {
         &self.routes
     }
 
-    /// Starts a ramp on route `index` (when a table is built).
-    pub fn set_ramp(&mut self, index: usize, ramp: Ramp) {
+    /// Sets a ramp on route `index` (when a table is built); a
+    /// `continued` ramp keeps its start, a new one starts when the table is
+    /// swapped in (`restart_ramps`).
+    pub fn set_ramp(&mut self, index: usize, ramp: Ramp, continued: bool) {
         if let Some(r) = self.routes.get_mut(index) {
             r.ramp = Some(ramp);
+            if !continued {
+                self.fresh_ramps.push(index);
+            }
+        }
+    }
+
+    /// Starts the new ramps now (the table goes live).
+    pub fn restart_ramps(&mut self, now: std::time::Instant) {
+        for i in std::mem::take(&mut self.fresh_ramps) {
+            if let Some(ramp) = self.routes.get_mut(i).and_then(|r| r.ramp.as_mut()) {
+                ramp.start = now;
+            }
         }
     }
 

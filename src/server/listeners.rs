@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::handover::{Received, Socket};
 use super::{TlsListener, bind, serve_proxy, serve_simple};
-use crate::config::Listen;
+use crate::config::{Listen, ProxySettings};
 use crate::metrics::Metrics;
 use crate::proxy::{ProxyBody, Shared};
 use crate::tls::TlsStore;
@@ -120,6 +120,7 @@ impl ListenerSet {
     pub fn apply(
         &self,
         listen: &Listen,
+        settings: &ProxySettings,
         mut handed: Option<&mut Received>,
     ) -> Result<(), BindError> {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
@@ -167,7 +168,7 @@ impl ListenerSet {
         }
         for (kind, addr, listener) in fresh {
             let slot = self
-                .serve(kind, addr, listener)
+                .serve(kind, addr, listener, settings)
                 .map_err(|source| BindError {
                     name: kind.name(),
                     addr,
@@ -187,11 +188,12 @@ impl ListenerSet {
         kind: Kind,
         configured: SocketAddr,
         listener: TcpListener,
+        settings: &ProxySettings,
     ) -> std::io::Result<Slot> {
         let local = listener.local_addr()?;
         let fd = listener.as_fd().try_clone_to_owned()?;
         let (stop, stop_rx) = watch::channel(false);
-        let settings = self.shared.live.load().proxy.clone();
+        let settings = settings.clone();
         let task = match kind {
             Kind::Http | Kind::Https => {
                 let tls = match (kind, &self.tls) {

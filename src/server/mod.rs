@@ -81,6 +81,7 @@ pub async fn serve_proxy(
     let builder = Arc::new(builder(&settings));
     let tracker = Arc::new(conn::Tracker::default());
     let (finish, finish_rx) = watch::channel(false);
+    let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let limits = Limits {
         max: settings.max_connections,
         tracker: tracker.clone(),
@@ -93,6 +94,7 @@ pub async fn serve_proxy(
         let active = active.clone();
         let finish = finish_rx.clone();
         let idle = settings.idle_timeout;
+        let closing = closing.clone();
         async move {
             let Some(_slot) = slot else {
                 tracing::warn!(%peer, "per-client connection cap reached; closing the new connection");
@@ -101,7 +103,11 @@ pub async fn serve_proxy(
             active.inc();
             let activity = conn::Activity::new();
             let io = conn::IdleIo::new(stream, activity.clone());
-            let info = ConnInfo { peer, tls: tls.is_some() };
+            let info = ConnInfo {
+                peer,
+                tls: tls.is_some(),
+                closing: closing.clone(),
+            };
             let result = match tls {
                 None => serve_client(&builder, TokioIo::new(io), shared, info, activity, idle, finish).await,
                 Some(tls) => match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(io)).await {
@@ -117,10 +123,11 @@ pub async fn serve_proxy(
         }
     })
     .await;
+    closing.store(true, std::sync::atomic::Ordering::Relaxed);
     drain(&shared, &tracker, &finish).await;
 }
 
-/// After the accept loop: keep-alive grace (when the process drains), then
+/// After the accept loop: keep-alive grace, then
 /// ask every connection to finish, bounded by `drain_timeout`.
 async fn drain(shared: &Shared, tracker: &conn::Tracker, finish: &watch::Sender<bool>) {
     let drain = shared.live.load().proxy.drain_timeout;
@@ -129,7 +136,7 @@ async fn drain(shared: &Shared, tracker: &conn::Tracker, finish: &watch::Sender<
         open = tracker.open(),
         "stopped accepting; draining open connections"
     );
-    if shared.draining.load(std::sync::atomic::Ordering::Relaxed) {
+    {
         // Keep-alive grace: clients still sending get their answers with
         // `Connection: close` and leave by themselves; closing an idle
         // HTTP/1.1 connection under a client that is just sending on it
@@ -168,9 +175,11 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let per_request = activity.clone();
+    let peer = info.peer;
     let service = service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         let open = per_request.open();
+        let info = info.clone();
         async move {
             let resp = proxy::handle(shared, info, req).await;
             Ok::<_, Infallible>(resp.map(|b| conn::Guarded::new(b, open)))
@@ -196,7 +205,7 @@ where
             _ = tick.tick(), if !asked => {
                 if activity.idle_for(idle) {
                     asked = true;
-                    tracing::debug!(peer = %info.peer, "closing idle client connection");
+                    tracing::debug!(%peer, "closing idle client connection");
                     conn.as_mut().graceful_shutdown();
                 }
             }

@@ -269,12 +269,24 @@ impl TlsStore {
         self.resolver.set.load()
     }
 
-    /// Serves `files` from now on (a reload changed the paths).
-    pub fn replace(&self, files: &[CertificateFiles]) -> Result<(), TlsError> {
-        let set = load_set(files)?;
+    /// Reads and checks `files` without serving them yet.
+    pub fn load(files: &[CertificateFiles]) -> Result<CertSet, TlsError> {
+        load_set(files)
+    }
+
+    /// Serves `set` (read from `files`) from now on (a reload changed the
+    /// paths).
+    pub fn install(&self, set: CertSet, files: &[CertificateFiles]) {
         self.resolver.set.store(Arc::new(set));
         *self.files.lock().unwrap_or_else(PoisonError::into_inner) = files.to_vec();
-        Ok(())
+    }
+
+    /// The certificate files being served.
+    pub fn files(&self) -> Vec<CertificateFiles> {
+        self.files
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Re-reads the files when their content changed. `Ok(true)` when new

@@ -224,10 +224,17 @@ impl Endpoint {
 
     /// Marks the endpoint healthy without a probe (upstreams with
     /// `health = false` start usable).
+    /// (also when a reload turned checks off: an endpoint that probes had
+    /// marked down would otherwise never come back).
     pub fn assume_healthy(&self) {
         let mut rec = self.record();
-        if rec.counter.state == State::Unknown {
-            rec.counter.state = State::Healthy;
+        let probed_down = rec.counter.state == State::Unhealthy && rec.passive_down_at.is_none();
+        if rec.counter.state == State::Unknown || probed_down {
+            rec.counter = Counter {
+                state: State::Healthy,
+                passes: 0,
+                failures: 0,
+            };
             self.publish(State::Healthy);
         }
     }

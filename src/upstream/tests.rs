@@ -117,3 +117,27 @@ fn passive_failure_without_checks_expires_after_the_fail_timeout() {
     assert!(eps[0].revive_after_passive_failure());
     assert_eq!(eps[0].state(), State::Healthy);
 }
+
+#[test]
+fn turning_checks_off_revives_an_endpoint_probes_marked_down() {
+    let eps = endpoints(1);
+    let fail = CheckResult {
+        at: SystemTime::now(),
+        ok: false,
+        status: Some(412),
+        error: None,
+    };
+    eps[0].record_check(fail, &HealthSpec::default());
+    assert_eq!(eps[0].state(), State::Unhealthy);
+    eps[0].assume_healthy();
+    assert_eq!(eps[0].state(), State::Healthy);
+}
+
+#[test]
+fn assume_healthy_keeps_a_passive_failure_out() {
+    let eps = endpoints(1);
+    eps[0].assume_healthy();
+    eps[0].record_passive_failure(None);
+    eps[0].assume_healthy();
+    assert_eq!(eps[0].state(), State::Unhealthy);
+}
