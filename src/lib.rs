@@ -40,12 +40,15 @@
 //! - [`tls`]: rustls server certificates (SNI, reload) and upstream TLS.
 //! - [`app`]: wiring, lifecycle, and the `check`/`route`/`demo` commands.
 //! - [`demo`]: the ZITADEL-like deployments behind `steer demo` and tests.
+//! - `fuzzing`: the bodies of the cargo-fuzz targets in `fuzz/`.
 
 pub mod admin;
 pub mod app;
 pub mod client;
 pub mod config;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod metrics;
 pub mod proxy;

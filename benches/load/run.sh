@@ -50,6 +50,10 @@ PROXIES=(nginx haproxy steer)
 # per CPU by default; tokio reads TOKIO_WORKER_THREADS, so steer gets one
 # worker thread like the others. Override with STEER_WORKER_THREADS.
 STEER_THREADS="${STEER_WORKER_THREADS:-1}"
+# nginx keeps at most this many idle upstream connections (the brief's 64).
+# Under h2load -c50 -m10 (500 requests in flight) nginx then opens and
+# closes upstream connections all the time; see README.md.
+NGINX_KEEPALIVE="${NGINX_UPSTREAM_KEEPALIVE:-64}"
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -174,7 +178,7 @@ http {
   scgi_temp_path $WORK/nginx/tmp;
   upstream up {
     server 127.0.0.1:$PORT_UP;
-    keepalive 64;
+    keepalive $NGINX_KEEPALIVE;
     keepalive_requests 10000000;
     keepalive_timeout 60s;
   }
@@ -432,7 +436,7 @@ EOF
   echo "Command: \`bash benches/load/run.sh --rounds $ROUNDS --seconds $SECONDS_$( [ "$IDLE_CONNS" != 8000 ] && echo " --idle-conns $IDLE_CONNS")$( [ "$SCENARIOS" != a,b,c,d ] && echo " --scenarios $SCENARIOS")\`"
   echo
   echo "- steer: $("$STEER_BIN" --version) (binary built $(date -u -r "$STEER_SRC" '+%Y-%m-%d %H:%M UTC'); work tree at commit $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)), TOKIO_WORKER_THREADS=$STEER_THREADS, access log on (JSON to /dev/null)"
-  echo "- $(nginx -v 2>&1 | sed 's/^nginx version: //'): 1 worker, upstream keepalive 64, access log on (file, buffer=64k)"
+  echo "- $(nginx -v 2>&1 | sed 's/^nginx version: //'): 1 worker, upstream keepalive $NGINX_KEEPALIVE, access log on (file, buffer=64k)"
   echo "- $(haproxy -v | head -1 | cut -d' ' -f1-3): nbthread 1, http-reuse always, option httplog to stdout (/dev/null)"
   echo "- $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $(h2load --version | head -1); upstream: nginx, 1 worker, 100-byte body"
   echo "- machine: $(nproc --all) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), kernel $(uname -r), CLK_TCK=$CLK_TCK"

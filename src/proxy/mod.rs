@@ -407,25 +407,23 @@ fn upstream_uri(
 /// query after rewriting. Re-aiming at another upstream (a retry, possibly
 /// a fallback with another protocol) only changes URI form and version.
 struct Aim {
-    authority: String,
-    path_and_query: String,
+    /// The Host to add when the client sent none (HTTP/2 clients send
+    /// `:authority` instead).
+    host: Option<HeaderValue>,
+    path_and_query: http::uri::PathAndQuery,
 }
 
 impl Aim {
     /// Puts the request in HTTP/1.1 form (origin-form URI, Host header);
     /// the client turns it into HTTP/2 form when the connection is h2.
-    fn apply(&self, req: &mut Request<ReqBody>) -> Result<(), ProxyError> {
-        if !req.headers().contains_key(header::HOST) {
-            let host = HeaderValue::from_str(&self.authority)
-                .map_err(|_| ProxyError::BadRequest("invalid authority"))?;
-            req.headers_mut().insert(header::HOST, host);
+    fn apply(&self, req: &mut Request<ReqBody>) {
+        if let Some(host) = &self.host
+            && !req.headers().contains_key(header::HOST)
+        {
+            req.headers_mut().insert(header::HOST, host.clone());
         }
-        *req.uri_mut() = self
-            .path_and_query
-            .parse()
-            .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+        *req.uri_mut() = Uri::from(self.path_and_query.clone());
         *req.version_mut() = Version::HTTP_11;
-        Ok(())
     }
 }
 
@@ -490,12 +488,32 @@ async fn forward(
     headers::apply_forwarding(&mut parts.headers, hop);
     headers::apply_rules(&mut parts.headers, &route.spec.request_headers);
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
-    let path_and_query =
-        upstream_uri(&parts.uri, route.spec.strip_prefix.as_deref(), None)?.to_string();
+    // Without a rewrite the client's path and query go on as they are (a
+    // cheap clone of shared bytes); only strip_prefix builds a new one.
+    let path_and_query = match (
+        route.spec.strip_prefix.as_deref(),
+        parts.uri.path_and_query(),
+    ) {
+        (None, Some(pq)) => pq.clone(),
+        (strip, _) => upstream_uri(&parts.uri, strip, None)?
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    };
+    let host = match parts.headers.contains_key(header::HOST) {
+        true => None,
+        false => {
+            let authority = hop
+                .host
+                .map_or_else(|| first.1.addr.to_string(), str::to_owned);
+            Some(
+                HeaderValue::from_str(&authority)
+                    .map_err(|_| ProxyError::BadRequest("invalid authority"))?,
+            )
+        }
+    };
     let aim = Aim {
-        authority: hop
-            .host
-            .map_or_else(|| first.1.addr.to_string(), str::to_owned),
+        host,
         path_and_query,
     };
     let empty_body = body.is_end_stream();
@@ -511,8 +529,13 @@ async fn forward(
     }
     let body = ReqBody::client(body, route.spec.max_body, fault.clone());
     let mut request = Request::from_parts(parts, body);
-    let replay =
-        (empty_body && !upgrade && replayable(request.method())).then(|| head_copy(&request));
+    // A copy of the head for a replay costs a header-map clone per request:
+    // only worth it when there is somewhere else to send it.
+    let elsewhere = table.upstreams[first.0].endpoints.len() > 1
+        || !route.spec.fallback.is_empty()
+        || matches!(route.spec.target, Target::Split(_));
+    let replay = (elsewhere && empty_body && !upgrade && replayable(request.method()))
+        .then(|| head_copy(&request));
     let deadline = tokio::time::Instant::now() + table.proxy.request_timeout;
     let (mut upstream_index, mut endpoint) = first;
     let mut retries = 0;
@@ -520,7 +543,7 @@ async fn forward(
         let upstream = &table.upstreams[upstream_index];
         outcome.upstream = Some(upstream_index);
         outcome.endpoint = Some(endpoint.addr);
-        aim.apply(&mut request)?;
+        aim.apply(&mut request);
         let guard = InFlight::new(endpoint.clone());
         let send = endpoint
             .pool

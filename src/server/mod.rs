@@ -108,13 +108,23 @@ pub async fn serve_proxy(
                 tls: tls.is_some(),
                 closing: closing.clone(),
             };
+            // Boxed: the task then holds a pointer, not the largest of the
+            // two futures inline (a TLS session is kilobytes), which is what
+            // an idle connection costs.
             let result = match tls {
-                None => serve_client(&builder, TokioIo::new(io), shared, info, activity, idle, finish).await,
-                Some(tls) => match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(io)).await {
-                    Ok(Ok(stream)) => serve_client(&builder, TokioIo::new(stream), shared, info, activity, idle, finish).await,
-                    Ok(Err(e)) => Err(format!("TLS handshake failed: {e}").into()),
-                    Err(_) => Err("TLS handshake timed out".into()),
-                },
+                None => Box::pin(serve_client(&builder, TokioIo::new(io), shared, info, activity, idle, finish)).await,
+                Some(tls) => {
+                    Box::pin(async move {
+                        match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(io)).await {
+                            Ok(Ok(stream)) => {
+                                serve_client(&builder, TokioIo::new(stream), shared, info, activity, idle, finish).await
+                            }
+                            Ok(Err(e)) => Err(format!("TLS handshake failed: {e}").into()),
+                            Err(_) => Err("TLS handshake timed out".into()),
+                        }
+                    })
+                    .await
+                }
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "client connection ended with an error");

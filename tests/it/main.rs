@@ -5,6 +5,7 @@ mod cli;
 mod cutover;
 mod examples;
 mod forwarding;
+mod fuzz;
 mod grpc;
 mod hardening;
 mod health;

@@ -1,0 +1,166 @@
+//! The bodies of the fuzz targets in `fuzz/` (cargo-fuzz, libFuzzer), kept
+//! in the library so that a plain test can run them over the seed corpus
+//! on stable Rust. Each must return normally for every input; a panic is a
+//! finding. Nothing on the request path calls these.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+use crate::config;
+use crate::proxy::headers::{self, Hop};
+use crate::routing::{self, RequestView, RouteTable};
+
+/// Arbitrary bytes as a route table: an error or a config, never a panic;
+/// a config also goes through the lints and route compilation.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(c) = config::parse(text, Path::new("fuzz.toml")) {
+        let _ = config::lint(&c);
+        let _ = RouteTable::new(c.routes);
+    }
+}
+
+const TABLE: &str = r#"
+[listen]
+http = "127.0.0.1:8080"
+[upstreams.a]
+endpoints = ["127.0.0.1:1"]
+[[routes]]
+name = "grpc"
+hosts = ["*.example.com", "auth.example.com"]
+path_prefix = "/zitadel."
+methods = ["POST"]
+header_regex = { "content-type" = "^application/grpc" }
+upstream = "a"
+[[routes]]
+name = "exact"
+path = "/oauth/v2/token"
+query = { "tenant" = "acme corp" }
+client_ips = ["10.0.0.0/8", "2001:db8::/32"]
+upstream = "a"
+[[routes]]
+name = "regex"
+path_regex = "^/v2(beta)?/users/[0-9]+$"
+headers = { "x-canary" = "1" }
+upstream = "a"
+[[routes]]
+name = "default"
+upstream = "a"
+"#;
+
+fn table() -> &'static RouteTable {
+    static T: OnceLock<RouteTable> = OnceLock::new();
+    T.get_or_init(|| match config::parse(TABLE, Path::new("fuzz.toml")) {
+        Ok(c) => RouteTable::new(c.routes),
+        Err(e) => panic!("the fuzz route table is invalid: {e}"),
+    })
+}
+
+/// Splits input into NUL-separated fields, as a request's parts.
+fn fields(data: &[u8]) -> Vec<&[u8]> {
+    data.split(|b| *b == 0).collect()
+}
+
+fn headers_from(lines: &[&[u8]]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for line in lines {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (name, value) = line.split_at(colon);
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name),
+            HeaderValue::from_bytes(&value[1..]),
+        ) {
+            h.append(n, v);
+        }
+    }
+    h
+}
+
+/// Arbitrary request parts against a table using every matcher; also the
+/// client-IP resolution behind trusted proxies.
+pub fn route_select(data: &[u8]) {
+    let f = fields(data);
+    let text = |i: usize| {
+        f.get(i)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("")
+    };
+    let method = Method::from_bytes(f.first().copied().unwrap_or(b"GET")).unwrap_or(Method::GET);
+    let host = routing::normalize_host(text(1));
+    let target = text(2);
+    let (path, query) = target
+        .split_once('?')
+        .map_or((target, None), |(p, q)| (p, Some(q)));
+    let headers = headers_from(f.get(3..).unwrap_or(&[]));
+    let trusted = ["10.0.0.0/8".parse().unwrap_or_default()];
+    let peer: IpAddr = IpAddr::from([10, 0, 0, 1]);
+    let client_ip = routing::resolve_client_ip(peer, &headers, &trusted);
+    let view = RequestView {
+        method: &method,
+        host: (!host.is_empty()).then_some(&*host),
+        path,
+        query,
+        headers: &headers,
+        client_ip,
+    };
+    if let Some(route) = table().select(&view) {
+        // The index must agree with the plain first-match scan.
+        let first = table()
+            .routes()
+            .iter()
+            .find(|r| r.check(&view).is_ok())
+            .map(|r| r.index);
+        assert_eq!(
+            Some(route.index),
+            first,
+            "indexed selection differs from first-match"
+        );
+    }
+}
+
+/// Arbitrary headers through hop-by-hop removal and forwarding hygiene:
+/// from an untrusted peer no forwarding header may survive but the ones
+/// steer sets itself.
+pub fn forwarding_headers(data: &[u8]) {
+    let f = fields(data);
+    let trusted = f
+        .first()
+        .is_some_and(|b| b.first().is_some_and(|x| x & 1 == 1));
+    let mut h = headers_from(f.get(1..).unwrap_or(&[]));
+    let upgrade = headers::is_upgrade(&h);
+    headers::strip_hop_by_hop(&mut h, upgrade);
+    let hop = Hop {
+        peer: IpAddr::from([192, 0, 2, 7]),
+        trusted,
+        tls: false,
+        host: Some("auth.example.com"),
+    };
+    headers::apply_forwarding(&mut h, &hop);
+    if !trusted {
+        for name in [
+            "x-real-ip",
+            "x-forwarded-port",
+            "x-zitadel-forwarded",
+            "x-zitadel-instance-host",
+            "x-zitadel-public-host",
+        ] {
+            assert!(
+                !h.contains_key(name),
+                "{name} survived from an untrusted client"
+            );
+        }
+        assert_eq!(
+            h.get("x-forwarded-for").map(|v| v.as_bytes()),
+            Some(&b"192.0.2.7"[..])
+        );
+    }
+    assert!(!h.contains_key("transfer-encoding"));
+    assert!(!h.contains_key("keep-alive"));
+}
