@@ -43,7 +43,8 @@ LABEL org.opencontainers.image.title="steer" \
       org.opencontainers.image.documentation="https://github.com/example/steer#readme" \
       org.opencontainers.image.base.name="docker.io/library/debian:bookworm-slim"
 
-# ca-certificates: for TLS to upstreams (protocol = "https", not built yet).
+# ca-certificates: the system roots for TLS to upstreams (protocol = "https"
+# without tls_ca).
 # curl: the HEALTHCHECK below (steer has no probe subcommand of its own).
 # Versions are not pinned on purpose (DL3008): Debian removes superseded
 # versions from the archive when a security update lands, so an exact pin
@@ -68,7 +69,7 @@ ENV STEER_CONFIG=/etc/steer/routes.toml \
 # Numeric, so Kubernetes' runAsNonRoot can verify it without /etc/passwd.
 USER 10001:10001
 
-# 8080 HTTP/1.1 + h2c, 8443 HTTPS (once TLS termination lands), 9901 admin.
+# 8080 HTTP/1.1 + h2c, 8443 HTTPS (listen.https, when configured), 9901 admin.
 EXPOSE 8080 8443 9901
 
 # SIGTERM: /ready turns 503, listeners keep serving for shutdown_delay, then

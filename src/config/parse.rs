@@ -816,7 +816,7 @@ fn route(errors: &mut Errors, t: &Table<'_, '_>, names: &Names) -> Option<RouteS
             .into_iter()
             .filter_map(|(text, span)| parse_cidr(text).map_err(|m| errors.push(span, m)).ok())
             .collect(),
-        target: target?,
+        target: Target::Upstream(0),
         fallback,
         strip_prefix: strip_prefix(errors, t),
         request_headers: header_rules(errors, t, "request_headers"),
@@ -824,7 +824,12 @@ fn route(errors: &mut Errors, t: &Table<'_, '_>, names: &Names) -> Option<RouteS
         rate_limit: rate_limit(errors, t),
         max_body: size(errors, t, "max_body"),
     };
-    Some(spec)
+    // Every other key is checked (and its errors reported) before a bad
+    // target drops the route.
+    Some(RouteSpec {
+        target: target?,
+        ..spec
+    })
 }
 
 fn lookup(errors: &mut Errors, names: &Names, name: &str, span: Span) -> Option<usize> {

@@ -394,3 +394,25 @@ fn warmups_parse_and_validate() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn a_route_with_a_bad_target_still_reports_its_other_errors() {
+    let errs = errors(&MINIMAL.replace(
+        "upstream = \"blue\"",
+        "upstream = \"nope\"\nstrip_prefix = \"api\"\nmax_body = \"lots\"",
+    ));
+    assert!(
+        errs.iter().any(|e| e.contains("unknown upstream `nope`")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("`strip_prefix` must start with `/`")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("`max_body` must be a positive size")),
+        "{errs:?}"
+    );
+}

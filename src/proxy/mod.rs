@@ -407,8 +407,8 @@ fn upstream_uri(
 /// query after rewriting. Re-aiming at another upstream (a retry, possibly
 /// a fallback with another protocol) only changes URI form and version.
 struct Aim {
-    /// The Host to add when the client sent none (HTTP/2 clients send
-    /// `:authority` instead).
+    /// The Host to set: the request's authority when it had one (HTTP/2,
+    /// absolute-form), else none (the client's Host stays).
     host: Option<HeaderValue>,
     path_and_query: http::uri::PathAndQuery,
 }
@@ -417,9 +417,7 @@ impl Aim {
     /// Puts the request in HTTP/1.1 form (origin-form URI, Host header);
     /// the client turns it into HTTP/2 form when the connection is h2.
     fn apply(&self, req: &mut Request<ReqBody>) {
-        if let Some(host) = &self.host
-            && !req.headers().contains_key(header::HOST)
-        {
+        if let Some(host) = &self.host {
             req.headers_mut().insert(header::HOST, host.clone());
         }
         *req.uri_mut() = Uri::from(self.path_and_query.clone());
@@ -500,17 +498,22 @@ async fn forward(
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     };
-    let host = match parts.headers.contains_key(header::HOST) {
-        true => None,
-        false => {
-            let authority = hop
-                .host
-                .map_or_else(|| first.1.addr.to_string(), str::to_owned);
+    // The host the request was routed by is the Host the upstream sees:
+    // an absolute-form target (or an HTTP/2 `:authority`) wins over a
+    // Host header that says otherwise (RFC 9112 §3.2.2), so `hosts`
+    // conditions cannot be sidestepped to reach another ZITADEL instance.
+    let host = match hop.host {
+        Some(h) if parts.uri.authority().is_some() || !parts.headers.contains_key(header::HOST) => {
             Some(
-                HeaderValue::from_str(&authority)
+                HeaderValue::from_str(h)
                     .map_err(|_| ProxyError::BadRequest("invalid authority"))?,
             )
         }
+        Some(_) => None,
+        None => Some(
+            HeaderValue::from_str(&first.1.addr.to_string())
+                .map_err(|_| ProxyError::BadRequest("invalid authority"))?,
+        ),
     };
     let aim = Aim {
         host,

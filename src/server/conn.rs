@@ -1,10 +1,9 @@
-//! Per-connection bookkeeping for client connections: activity for the
-//! idle timeout, open requests (a connection with a request or stream in
+//! Per-connection bookkeeping for client connections: the idle timeout's
+//! clock, open requests (a connection with a request or stream in
 //! flight is never idle), connection caps per listener and per client IP,
 //! and the count that a graceful shutdown waits on.
 
 use std::collections::HashMap;
-use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -14,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
 use crate::proxy::ProxyBody;
@@ -47,7 +45,9 @@ impl Activity {
         self.last_ms.store(now_ms(), Ordering::Relaxed);
     }
 
-    /// Idle: no request open and no bytes either way for `timeout`.
+    /// Idle: no request open, and none ended, for `timeout`. Bytes alone
+    /// do not count: HTTP/2 keep-alive pings would keep a connection that
+    /// nobody uses open forever.
     pub fn idle_for(&self, timeout: Duration) -> bool {
         let quiet = now_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed));
         self.open.load(Ordering::Relaxed) == 0
@@ -102,75 +102,6 @@ impl Body for Guarded {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-/// An IO stream that records when bytes last moved.
-#[derive(Debug)]
-pub struct IdleIo<T> {
-    inner: T,
-    activity: Arc<Activity>,
-}
-
-impl<T> IdleIo<T> {
-    pub fn new(inner: T, activity: Arc<Activity>) -> IdleIo<T> {
-        IdleIo { inner, activity }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.activity.touch();
-        }
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_write(cx, data);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.touch();
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

@@ -102,7 +102,7 @@ pub async fn serve_proxy(
             };
             active.inc();
             let activity = conn::Activity::new();
-            let io = conn::IdleIo::new(stream, activity.clone());
+            let io = stream;
             let info = ConnInfo {
                 peer,
                 tls: tls.is_some(),

@@ -295,3 +295,21 @@ async fn a_slow_stream_is_not_idle() {
             .await;
     assert_eq!(a.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn an_absolute_form_target_sets_the_host_the_upstream_sees() {
+    let routes = "[[routes]]\nname = \"a\"\nhosts = [\"a.example.com\"]\nupstream = \"blue\"\n";
+    let (_b, steer) = hardened("", routes).await;
+    let answer = raw(
+        steer.addr(),
+        b"GET http://a.example.com/x HTTP/1.1\r\nHost: b.example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(
+        v["host"], "a.example.com",
+        "routed by one host, must not reach the upstream as another"
+    );
+}
