@@ -17,6 +17,7 @@ use crate::proxy::ProxyBody;
 use crate::upstream::{Endpoint, Upstream};
 
 const DEFAULT_DRAIN_WAIT: Duration = Duration::from_secs(30);
+const MAX_DRAIN_WAIT: Duration = Duration::from_secs(3600);
 
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ProxyBody> {
     let path = req.uri().path().to_owned();
@@ -186,7 +187,8 @@ async fn drain(state: &AppState, name: &str, query: &str) -> Response<ProxyBody>
         .unwrap_or(DEFAULT_DRAIN_WAIT);
     upstream.draining.store(true, Ordering::Relaxed);
     tracing::info!(upstream = %name, "draining");
-    let deadline = Instant::now() + wait;
+    // Clamped: `?timeout=` is operator input and must not overflow.
+    let deadline = Instant::now() + wait.min(MAX_DRAIN_WAIT);
     // Reads the live table each round: a reload during the wait swaps the
     // Upstream object but keeps the endpoints (and their counts).
     let in_flight = || find(state, name).map_or(0, |u| u.in_flight());

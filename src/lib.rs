@@ -32,7 +32,8 @@
 //! - [`health`]: the threshold state machine and the probe tasks.
 //! - [`client`]: per-endpoint connection pools (HTTP/1.1, h2c).
 //! - [`table`]: the live table built from a config.
-//! - [`proxy`]: the request path, header rules, error mapping.
+//! - [`proxy`]: the request path, header rules, error mapping, per-route
+//!   rate limits (429) and the retry budget.
 //! - [`server`]: listeners and connection serving.
 //! - [`reload`]: file watch, poll, DNS refresh; sole writer of the table.
 //! - [`admin`]: the admin API.

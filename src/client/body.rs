@@ -16,11 +16,10 @@ use hyper::body::Incoming;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What went wrong on the client's side of a streamed body.
+/// What went wrong on the client's side of a streamed body (0: nothing).
 #[derive(Debug, Default)]
 pub struct Fault(AtomicU8);
 
-const NONE: u8 = 0;
 const TOO_LARGE: u8 = 1;
 const MALFORMED: u8 = 2;
 
@@ -31,10 +30,6 @@ impl Fault {
 
     pub fn malformed(&self) -> bool {
         self.0.load(Ordering::Relaxed) == MALFORMED
-    }
-
-    pub fn any(&self) -> bool {
-        self.0.load(Ordering::Relaxed) != NONE
     }
 }
 

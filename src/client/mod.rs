@@ -104,7 +104,13 @@ pub struct Dial<'a> {
 #[derive(Debug, Default)]
 pub struct Pool {
     idle_h1: Mutex<Vec<(H1Sender, Instant)>>,
-    h2: tokio::sync::Mutex<Option<H2Sender>>,
+    /// The shared HTTP/2 connection: read on every request without
+    /// waiting (never held across `.await`).
+    h2: Mutex<Option<H2Sender>>,
+    /// Held by the one request that opens the HTTP/2 connection, so that a
+    /// burst of first requests waits for that handshake instead of opening
+    /// one each.
+    h2_connect: tokio::sync::Mutex<()>,
 }
 
 /// A failed exchange; `request` is the request back when it was not sent.
@@ -157,22 +163,40 @@ impl Pool {
         }
     }
 
-    /// Number of idle HTTP/1.1 connections (for tests and metrics).
-    pub fn idle_h1(&self) -> usize {
-        self.idle_h1
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
     /// A live shared HTTP/2 connection, if there is one.
-    async fn live_h2(&self) -> Option<H2Sender> {
+    fn live_h2(&self) -> Option<H2Sender> {
         self.h2
             .lock()
-            .await
+            .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
             .filter(|s| !s.is_closed())
             .cloned()
+    }
+
+    fn store_h2(&self, sender: &H2Sender) {
+        *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender.clone());
+    }
+
+    /// Opens the shared HTTP/2 connection, or waits for the request that is
+    /// opening it. A waiter that finds none afterwards (that connect failed)
+    /// tries once itself rather than queueing behind a dead endpoint.
+    async fn shared_h2(&self, dial: Dial<'_>) -> Result<Fresh, ClientError> {
+        let waited = match self.h2_connect.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(_) => {
+                let _turn = self.h2_connect.lock().await;
+                if let Some(s) = self.live_h2() {
+                    return Ok(Fresh::H2(s));
+                }
+                None
+            }
+        };
+        let fresh = connect(dial, false).await?;
+        if let Fresh::H2(s) = &fresh {
+            self.store_h2(s);
+        }
+        drop(waited);
+        Ok(fresh)
     }
 
     /// Sends `req` (HTTP/1.1 form) to the endpoint. h2c upstreams get
@@ -182,7 +206,7 @@ impl Pool {
     pub async fn send(&self, dial: Dial<'_>, req: Request<ReqBody>) -> Result<Sent, Failed> {
         let upgrade = req.headers().contains_key(header::UPGRADE);
         let wants_h2 = !upgrade && dial.protocol != Protocol::Http1;
-        if wants_h2 && let Some(sender) = self.live_h2().await {
+        if wants_h2 && let Some(sender) = self.live_h2() {
             return send_h2(sender, dial, req).await;
         }
         let mut req = req;
@@ -199,18 +223,9 @@ impl Pool {
                 other => return other,
             }
         }
-        let fresh = if dial.protocol == Protocol::H2c && wants_h2 {
-            // One connection per endpoint: a burst of first requests waits
-            // for the one handshake instead of opening one each.
-            let mut slot = self.h2.lock().await;
-            match slot.as_ref().filter(|s| !s.is_closed()) {
-                Some(s) => Ok(Fresh::H2(s.clone())),
-                None => connect(dial, false).await.inspect(|f| {
-                    if let Fresh::H2(s) = f {
-                        *slot = Some(s.clone());
-                    }
-                }),
-            }
+        let fresh = if wants_h2 {
+            // h2c, or https where ALPN may settle on h2: one shared connection.
+            self.shared_h2(dial).await
         } else {
             connect(dial, upgrade).await
         };
@@ -219,12 +234,7 @@ impl Pool {
                 error,
                 request: Some(req),
             }),
-            Ok(Fresh::H2(sender)) => {
-                if dial.protocol == Protocol::Https {
-                    *self.h2.lock().await = Some(sender.clone());
-                }
-                send_h2(sender, dial, req).await
-            }
+            Ok(Fresh::H2(sender)) => send_h2(sender, dial, req).await,
             Ok(Fresh::H1(sender)) => send_h1(sender, dial, req).await,
         }
     }

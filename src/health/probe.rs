@@ -53,9 +53,11 @@ pub fn spawn(endpoint: &Arc<Endpoint>, on_result: ProbeHook) {
                     Duration::from_secs(1)
                 }
             };
-            // Sleep without keeping the endpoint alive; a reload that
-            // changes the settings wakes the task at once.
-            let changed = async move { ep.settings_changed.notified().await };
+            // Sleep without keeping the endpoint alive (a reload may drop
+            // it); a reload that changes the settings wakes the task at once.
+            let notify = ep.settings_changed.clone();
+            drop(ep);
+            let changed = async move { notify.notified().await };
             tokio::select! {
                 () = tokio::time::sleep(pause) => {}
                 () = changed => {}

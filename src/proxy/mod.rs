@@ -336,15 +336,21 @@ fn choose<'t>(table: &'t Table, route: &Route) -> Result<(usize, &'t Arc<Endpoin
     if let Some(found) = first.or_else(|| route.spec.fallback.iter().find_map(|u| try_one(*u))) {
         return Ok(found);
     }
-    let mut tried: Vec<String> = match &route.spec.target {
+    let tried: Vec<String> = match &route.spec.target {
         Target::Upstream(u) => vec![*u],
         Target::Split(parts) => parts.iter().map(|(u, _)| *u).collect(),
     }
     .into_iter()
     .chain(route.spec.fallback.iter().copied())
     .filter_map(|u| table.upstreams.get(u).map(|up| up.name.clone()))
-    .collect();
-    tried.dedup();
+    .fold(Vec::new(), |mut seen, name| {
+        // Each upstream once, in the order tried (a fallback may repeat a
+        // split member).
+        if !seen.contains(&name) {
+            seen.push(name);
+        }
+        seen
+    });
     Err(ProxyError::NoHealthyUpstream(tried))
 }
 
@@ -557,7 +563,7 @@ async fn forward(
                 if upstream.health.is_none() {
                     endpoint.record_passive_success();
                 }
-                return Ok(respond(sent, route, client_upgrade, guard));
+                return respond(sent, route, client_upgrade, guard);
             }
             Ok(Err(failed)) => failed,
         };
@@ -597,19 +603,27 @@ fn respond(
     route: &Route,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     guard: InFlight,
-) -> Response<ProxyBody> {
+) -> Result<Response<ProxyBody>, ProxyError> {
     let mut response = sent.response;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(response.headers_mut(), switching);
     headers::apply_rules(response.headers_mut(), &route.spec.response_headers);
     if switching {
-        return body::tunnel(response, client_upgrade, guard);
+        if client_upgrade.is_none() {
+            // A 101 the client did not ask for cannot be passed on.
+            let err = ProxyError::Broken(ClientError::BadRequest {
+                addr: guard.endpoint().addr,
+                reason: "upstream switched protocols unasked",
+            });
+            return Err(err);
+        }
+        return Ok(body::tunnel(response, client_upgrade, guard));
     }
     let (parts, incoming) = response.into_parts();
-    Response::from_parts(
+    Ok(Response::from_parts(
         parts,
         ProxyBody::upstream(UpstreamBody::new(incoming, guard, sent.h1)),
-    )
+    ))
 }
 
 #[cfg(test)]

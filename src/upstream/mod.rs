@@ -64,7 +64,7 @@ pub struct Endpoint {
     health_spec: Mutex<Option<HealthSpec>>,
     gauges: std::sync::OnceLock<EndpointGauges>,
     /// Wakes the probe task when its settings change on a reload.
-    pub(crate) settings_changed: tokio::sync::Notify,
+    pub(crate) settings_changed: Arc<tokio::sync::Notify>,
     pub pool: Pool,
 }
 
@@ -99,7 +99,7 @@ impl Endpoint {
             health: Mutex::new(HealthRecord::default()),
             health_spec: Mutex::new(None),
             gauges: std::sync::OnceLock::new(),
-            settings_changed: tokio::sync::Notify::new(),
+            settings_changed: Arc::new(tokio::sync::Notify::new()),
             pool: Pool::default(),
         }
     }

@@ -134,12 +134,20 @@ async fn a_failed_reload_increments_the_failure_counter_once() {
         sample(&metrics(&steer).await, series) == Some(1.0)
     })
     .await;
-    // The poll sees the same bad file again: still counted once.
-    let until = Instant::now() + Duration::from_millis(300);
+    // The same bad file written again (a file event, so a read) is not
+    // counted a second time; a different bad file is.
+    let bad = std::fs::read_to_string(&steer.path).unwrap();
+    std::fs::write(&steer.path, &bad).unwrap();
+    let until = Instant::now() + Duration::from_millis(500);
     while Instant::now() < until {
         assert_eq!(sample(&metrics(&steer).await, series), Some(1.0));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    std::fs::write(&steer.path, bad.replace("\"nope\"", "\"nope2\"")).unwrap();
+    eventually("second failure counted", || async {
+        sample(&metrics(&steer).await, series) == Some(2.0)
+    })
+    .await;
 }
 
 #[tokio::test]
