@@ -7,21 +7,6 @@ use http_body_util::{BodyExt, Full};
 
 use crate::support::*;
 
-async fn blue_green(
-    routes: &str,
-    protocol: &str,
-) -> (steer::demo::Deployment, steer::demo::Deployment, Steer) {
-    let blue = upstream("blue").await;
-    let green = upstream("green").await;
-    let config = format!(
-        "{}{}{routes}",
-        upstream_toml("blue", blue.addr(), protocol),
-        upstream_toml("green", green.addr(), protocol)
-    );
-    let steer = Steer::start_ready(&config).await;
-    (blue, green, steer)
-}
-
 #[tokio::test]
 async fn matchers_steer_end_to_end() {
     let routes = r#"

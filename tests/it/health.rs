@@ -43,14 +43,11 @@ async fn a_not_yet_checked_endpoint_receives_no_proxied_request() {
 
 #[tokio::test]
 async fn flipping_readiness_moves_traffic_to_the_fallback_and_back() {
-    let blue = upstream("blue").await;
-    let green = upstream("green").await;
-    let body = format!(
-        "{}{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\nfallback = [\"green\"]\n",
-        upstream_toml("blue", blue.addr(), "h2c"),
-        upstream_toml("green", green.addr(), "h2c"),
-    );
-    let steer = Steer::start_ready(&body).await;
+    let (blue, _green, steer) = blue_green(
+        "[[routes]]\nname = \"r\"\nupstream = \"blue\"\nfallback = [\"green\"]\n",
+        "h2c",
+    )
+    .await;
     assert_eq!(
         call(request("GET", &steer.url("/"))).await.deployment(),
         "blue"
@@ -76,14 +73,11 @@ async fn flipping_readiness_moves_traffic_to_the_fallback_and_back() {
 
 #[tokio::test]
 async fn all_down_is_503_naming_the_upstreams() {
-    let blue = upstream("blue").await;
-    let green = upstream("green").await;
-    let body = format!(
-        "{}{}[[routes]]\nname = \"r\"\nsplit = {{ blue = 1, green = 1 }}\n",
-        upstream_toml("blue", blue.addr(), "h2c"),
-        upstream_toml("green", green.addr(), "h2c"),
-    );
-    let steer = Steer::start_ready(&body).await;
+    let (blue, green, steer) = blue_green(
+        "[[routes]]\nname = \"r\"\nsplit = { blue = 1, green = 1 }\n",
+        "h2c",
+    )
+    .await;
     blue.set_ready(false);
     green.set_ready(false);
     eventually("all unhealthy", || async {
@@ -98,14 +92,11 @@ async fn all_down_is_503_naming_the_upstreams() {
 
 #[tokio::test]
 async fn a_split_whose_pick_is_down_uses_the_other_members() {
-    let blue = upstream("blue").await;
-    let green = upstream("green").await;
-    let body = format!(
-        "{}{}[[routes]]\nname = \"r\"\nsplit = {{ blue = 99, green = 1 }}\n",
-        upstream_toml("blue", blue.addr(), "h2c"),
-        upstream_toml("green", green.addr(), "h2c"),
-    );
-    let steer = Steer::start_ready(&body).await;
+    let (blue, _green, steer) = blue_green(
+        "[[routes]]\nname = \"r\"\nsplit = { blue = 99, green = 1 }\n",
+        "h2c",
+    )
+    .await;
     blue.set_ready(false);
     eventually("blue unhealthy", || async {
         states(&steer.admin(), "blue").await == ["unhealthy"]
@@ -228,14 +219,11 @@ async fn the_budget_caps_retries() {
 
 #[tokio::test]
 async fn drain_waits_for_an_in_flight_slow_request_which_succeeds() {
-    let blue = upstream("blue").await;
-    let green = upstream("green").await;
-    let body = format!(
-        "{}{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\nfallback = [\"green\"]\n",
-        upstream_toml("blue", blue.addr(), "h2c"),
-        upstream_toml("green", green.addr(), "h2c"),
-    );
-    let steer = Steer::start_ready(&body).await;
+    let (_blue, _green, steer) = blue_green(
+        "[[routes]]\nname = \"r\"\nupstream = \"blue\"\nfallback = [\"green\"]\n",
+        "h2c",
+    )
+    .await;
     let url = steer.url("/demo/slow?ms=700");
     let slow = tokio::spawn(async move { call(request("GET", &url)).await });
     eventually("request in flight", || async {
@@ -348,14 +336,11 @@ async fn ready_is_503_until_the_first_round_is_done() {
 
 #[tokio::test]
 async fn a_weight_zero_split_member_still_takes_over_when_the_others_are_down() {
-    let blue = upstream("blue").await;
-    let green = upstream("green").await;
-    let body = format!(
-        "{}{}[[routes]]\nname = \"r\"\nsplit = {{ blue = 100, green = 0 }}\n",
-        upstream_toml("blue", blue.addr(), "h2c"),
-        upstream_toml("green", green.addr(), "h2c"),
-    );
-    let steer = Steer::start_ready(&body).await;
+    let (blue, _green, steer) = blue_green(
+        "[[routes]]\nname = \"r\"\nsplit = { blue = 100, green = 0 }\n",
+        "h2c",
+    )
+    .await;
     for _ in 0..10 {
         assert_eq!(
             call(request("GET", &steer.url("/"))).await.deployment(),

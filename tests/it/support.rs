@@ -114,6 +114,23 @@ pub fn with_listen_full(listen: &str, proxy: &str, body: &str) -> String {
     )
 }
 
+/// ZITADEL-like `blue` and `green` (protocol as given) behind a ready
+/// steer with `routes`.
+pub async fn blue_green(
+    routes: &str,
+    protocol: &str,
+) -> (steer::demo::Deployment, steer::demo::Deployment, Steer) {
+    let blue = upstream("blue").await;
+    let green = upstream("green").await;
+    let config = format!(
+        "{}{}{routes}",
+        upstream_toml("blue", blue.addr(), protocol),
+        upstream_toml("green", green.addr(), protocol)
+    );
+    let steer = Steer::start_ready(&config).await;
+    (blue, green, steer)
+}
+
 /// One upstream `blue` (protocol as given) behind a ready steer whose
 /// only route `r` sends everything to it.
 pub async fn single(protocol: &str) -> (Deployment, Steer) {
