@@ -29,6 +29,10 @@ struct Cli {
     /// Take the listening sockets over from a running steer (see README).
     #[arg(long, global = true)]
     upgrade: bool,
+    /// Worker threads; 1 runs everything on one thread (a current-thread
+    /// runtime, like one nginx worker). Default: one per CPU.
+    #[arg(long, global = true, env = "STEER_WORKERS")]
+    workers: Option<usize>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -132,8 +136,8 @@ fn main() -> ExitCode {
                 client_ip,
             },
         ),
-        Some(Command::Demo) => serve(None, false),
-        Some(Command::Run) | None => serve(Some(cli.config), cli.upgrade),
+        Some(Command::Demo) => serve(None, false, cli.workers),
+        Some(Command::Run) | None => serve(Some(cli.config), cli.upgrade, cli.workers),
     }
 }
 
@@ -164,11 +168,20 @@ fn route(file: PathBuf, run: app::DryRun) -> ExitCode {
 }
 
 /// `run` (with a config path) or `demo` (without).
-fn serve(config: Option<PathBuf>, upgrade: bool) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+fn serve(config: Option<PathBuf>, upgrade: bool, workers: Option<usize>) -> ExitCode {
+    let built = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("steer: cannot start the runtime: {e}");

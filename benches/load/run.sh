@@ -47,7 +47,7 @@ declare -A TLS_PORT=([nginx]=$((BASE + 11)) [haproxy]=$((BASE + 12)) [steer]=$((
 PORT_ADMIN=$((BASE + 20))
 PROXIES=(nginx haproxy steer)
 # steer builds a multi-thread tokio runtime (src/main.rs) with one worker
-# per CPU by default; tokio reads TOKIO_WORKER_THREADS, so steer gets one
+# per CPU by default; `--workers 1` runs it on one thread (a current-thread runtime), like one nginx worker.
 # worker thread like the others. Override with STEER_WORKER_THREADS.
 STEER_THREADS="${STEER_WORKER_THREADS:-1}"
 # nginx keeps at most this many idle upstream connections (the brief's 64).
@@ -304,7 +304,7 @@ start_proxy() {  # name
       PIDS[haproxy]="$pid"; MAIN[haproxy]="$pid"
       ;;
     steer)
-      RUST_LOG=info TOKIO_WORKER_THREADS="$STEER_THREADS" taskset -c 0 "$STEER_BIN" run --log-format json \
+      RUST_LOG=info taskset -c 0 "$STEER_BIN" run --workers "$STEER_THREADS" --log-format json \
         --config "$WORK/steer-conf/routes.toml" 2>/dev/null >/dev/null &
       local pid=$!; STARTED+=("$pid")
       wait_http "${HTTP_PORT[steer]}" || die "steer did not start (try: $STEER_BIN check $WORK/steer-conf/routes.toml)"
@@ -435,7 +435,7 @@ EOF
   echo
   echo "Command: \`bash benches/load/run.sh --rounds $ROUNDS --seconds $SECONDS_$( [ "$IDLE_CONNS" != 8000 ] && echo " --idle-conns $IDLE_CONNS")$( [ "$SCENARIOS" != a,b,c,d ] && echo " --scenarios $SCENARIOS")\`"
   echo
-  echo "- steer: $("$STEER_BIN" --version) (binary built $(date -u -r "$STEER_SRC" '+%Y-%m-%d %H:%M UTC'); work tree at commit $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)), TOKIO_WORKER_THREADS=$STEER_THREADS, access log on (JSON to /dev/null)"
+  echo "- steer: $("$STEER_BIN" --version) (binary built $(date -u -r "$STEER_SRC" '+%Y-%m-%d %H:%M UTC'); work tree at commit $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)), --workers $STEER_THREADS, access log on (JSON to /dev/null)"
   echo "- $(nginx -v 2>&1 | sed 's/^nginx version: //'): 1 worker, upstream keepalive $NGINX_KEEPALIVE, access log on (file, buffer=64k)"
   echo "- $(haproxy -v | head -1 | cut -d' ' -f1-3): nbthread 1, http-reuse always, option httplog to stdout (/dev/null)"
   echo "- $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $(h2load --version | head -1); upstream: nginx, 1 worker, 100-byte body"
