@@ -362,3 +362,16 @@ async fn upgrade_hands_the_sockets_over_while_a_client_keeps_sending() {
     }
     assert!(total > 0);
 }
+
+#[tokio::test]
+async fn one_worker_runs_on_a_current_thread_runtime_and_serves() {
+    let (_b, _g, ups) = two("h2c").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    std::fs::write(&path, with_listen(&format!("{ups}{}", routes_to("blue")))).unwrap();
+    let p = spawn_steer_at(Some(dir), path, &["--workers", "1"]).await;
+    let ready = format!("{}/ready", p.admin);
+    eventually("ready", || async { get(&ready).await.0 == StatusCode::OK }).await;
+    let a = call(request("GET", &format!("{}/x", p.http))).await;
+    assert_eq!(a.deployment(), "blue");
+}
