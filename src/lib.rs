@@ -38,11 +38,13 @@
 //! - [`reload`]: file watch, poll, DNS refresh; sole writer of the table.
 //! - [`admin`]: the admin API.
 //! - [`metrics`]: Prometheus handles.
+//! - [`accesslog`]: the fast JSON writer of the access log.
 //! - [`tls`]: rustls server certificates (SNI, reload) and upstream TLS.
 //! - [`app`]: wiring, lifecycle, and the `check`/`route`/`demo` commands.
 //! - [`demo`]: the ZITADEL-like deployments behind `steer demo` and tests.
 //! - `fuzzing`: the bodies of the cargo-fuzz targets in `fuzz/`.
 
+pub mod accesslog;
 pub mod admin;
 pub mod app;
 pub mod client;

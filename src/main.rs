@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use steer::app;
+use tracing_subscriber::Layer as _;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -78,13 +79,28 @@ fn init_logging(format: Option<LogFormat>) {
         Some(LogFormat::Pretty) => false,
         None => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     if json {
-        builder.json().flatten_event(true).init();
+        // The access log has its own fast JSON writer; everything else goes
+        // through the general formatter.
+        let general = tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                m.target() != steer::accesslog::TARGET
+            }));
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(general)
+            .with(steer::accesslog::AccessJson)
+            .init();
     } else {
-        builder.init();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
     }
 }
 
