@@ -288,43 +288,27 @@ fn with_ramps(
             continue;
         };
         let to = fractions(parts);
-        if let Some(r) = old.ramp.as_ref().filter(|r| r.progress(now) < 1.0) {
-            let names = |list: &[(usize, f64)], t: &Table| -> Vec<(String, u64)> {
-                let mut v: Vec<(String, u64)> = list
-                    .iter()
-                    .map(|(u, w)| (t.upstreams[*u].name.clone(), (w * 1e9) as u64))
-                    .collect();
-                v.sort();
-                v
-            };
-            let new_names: Vec<(String, u64)> = {
-                let mut v: Vec<(String, u64)> = to
-                    .iter()
-                    .map(|(u, w)| (upstreams[*u].name.clone(), (w * 1e9) as u64))
-                    .collect();
-                v.sort();
-                v
-            };
-            if names(&r.to, prev) == new_names {
-                // Same destination (a DNS refresh, an unrelated edit): the
-                // ramp in progress goes on where it is.
-                let from = r
-                    .from
-                    .iter()
-                    .filter_map(|(u, w)| Some((index_of(&prev.upstreams[*u].name)?, *w)))
-                    .collect();
-                starts.push((
-                    route.index,
-                    Ramp {
-                        from,
-                        to,
-                        start: r.start,
-                        duration: r.duration,
-                    },
-                    true,
-                ));
-                continue;
-            }
+        if let Some(r) = old.ramp.as_ref().filter(|r| r.progress(now) < 1.0)
+            && by_name(&r.to, &prev.upstreams) == by_name(&to, upstreams)
+        {
+            // Same destination (a DNS refresh, an unrelated edit): the
+            // ramp in progress goes on where it is.
+            let from = r
+                .from
+                .iter()
+                .filter_map(|(u, w)| Some((index_of(&prev.upstreams[*u].name)?, *w)))
+                .collect();
+            starts.push((
+                route.index,
+                Ramp {
+                    from,
+                    to,
+                    start: r.start,
+                    duration: r.duration,
+                },
+                true,
+            ));
+            continue;
         }
         let old_shares: Vec<(String, f64)> = match (&old.ramp, &old.spec.target) {
             (Some(r), _) if r.progress(now) < 1.0 => r
@@ -365,6 +349,16 @@ fn with_ramps(
         routes.set_ramp(index, ramp, continued);
     }
     routes
+}
+
+/// Shares keyed by upstream name (indices differ between tables), sorted.
+fn by_name(shares: &[(usize, f64)], upstreams: &[Arc<Upstream>]) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = shares
+        .iter()
+        .filter_map(|(u, w)| Some((upstreams.get(*u)?.name.clone(), (w * 1e9) as u64)))
+        .collect();
+    v.sort();
+    v
 }
 
 /// Every address of one configured endpoint. A name that fails to resolve

@@ -125,12 +125,14 @@ pub async fn handle(
     let started = Instant::now();
     let table = shared.live.load_full();
     let request_id = headers::request_id(req.headers());
+    // Parsed once: the access log and routing both need it.
+    let raw_host = client_host(&req);
     let access = table.log.access.then(|| {
         Box::new(Access {
             table: table.clone(),
             start: started,
             method: req.method().clone(),
-            host: client_host(&req).ok().flatten(),
+            host: raw_host.as_ref().ok().and_then(Clone::clone),
             path: req
                 .uri()
                 .path_and_query()
@@ -150,7 +152,17 @@ pub async fn handle(
     let http1 = req.version() < Version::HTTP_2;
     let mut outcome = Outcome::default();
     let closing = conn.closing.clone();
-    let mut resp = match proxy(&shared, &table, conn, req, &request_id, &mut outcome).await {
+    let mut resp = match proxy(
+        &shared,
+        &table,
+        conn,
+        req,
+        raw_host,
+        &request_id,
+        &mut outcome,
+    )
+    .await
+    {
         Ok(resp) => resp,
         Err(err) => error_response(&err, &request_id),
     };
@@ -194,6 +206,7 @@ async fn proxy(
     table: &Table,
     conn: ConnInfo,
     req: Request<Incoming>,
+    raw_host: Result<Option<String>, ProxyError>,
     request_id: &HeaderValue,
     outcome: &mut Outcome,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -205,7 +218,7 @@ async fn proxy(
             "CONNECT: steer is a reverse proxy, not a tunnel",
         ));
     }
-    let raw_host = client_host(&req)?;
+    let raw_host = raw_host?;
     let host = raw_host.as_deref().map(routing::normalize_host);
     let trusted = routing::client_ip_trusted(conn.peer.ip(), &table.proxy.trusted_proxies);
     let client_ip =
