@@ -162,3 +162,36 @@ fn request_id_is_kept_or_generated() {
     assert_eq!(a.len(), 32);
     assert_ne!(a, b);
 }
+
+#[test]
+fn ip_text_matches_display() {
+    let ips = [
+        "0.0.0.0",
+        "127.0.0.1",
+        "10.20.30.40",
+        "255.255.255.255",
+        "1.100.99.9",
+        "::1",
+        "::",
+        "2001:db8::8a2e:370:7334",
+        "::ffff:255.255.255.255",
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    ];
+    for ip in ips {
+        let ip: IpAddr = ip.parse().unwrap();
+        assert_eq!(IpText::new(ip).as_str(), ip.to_string());
+    }
+}
+
+#[test]
+fn socket_text_matches_display() {
+    for addr in [
+        "127.0.0.1:8080",
+        "10.0.0.1:1",
+        "[::1]:443",
+        "[2001:db8::1]:65535",
+    ] {
+        let addr: SocketAddr = addr.parse().unwrap();
+        assert_eq!(IpText::socket(addr).as_str(), addr.to_string());
+    }
+}
