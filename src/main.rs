@@ -91,6 +91,7 @@ fn init_logging(format: Option<LogFormat>) {
             .with_filter(tracing_subscriber::filter::filter_fn(|m| {
                 m.target() != steer::accesslog::TARGET
             }));
+        steer::accesslog::install();
         tracing_subscriber::registry()
             .with(filter)
             .with(general)
@@ -210,6 +211,10 @@ fn serve(config: Option<PathBuf>, upgrade: bool, workers: Option<usize>) -> Exit
             None => app::demo().await,
         }
     });
+    // Connections still open end with the runtime; their access-log lines
+    // are the last to write out.
+    drop(runtime);
+    steer::accesslog::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<app::BindError>().is_some() => {

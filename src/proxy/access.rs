@@ -1,14 +1,18 @@
 //! The access log: one line per request at target `steer::access`, written
 //! when the response body is finished (or dropped), so that `bytes` and
 //! `duration_ms` cover the whole exchange. Built only when `[log] access`
-//! is on, so a switched-off log costs nothing per request.
+//! is on, so a switched-off log costs nothing per request. In JSON mode the
+//! line goes straight to the buffered writer of `crate::accesslog`; in the
+//! pretty format it is a tracing event.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderMap, HeaderValue, Method};
+use http::{HeaderMap, HeaderValue, Method, Uri};
 
+use super::headers::IpText;
+use crate::accesslog;
 use crate::table::Table;
 
 #[derive(Debug)]
@@ -16,8 +20,10 @@ pub struct Access {
     pub table: Arc<Table>,
     pub start: Instant,
     pub method: Method,
-    pub host: Option<String>,
-    pub path: String,
+    /// The request target as received (shares hyper's buffer: no copy).
+    pub uri: Uri,
+    /// The `Host` header, for requests whose target has no authority.
+    pub host: Option<HeaderValue>,
     pub request_id: HeaderValue,
     pub trace_id: Option<String>,
     pub client_ip: Option<IpAddr>,
@@ -47,18 +53,51 @@ impl Drop for Access {
             .upstream
             .and_then(|u| self.table.upstreams.get(u))
             .map_or("", |u| u.name.as_str());
+        let host = match self.uri.authority() {
+            Some(a) => a.as_str().as_bytes(),
+            None => self.host.as_ref().map_or(&b""[..], HeaderValue::as_bytes),
+        };
+        let path = self
+            .uri
+            .path_and_query()
+            .map_or_else(|| self.uri.path(), |p| p.as_str());
+        let client_ip = self.client_ip.map(IpText::new);
+        let client_ip = client_ip.as_ref().map_or("", IpText::as_str);
+        let endpoint = self.endpoint.map(IpText::socket);
+        let endpoint = endpoint.as_ref().map_or("", IpText::as_str);
+        let duration = self.start.elapsed();
+        if let Some(sink) = accesslog::sink() {
+            if tracing::enabled!(target: "steer::access", tracing::Level::INFO) {
+                sink.line("request", |l| {
+                    l.str("client_ip", client_ip);
+                    l.str("method", self.method.as_str());
+                    l.bytes("host", host);
+                    l.str("path", path);
+                    l.str("route", route);
+                    l.str("upstream", upstream);
+                    l.str("endpoint", endpoint);
+                    l.u64("status", u64::from(self.status));
+                    l.u64("bytes", self.bytes);
+                    l.millis("duration_ms", duration);
+                    l.bytes("request_id", self.request_id.as_bytes());
+                    l.u64("retries", u64::from(self.retries));
+                    l.str("trace_id", self.trace_id.as_deref().unwrap_or(""));
+                });
+            }
+            return;
+        }
         tracing::info!(
             target: "steer::access",
-            client_ip = %self.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            client_ip,
             method = %self.method,
-            host = self.host.as_deref().unwrap_or(""),
-            path = %self.path,
+            host = %String::from_utf8_lossy(host),
+            path,
             route,
             upstream,
-            endpoint = %self.endpoint.map(|e| e.to_string()).unwrap_or_default(),
+            endpoint,
             status = self.status,
             bytes = self.bytes,
-            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = duration.as_secs_f64() * 1000.0,
             request_id = %String::from_utf8_lossy(self.request_id.as_bytes()),
             retries = self.retries,
             trace_id = self.trace_id.as_deref().unwrap_or(""),

@@ -132,11 +132,8 @@ pub async fn handle(
             table: table.clone(),
             start: started,
             method: req.method().clone(),
-            host: raw_host.as_ref().ok().and_then(Clone::clone),
-            path: req
-                .uri()
-                .path_and_query()
-                .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned()),
+            uri: req.uri().clone(),
+            host: req.headers().get(header::HOST).cloned(),
             request_id: request_id.clone(),
             trace_id: access::trace_id(req.headers()),
             client_ip: None,
@@ -235,16 +232,19 @@ async fn proxy(
     let route = table.routes.select(&view).ok_or(ProxyError::NoRoute)?;
     outcome.route = Some(route.index);
     if let Some(limiter) = table.limiters.get(route.index).and_then(Option::as_ref) {
+        let ip_text;
         let key = match &limiter.spec.key {
-            crate::config::RateKey::ClientIp => std::borrow::Cow::Owned(client_ip.to_string()),
-            crate::config::RateKey::Header(h) => std::borrow::Cow::Borrowed(
-                req.headers()
-                    .get(h)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or(""),
-            ),
+            crate::config::RateKey::ClientIp => {
+                ip_text = headers::IpText::new(client_ip);
+                ip_text.as_str()
+            }
+            crate::config::RateKey::Header(h) => req
+                .headers()
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
         };
-        if let ratelimit::Verdict::Limit(secs) = limiter.check(&key, Instant::now()) {
+        if let ratelimit::Verdict::Limit(secs) = limiter.check(key, Instant::now()) {
             shared.metrics.rate_limited(&route.spec.name);
             return Err(ProxyError::TooManyRequests(secs));
         }
