@@ -37,7 +37,8 @@ pub struct Access {
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
 pub fn trace_id(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get("traceparent")?.to_str().ok()?;
+    const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+    let v = headers.get(TRACEPARENT)?.to_str().ok()?;
     let mut parts = v.split('-');
     let (_version, id) = (parts.next()?, parts.next()?);
     (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())

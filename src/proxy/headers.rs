@@ -13,7 +13,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use crate::config::HeaderRules;
 
 /// Forwarding headers removed from clients that are not trusted proxies.
-const FORWARDING_NAMES: [HeaderName; 9] = [
+static FORWARDING_NAMES: [HeaderName; 9] = [
     header::FORWARDED,
     HeaderName::from_static("x-forwarded-for"),
     HeaderName::from_static("x-forwarded-host"),
@@ -25,8 +25,13 @@ const FORWARDING_NAMES: [HeaderName; 9] = [
     HeaderName::from_static("x-zitadel-public-host"),
 ];
 
+const FWD_FORWARDED: usize = 0;
+const FWD_XFF: usize = 1;
+const FWD_XFH: usize = 2;
+const FWD_XFP: usize = 3;
+
 /// RFC 9110 §7.6.1 hop-by-hop fields, plus the legacy `proxy-connection`.
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -36,6 +41,8 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
+const HOP_CONNECTION: usize = 0;
+const HOP_TE: usize = 5;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -60,39 +67,61 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// `te: trailers` (gRPC needs it end to end) and, for upgrades, `Upgrade`
 /// with `Connection: upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Most requests carry none of these: one pass over the names (cheap
-    // comparisons of parsed names) instead of ten hashed removals.
-    if !headers
-        .keys()
-        .any(|n| n == header::UPGRADE || HOP_BY_HOP.contains(n))
-    {
+    // One pass over the names (cheap comparisons of parsed names) finds
+    // which hop-by-hop fields are present; only those are removed.
+    let mut present = 0u32;
+    let mut has_upgrade = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        } else if name == header::UPGRADE {
+            has_upgrade = true;
+        }
+    }
+    if present == 0 && !has_upgrade {
         return;
     }
-    let te_trailers = headers
-        .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        if !(upgrade && name == header::UPGRADE) {
+    let te_trailers = present & (1 << HOP_TE) != 0
+        && headers
+            .get(header::TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+    if present & (1 << HOP_CONNECTION) != 0
+        && let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION)
+    {
+        let (_, mut values) = entry.remove_entry_mult();
+        // Usually one value: `rest` stays empty and allocates nothing.
+        let first = values.next();
+        let rest: Vec<HeaderValue> = values.collect();
+        for value in first.iter().chain(&rest) {
+            let Ok(value) = value.to_str() else { continue };
+            for token in value.split(',').map(str::trim) {
+                // `keep-alive` and `close` are the usual tokens: the first
+                // is in HOP_BY_HOP anyway, the second names no header.
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case("close")
+                    || token.eq_ignore_ascii_case("keep-alive")
+                    || (upgrade && token.eq_ignore_ascii_case("upgrade"))
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if i != HOP_CONNECTION && present & (1 << i) != 0 {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if has_upgrade {
         headers.remove(header::UPGRADE);
     }
     if te_trailers {
@@ -118,14 +147,29 @@ pub struct Hop<'a> {
 /// saw the original request); `Forwarded` gets an element for this hop
 /// appended, so its left-most element stays the original client's.
 pub fn apply_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
-    if !hop.trusted && headers.keys().any(|n| FORWARDING_NAMES.contains(n)) {
-        for name in &FORWARDING_NAMES {
-            headers.remove(name);
+    // Which forwarding headers the request has, by index in
+    // FORWARDING_NAMES: one pass instead of a hashed lookup per name.
+    let mut present = 0u32;
+    for name in headers.keys() {
+        if let Some(i) = FORWARDING_NAMES.iter().position(|h| h == name) {
+            present |= 1 << i;
         }
     }
+    if !hop.trusted && present != 0 {
+        for (i, name) in FORWARDING_NAMES.iter().enumerate() {
+            if present & (1 << i) != 0 {
+                headers.remove(name);
+            }
+        }
+        present = 0;
+    }
+    let has = |i: usize| present & (1 << i) != 0;
     let peer = IpText::new(hop.peer);
     let peer = peer.as_str();
-    let xff = match join_values(headers, &X_FORWARDED_FOR) {
+    let xff = match has(FWD_XFF)
+        .then(|| join_values(headers, &X_FORWARDED_FOR))
+        .flatten()
+    {
         Some(prev) => value(format!("{prev}, {peer}").into()),
         None => value(Bytes::copy_from_slice(peer.as_bytes())),
     };
@@ -137,8 +181,11 @@ pub fn apply_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
     // balancers) saw the original scheme and host; the Forwarded element
     // steer starts must say the same, or ZITADEL, which reads the left-most
     // Forwarded element first, would build http:// URLs behind a TLS LB.
-    let first_hop = !headers.contains_key(header::FORWARDED);
-    let trusted_value = |name: &HeaderName| {
+    let first_hop = !has(FWD_FORWARDED);
+    let trusted_value = |i: usize, name: &HeaderName| {
+        if !has(i) {
+            return None;
+        }
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
@@ -147,25 +194,27 @@ pub fn apply_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
     };
     let (proto, fwd_host): (Cow<'_, str>, Option<Cow<'_, str>>) = if hop.trusted && first_hop {
         (
-            trusted_value(&X_FORWARDED_PROTO).map_or(Cow::Borrowed(own_proto), Cow::Owned),
-            trusted_value(&X_FORWARDED_HOST)
+            trusted_value(FWD_XFP, &X_FORWARDED_PROTO).map_or(Cow::Borrowed(own_proto), Cow::Owned),
+            trusted_value(FWD_XFH, &X_FORWARDED_HOST)
                 .map(Cow::Owned)
                 .or_else(|| hop.host.map(Cow::Borrowed)),
         )
     } else {
         (Cow::Borrowed(own_proto), hop.host.map(Cow::Borrowed))
     };
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
+    if !has(FWD_XFP) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(own_proto));
     }
     if let Some(host) = hop.host
-        && !headers.contains_key(&X_FORWARDED_HOST)
+        && !has(FWD_XFH)
         && let Some(v) = value(Bytes::copy_from_slice(host.as_bytes()))
     {
         headers.insert(X_FORWARDED_HOST, v);
     }
     let proto = if is_token(&proto) { &proto } else { own_proto };
-    let previous = join_values(headers, &header::FORWARDED);
+    let previous = has(FWD_FORWARDED)
+        .then(|| join_values(headers, &header::FORWARDED))
+        .flatten();
     let mut element = BytesMut::with_capacity(
         previous.as_ref().map_or(0, |p| p.len() + 2)
             + 40
@@ -193,7 +242,11 @@ pub fn apply_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
         }
         Some(host) => {
             element.extend_from_slice(b";host=\"");
-            element.extend(host.bytes().filter(|b| !matches!(b, b'"' | b'\\')));
+            if host.contains(['"', '\\']) {
+                element.extend(host.bytes().filter(|b| !matches!(b, b'"' | b'\\')));
+            } else {
+                element.extend_from_slice(host.as_bytes());
+            }
             element.extend_from_slice(b"\"");
         }
         None => {}
