@@ -223,11 +223,13 @@ impl Pool {
                 other => return other,
             }
         }
+        // Boxed: a connect (TCP, TLS handshake, HTTP handshake) is kilobytes
+        // of future state that every request would otherwise carry and copy.
         let fresh = if wants_h2 {
             // h2c, or https where ALPN may settle on h2: one shared connection.
-            self.shared_h2(dial).await
+            Box::pin(self.shared_h2(dial)).await
         } else {
-            connect(dial, upgrade).await
+            Box::pin(connect(dial, upgrade)).await
         };
         match fresh {
             Err(error) => Err(Failed {
