@@ -54,7 +54,8 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
 }
 
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+/// Whether the `Connection` header lists `token`.
+pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()

@@ -22,6 +22,7 @@ use crate::config::ProxySettings;
 mod conn;
 pub mod handover;
 pub mod listeners;
+mod park;
 use crate::proxy::{self, ConnInfo, ProxyBody, Shared};
 
 /// hyper's own parser limit sits above steer's `max_header_bytes` so that
@@ -36,21 +37,39 @@ const HYPER_MAX_HEADERS: usize = 100;
 /// `Connection: close` answers before idle connections are closed.
 const KEEPALIVE_GRACE: Duration = Duration::from_secs(2);
 
+/// hyper's parser buffer ceiling for a listener: far enough above
+/// `max_header_bytes` that steer's own check answers first.
+fn parser_buf_size(settings: &ProxySettings) -> usize {
+    (settings.max_header_bytes * PARSER_SLACK).max(8192 * 2)
+}
+
+/// hyper's header-count ceiling, when its default does not do. hyper parses
+/// into a stack array of 100 headers unless told a limit; any explicit limit
+/// costs a heap allocation and an initialised array per request (~3,300
+/// instructions). Up to 100 headers its default guards the parser and
+/// `check_limits` answers with the reason.
+fn parser_max_headers(settings: &ProxySettings) -> Option<usize> {
+    (settings.max_headers > HYPER_MAX_HEADERS).then_some(settings.max_headers * 2)
+}
+
+/// The two ways a client-facing listener serves a connection: hyper-util's
+/// auto builder (TLS, h2c) and plain HTTP/1.1 rounds (`park`).
+pub struct Builders {
+    auto: auto::Builder<TokioExecutor>,
+    http1: hyper::server::conn::http1::Builder,
+}
+
 /// Connection-level settings for client-facing listeners.
-pub fn builder(settings: &ProxySettings) -> auto::Builder<TokioExecutor> {
+pub fn builder(settings: &ProxySettings) -> Builders {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size((settings.max_header_bytes * PARSER_SLACK).max(8192 * 2))
+        .max_buf_size(parser_buf_size(settings))
         .keep_alive(true);
-    // hyper parses into a stack array of 100 headers unless told a limit;
-    // any explicit limit costs a heap allocation and an initialised array
-    // per request (~3,300 instructions). Up to 100 headers its default
-    // guards the parser and `check_limits` answers with the reason.
-    if settings.max_headers > HYPER_MAX_HEADERS {
-        builder.http1().max_headers(settings.max_headers * 2);
+    if let Some(n) = parser_max_headers(settings) {
+        builder.http1().max_headers(n);
     }
     builder
         .http2()
@@ -63,7 +82,15 @@ pub fn builder(settings: &ProxySettings) -> auto::Builder<TokioExecutor> {
         .max_pending_accept_reset_streams(100)
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
-    builder
+    Builders {
+        auto: builder,
+        http1: park::http1_builder(settings),
+    }
+}
+
+/// How often a connection checks whether it has been idle for `idle`.
+fn idle_tick(idle: Duration) -> tokio::time::Interval {
+    tokio::time::interval((idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)))
 }
 
 /// TLS on a listener: the acceptor (certificates swap underneath it) and
@@ -103,6 +130,7 @@ pub async fn serve_proxy(
         let active = active.clone();
         let finish = finish_rx.clone();
         let idle = settings.idle_timeout;
+        let header_read_timeout = settings.header_read_timeout;
         let closing = closing.clone();
         async move {
             let Some(_slot) = slot else {
@@ -121,12 +149,12 @@ pub async fn serve_proxy(
             // two futures inline (a TLS session is kilobytes), which is what
             // an idle connection costs.
             let result = match tls {
-                None => Box::pin(serve_client(&builder, TokioIo::new(io), shared, info, activity, idle, finish)).await,
+                None => Box::pin(park::serve(&builder, io, shared, info, activity, idle, header_read_timeout, finish)).await,
                 Some(tls) => {
                     Box::pin(async move {
                         match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(io)).await {
                             Ok(Ok(stream)) => {
-                                serve_client(&builder, TokioIo::new(stream), shared, info, activity, idle, finish).await
+                                serve_client(&builder.auto, TokioIo::new(stream), shared, info, activity, idle, finish).await
                             }
                             Ok(Err(e)) => Err(format!("TLS handshake failed: {e}").into()),
                             Err(_) => Err("TLS handshake timed out".into()),
@@ -206,8 +234,7 @@ where
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
-    let mut tick =
-        tokio::time::interval((idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)));
+    let mut tick = idle_tick(idle);
     let mut asked = *finish.borrow();
     if asked {
         conn.as_mut().graceful_shutdown();

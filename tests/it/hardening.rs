@@ -313,3 +313,127 @@ async fn an_absolute_form_target_sets_the_host_the_upstream_sees() {
         "routed by one host, must not reach the upstream as another"
     );
 }
+
+/// Reads from `s` until `count` complete responses with a `Content-Length`
+/// body have arrived (or 5 s pass); returns their status codes.
+async fn read_responses(s: &mut TcpStream, count: usize) -> Vec<u16> {
+    let mut buf = Vec::new();
+    let mut statuses = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while statuses.len() < count && Instant::now() < deadline {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("responses in time")
+            .unwrap();
+        assert!(n > 0, "closed after {statuses:?}");
+        buf.extend_from_slice(&chunk[..n]);
+        // Take every complete response off the front of the buffer.
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() < end + 4 + len {
+                break;
+            }
+            statuses.push(status_of(&head));
+            buf.drain(..end + 4 + len);
+        }
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn pipelined_and_mixed_requests_share_one_plain_connection() {
+    // Plain HTTP/1.1 connections are served in rounds that end after a
+    // request without a body (src/server/park.rs): pipelined requests left
+    // in hyper's buffer, and requests with bodies, must all be answered.
+    let (blue, steer) = hardened("", ONE_ROUTE).await;
+    let mut s = TcpStream::connect(steer.addr()).await.unwrap();
+    let get = "GET /a HTTP/1.1\r\nHost: auth.example.com\r\n\r\n";
+    let post =
+        "POST /demo/echo HTTP/1.1\r\nHost: auth.example.com\r\nContent-Length: 5\r\n\r\nhello";
+    s.write_all(format!("{get}{get}{post}{get}").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_responses(&mut s, 4).await, [200, 200, 200, 200]);
+    // The same connection goes on after being idle between rounds.
+    s.write_all(format!("{post}{get}").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(read_responses(&mut s, 2).await, [200, 200]);
+    s.write_all(get.as_bytes()).await.unwrap();
+    assert_eq!(read_responses(&mut s, 1).await, [200]);
+    assert_eq!(blue.requests(), 7);
+}
+
+#[tokio::test]
+async fn plain_keep_alive_outlives_header_read_timeout() {
+    // Between requests a plain HTTP/1.1 connection waits under idle_timeout,
+    // not header_read_timeout (hyper's timer only runs within a round).
+    let (_b, steer) = hardened(
+        "header_read_timeout = \"200ms\"\nidle_timeout = \"10s\"",
+        ONE_ROUTE,
+    )
+    .await;
+    let mut s = TcpStream::connect(steer.addr()).await.unwrap();
+    let get = b"GET / HTTP/1.1\r\nHost: auth.example.com\r\n\r\n";
+    s.write_all(get).await.unwrap();
+    assert_eq!(read_responses(&mut s, 1).await, [200]);
+    // Idle for longer than header_read_timeout: the behaviour under test.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    s.write_all(get).await.unwrap();
+    assert_eq!(read_responses(&mut s, 1).await, [200]);
+}
+
+#[tokio::test]
+async fn a_connection_that_never_sends_is_closed_after_header_read_timeout() {
+    let (_b, steer) = hardened(
+        "header_read_timeout = \"300ms\"\nidle_timeout = \"10s\"",
+        ONE_ROUTE,
+    )
+    .await;
+    let mut s = TcpStream::connect(steer.addr()).await.unwrap();
+    let started = Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("a silent client must be cut off")
+        .unwrap();
+    assert!(out.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test]
+async fn a_trickling_slow_client_is_cut_off_across_parked_rounds() {
+    // A head that grows by a byte every 100 ms never completes; parking the
+    // connection between rounds must not restart its header_read_timeout.
+    let (_b, steer) = hardened("header_read_timeout = \"400ms\"", ONE_ROUTE).await;
+    let mut s = TcpStream::connect(steer.addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").await.unwrap();
+    let started = Instant::now();
+    let cut_off = loop {
+        if started.elapsed() > Duration::from_secs(4) {
+            break false;
+        }
+        // Paced sending is the behaviour under test, not synchronisation.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if s.write_all(b"a").await.is_err() {
+            break true;
+        }
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(1), s.read(&mut byte)).await;
+        if let Ok(Ok(0) | Err(_)) = read {
+            break true;
+        }
+    };
+    assert!(cut_off, "still open after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}

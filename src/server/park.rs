@@ -1,0 +1,335 @@
+//! Plain-TCP HTTP/1.1 connections that hold no buffers while idle.
+//!
+//! hyper keeps an 8 KiB read buffer (and its write buffer and connection
+//! state) for as long as a keep-alive connection lives; with thousands of
+//! idle clients that is most of steer's memory. Here a connection is served
+//! in rounds: a round is a hyper HTTP/1.1 connection over the socket, and it
+//! ends when the connection has had no request open for `PARK_AFTER` (1 s,
+//! or half of `header_read_timeout` if that is shorter): steer
+//! asks hyper to finish (an idle hyper connection ends at once), swallows
+//! hyper's shutdown of the socket, and takes the socket back with any bytes
+//! hyper had read (`into_parts`). The parked connection is then only its
+//! socket and a small task, waiting for readability without a buffer; the
+//! next byte starts the next round. Busy connections stay in one round, so
+//! requests pay nothing for this.
+//!
+//! The first bytes are peeked: an h2c preface goes to hyper-util's auto
+//! builder, as do TLS connections (`serve_client`).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::{ClientResult, conn};
+use crate::proxy::{self, ConnInfo, Shared};
+
+/// The HTTP/2 connection preface (h2c with prior knowledge).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long a connection has no request open before its round ends and
+/// it gives its buffers back (at most half of `header_read_timeout`,
+/// checked every half of that, but not more often than `MIN_CHECK`).
+const PARK_AFTER: Duration = Duration::from_secs(1);
+const MIN_CHECK: Duration = Duration::from_millis(20);
+
+/// What happened in one round.
+#[derive(Debug, Default)]
+struct Exchange(AtomicU8);
+
+/// A request was answered in this round.
+const SERVED: u8 = 1;
+/// An answer was `101`: hyper hands the socket to the upgrade.
+const UPGRADED: u8 = 2;
+
+impl Exchange {
+    fn set(&self, bit: u8) {
+        self.0.fetch_or(bit, Ordering::Relaxed);
+    }
+
+    fn has(&self, bit: u8) -> bool {
+        self.0.load(Ordering::Relaxed) & bit != 0
+    }
+}
+
+/// The socket as hyper sees it during a round: first the bytes left over
+/// from the previous round, then the stream. hyper's shutdown at the end
+/// of a round is swallowed (steer decides whether the connection goes on);
+/// after an upgrade it is real, as the tunnel's end needs it.
+struct RoundIo {
+    prefix: Bytes,
+    stream: TcpStream,
+    exchange: Arc<Exchange>,
+}
+
+impl AsyncRead for RoundIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for RoundIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.exchange.has(UPGRADED) {
+            Pin::new(&mut this.stream).poll_shutdown(cx)
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+}
+
+/// Why the wait for the next request ended.
+enum Woken {
+    Readable,
+    Close,
+}
+
+/// Waits, holding nothing but the socket, until it is readable; `Close`
+/// when the listener finishes, the connection has been idle for `idle`
+/// (checked at `tick`).
+async fn wait_readable(
+    stream: &TcpStream,
+    tick: &mut tokio::time::Interval,
+    activity: &conn::Activity,
+    idle: Duration,
+    finish: &mut watch::Receiver<bool>,
+) -> io::Result<Woken> {
+    if *finish.borrow() {
+        return Ok(Woken::Close);
+    }
+    loop {
+        tokio::select! {
+            biased;
+            ready = stream.readable() => return ready.map(|()| Woken::Readable),
+            changed = finish.changed() => {
+                if changed.is_err() || *finish.borrow() {
+                    return Ok(Woken::Close);
+                }
+            }
+            _ = tick.tick() => {
+                if activity.idle_for(idle) {
+                    return Ok(Woken::Close);
+                }
+            }
+        }
+    }
+}
+
+/// Serves a plain-TCP client connection (see the module docs).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn serve(
+    builder: &super::Builders,
+    mut stream: TcpStream,
+    shared: Arc<Shared>,
+    info: ConnInfo,
+    activity: Arc<conn::Activity>,
+    idle: Duration,
+    header_read_timeout: Duration,
+    mut finish: watch::Receiver<bool>,
+) -> ClientResult {
+    // The first request: a client that sends nothing at all is a slow
+    // client, bounded like one that sends a partial head.
+    // The first request: a client that sends nothing at all is bounded
+    // like one that sends a partial head (or by idle_timeout if shorter).
+    let mut head = [0u8; H2_PREFACE.len()];
+    let n = tokio::select! {
+        biased;
+        n = stream.peek(&mut head) => n?,
+        () = tokio::time::sleep(header_read_timeout.min(idle)) => return Ok(()),
+        () = async { let _ = finish.wait_for(|f| *f).await; } => return Ok(()),
+    };
+    if n == 0 {
+        return Ok(());
+    }
+    if head[..n] == H2_PREFACE[..n] {
+        // h2c (or too few bytes to tell): hyper-util's auto builder.
+        // Boxed: a plain connection's task holds no space for it.
+        return Box::pin(super::serve_client(
+            &builder.auto,
+            TokioIo::new(stream),
+            shared,
+            info,
+            activity,
+            idle,
+            finish,
+        ))
+        .await;
+    }
+    let mut tick = super::idle_tick(idle);
+    // hyper's header timer runs while a round sits idle: park well before.
+    let park_after = PARK_AFTER.min(header_read_timeout / 2);
+    let mut leftover = Bytes::new();
+    // Since when the bytes carried between rounds have been an incomplete
+    // request head: hyper's header timer restarts with each round, so the
+    // limit for a slow client is kept here across them.
+    let mut partial_since: Option<Instant> = None;
+    loop {
+        let exchange = Arc::new(Exchange::default());
+        let round = {
+            let shared = shared.clone();
+            let info = info.clone();
+            let activity = activity.clone();
+            let exchange = exchange.clone();
+            service_fn(move |req: Request<Incoming>| {
+                let shared = shared.clone();
+                let info = info.clone();
+                let open = activity.open();
+                let exchange = exchange.clone();
+                async move {
+                    let resp = proxy::handle(shared, info, req).await;
+                    exchange.set(SERVED);
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        exchange.set(UPGRADED);
+                    }
+                    Ok::<Response<_>, std::convert::Infallible>(
+                        resp.map(|b| conn::Guarded::new(b, open)),
+                    )
+                }
+            })
+        };
+        let io = RoundIo {
+            prefix: leftover,
+            stream,
+            exchange: exchange.clone(),
+        };
+        // Boxed: while parked the task holds no space for hyper's state.
+        let mut conn = Box::new(
+            builder
+                .http1
+                .serve_connection(TokioIo::new(io), round)
+                .with_upgrades(),
+        );
+        let mut check = tokio::time::interval((park_after / 2).min(idle).max(MIN_CHECK));
+        check.reset();
+        let mut parking = false;
+        let mut closing = false;
+        let result = loop {
+            tokio::select! {
+                result = &mut *conn => break result,
+                changed = finish.changed(), if !closing => {
+                    if changed.is_err() || *finish.borrow() {
+                        closing = true;
+                        Pin::new(&mut *conn).graceful_shutdown();
+                    }
+                }
+                _ = check.tick(), if !closing && !parking => {
+                    if activity.idle_for(idle) {
+                        closing = true;
+                        Pin::new(&mut *conn).graceful_shutdown();
+                    } else if activity.idle_for(park_after) {
+                        parking = true;
+                        Pin::new(&mut *conn).graceful_shutdown();
+                    }
+                }
+            }
+        };
+        tracing::trace!(?result, parking, closing, "round ended");
+        result?;
+        let Some(parts) = conn.into_parts() else {
+            return Ok(()); // upgraded: the tunnel owns the socket now
+        };
+        let hyper::server::conn::http1::Parts { io, read_buf, .. } = parts;
+        let io = io.into_inner();
+        stream = io.stream;
+        // Only a round that ended because steer parked it may go on: hyper
+        // ends one by itself when the client or the answer closes.
+        if !parking || closing || *finish.borrow() {
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+            return Ok(());
+        }
+        // Copied out, even when empty: a Bytes of hyper's read buffer pins
+        // the whole 8 KiB allocation.
+        leftover = if io.prefix.is_empty() {
+            Bytes::copy_from_slice(&read_buf)
+        } else {
+            let mut both = BytesMut::with_capacity(read_buf.len() + io.prefix.len());
+            both.extend_from_slice(&read_buf);
+            both.extend_from_slice(&io.prefix);
+            both.freeze()
+        };
+        drop(read_buf);
+        let served = exchange.has(SERVED);
+        drop(exchange);
+        partial_since = match partial_since {
+            _ if leftover.is_empty() => None,
+            Some(since) if !served => Some(since),
+            _ => Some(Instant::now()),
+        };
+        if partial_since.is_some_and(|since| since.elapsed() >= header_read_timeout) {
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+            return Ok(());
+        }
+        tracing::trace!(leftover = leftover.len(), "connection parked");
+        if leftover.is_empty() {
+            match wait_readable(&stream, &mut tick, &activity, idle, &mut finish).await? {
+                Woken::Close => {
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                    return Ok(());
+                }
+                Woken::Readable => {}
+            }
+        }
+    }
+}
+
+/// The HTTP/1.1 builder of a round, with the listener's settings.
+pub(super) fn http1_builder(settings: &crate::config::ProxySettings) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(super::parser_buf_size(settings))
+        .keep_alive(true);
+    if let Some(n) = super::parser_max_headers(settings) {
+        builder.max_headers(n);
+    }
+    builder
+}
