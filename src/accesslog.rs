@@ -179,9 +179,37 @@ fn push_padded(buf: &mut Vec<u8>, value: u32, width: usize) {
     buf.extend_from_slice(&digits[..width]);
 }
 
+/// Whether `bytes` holds a byte JSON needs escaped (`"`, `\\`, controls),
+/// eight bytes at a time: access-log values almost never do.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    // Any byte of `x` below `n` (n <= 128), or equal to zero.
+    let below = |x: u64, n: u8| x.wrapping_sub(LO * u64::from(n)) & !x & HI;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        let quote = x ^ (LO * u64::from(b'"'));
+        let backslash = x ^ (LO * u64::from(b'\\'));
+        if below(x, 0x20) | below(quote, 1) | below(backslash, 1) != 0 {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
 /// Appends `s` as the inside of a JSON string.
 fn escape(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
+    if !needs_escape(bytes) {
+        out.extend_from_slice(bytes);
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let short: &[u8] = match b {
@@ -305,6 +333,30 @@ mod tests {
         out.push(b'"');
         let back: String = serde_json::from_slice(&out).unwrap();
         assert_eq!(back, "a\"b\\c\nd\u{1}é\u{1f}\t");
+    }
+
+    #[test]
+    fn needs_escape_finds_every_special_byte_at_every_position() {
+        assert!(!needs_escape(
+            b"GET /oauth/v2/authorize?client_id=abc 127.0.0.1"
+        ));
+        for len in 0..20 {
+            let clean = vec![b'a'; len];
+            assert!(!needs_escape(&clean));
+            for pos in 0..len {
+                for special in [b'"', b'\\', b'\n', 0u8, 0x1f] {
+                    let mut v = clean.clone();
+                    v[pos] = special;
+                    assert!(needs_escape(&v), "{special:#x} at {pos} of {len}");
+                }
+                // Neighbours of the special bytes are clean.
+                for fine in [b' ', b'!', b'#', b'[', b']', 0x7f, 0x80, 0xff] {
+                    let mut v = clean.clone();
+                    v[pos] = fine;
+                    assert!(!needs_escape(&v), "{fine:#x} at {pos} of {len}");
+                }
+            }
+        }
     }
 
     #[test]
