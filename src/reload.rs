@@ -202,9 +202,20 @@ impl Reloader {
                 pending: false,
             });
         }
-        let parsed = std::str::from_utf8(&text)
-            .map_err(|_| LoadError::Invalid(vec![not_utf8(&self.path)]))
-            .and_then(|t| config::parse(t, &self.path));
+        // Parsing and building a table take tens of milliseconds for a big
+        // file: on a blocking thread, so that the workers keep serving (with
+        // `--workers 1` there is only one).
+        let path = self.path.clone();
+        let parsed = tokio::task::spawn_blocking(move || {
+            std::str::from_utf8(&text)
+                .map_err(|_| LoadError::Invalid(vec![not_utf8(&path)]))
+                .and_then(|t| config::parse(t, &path))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            let message = format!("the config parser failed: {e}");
+            Err(LoadError::Invalid(vec![file_error(&self.path, message)]))
+        });
         let config = match parsed {
             Ok(c) => c,
             Err(e) => return Err(self.reject(ReloadError::Load(e), true)),
@@ -233,13 +244,28 @@ impl Reloader {
             self.shared.metrics.certificates(&store.current().certs);
         }
         let settings = config.reload.clone();
-        let table = Table::build(
-            config.clone(),
-            Some(&current),
-            &self.hook,
-            &self.shared.metrics,
-        )
+        let this = self.clone();
+        let previous = current.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            // The build resolves endpoint names and starts probe tasks: it
+            // runs on this blocking thread with the runtime's handle.
+            let table = tokio::runtime::Handle::current().block_on(Table::build(
+                config.clone(),
+                Some(&previous),
+                &this.hook,
+                &this.shared.metrics,
+            ));
+            (table, config)
+        })
         .await;
+        let (table, config) = match built {
+            Ok(built) => built,
+            Err(e) => {
+                let message = format!("building the table failed: {e}");
+                let err = LoadError::Invalid(vec![file_error(&self.path, message)]);
+                return Err(self.reject(ReloadError::Load(err), true));
+            }
+        };
         let version = table.version.clone();
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         let waiting = gate::waiting_for(&table, &current);
@@ -272,8 +298,8 @@ impl Reloader {
     fn apply(&self, mut table: Table, config: Config, last_good: &mut Option<Config>) {
         let version = table.version.clone();
         table.activate(&self.shared.live.load(), &self.shared.metrics);
-        self.shared.live.store(Arc::new(table));
-        *last_good = Some(config);
+        let old = self.shared.live.swap(Arc::new(table));
+        retire(old, last_good.replace(config));
         self.shared.metrics.reload(true);
         self.set_last_error(None);
         *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = None;
@@ -452,12 +478,32 @@ impl Reloader {
     }
 }
 
+/// Drops a replaced table and config on a blocking thread: freeing 10,000
+/// routes takes milliseconds that the workers should spend serving. The
+/// table's last reference is awaited there (requests still running on it
+/// hold it), so that its destructor does not run on a worker either.
+fn retire(old: Arc<Table>, config: Option<Config>) {
+    drop(tokio::task::spawn_blocking(move || {
+        drop(config);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(old);
+    }));
+}
+
 fn not_utf8(path: &Path) -> config::ConfigError {
+    file_error(path, "the file is not UTF-8".to_owned())
+}
+
+/// An error about the file as a whole (reported at 1:1).
+fn file_error(path: &Path, message: String) -> config::ConfigError {
     config::ConfigError {
         file: path.display().to_string(),
         line: 1,
         col: 1,
-        message: "the file is not UTF-8".to_owned(),
+        message,
     }
 }
 

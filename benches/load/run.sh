@@ -17,6 +17,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=benches/load/upstream.sh
+. "$HERE/upstream.sh"
 REPO="$(cd "$HERE/../.." && pwd)"
 
 ROUNDS=3 SECONDS_=10 IDLE_CONNS=8000 IDLE_HOLD=3 SCENARIOS="a,b,c,d"
@@ -134,32 +136,10 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
 cat "$WORK/cert.pem" "$WORK/key.pem" > "$WORK/haproxy.pem"
 chmod 644 "$WORK"/*.pem
 
-BODY=$(printf 'x%.0s' $(seq 99))   # 99 x + "\n" = 100 bytes
 
 # ------------------------------------------------------------ configs
 mkdir -p "$WORK/up" "$WORK/nginx" "$WORK/haproxy" "$WORK/steer-conf"
-cat > "$WORK/up/nginx.conf" <<EOF
-# The upstream: a fixed 100-byte body at every path.
-worker_processes 1;
-worker_rlimit_nofile 20000;
-pid $WORK/up/nginx.pid;
-error_log $WORK/up/error.log warn;
-events { worker_connections 10000; }
-http {
-  access_log off;
-  keepalive_timeout 300s;
-  keepalive_requests 10000000;
-  client_body_temp_path $WORK/up/tmp;
-  proxy_temp_path $WORK/up/tmp;
-  fastcgi_temp_path $WORK/up/tmp;
-  uwsgi_temp_path $WORK/up/tmp;
-  scgi_temp_path $WORK/up/tmp;
-  server {
-    listen 127.0.0.1:$PORT_UP backlog=4096;
-    location / { default_type text/plain; return 200 "$BODY\n"; }
-  }
-}
-EOF
+upstream_conf "$WORK/up" "$PORT_UP"
 
 cat > "$WORK/nginx/nginx.conf" <<EOF
 worker_processes 1;
