@@ -3,8 +3,10 @@
 //!
 //! # One request
 //!
-//! 1. [`server`] accepts and serves the connection with hyper-util's auto
-//!    builder (HTTP/1.1 and h2c prior knowledge on one port).
+//! 1. [`server`] accepts and serves the connection: plain HTTP/1.1 in
+//!    rounds of hyper's HTTP/1.1 connection that hand the socket back when
+//!    idle (`server::park`, so idle connections hold no buffers); TLS and
+//!    h2c prior knowledge with hyper-util's auto builder.
 //! 2. [`proxy::handle`] loads the live [`table::Table`] once (an `ArcSwap`
 //!    snapshot), resolves the client IP, and asks [`routing`] for the first
 //!    matching route (404 when none).
@@ -34,11 +36,12 @@
 //! - [`table`]: the live table built from a config.
 //! - [`proxy`]: the request path, header rules, error mapping, per-route
 //!   rate limits (429) and the retry budget.
-//! - [`server`]: listeners and connection serving.
+//! - [`server`]: listeners and connection serving (`park`: plain HTTP/1.1
+//!   connections that give their buffers back while idle).
 //! - [`reload`]: file watch, poll, DNS refresh; sole writer of the table.
 //! - [`admin`]: the admin API.
 //! - [`metrics`]: Prometheus handles.
-//! - [`accesslog`]: the fast JSON writer of the access log.
+//! - [`accesslog`]: the buffered JSON writer of the access log.
 //! - [`tls`]: rustls server certificates (SNI, reload) and upstream TLS.
 //! - [`app`]: wiring, lifecycle, and the `check`/`route`/`demo` commands.
 //! - [`demo`]: the ZITADEL-like deployments behind `steer demo` and tests.

@@ -175,8 +175,6 @@ pub(super) async fn serve(
     header_read_timeout: Duration,
     mut finish: watch::Receiver<bool>,
 ) -> ClientResult {
-    // The first request: a client that sends nothing at all is a slow
-    // client, bounded like one that sends a partial head.
     // The first request: a client that sends nothing at all is bounded
     // like one that sends a partial head (or by idle_timeout if shorter).
     let mut head = [0u8; H2_PREFACE.len()];
