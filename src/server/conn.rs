@@ -41,7 +41,8 @@ impl Activity {
         })
     }
 
-    fn touch(&self) {
+    /// Marks activity now (the idle clock starts again).
+    pub fn touch(&self) {
         self.last_ms.store(now_ms(), Ordering::Relaxed);
     }
 

@@ -1,6 +1,7 @@
-//! Listeners and connection serving: accept, set up hyper-util's auto
-//! builder (HTTP/1.1 and h2c prior knowledge on one port), hand each request
-//! to a service, and stop gracefully. Knows nothing about routing.
+//! Listeners and connection serving: accept, serve plain HTTP/1.1 in rounds
+//! that give their buffers back when idle (`park`), TLS and h2c prior
+//! knowledge with hyper-util's auto builder, hand each request to a
+//! service, and stop gracefully. Knows nothing about routing.
 
 use std::convert::Infallible;
 use std::future::Future;

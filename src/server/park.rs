@@ -6,16 +6,23 @@
 //! in rounds: a round is a hyper HTTP/1.1 connection over the socket, and it
 //! ends when the connection has had no request open for `PARK_AFTER` (1 s,
 //! or half of `header_read_timeout` if that is shorter): steer
-//! asks hyper to finish (an idle hyper connection ends at once), swallows
-//! hyper's shutdown of the socket, and takes the socket back with any bytes
-//! hyper had read (`into_parts`). The parked connection is then only its
-//! socket and a small task, waiting for readability without a buffer; the
-//! next byte starts the next round. Busy connections stay in one round, so
-//! requests pay nothing for this.
+//! asks hyper to finish, swallows hyper's shutdown of the socket, and takes
+//! the socket back with any bytes hyper had read (`into_parts`). The parked
+//! connection is then only its socket and a small task, waiting for
+//! readability without a buffer; the next byte starts the next round. Busy
+//! connections stay in one round, so requests pay nothing for this.
+//!
+//! Only a hyper connection that is idle ends at once when asked; one in
+//! the middle of an exchange (a head arriving just then, a response still
+//! flushing) finishes it with keep-alive off, and steer then closes the
+//! socket instead of parking it. A round whose request asked for an
+//! upgrade that was not granted is not parked at all: hyper would hand the
+//! socket to that upgrade.
 //!
 //! The first bytes are peeked: an h2c preface goes to hyper-util's auto
 //! builder, as do TLS connections (`serve_client`).
 
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -53,6 +60,8 @@ struct Exchange(AtomicU8);
 const SERVED: u8 = 1;
 /// An answer was `101`: hyper hands the socket to the upgrade.
 const UPGRADED: u8 = 2;
+/// A request asked for an upgrade that was not granted (see `serve`).
+const STALE_UPGRADE: u8 = 4;
 
 impl Exchange {
     fn set(&self, bit: u8) {
@@ -206,8 +215,9 @@ pub(super) async fn serve(
     let park_after = PARK_AFTER.min(header_read_timeout / 2);
     let mut leftover = Bytes::new();
     // Since when the bytes carried between rounds have been an incomplete
-    // request head: hyper's header timer restarts with each round, so the
-    // limit for a slow client is kept here across them.
+    // request head (as seen at the end of a round): hyper's header timer
+    // restarts with each round, so the round loop also ends the connection
+    // at `partial_since + header_read_timeout`.
     let mut partial_since: Option<Instant> = None;
     loop {
         let exchange = Arc::new(Exchange::default());
@@ -221,11 +231,20 @@ pub(super) async fn serve(
                 let info = info.clone();
                 let open = activity.open();
                 let exchange = exchange.clone();
+                // hyper readies an upgrade for every HTTP/1.1 request with
+                // an `Upgrade` header and keeps it when the answer is not
+                // 101; ending such a round hands the socket to nobody.
+                let asks_upgrade = req
+                    .extensions()
+                    .get::<hyper::upgrade::OnUpgrade>()
+                    .is_some();
                 async move {
                     let resp = proxy::handle(shared, info, req).await;
                     exchange.set(SERVED);
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                         exchange.set(UPGRADED);
+                    } else if asks_upgrade {
+                        exchange.set(STALE_UPGRADE);
                     }
                     Ok::<Response<_>, std::convert::Infallible>(
                         resp.map(|b| conn::Guarded::new(b, open)),
@@ -247,6 +266,19 @@ pub(super) async fn serve(
         );
         let mut check = tokio::time::interval((park_after / 2).min(idle).max(MIN_CHECK));
         check.reset();
+        // A new round starts because bytes came: it gets a full `park_after`
+        // before it can be parked again.
+        activity.touch();
+        // An incomplete head carried over from earlier rounds keeps its
+        // deadline (hyper's header timer restarts with each round).
+        let deadline = partial_since.map(|since| since + header_read_timeout);
+        let partial_deadline = async move {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(partial_deadline);
         let mut parking = false;
         let mut closing = false;
         let result = loop {
@@ -258,13 +290,31 @@ pub(super) async fn serve(
                         Pin::new(&mut *conn).graceful_shutdown();
                     }
                 }
-                _ = check.tick(), if !closing && !parking => {
+                () = &mut partial_deadline, if deadline.is_some() && !closing && !exchange.has(SERVED) => {
+                    closing = true;
+                    break Ok(());
+                }
+                _ = check.tick(), if !closing => {
                     if activity.idle_for(idle) {
                         closing = true;
                         Pin::new(&mut *conn).graceful_shutdown();
-                    } else if activity.idle_for(park_after) {
-                        parking = true;
+                    } else if activity.idle_for(park_after) && !exchange.has(STALE_UPGRADE) {
+                        // Only an idle hyper connection ends at once; one in
+                        // the middle of an exchange (a head arriving, a
+                        // response still flushing) finishes it with
+                        // keep-alive off, and is then closed, not parked.
                         Pin::new(&mut *conn).graceful_shutdown();
+                        let polled = std::future::poll_fn(|cx| {
+                            Poll::Ready(Pin::new(&mut *conn).poll(cx))
+                        })
+                        .await;
+                        match polled {
+                            Poll::Ready(result) => {
+                                parking = true;
+                                break result;
+                            }
+                            Poll::Pending => closing = true,
+                        }
                     }
                 }
             }
@@ -272,7 +322,9 @@ pub(super) async fn serve(
         tracing::trace!(?result, parking, closing, "round ended");
         result?;
         let Some(parts) = conn.into_parts() else {
-            return Ok(()); // upgraded: the tunnel owns the socket now
+            // Upgraded: the tunnel owns the socket now (or, for an upgrade
+            // that was not granted, hyper dropped it at the round's end).
+            return Ok(());
         };
         let hyper::server::conn::http1::Parts { io, read_buf, .. } = parts;
         let io = io.into_inner();

@@ -348,9 +348,9 @@ async fn read_responses(s: &mut TcpStream, count: usize) -> Vec<u16> {
 
 #[tokio::test]
 async fn pipelined_and_mixed_requests_share_one_plain_connection() {
-    // Plain HTTP/1.1 connections are served in rounds that end after a
-    // request without a body (src/server/park.rs): pipelined requests left
-    // in hyper's buffer, and requests with bodies, must all be answered.
+    // Plain HTTP/1.1 connections are served in rounds of hyper connections
+    // that end when idle (src/server/park.rs): pipelined requests, requests
+    // with bodies, and requests after an idle gap must all be answered.
     let (blue, steer) = hardened("", ONE_ROUTE).await;
     let mut s = TcpStream::connect(steer.addr()).await.unwrap();
     let get = "GET /a HTTP/1.1\r\nHost: auth.example.com\r\n\r\n";
@@ -436,4 +436,40 @@ async fn a_trickling_slow_client_is_cut_off_across_parked_rounds() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_connection_whose_upgrade_was_refused_stays_usable_after_idling() {
+    // hyper keeps an ungranted upgrade pending; parking such a connection
+    // would hand its socket to nobody (src/server/park.rs, STALE_UPGRADE).
+    // With header_read_timeout = 4s a plain connection is parked after 1 s
+    // idle; this one must not be, and hyper's own timer allows 4 s.
+    let (_b, steer) = hardened("header_read_timeout = \"4s\"", ONE_ROUTE).await;
+    let mut s = TcpStream::connect(steer.addr()).await.unwrap();
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: auth.example.com\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_responses(&mut s, 1).await, [200]);
+    // Idle past the point where a plain connection is parked (1-1.5 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: auth.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_responses(&mut s, 1).await, [200]);
+}
+
+#[tokio::test]
+async fn a_parked_connection_serves_its_next_request_after_idling() {
+    let (blue, steer) = hardened("header_read_timeout = \"400ms\"", ONE_ROUTE).await;
+    let mut s = TcpStream::connect(steer.addr()).await.unwrap();
+    let get = b"GET / HTTP/1.1\r\nHost: auth.example.com\r\n\r\n";
+    for _ in 0..3 {
+        s.write_all(get).await.unwrap();
+        assert_eq!(read_responses(&mut s, 1).await, [200]);
+        // Long enough to be parked (after 200 ms) between requests.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(blue.requests(), 3);
 }
