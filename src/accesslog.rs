@@ -33,6 +33,9 @@ static SINK: OnceLock<Sink> = OnceLock::new();
 #[derive(Debug)]
 pub struct Sink {
     state: Mutex<State>,
+    /// Held while a full buffer goes to stderr, so that batches keep their
+    /// order while new lines go into the next buffer.
+    out: Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -41,6 +44,8 @@ struct State {
     /// `YYYY-MM-DDTHH:MM:SS.` of `second`: formatted once per second.
     prefix: [u8; 20],
     second: u64,
+    /// The buffer of the last batch written, reused for the next one.
+    spare: Vec<u8>,
 }
 
 /// Switches the access log to the buffered JSON writer and starts the
@@ -53,7 +58,9 @@ pub fn install() {
                 buf: Vec::with_capacity(FLUSH_AT + 4096),
                 prefix: [0; 20],
                 second: u64::MAX,
+                spare: Vec::new(),
             }),
+            out: Mutex::new(()),
         })
         .is_ok()
     {
@@ -76,8 +83,8 @@ pub fn sink() -> Option<&'static Sink> {
 /// Writes out whatever is buffered.
 pub fn flush() {
     if let Some(sink) = SINK.get() {
-        let mut state = sink.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.write_out();
+        let state = sink.state.lock().unwrap_or_else(PoisonError::into_inner);
+        sink.write_out(state);
     }
 }
 
@@ -108,17 +115,57 @@ impl Sink {
         fields(&mut line);
         buf.extend_from_slice(b",\"target\":\"steer::access\"}\n");
         if buf.len() >= FLUSH_AT {
-            state.write_out();
+            self.write_out(state);
+        }
+    }
+
+    /// Takes the buffer (a fresh one takes its place, so requests go on
+    /// logging) and writes it to stderr outside the buffer's lock, in
+    /// pieces of at most 4 KiB that end at a line end: a pipe takes such a
+    /// write whole, so lines of two steer processes sharing stderr (during
+    /// an upgrade) do not interleave.
+    fn write_out(&self, mut state: std::sync::MutexGuard<'_, State>) {
+        if state.buf.is_empty() {
+            return;
+        }
+        let spare = std::mem::take(&mut state.spare);
+        let mut full = std::mem::replace(&mut state.buf, spare);
+        let out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        drop(state);
+        let mut stderr = std::io::stderr().lock();
+        let mut rest = &full[..];
+        while !rest.is_empty() {
+            let piece = piece_len(rest, PIPE_ATOMIC);
+            if stderr.write_all(&rest[..piece]).is_err() {
+                break;
+            }
+            rest = &rest[piece..];
+        }
+        drop(out);
+        // The written buffer becomes the next spare: no allocation per batch.
+        full.clear();
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.spare.capacity() < full.capacity() {
+            state.spare = full;
         }
     }
 }
 
-impl State {
-    fn write_out(&mut self) {
-        if !self.buf.is_empty() {
-            let _ = std::io::stderr().lock().write_all(&self.buf);
-            self.buf.clear();
-        }
+/// What POSIX guarantees a pipe writes whole (`PIPE_BUF` on Linux).
+const PIPE_ATOMIC: usize = 4096;
+
+/// The length of the first piece of `buf` to write: whole lines up to
+/// `max` bytes (a single longer line goes alone).
+fn piece_len(buf: &[u8], max: usize) -> usize {
+    if buf.len() <= max {
+        return buf.len();
+    }
+    match buf[..max].iter().rposition(|&b| b == b'\n') {
+        Some(end) => end + 1,
+        None => buf[max..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(buf.len(), |end| max + end + 1),
     }
 }
 
@@ -336,6 +383,31 @@ mod tests {
     }
 
     #[test]
+    fn pieces_end_at_line_ends_and_stay_within_the_limit() {
+        let lines: Vec<u8> = (0..50)
+            .flat_map(|i| {
+                let mut l = vec![b'x'; 30 + i * 7];
+                l.push(b'\n');
+                l
+            })
+            .collect();
+        let mut rest = &lines[..];
+        let mut pieces = 0;
+        while !rest.is_empty() {
+            let n = piece_len(rest, 1000);
+            assert!(n <= 1000, "{n}");
+            assert_eq!(rest[n - 1], b'\n');
+            rest = &rest[n..];
+            pieces += 1;
+        }
+        assert!(pieces > 1);
+        // One line longer than the limit goes alone, whole.
+        let long = [vec![b'y'; 2500], b"\nz\n".to_vec()].concat();
+        assert_eq!(piece_len(&long, 1000), 2501);
+        assert_eq!(piece_len(b"short", 1000), 5);
+    }
+
+    #[test]
     fn needs_escape_finds_every_special_byte_at_every_position() {
         assert!(!needs_escape(
             b"GET /oauth/v2/authorize?client_id=abc 127.0.0.1"
@@ -366,7 +438,9 @@ mod tests {
                 buf: Vec::new(),
                 prefix: [0; 20],
                 second: u64::MAX,
+                spare: Vec::new(),
             }),
+            out: Mutex::new(()),
         };
         sink.line("request", |l| {
             l.str("path", "/a?b=\"c\"");

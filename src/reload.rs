@@ -244,21 +244,7 @@ impl Reloader {
             self.shared.metrics.certificates(&store.current().certs);
         }
         let settings = config.reload.clone();
-        let this = self.clone();
-        let previous = current.clone();
-        let built = tokio::task::spawn_blocking(move || {
-            // The build resolves endpoint names and starts probe tasks: it
-            // runs on this blocking thread with the runtime's handle.
-            let table = tokio::runtime::Handle::current().block_on(Table::build(
-                config.clone(),
-                Some(&previous),
-                &this.hook,
-                &this.shared.metrics,
-            ));
-            (table, config)
-        })
-        .await;
-        let (table, config) = match built {
+        let (table, config) = match self.build_off_worker(config, current.clone()).await {
             Ok(built) => built,
             Err(e) => {
                 let message = format!("building the table failed: {e}");
@@ -384,7 +370,28 @@ impl Reloader {
 
     /// Rebuilds the table from the last good config when a name resolves to
     /// other addresses than before (every `dns_refresh`).
-    pub async fn refresh_dns(&self) {
+    /// Builds the table for `config` over `previous` on a blocking thread
+    /// (with the runtime's handle: the build resolves endpoint names and
+    /// starts probe tasks), so that the workers keep serving meanwhile.
+    async fn build_off_worker(
+        self: &Arc<Self>,
+        config: Config,
+        previous: Arc<Table>,
+    ) -> Result<(Table, Config), tokio::task::JoinError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let table = tokio::runtime::Handle::current().block_on(Table::build(
+                config.clone(),
+                Some(&previous),
+                &this.hook,
+                &this.shared.metrics,
+            ));
+            (table, config)
+        })
+        .await
+    }
+
+    pub async fn refresh_dns(self: &Arc<Self>) {
         let current = self.shared.live.load_full();
         if !current.has_names() {
             return;
@@ -413,10 +420,14 @@ impl Reloader {
             return;
         };
         let current = self.shared.live.load_full();
-        let mut table =
-            Table::build(config, Some(&current), &self.hook, &self.shared.metrics).await;
+        let Ok((mut table, _)) = self.build_off_worker(config, current.clone()).await else {
+            tracing::error!(
+                "rebuilding the table after a DNS change failed; the running table stays"
+            );
+            return;
+        };
         table.activate(&current, &self.shared.metrics);
-        self.shared.live.store(Arc::new(table));
+        retire(self.shared.live.swap(Arc::new(table)), None);
         tracing::info!("endpoint addresses changed after DNS refresh; table rebuilt");
     }
 
@@ -478,19 +489,56 @@ impl Reloader {
     }
 }
 
-/// Drops a replaced table and config on a blocking thread: freeing 10,000
-/// routes takes milliseconds that the workers should spend serving. The
-/// table's last reference is awaited there (requests still running on it
-/// hold it), so that its destructor does not run on a worker either.
+/// Hands a replaced table and config to the reaper thread, which frees
+/// them: freeing 10,000 routes takes milliseconds that the workers should
+/// spend serving. The reaper keeps a table until the requests still running
+/// on it have let go (checked every 50 ms, at most 60 s), so that its
+/// destructor does not run on a worker either.
 fn retire(old: Arc<Table>, config: Option<Config>) {
-    drop(tokio::task::spawn_blocking(move || {
-        drop(config);
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+    static REAPER: OnceLock<Mutex<std::sync::mpsc::Sender<Retired>>> = OnceLock::new();
+    let sender = REAPER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Retired>();
+        let spawned = std::thread::Builder::new()
+            .name("steer-reaper".into())
+            .spawn(move || reap(&rx));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the thread that frees old tables; they are freed where they are dropped");
         }
-        drop(old);
-    }));
+        Mutex::new(tx)
+    });
+    // Without the thread (it could not start) the send fails and the pair
+    // is dropped here.
+    let _ = sender
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .send((old, config));
+}
+
+/// A replaced table and (for a file reload) the config it came from.
+type Retired = (Arc<Table>, Option<Config>);
+
+fn reap(rx: &std::sync::mpsc::Receiver<Retired>) {
+    let mut held: Vec<(Arc<Table>, std::time::Instant)> = Vec::new();
+    loop {
+        let next = if held.is_empty() {
+            rx.recv().ok()
+        } else {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(item) => Some(item),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        };
+        if let Some((table, config)) = next {
+            drop(config);
+            held.push((table, std::time::Instant::now()));
+        } else if held.is_empty() {
+            return; // every sender is gone
+        }
+        held.retain(|(table, since)| {
+            Arc::strong_count(table) > 1 && since.elapsed() < Duration::from_secs(60)
+        });
+    }
 }
 
 fn not_utf8(path: &Path) -> config::ConfigError {
