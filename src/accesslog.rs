@@ -10,15 +10,14 @@
 //!
 //! Whether a line is written still follows the tracing filter
 //! (`RUST_LOG=info,steer::access=off` drops it); in the pretty format the
-//! access log is an ordinary tracing event (see `proxy::access`).
+//! access log is an ordinary tracing event (see `proxy::access`). No
+//! tracing layer is involved in JSON mode, so the subscriber has no
+//! per-layer filter and every callsite's interest stays static (a
+//! per-layer filter made hyper's and h2's callsites ask at runtime).
 
 use std::io::Write as _;
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
-use tracing_subscriber::layer::{Context, Layer};
 
 pub const TARGET: &str = "steer::access";
 
@@ -280,93 +279,6 @@ fn escape(out: &mut Vec<u8>, s: &str) {
         start = i + 1;
     }
     out.extend_from_slice(&bytes[start..]);
-}
-
-/// Writes `steer::access` events that come through tracing (from code
-/// other than the request path) into the same buffer, so that the access
-/// log's target stays enabled for the filter in JSON mode.
-#[derive(Debug, Default)]
-pub struct AccessJson;
-
-impl<S: Subscriber> Layer<S> for AccessJson {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        if event.metadata().target() != TARGET {
-            return;
-        }
-        let Some(sink) = sink() else {
-            return;
-        };
-        let mut message = String::new();
-        event.record(&mut Message(&mut message));
-        sink.line(&message, |line| event.record(&mut Fields(line)));
-    }
-}
-
-struct Message<'a>(&'a mut String);
-
-impl Visit for Message<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            use std::fmt::Write as _;
-            let _ = write!(self.0, "{value:?}");
-        }
-    }
-}
-
-struct Fields<'l, 'a>(&'l mut Line<'a>);
-
-/// Escapes what a `Display`/`Debug` writes, without an intermediate string.
-struct Escaping<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for Escaping<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        escape(self.0, s);
-        Ok(())
-    }
-}
-
-impl Visit for Fields<'_, '_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.str(field.name(), value);
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            return;
-        }
-        use std::fmt::Write as _;
-        self.0.key(field.name());
-        self.0.buf.push(b'"');
-        let _ = write!(Escaping(self.0.buf), "{value:?}");
-        self.0.buf.push(b'"');
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.u64(field.name(), value);
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.key(field.name());
-        self.0
-            .buf
-            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.key(field.name());
-        if value.is_finite() {
-            self.0.buf.extend_from_slice(value.to_string().as_bytes());
-        } else {
-            self.0.buf.extend_from_slice(b"null");
-        }
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.key(field.name());
-        self.0
-            .buf
-            .extend_from_slice(if value { b"true" } else { b"false" });
-    }
 }
 
 #[cfg(test)]

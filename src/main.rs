@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use steer::app;
-use tracing_subscriber::Layer as _;
 
 /// mimalloc instead of glibc's malloc: hyper reallocates its 8 KiB read
 /// buffers on most requests and allocates a few small objects per request;
@@ -111,20 +110,17 @@ fn init_logging(format: Option<LogFormat>) {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     if json {
-        // The access log has its own fast JSON writer; everything else goes
-        // through the general formatter.
-        let general = tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_writer(std::io::stderr)
-            .with_filter(tracing_subscriber::filter::filter_fn(|m| {
-                m.target() != steer::accesslog::TARGET
-            }));
+        // Access lines do not go through tracing in JSON mode (the request
+        // path writes them to `accesslog`'s buffer), so one layer does.
         steer::accesslog::install();
         tracing_subscriber::registry()
             .with(filter)
-            .with(general)
-            .with(steer::accesslog::AccessJson)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
             .init();
     } else {
         tracing_subscriber::fmt()
