@@ -344,76 +344,67 @@ fn check(text: &str) -> (i32, String) {
     )
 }
 
+/// `steer check --strict` on `text` exits 1 with `warning` in its output.
+fn assert_warns(text: &str, warning: &str) {
+    let (code, err) = check(text);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(warning), "{err}");
+}
+
 const HEAD: &str = "[listen]\nhttp = \"127.0.0.1:8080\"\n[upstreams.a]\nendpoints = [\"10.0.0.1:8080\", \"10.0.0.2:8080\"]\nprotocol = \"h2c\"\n[upstreams.b]\nendpoints = [\"10.0.1.1:8080\", \"10.0.1.2:8080\"]\nprotocol = \"h2c\"\n";
 
 #[test]
 fn lint_shadowed_route() {
-    let (code, err) = check(&format!(
-        "{HEAD}[[routes]]\nname = \"all-oauth\"\npath_prefix = \"/oauth/\"\nupstream = \"a\"\nfallback = [\"b\"]\n[[routes]]\nname = \"token\"\npath = \"/oauth/v2/token\"\nupstream = \"a\"\nfallback = [\"b\"]\n"
-    ));
-    assert_eq!(code, 1);
-    assert!(
-        err.contains(
-            ":14:1: warning: route `token` can never match: the earlier route `all-oauth`"
+    assert_warns(
+        &format!(
+            "{HEAD}[[routes]]\nname = \"all-oauth\"\npath_prefix = \"/oauth/\"\nupstream = \"a\"\nfallback = [\"b\"]\n[[routes]]\nname = \"token\"\npath = \"/oauth/v2/token\"\nupstream = \"a\"\nfallback = [\"b\"]\n"
         ),
-        "{err}"
+        ":14:1: warning: route `token` can never match: the earlier route `all-oauth`",
     );
 }
 
 #[test]
 fn lint_login_flow_split_across_upstreams() {
-    let (code, err) = check(&format!(
-        "{HEAD}[[routes]]\nname = \"token\"\npath_prefix = \"/oauth/v2/token\"\nupstream = \"b\"\n[[routes]]\nname = \"rest\"\nupstream = \"a\"\nfallback = [\"b\"]\n"
-    ));
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("login-flow paths go to different upstreams"),
-        "{err}"
+    assert_warns(
+        &format!(
+            "{HEAD}[[routes]]\nname = \"token\"\npath_prefix = \"/oauth/v2/token\"\nupstream = \"b\"\n[[routes]]\nname = \"rest\"\nupstream = \"a\"\nfallback = [\"b\"]\n"
+        ),
+        "login-flow paths go to different upstreams",
     );
 }
 
 #[test]
 fn lint_unused_upstream() {
-    let (_, err) = check(&format!(
-        "{HEAD}[[routes]]\nname = \"r\"\nsplit = {{ a = 1 }}\n"
-    ));
-    assert!(
-        err.contains(":6:12: warning: upstream `b` is not used by any route"),
-        "{err}"
+    assert_warns(
+        &format!("{HEAD}[[routes]]\nname = \"r\"\nsplit = {{ a = 1 }}\n"),
+        ":6:12: warning: upstream `b` is not used by any route",
     );
 }
 
 #[test]
 fn lint_single_endpoint_without_fallback() {
-    let (_, err) = check(
+    assert_warns(
         "[listen]\nhttp = \"127.0.0.1:8080\"\n[upstreams.one]\nendpoints = [\"10.0.0.1:8080\"]\nprotocol = \"h2c\"\n[[routes]]\nname = \"r\"\nupstream = \"one\"\n",
-    );
-    assert!(
-        err.contains("has no fallback and its upstream `one` has a single endpoint"),
-        "{err}"
+        "has no fallback and its upstream `one` has a single endpoint",
     );
 }
 
 #[test]
 fn lint_split_to_an_unchecked_upstream() {
-    let (_, err) = check(&format!(
-        "{}\nhealth = false\n[[routes]]\nname = \"r\"\nsplit = {{ a = 1, b = 1 }}\n",
-        HEAD.trim_end()
-    ));
-    assert!(
-        err.contains("splits traffic to `b`, which has health checks off"),
-        "{err}"
+    assert_warns(
+        &format!(
+            "{}\nhealth = false\n[[routes]]\nname = \"r\"\nsplit = {{ a = 1, b = 1 }}\n",
+            HEAD.trim_end()
+        ),
+        "splits traffic to `b`, which has health checks off",
     );
 }
 
 #[test]
 fn lint_grpc_route_to_http1() {
-    let (_, err) = check(
+    assert_warns(
         "[listen]\nhttp = \"127.0.0.1:8080\"\n[upstreams.a]\nendpoints = [\"10.0.0.1:8080\", \"10.0.0.2:8080\"]\n[[routes]]\nname = \"grpc\"\npath_prefix = \"/zitadel.\"\nupstream = \"a\"\n[[routes]]\nname = \"r\"\nupstream = \"a\"\n",
-    );
-    assert!(
-        err.contains("route `grpc` looks like native gRPC but upstream `a` speaks http1"),
-        "{err}"
+        "route `grpc` looks like native gRPC but upstream `a` speaks http1",
     );
 }
 
