@@ -4,6 +4,7 @@
 //! atomic swap. The sole writer of the live table. A rejected file changes
 //! nothing but `last_error` and the failure counter.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -400,18 +401,11 @@ impl Reloader {
         let had: Vec<Vec<_>> = current
             .upstreams
             .iter()
-            .map(|u| {
-                let mut a: Vec<_> = u.endpoints.iter().map(|e| e.addr).collect();
-                a.sort();
-                a
-            })
+            .map(|u| distinct(u.endpoints.iter().map(|e| e.addr).collect()))
             .collect();
-        let changed = now.iter().zip(&had).any(|(n, h)| {
-            let mut n = n.clone();
-            n.sort();
-            n.dedup();
-            &n != h
-        });
+        // Both sides as sets: two configured names may resolve to the same
+        // address (the table then holds it twice), which is no change.
+        let changed = now.iter().zip(&had).any(|(n, h)| &distinct(n.clone()) != h);
         if !changed {
             return;
         }
@@ -512,6 +506,13 @@ fn retire(old: Arc<Table>, config: Option<Config>) {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .send((old, config));
+}
+
+/// Addresses sorted, each once.
+fn distinct(mut addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    addrs.sort();
+    addrs.dedup();
+    addrs
 }
 
 /// A replaced table and (for a file reload) the config it came from.

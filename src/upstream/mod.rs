@@ -367,12 +367,24 @@ impl Upstream {
             return None;
         }
         let turn = self.next.fetch_add(1, Ordering::Relaxed) % usable;
-        self.endpoints.iter().filter(|e| ok(e)).nth(turn)
+        nth_usable(&self.endpoints, &ok, turn)
     }
 }
 
 fn usable(e: &Endpoint) -> bool {
     e.state() == State::Healthy
+}
+
+/// The `i`-th endpoint that passes `ok`; if one became unusable since they
+/// were counted (a probe runs concurrently), the first that passes, so a
+/// state change never turns into a 503 while another endpoint is usable.
+fn nth_usable<'e>(
+    endpoints: &'e [Arc<Endpoint>],
+    ok: &impl Fn(&Arc<Endpoint>) -> bool,
+    i: usize,
+) -> Option<&'e Arc<Endpoint>> {
+    let mut usable = endpoints.iter().filter(|e| ok(e));
+    usable.clone().nth(i).or_else(|| usable.next())
 }
 
 /// Power of two choices over in-flight counts: two random usable endpoints,
@@ -382,7 +394,7 @@ fn least_request(
     ok: impl Fn(&Arc<Endpoint>) -> bool,
 ) -> Option<&Arc<Endpoint>> {
     let count = endpoints.iter().filter(|e| ok(e)).count();
-    let nth = |i: usize| endpoints.iter().filter(|e| ok(e)).nth(i);
+    let nth = |i: usize| nth_usable(endpoints, &ok, i);
     match count {
         0 => None,
         1 => nth(0),

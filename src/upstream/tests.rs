@@ -141,3 +141,14 @@ fn assume_healthy_keeps_a_passive_failure_out() {
     eps[0].assume_healthy();
     assert_eq!(eps[0].state(), State::Unhealthy);
 }
+
+#[test]
+fn a_turn_past_the_usable_count_falls_back_to_the_first_usable() {
+    // The count and the pick are two passes; an endpoint that turns
+    // unusable between them must not make the pick come back empty.
+    let eps = endpoints(3);
+    let ok = |e: &Arc<Endpoint>| e.addr.port() != 10001;
+    assert_eq!(nth_usable(&eps, &ok, 1).map(|e| e.addr.port()), Some(10002));
+    assert_eq!(nth_usable(&eps, &ok, 2).map(|e| e.addr.port()), Some(10000));
+    assert!(nth_usable(&eps, &|_: &Arc<Endpoint>| false, 0).is_none());
+}
