@@ -148,11 +148,10 @@ pub async fn handle(
     shared.retry_budget.record_request();
     let http1 = req.version() < Version::HTTP_2;
     let mut outcome = Outcome::default();
-    let closing = conn.closing.clone();
     let mut resp = match proxy(
         &shared,
         &table,
-        conn,
+        &conn,
         req,
         raw_host,
         &request_id,
@@ -160,12 +159,15 @@ pub async fn handle(
     )
     .await
     {
-        Ok(resp) => resp,
+        Ok(mut resp) => {
+            resp.headers_mut().insert(X_REQUEST_ID, request_id);
+            resp
+        }
+        // error_response sets the request id itself.
         Err(err) => error_response(&err, &request_id),
     };
-    resp.headers_mut().insert(X_REQUEST_ID, request_id);
     if http1
-        && closing.load(std::sync::atomic::Ordering::Relaxed)
+        && conn.closing.load(std::sync::atomic::Ordering::Relaxed)
         && resp.status() != StatusCode::SWITCHING_PROTOCOLS
     {
         resp.headers_mut()
@@ -201,7 +203,7 @@ struct Outcome {
 async fn proxy(
     shared: &Shared,
     table: &Table,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     req: Request<Incoming>,
     raw_host: Result<Option<String>, ProxyError>,
     request_id: &HeaderValue,

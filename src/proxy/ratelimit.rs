@@ -55,13 +55,26 @@ impl RateLimiter {
         let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
         let mut map = shard.lock().unwrap_or_else(PoisonError::into_inner);
         let burst = f64::from(self.spec.burst);
-        if !map.contains_key(key) && map.len() >= MAX_KEYS_PER_SHARD {
+        // A known key (the usual case): one lookup, no allocation. A new
+        // key is copied in after room is made.
+        if let Some(bucket) = map.get_mut(key) {
+            return self.take(bucket, now);
+        }
+        if map.len() >= MAX_KEYS_PER_SHARD {
             self.evict(&mut map, now);
         }
-        let bucket = map.entry(key.into()).or_insert(Bucket {
+        let mut bucket = Bucket {
             tokens: burst,
             last: now,
-        });
+        };
+        let verdict = self.take(&mut bucket, now);
+        map.insert(key.into(), bucket);
+        verdict
+    }
+
+    /// Refills `bucket` up to `now` and takes one token from it.
+    fn take(&self, bucket: &mut Bucket, now: Instant) -> Verdict {
+        let burst = f64::from(self.spec.burst);
         let refill = now.saturating_duration_since(bucket.last).as_secs_f64() * self.rate;
         bucket.tokens = (bucket.tokens + refill).min(burst);
         bucket.last = now;
