@@ -171,12 +171,17 @@ impl Tracker {
 
     /// Waits until every connection has closed.
     pub async fn all_closed(&self) {
+        self.at_most(0).await;
+    }
+
+    /// Waits until at most `n` connections are open.
+    pub async fn at_most(&self, n: usize) {
         loop {
             let notified = self.closed.notified();
             tokio::pin!(notified);
             // Registered before the check, so a close in between wakes us.
             notified.as_mut().enable();
-            if self.open() == 0 {
+            if self.open() <= n {
                 return;
             }
             notified.await;

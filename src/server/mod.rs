@@ -321,7 +321,7 @@ async fn accept_loop<F, Fut>(
             }
             tokio::select! {
                 () = &mut stopped => return,
-                () = tokio::time::sleep(Duration::from_millis(10)) => continue,
+                () = l.tracker.at_most(l.max.saturating_sub(1)) => continue,
             }
         }
         at_cap = false;
