@@ -203,10 +203,19 @@ async fn a_ramp_moves_the_split_shares_over_time() {
         (early_green as f64) < 0.45 * early as f64,
         "green {early_green} of {early} early"
     );
-    // Once the ramp is done: all green.
-    while started.elapsed() < Duration::from_millis(3200) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Once the ramp is done (the admin API stops listing it, not before its
+    // 3 s have passed): all green.
+    eventually("the ramp to end", || async {
+        config_json(&steer).await["ramps"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     for _ in 0..50 {
         assert_eq!(
             call(request("GET", &steer.url("/x"))).await.deployment(),

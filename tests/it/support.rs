@@ -256,7 +256,6 @@ pub struct Proc {
     pub http: String,
     pub admin: String,
     _dir: Option<tempfile::TempDir>,
-    pub path: std::path::PathBuf,
     pub logs: std::sync::mpsc::Receiver<String>,
 }
 
@@ -317,7 +316,6 @@ fn spawn_blocking_steer(dir: Option<tempfile::TempDir>, path: PathBuf, args: &[S
         admin: format!("http://{}", addr("admin")),
         child,
         _dir: dir,
-        path,
         logs,
     }
 }
