@@ -41,7 +41,7 @@ use tonic_health::server::{HealthReporter, HealthService};
 use tracing::{debug, info};
 
 /// Error type of [`DemoBody`].
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::BoxError;
 
 /// The one response body type shared by gRPC and plain HTTP responses.
 pub type DemoBody = UnsyncBoxBody<Bytes, BoxError>;

@@ -47,6 +47,9 @@
 //! - [`demo`]: the ZITADEL-like deployments behind `steer demo` and tests.
 //! - `fuzzing`: the bodies of the cargo-fuzz targets in `fuzz/`.
 
+/// The error type of steer's HTTP bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 pub mod accesslog;
 pub mod admin;
 pub mod app;

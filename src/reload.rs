@@ -334,13 +334,13 @@ impl Reloader {
                     left.join(", ")
                 );
                 tracing::error!(version = %table.version, "{text}");
-                let mut last_good = self.lock.lock().await;
+                // Serialised with reloads: a newer one may have replaced us.
+                let _reloads = self.lock.lock().await;
                 if current(&self) {
                     self.shared.metrics.reload(false);
                     self.set_last_error(Some(text));
                     *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = None;
                 }
-                let _ = &mut last_good;
                 return;
             }
             tokio::time::sleep(GATE_POLL).await;
@@ -369,8 +369,6 @@ impl Reloader {
         err
     }
 
-    /// Rebuilds the table from the last good config when a name resolves to
-    /// other addresses than before (every `dns_refresh`).
     /// Builds the table for `config` over `previous` on a blocking thread
     /// (with the runtime's handle: the build resolves endpoint names and
     /// starts probe tasks), so that the workers keep serving meanwhile.
@@ -392,6 +390,8 @@ impl Reloader {
         .await
     }
 
+    /// Rebuilds the table from the last good config when a name resolves to
+    /// other addresses than before (every `dns_refresh`).
     pub async fn refresh_dns(self: &Arc<Self>) {
         let current = self.shared.live.load_full();
         if !current.has_names() {

@@ -68,7 +68,7 @@ impl Drop for Access {
         let endpoint = endpoint.as_ref().map_or("", IpText::as_str);
         let duration = self.start.elapsed();
         if let Some(sink) = accesslog::sink() {
-            if tracing::enabled!(target: "steer::access", tracing::Level::INFO) {
+            if tracing::enabled!(target: accesslog::TARGET, tracing::Level::INFO) {
                 sink.line("request", |l| {
                     l.str("client_ip", client_ip);
                     l.str("method", self.method.as_str());
@@ -88,7 +88,7 @@ impl Drop for Access {
             return;
         }
         tracing::info!(
-            target: "steer::access",
+            target: accesslog::TARGET,
             client_ip,
             method = %self.method,
             host = %String::from_utf8_lossy(host),

@@ -19,7 +19,7 @@ use super::access::Access;
 use crate::client::H1Sender;
 use crate::upstream::InFlight;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::BoxError;
 
 /// The body of every response steer sends.
 #[derive(Debug)]

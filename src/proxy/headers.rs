@@ -55,9 +55,15 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// Whether the `Connection` header lists `token`.
-pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    list_has(headers, &header::CONNECTION, token)
+}
+
+/// Whether the comma-separated list header `name` (any of its values)
+/// has `token`, case-insensitively.
+fn list_has(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     headers
-        .get_all(header::CONNECTION)
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -82,14 +88,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if present == 0 && !has_upgrade {
         return;
     }
-    let te_trailers = present & (1 << HOP_TE) != 0
-        && headers
-            .get(header::TE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-            });
+    let te_trailers = present & (1 << HOP_TE) != 0 && list_has(headers, &header::TE, "trailers");
     if present & (1 << HOP_CONNECTION) != 0
         && let header::Entry::Occupied(entry) = headers.entry(header::CONNECTION)
     {

@@ -473,9 +473,7 @@ fn next_endpoint<'t>(
     upstream: usize,
     failed: &Arc<Endpoint>,
 ) -> Option<(usize, &'t Arc<Endpoint>)> {
-    if let Some(e) = table.upstreams[upstream].pick_excluding(Some(failed))
-        && !Arc::ptr_eq(e, failed)
-    {
+    if let Some(e) = table.upstreams[upstream].pick_excluding(Some(failed)) {
         return Some((upstream, e));
     }
     choose(table, route)
@@ -532,7 +530,7 @@ async fn forward(
         }
         Some(_) => None,
         None => Some(
-            HeaderValue::from_str(&first.1.addr.to_string())
+            HeaderValue::from_str(headers::IpText::socket(first.1.addr).as_str())
                 .map_err(|_| ProxyError::BadRequest("invalid authority"))?,
         ),
     };

@@ -347,7 +347,7 @@ impl Upstream {
         self.pick_excluding(None)
     }
 
-    /// As `pick`, avoiding `avoid` when another endpoint is usable (retries).
+    /// As `pick`, but never `avoid` (a retry goes to another endpoint).
     pub fn pick_excluding(&self, avoid: Option<&Arc<Endpoint>>) -> Option<&Arc<Endpoint>> {
         if self.is_draining() {
             return None;
