@@ -5,7 +5,6 @@
 //! line goes straight to the buffered writer of `crate::accesslog`; in the
 //! pretty format it is a tracing event.
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,11 +25,8 @@ pub struct Access {
     pub host: Option<HeaderValue>,
     pub request_id: HeaderValue,
     pub trace_id: Option<String>,
-    pub client_ip: Option<IpAddr>,
-    pub route: Option<usize>,
-    pub upstream: Option<usize>,
-    pub endpoint: Option<SocketAddr>,
-    pub retries: u32,
+    /// Client IP, route, upstream, endpoint and retries, as `handle` saw them.
+    pub(crate) outcome: super::Outcome,
     pub status: u16,
     pub bytes: u64,
 }
@@ -47,10 +43,12 @@ pub fn trace_id(headers: &HeaderMap) -> Option<String> {
 impl Drop for Access {
     fn drop(&mut self) {
         let route = self
+            .outcome
             .route
             .and_then(|r| self.table.routes.routes().get(r))
             .map_or("", |r| r.spec.name.as_str());
         let upstream = self
+            .outcome
             .upstream
             .and_then(|u| self.table.upstreams.get(u))
             .map_or("", |u| u.name.as_str());
@@ -62,9 +60,9 @@ impl Drop for Access {
             .uri
             .path_and_query()
             .map_or_else(|| self.uri.path(), |p| p.as_str());
-        let client_ip = self.client_ip.map(IpText::new);
+        let client_ip = self.outcome.client_ip.map(IpText::new);
         let client_ip = client_ip.as_ref().map_or("", IpText::as_str);
-        let endpoint = self.endpoint.map(IpText::socket);
+        let endpoint = self.outcome.endpoint.map(IpText::socket);
         let endpoint = endpoint.as_ref().map_or("", IpText::as_str);
         let duration = self.start.elapsed();
         if let Some(sink) = accesslog::sink() {
@@ -81,7 +79,7 @@ impl Drop for Access {
                     l.u64("bytes", self.bytes);
                     l.millis("duration_ms", duration);
                     l.bytes("request_id", self.request_id.as_bytes());
-                    l.u64("retries", u64::from(self.retries));
+                    l.u64("retries", u64::from(self.outcome.retries));
                     l.str("trace_id", self.trace_id.as_deref().unwrap_or(""));
                 });
             }
@@ -100,7 +98,7 @@ impl Drop for Access {
             bytes = self.bytes,
             duration_ms = duration.as_secs_f64() * 1000.0,
             request_id = %String::from_utf8_lossy(self.request_id.as_bytes()),
-            retries = self.retries,
+            retries = self.outcome.retries,
             trace_id = self.trace_id.as_deref().unwrap_or(""),
             "request"
         );

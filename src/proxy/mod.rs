@@ -127,23 +127,14 @@ pub async fn handle(
     let request_id = headers::request_id(req.headers());
     // Parsed once: the access log and routing both need it.
     let raw_host = client_host(&req);
-    let access = table.log.access.then(|| {
-        Box::new(Access {
-            table: table.clone(),
-            start: started,
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            host: req.headers().get(header::HOST).cloned(),
-            request_id: request_id.clone(),
-            trace_id: access::trace_id(req.headers()),
-            client_ip: None,
-            route: None,
-            upstream: None,
-            endpoint: None,
-            retries: 0,
-            status: 0,
-            bytes: 0,
-        })
+    // What the access log needs of the request, taken before it moves on.
+    let logged = table.log.access.then(|| {
+        (
+            req.method().clone(),
+            req.uri().clone(),
+            req.headers().get(header::HOST).cloned(),
+            access::trace_id(req.headers()),
+        )
     });
     shared.retry_budget.record_request();
     let http1 = req.version() < Version::HTTP_2;
@@ -160,7 +151,7 @@ pub async fn handle(
     .await
     {
         Ok(mut resp) => {
-            resp.headers_mut().insert(X_REQUEST_ID, request_id);
+            resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
             resp
         }
         // error_response sets the request id itself.
@@ -177,27 +168,32 @@ pub async fn handle(
     table
         .metrics
         .record(outcome.route, outcome.upstream, status, started.elapsed());
-    if let Some(mut access) = access {
-        access.client_ip = outcome.client_ip;
-        access.route = outcome.route;
-        access.upstream = outcome.upstream;
-        access.endpoint = outcome.endpoint;
-        access.retries = outcome.retries;
-        access.status = status;
+    if let Some((method, uri, host, trace_id)) = logged {
         // Written when the body ends (or right away for steer's own answers).
-        resp.body_mut().attach_access(access);
+        resp.body_mut().attach_access(Box::new(Access {
+            table,
+            start: started,
+            method,
+            uri,
+            host,
+            request_id,
+            trace_id,
+            outcome,
+            status,
+            bytes: 0,
+        }));
     }
     resp
 }
 
 /// Which route, upstream and endpoint a request used (metrics and logs).
 #[derive(Debug, Default)]
-struct Outcome {
-    client_ip: Option<std::net::IpAddr>,
-    route: Option<usize>,
-    upstream: Option<usize>,
-    endpoint: Option<SocketAddr>,
-    retries: u32,
+pub(crate) struct Outcome {
+    pub(crate) client_ip: Option<std::net::IpAddr>,
+    pub(crate) route: Option<usize>,
+    pub(crate) upstream: Option<usize>,
+    pub(crate) endpoint: Option<SocketAddr>,
+    pub(crate) retries: u32,
 }
 
 async fn proxy(
