@@ -53,6 +53,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub mod accesslog;
 pub mod admin;
 pub mod app;
+pub mod body;
 pub mod client;
 pub mod config;
 pub mod demo;

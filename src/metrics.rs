@@ -35,6 +35,7 @@ pub struct Metrics {
     last_reload: IntGaugeVec,
     cert_expiry: IntGaugeVec,
     rate_limited: IntCounterVec,
+    send_timeouts: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -222,6 +223,12 @@ impl Metrics {
                 "Requests answered 429 by a route's rate limit",
                 &["route"],
             ),
+            send_timeouts: counter_vec(
+                &registry,
+                "steer_client_send_timeouts_total",
+                "Responses given up because the client took no bytes for send_timeout (HTTP/1.1 connections closed, HTTP/2 streams reset), by listener",
+                &["listener"],
+            ),
             cert_expiry: gauge_vec(
                 &registry,
                 "steer_tls_certificate_expiry_timestamp_seconds",
@@ -328,6 +335,10 @@ impl Metrics {
 
     pub fn connections(&self, listener: &str) -> IntGauge {
         self.connections.with_label_values(&[listener])
+    }
+
+    pub fn send_timeouts(&self, listener: &str) -> IntCounter {
+        self.send_timeouts.with_label_values(&[listener])
     }
 
     pub fn retries(&self, upstream: &str) -> IntCounter {

@@ -181,7 +181,9 @@ impl Reloader {
     pub async fn reload(self: &Arc<Self>, force: bool) -> Result<Reloaded, ReloadError> {
         let mut last_good = self.lock.lock().await;
         let current = self.shared.live.load_full();
-        let text = match std::fs::read(&self.path) {
+        // Off the workers and under a deadline: a FIFO, a device or a hung
+        // mount cannot stall serving (`config::read`).
+        let text = match config::read::config_file(&self.path).await {
             Ok(t) => t,
             Err(source) => {
                 let err = LoadError::Read {

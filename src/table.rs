@@ -78,7 +78,7 @@ impl<'a> TlsFactory<'a> {
         let ca_hash = spec
             .tls_ca
             .as_ref()
-            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|p| crate::config::read::read(p).ok())
             .map(|b| crate::config::content_hash(&b));
         let id = format!("{:?}|{:?}|{:?}", spec.tls_ca, ca_hash, spec.tls_server_name);
         if spec.protocol != Protocol::Https {

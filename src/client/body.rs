@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
+use crate::body::Inbound;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use hyper::body::Incoming;
 
 pub use crate::BoxError;
 
@@ -37,7 +37,7 @@ impl Fault {
 pub enum ReqBody {
     /// The client's body; `left` is what `max_body` still allows.
     Client {
-        inner: Incoming,
+        inner: Inbound,
         left: Option<u64>,
         fault: Arc<Fault>,
     },
@@ -49,7 +49,7 @@ pub enum ReqBody {
 pub struct BodyTooLarge;
 
 impl ReqBody {
-    pub fn client(inner: Incoming, max: Option<u64>, fault: Arc<Fault>) -> ReqBody {
+    pub fn client(inner: Inbound, max: Option<u64>, fault: Arc<Fault>) -> ReqBody {
         ReqBody::Client {
             inner,
             left: max,
@@ -90,9 +90,9 @@ impl Body for ReqBody {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     fault.0.store(MALFORMED, Ordering::Relaxed);
-                    Poll::Ready(Some(Err(e.into())))
+                    Poll::Ready(Some(Err(e)))
                 }
-                other => other.map_err(Into::into),
+                other => other,
             },
         }
     }

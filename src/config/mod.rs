@@ -5,6 +5,7 @@
 
 mod lint;
 mod parse;
+pub(crate) mod read;
 mod walk;
 
 pub use lint::{Warning, lint};
@@ -29,6 +30,7 @@ pub struct Config {
     pub proxy: ProxySettings,
     pub log: LogSettings,
     pub reload: ReloadSettings,
+    pub admin: AdminSettings,
     pub upstreams: Vec<UpstreamSpec>,
     pub routes: Vec<RouteSpec>,
 }
@@ -58,6 +60,25 @@ impl Default for ReloadSettings {
             on_gate_timeout: GateTimeout::Keep,
         }
     }
+}
+
+/// `[admin]`: who may call the admin API's state-changing endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// Host names (besides IP literals and `localhost`) that requests which
+    /// change state may carry in `Host` (DNS-rebinding defence).
+    pub allowed_hosts: Vec<String>,
+    /// A file holding the bearer token every admin endpoint but `/healthz`
+    /// and `/ready` requires; re-read at every load.
+    pub token_file: Option<PathBuf>,
+}
+
+/// Which forwarding header a trusted proxy in front sets (the other one is
+/// treated as forged, like any forwarding header from an untrusted peer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIpHeader {
+    XForwardedFor,
+    Forwarded,
 }
 
 /// `[log]`: what steer logs besides its own events.
@@ -111,6 +132,19 @@ pub struct ProxySettings {
     /// Open client connections per client IP (TCP peer); more are closed
     /// at once. `None`: no cap.
     pub max_connections_per_ip: Option<usize>,
+    /// A response that cannot send any byte to its client for this long is
+    /// given up (nginx's `send_timeout`).
+    pub send_timeout: Duration,
+    /// HTTP/2 streams a client may have open on one connection.
+    pub max_concurrent_streams: u32,
+    /// `Upgrade` tokens passed to upstreams (lower-case); others are removed.
+    pub upgrades: Vec<String>,
+    /// An upgraded connection with no bytes either way for this long closes.
+    pub tunnel_idle_timeout: Duration,
+    /// Keep request header fields whose names contain `_`.
+    pub underscores_in_headers: bool,
+    /// The forwarding header that sets the client IP behind trusted proxies.
+    pub client_ip_header: ClientIpHeader,
 }
 
 impl Default for ProxySettings {
@@ -129,6 +163,12 @@ impl Default for ProxySettings {
             header_read_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             max_connections_per_ip: None,
+            send_timeout: Duration::from_secs(60),
+            max_concurrent_streams: 100,
+            upgrades: vec!["websocket".to_owned()],
+            tunnel_idle_timeout: Duration::from_secs(3600),
+            underscores_in_headers: false,
+            client_ip_header: ClientIpHeader::XForwardedFor,
         }
     }
 }
@@ -358,20 +398,13 @@ fn join_errors(errors: &[ConfigError]) -> String {
 
 /// Reads and validates the file at `path`.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    parse(&text, path)
+    parse(&read_text(path)?, path)
 }
 
 /// Reads and validates the file at `path` and runs the lints: the config
 /// and every warning as `FILE:LINE:COL: warning: message`.
 pub fn check_file(path: &Path) -> Result<(Config, Vec<String>), LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let text = read_text(path)?;
     let config = parse(&text, path)?;
     let warnings = lint(&config)
         .into_iter()
@@ -381,6 +414,28 @@ pub fn check_file(path: &Path) -> Result<(Config, Vec<String>), LoadError> {
         })
         .collect();
     Ok((config, warnings))
+}
+
+/// The config file as text: a regular file, at most 16 MiB, read within
+/// 5 s on a thread of its own (`read`).
+fn read_text(path: &Path) -> Result<String, LoadError> {
+    let bytes = read::config_file_blocking(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    utf8(bytes, path)
+}
+
+/// The file's bytes as text, or the error a non-UTF-8 file gets.
+pub(crate) fn utf8(bytes: Vec<u8>, path: &Path) -> Result<String, LoadError> {
+    String::from_utf8(bytes).map_err(|_| {
+        LoadError::Invalid(vec![ConfigError {
+            file: path.display().to_string(),
+            line: 1,
+            col: 1,
+            message: "the file is not UTF-8".to_owned(),
+        }])
+    })
 }
 
 /// Validates `text` as if read from `path` (relative file names in it are
@@ -396,6 +451,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, LoadError> {
             proxy: parsed.proxy,
             log: parsed.log,
             reload: parsed.reload,
+            admin: parsed.admin,
             upstreams: parsed.upstreams,
             routes: parsed.routes,
         })

@@ -13,11 +13,13 @@ use toml::de::{DeTable, DeValue};
 
 use super::walk::{Errors, Span, Table, as_integer, as_table, type_error};
 use super::{
+    AdminSettings, ClientIpHeader, GateTimeout, RateKey, RateLimitSpec, ReloadSettings, Warmup,
+};
+use super::{
     Balance, CertificateFiles, EndpointAddr, HeaderRules, HealthSpec, HostPattern, Listen,
     LogSettings, PathMatch, Protocol, ProxySettings, RouteSpec, Target, UpstreamSpec, parse_cidr,
     parse_duration,
 };
-use super::{GateTimeout, RateKey, RateLimitSpec, ReloadSettings, Warmup};
 
 pub(super) struct Parsed {
     pub(super) listen: Listen,
@@ -25,12 +27,14 @@ pub(super) struct Parsed {
     pub(super) proxy: ProxySettings,
     pub(super) log: LogSettings,
     pub(super) reload: ReloadSettings,
+    pub(super) admin: AdminSettings,
     pub(super) upstreams: Vec<UpstreamSpec>,
     pub(super) routes: Vec<super::RouteSpec>,
 }
 
 const TOP_KEYS: &[&str] = &[
     "reload",
+    "admin",
     "listen",
     "tls",
     "proxy",
@@ -78,6 +82,7 @@ pub(super) fn document(text: &str, base: &Path) -> Result<Parsed, Errors> {
     let proxy = proxy(&mut errors, &root);
     let log = log(&mut errors, &root);
     let reload = reload(&mut errors, &root);
+    let admin = admin(&mut errors, &root, base);
     let health_defaults = root
         .table(&mut errors, "health", "[health]")
         .map(|t| health(&mut errors, &t, &HealthSpec::default()))
@@ -91,6 +96,7 @@ pub(super) fn document(text: &str, base: &Path) -> Result<Parsed, Errors> {
             proxy,
             log,
             reload,
+            admin,
             upstreams,
             routes,
         })
@@ -249,6 +255,12 @@ fn proxy(errors: &mut Errors, root: &Table<'_, '_>) -> ProxySettings {
             "header_read_timeout",
             "max_connections",
             "max_connections_per_ip",
+            "send_timeout",
+            "max_concurrent_streams",
+            "upgrades",
+            "tunnel_idle_timeout",
+            "underscores_in_headers",
+            "client_ip_header",
         ],
     );
     let trusted_proxies = table
@@ -282,6 +294,107 @@ fn proxy(errors: &mut Errors, root: &Table<'_, '_>) -> ProxySettings {
         max_connections_per_ip: table
             .get("max_connections_per_ip")
             .map(|_| positive(errors, &table, "max_connections_per_ip", 0, 10_000_000) as usize),
+        send_timeout: duration(errors, &table, "send_timeout", defaults.send_timeout),
+        max_concurrent_streams: positive(
+            errors,
+            &table,
+            "max_concurrent_streams",
+            defaults.max_concurrent_streams,
+            10_000,
+        ),
+        upgrades: upgrade_tokens(errors, &table).unwrap_or(defaults.upgrades),
+        tunnel_idle_timeout: duration(
+            errors,
+            &table,
+            "tunnel_idle_timeout",
+            defaults.tunnel_idle_timeout,
+        ),
+        underscores_in_headers: table
+            .bool(errors, "underscores_in_headers")
+            .unwrap_or(defaults.underscores_in_headers),
+        client_ip_header: match table.str(errors, "client_ip_header") {
+            None => defaults.client_ip_header,
+            Some((text, span)) => match text.to_ascii_lowercase().as_str() {
+                "x-forwarded-for" => ClientIpHeader::XForwardedFor,
+                "forwarded" => ClientIpHeader::Forwarded,
+                _ => {
+                    errors.push(
+                        span,
+                        format!(
+                            "`client_ip_header` must be \"x-forwarded-for\" or \"forwarded\"; got `{text}`"
+                        ),
+                    );
+                    defaults.client_ip_header
+                }
+            },
+        },
+    }
+}
+
+/// `upgrades`: protocol tokens (RFC 9110 §7.8), kept lower-case. `None`
+/// when the key is absent.
+fn upgrade_tokens(errors: &mut Errors, table: &Table<'_, '_>) -> Option<Vec<String>> {
+    table.get("upgrades")?;
+    let mut out = Vec::new();
+    for (text, span) in table.str_list(errors, "upgrades") {
+        let token = text.split('/').next().unwrap_or("");
+        if token.is_empty() || !token.bytes().all(is_tchar) {
+            errors.push(
+                span,
+                format!(
+                    "`upgrades` entries must be protocol names like \"websocket\"; got `{text}`"
+                ),
+            );
+            continue;
+        }
+        out.push(token.to_ascii_lowercase());
+    }
+    Some(out)
+}
+
+/// RFC 9110 §5.6.2 token characters.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn admin(errors: &mut Errors, root: &Table<'_, '_>, base: &Path) -> AdminSettings {
+    let Some(table) = root.table(errors, "admin", "[admin]") else {
+        return AdminSettings::default();
+    };
+    table.check_keys(errors, &["allowed_hosts", "token_file"]);
+    let allowed_hosts = table
+        .str_list(errors, "allowed_hosts")
+        .into_iter()
+        .filter_map(|(host, span)| {
+            let host = host.trim_end_matches('.').to_ascii_lowercase();
+            let ok = !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+            if !ok {
+                errors.push(
+                    span,
+                    format!(
+                        "`allowed_hosts` entries must be host names without a port; got `{host}`"
+                    ),
+                );
+            }
+            ok.then_some(host)
+        })
+        .collect();
+    let token_file = table.str(errors, "token_file").and_then(|(name, span)| {
+        let path = base.join(name);
+        match super::read::token(&path) {
+            Ok(_) => Some(path),
+            Err(e) => {
+                errors.push(span, format!("`token_file`: {e}"));
+                None
+            }
+        }
+    });
+    AdminSettings {
+        allowed_hosts,
+        token_file,
     }
 }
 

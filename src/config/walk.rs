@@ -72,6 +72,17 @@ impl<'a, 'i> Table<'a, 'i> {
         as_integer(errors, value, key)
     }
 
+    pub(crate) fn bool(&self, errors: &mut Errors, key: &str) -> Option<bool> {
+        let value = self.get(key)?;
+        match value.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            other => {
+                type_error(errors, value.span(), key, "a boolean", other);
+                None
+            }
+        }
+    }
+
     pub(crate) fn table(
         &self,
         errors: &mut Errors,

@@ -17,7 +17,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use hyper::body::Incoming;
 
 use access::Access;
 use body::UpstreamBody;
@@ -25,6 +24,7 @@ pub use body::{ProxyBody, open_tunnels};
 use headers::{Hop, X_REQUEST_ID};
 pub use retry::RetryBudget;
 
+use crate::body::Inbound;
 use crate::client::{ClientError, Fault, ReqBody};
 use crate::config::Target;
 use crate::metrics::Metrics;
@@ -120,7 +120,7 @@ pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<Pr
 pub async fn handle(
     shared: Arc<Shared>,
     conn: ConnInfo,
-    req: Request<Incoming>,
+    req: Request<Inbound>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let table = shared.live.load_full();
@@ -200,7 +200,7 @@ async fn proxy(
     shared: &Shared,
     table: &Table,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    req: Request<Inbound>,
     raw_host: Result<Option<String>, ProxyError>,
     request_id: &HeaderValue,
     outcome: &mut Outcome,
@@ -270,7 +270,7 @@ async fn proxy(
 
 /// Header count and size limits, answered with 431 and a reason (hyper's
 /// own, larger limits only guard the parser).
-fn check_limits(table: &Table, req: &Request<Incoming>) -> Result<(), ProxyError> {
+fn check_limits(table: &Table, req: &Request<Inbound>) -> Result<(), ProxyError> {
     let headers = req.headers();
     if headers.len() > table.proxy.max_headers {
         return Err(ProxyError::HeadersTooLarge("too many header fields"));
@@ -289,7 +289,7 @@ fn check_limits(table: &Table, req: &Request<Incoming>) -> Result<(), ProxyError
 }
 
 /// The client's Host: `:authority` (HTTP/2, absolute-form) or `Host`.
-fn client_host(req: &Request<Incoming>) -> Result<Option<String>, ProxyError> {
+fn client_host(req: &Request<Inbound>) -> Result<Option<String>, ProxyError> {
     if let Some(authority) = req.uri().authority() {
         return Ok(Some(authority.as_str().to_owned()));
     }
@@ -487,7 +487,7 @@ async fn forward(
     table: &Table,
     route: &Route,
     first: (usize, &Arc<Endpoint>),
-    req: Request<Incoming>,
+    req: Request<Inbound>,
     hop: &Hop<'_>,
     request_id: &HeaderValue,
     outcome: &mut Outcome,

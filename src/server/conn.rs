@@ -4,9 +4,9 @@
 //! and the count that a graceful shutdown waits on.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -22,23 +22,36 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// What one connection is doing.
 #[derive(Debug)]
 pub struct Activity {
+    peer: SocketAddr,
     last_ms: AtomicU64,
     open: AtomicUsize,
+    /// A send timeout is logged once per connection, however many of its
+    /// streams hit one.
+    send_timeout_logged: AtomicBool,
 }
 
 impl Activity {
-    pub fn new() -> Arc<Activity> {
+    pub fn new(peer: SocketAddr) -> Arc<Activity> {
         Arc::new(Activity {
+            peer,
             last_ms: AtomicU64::new(now_ms()),
             open: AtomicUsize::new(0),
+            send_timeout_logged: AtomicBool::new(false),
         })
+    }
+
+    /// Logs a send timeout on this connection, the first time only.
+    pub fn log_send_timeout(&self, what: &'static str) {
+        if !self.send_timeout_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(peer = %self.peer, "{what}");
+        }
     }
 
     /// Marks activity now (the idle clock starts again).

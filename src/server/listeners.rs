@@ -212,6 +212,7 @@ impl ListenerSet {
                     settings,
                     stop_rx,
                     self.metrics.connections(kind.name()),
+                    kind.name(),
                 ))
             }
             Kind::Admin => {

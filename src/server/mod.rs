@@ -1,7 +1,10 @@
-//! Listeners and connection serving: accept, serve plain HTTP/1.1 in rounds
-//! that give their buffers back when idle (`park`), TLS and h2c prior
-//! knowledge with hyper-util's auto builder, hand each request to a
-//! service, and stop gracefully. Knows nothing about routing.
+//! Listeners and connection serving: accept, tell HTTP/1.1 from HTTP/2
+//! (ALPN, or the preface under `header_read_timeout`), serve plain
+//! HTTP/1.1 in rounds that give their buffers back when idle (`park`),
+//! HTTP/1.1 over TLS with hyper, HTTP/2 with the `h2` crate (`h2`), hand
+//! each request to the proxy, and stop gracefully. Every client socket
+//! writes under `send_timeout` (`io::WriteDeadline`). Knows nothing about
+//! routing.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,22 +12,27 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use prometheus::IntGauge;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::ProxySettings;
 
 mod conn;
+mod h2;
 pub mod handover;
+mod io;
 pub mod listeners;
 mod park;
 use crate::proxy::{self, ConnInfo, ProxyBody, Shared};
+use io::{Prefixed, Speaks, StallReport, WriteDeadline};
 
 /// hyper's own parser limit sits above steer's `max_header_bytes` so that
 /// oversized heads reach steer and get a 431 with a reason; only heads
@@ -53,40 +61,40 @@ fn parser_max_headers(settings: &ProxySettings) -> Option<usize> {
     (settings.max_headers > HYPER_MAX_HEADERS).then_some(settings.max_headers * 2)
 }
 
-/// The two ways a client-facing listener serves a connection: hyper-util's
-/// auto builder (TLS, h2c) and plain HTTP/1.1 rounds (`park`).
-pub struct Builders {
-    auto: auto::Builder<TokioExecutor>,
+/// How a proxy listener serves its connections: the protocol builders and
+/// the per-listener timeouts, fixed when the listener starts.
+pub(crate) struct Serving {
     http1: hyper::server::conn::http1::Builder,
+    h2: ::h2::server::Builder,
+    idle: Duration,
+    header_read_timeout: Duration,
+    send_timeout: Duration,
 }
 
-/// Connection-level settings for client-facing listeners.
-pub fn builder(settings: &ProxySettings) -> Builders {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size(parser_buf_size(settings))
-        .keep_alive(true);
-    if let Some(n) = parser_max_headers(settings) {
-        builder.http1().max_headers(n);
+impl Serving {
+    fn new(settings: &ProxySettings) -> Serving {
+        Serving {
+            http1: park::http1_builder(settings),
+            h2: h2::builder(settings),
+            idle: settings.idle_timeout,
+            header_read_timeout: settings.header_read_timeout,
+            send_timeout: settings.send_timeout,
+        }
     }
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(
-            u32::try_from(settings.max_header_bytes * PARSER_SLACK).unwrap_or(u32::MAX),
-        )
-        .max_concurrent_streams(250)
-        .adaptive_window(true)
-        .max_pending_accept_reset_streams(100)
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
-    Builders {
-        auto: builder,
-        http1: park::http1_builder(settings),
-    }
+}
+
+/// What the protocol handlers of one client connection share.
+pub(crate) struct ConnCtx {
+    shared: Arc<Shared>,
+    info: ConnInfo,
+    activity: Arc<conn::Activity>,
+    serving: Arc<Serving>,
+    finish: watch::Receiver<bool>,
+    stalls: StallReport,
+    /// The connection's head deadline: a client that has not sent a whole
+    /// request head (HTTP/1.1) or the preface and its SETTINGS (HTTP/2)
+    /// by then is closed.
+    head_deadline: tokio::time::Instant,
 }
 
 /// How often a connection checks whether it has been idle for `idle`.
@@ -102,6 +110,9 @@ pub struct TlsListener {
     pub handshake_timeout: Duration,
 }
 
+/// A client socket as every protocol handler sees it.
+type ClientIo = WriteDeadline<TcpStream>;
+
 /// Accepts on `listener` until `stop` turns true, then asks every open
 /// connection to finish (HTTP/1.1: `Connection: close` after the response
 /// in progress; HTTP/2: GOAWAY) and waits up to `drain_timeout` for them.
@@ -114,8 +125,10 @@ pub async fn serve_proxy(
     settings: ProxySettings,
     stop: watch::Receiver<bool>,
     active: IntGauge,
+    listener_name: &'static str,
 ) {
-    let builder = Arc::new(builder(&settings));
+    let serving = Arc::new(Serving::new(&settings));
+    let send_timeouts = shared.metrics.send_timeouts(listener_name);
     let tracker = Arc::new(conn::Tracker::default());
     let (finish, finish_rx) = watch::channel(false);
     let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -126,43 +139,43 @@ pub async fn serve_proxy(
     accept_loop(listener, stop, Some(limits), |stream, peer| {
         let slot = tracker.admit(peer.ip(), settings.max_connections_per_ip);
         let shared = shared.clone();
-        let builder = builder.clone();
+        let serving = serving.clone();
         let tls = tls.clone();
         let active = active.clone();
         let finish = finish_rx.clone();
-        let idle = settings.idle_timeout;
-        let header_read_timeout = settings.header_read_timeout;
         let closing = closing.clone();
+        let send_timeouts = send_timeouts.clone();
         async move {
             let Some(_slot) = slot else {
                 tracing::warn!(%peer, "per-client connection cap reached; closing the new connection");
                 return;
             };
             active.inc();
-            let activity = conn::Activity::new();
-            let io = stream;
-            let info = ConnInfo {
-                peer,
-                tls: tls.is_some(),
-                closing: closing.clone(),
+            let activity = conn::Activity::new(peer);
+            let stalls = StallReport {
+                activity: activity.clone(),
+                counter: send_timeouts,
+            };
+            let io = WriteDeadline::new(stream, serving.send_timeout, stalls.clone());
+            let ctx = ConnCtx {
+                shared,
+                info: ConnInfo {
+                    peer,
+                    tls: tls.is_some(),
+                    closing,
+                },
+                activity,
+                head_deadline: tokio::time::Instant::now() + serving.header_read_timeout,
+                serving,
+                finish,
+                stalls,
             };
             // Boxed: the task then holds a pointer, not the largest of the
-            // two futures inline (a TLS session is kilobytes), which is what
+            // futures inline (a TLS session is kilobytes), which is what
             // an idle connection costs.
             let result = match tls {
-                None => Box::pin(park::serve(&builder, io, shared, info, activity, idle, header_read_timeout, finish)).await,
-                Some(tls) => {
-                    Box::pin(async move {
-                        match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(io)).await {
-                            Ok(Ok(stream)) => {
-                                serve_client(&builder.auto, TokioIo::new(stream), shared, info, activity, idle, finish).await
-                            }
-                            Ok(Err(e)) => Err(format!("TLS handshake failed: {e}").into()),
-                            Err(_) => Err("TLS handshake timed out".into()),
-                        }
-                    })
-                    .await
-                }
+                None => Box::pin(plain(io, ctx)).await,
+                Some(tls) => Box::pin(secure(io, tls, ctx)).await,
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "client connection ended with an error");
@@ -173,6 +186,82 @@ pub async fn serve_proxy(
     .await;
     closing.store(true, std::sync::atomic::Ordering::Relaxed);
     drain(&shared, &tracker, &finish).await;
+}
+
+/// A plain-TCP connection: HTTP/2 by its preface (h2c prior knowledge),
+/// else HTTP/1.1 in rounds (`park`). A client that sends nothing at all
+/// is bounded like one that sends a partial head (or by `idle_timeout`
+/// if shorter).
+async fn plain(mut io: ClientIo, mut ctx: ConnCtx) -> ClientResult {
+    let first = ctx
+        .head_deadline
+        .min(tokio::time::Instant::now() + ctx.serving.idle);
+    let mut buf = BytesMut::new();
+    let speaks = tokio::select! {
+        biased;
+        speaks = tokio::time::timeout_at(first, io::sniff(&mut io, &mut buf)) => match speaks {
+            Ok(speaks) => speaks?,
+            Err(_) => return Ok(()),
+        },
+        () = async { let _ = ctx.finish.wait_for(|f| *f).await; } => return Ok(()),
+    };
+    match speaks {
+        Speaks::Nothing => Ok(()),
+        Speaks::Http1 => park::serve(io, buf.freeze(), ctx).await,
+        Speaks::Http2 => {
+            if !read_h2_start(&mut io, &mut buf, ctx.head_deadline).await? {
+                return Ok(());
+            }
+            // Boxed: a plain connection's task holds no space for it.
+            Box::pin(h2::serve(Prefixed::new(buf.freeze(), io), ctx)).await
+        }
+    }
+}
+
+/// Reads the client's first HTTP/2 frame by `deadline`; false when the
+/// client did not send it in time.
+async fn read_h2_start<I: AsyncRead + Unpin>(
+    io: &mut I,
+    buf: &mut BytesMut,
+    deadline: tokio::time::Instant,
+) -> std::io::Result<bool> {
+    match tokio::time::timeout_at(deadline, io::read_h2_start(io, buf)).await {
+        Ok(read) => read.map(|()| true),
+        Err(_) => Ok(false),
+    }
+}
+
+/// A TLS connection: the handshake under `tls_handshake_timeout`, then
+/// HTTP/2 or HTTP/1.1 as ALPN says (by the preface when the client named
+/// no protocol).
+async fn secure(io: ClientIo, tls: TlsListener, ctx: ConnCtx) -> ClientResult {
+    let stream = match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(io)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(format!("TLS handshake failed: {e}").into()),
+        Err(_) => return Err("TLS handshake timed out".into()),
+    };
+    let mut stream = stream;
+    let mut buf = BytesMut::new();
+    let speaks = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Speaks::Http2,
+        Some(_) => Speaks::Http1,
+        None => match tokio::time::timeout_at(ctx.head_deadline, io::sniff(&mut stream, &mut buf))
+            .await
+        {
+            Ok(speaks) => speaks?,
+            Err(_) => return Ok(()),
+        },
+    };
+    match speaks {
+        Speaks::Nothing => Ok(()),
+        Speaks::Http1 => serve_h1(Prefixed::new(buf.freeze(), stream), ctx).await,
+        Speaks::Http2 => {
+            if !read_h2_start(&mut stream, &mut buf, ctx.head_deadline).await? {
+                return Ok(());
+            }
+            h2::serve(Prefixed::new(buf.freeze(), stream), ctx).await
+        }
+    }
 }
 
 /// After the accept loop: keep-alive grace, then
@@ -208,20 +297,21 @@ async fn drain(shared: &Shared, tracker: &conn::Tracker, finish: &watch::Sender<
 
 type ClientResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-/// Serves one client connection until it ends; asks it to finish when
-/// `finish` turns true or when it has been idle for `idle`.
-async fn serve_client<I>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: TokioIo<I>,
-    shared: Arc<Shared>,
-    info: ConnInfo,
-    activity: Arc<conn::Activity>,
-    idle: Duration,
-    mut finish: watch::Receiver<bool>,
-) -> ClientResult
+/// Serves HTTP/1.1 over TLS with hyper until the connection ends; asks it
+/// to finish when `finish` turns true or when it has been idle for `idle`.
+/// hyper's `header_read_timeout` bounds each request head.
+async fn serve_h1<I>(io: I, ctx: ConnCtx) -> ClientResult
 where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let ConnCtx {
+        shared,
+        info,
+        activity,
+        serving,
+        mut finish,
+        ..
+    } = ctx;
     let per_request = activity.clone();
     let peer = info.peer;
     let service = service_fn(move |req: Request<Incoming>| {
@@ -229,12 +319,16 @@ where
         let open = per_request.open();
         let info = info.clone();
         async move {
-            let resp = proxy::handle(shared, info, req).await;
+            let resp = proxy::handle(shared, info, req.map(Into::into)).await;
             Ok::<_, Infallible>(resp.map(|b| conn::Guarded::new(b, open)))
         }
     });
-    let conn = builder.serve_connection_with_upgrades(io, service);
+    let conn = serving
+        .http1
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     tokio::pin!(conn);
+    let idle = serving.idle;
     let mut tick = idle_tick(idle);
     let mut asked = *finish.borrow();
     if asked {
@@ -242,7 +336,7 @@ where
     }
     loop {
         tokio::select! {
-            result = conn.as_mut() => return result,
+            result = conn.as_mut() => return result.map_err(Into::into),
             changed = finish.changed(), if !asked => {
                 if changed.is_err() || *finish.borrow() {
                     asked = true;

@@ -19,8 +19,8 @@
 //! upgrade that was not granted is not parked at all: hyper would hand the
 //! socket to that upgrade.
 //!
-//! The first bytes are peeked: an h2c preface goes to hyper-util's auto
-//! builder, as do TLS connections (`serve_client`).
+//! The caller has read the first bytes already (to tell HTTP/1.1 from an
+//! h2c preface); they are the first round's leftover.
 
 use std::future::Future as _;
 use std::io;
@@ -30,21 +30,18 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::{ClientResult, conn};
-use crate::proxy::{self, ConnInfo, Shared};
-
-/// The HTTP/2 connection preface (h2c with prior knowledge).
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+use super::io::Prefixed;
+use super::{ClientIo, ClientResult, ConnCtx, conn};
+use crate::proxy;
 
 /// How long a connection has no request open before its round ends and
 /// it gives its buffers back (at most half of `header_read_timeout`,
@@ -78,8 +75,7 @@ impl Exchange {
 /// of a round is swallowed (steer decides whether the connection goes on);
 /// after an upgrade it is real, as the tunnel's end needs it.
 struct RoundIo {
-    prefix: Bytes,
-    stream: TcpStream,
+    io: Prefixed<ClientIo>,
     exchange: Arc<Exchange>,
 }
 
@@ -89,14 +85,7 @@ impl AsyncRead for RoundIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
 }
 
@@ -106,7 +95,7 @@ impl AsyncWrite for RoundIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -114,21 +103,21 @@ impl AsyncWrite for RoundIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.exchange.has(UPGRADED) {
-            Pin::new(&mut this.stream).poll_shutdown(cx)
+            Pin::new(&mut this.io).poll_shutdown(cx)
         } else {
             Poll::Ready(Ok(()))
         }
@@ -145,7 +134,7 @@ enum Woken {
 /// when the listener finishes, the connection has been idle for `idle`
 /// (checked at `tick`).
 async fn wait_readable(
-    stream: &TcpStream,
+    stream: &ClientIo,
     tick: &mut tokio::time::Interval,
     activity: &conn::Activity,
     idle: Duration,
@@ -157,7 +146,7 @@ async fn wait_readable(
     loop {
         tokio::select! {
             biased;
-            ready = stream.readable() => return ready.map(|()| Woken::Readable),
+            ready = stream.get_ref().readable() => return ready.map(|()| Woken::Readable),
             changed = finish.changed() => {
                 if changed.is_err() || *finish.borrow() {
                     return Ok(Woken::Close);
@@ -172,48 +161,21 @@ async fn wait_readable(
     }
 }
 
-/// Serves a plain-TCP client connection (see the module docs).
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn serve(
-    builder: &super::Builders,
-    mut stream: TcpStream,
-    shared: Arc<Shared>,
-    info: ConnInfo,
-    activity: Arc<conn::Activity>,
-    idle: Duration,
-    header_read_timeout: Duration,
-    mut finish: watch::Receiver<bool>,
-) -> ClientResult {
-    // The first request: a client that sends nothing at all is bounded
-    // like one that sends a partial head (or by idle_timeout if shorter).
-    let mut head = [0u8; H2_PREFACE.len()];
-    let n = tokio::select! {
-        biased;
-        n = stream.peek(&mut head) => n?,
-        () = tokio::time::sleep(header_read_timeout.min(idle)) => return Ok(()),
-        () = async { let _ = finish.wait_for(|f| *f).await; } => return Ok(()),
-    };
-    if n == 0 {
-        return Ok(());
-    }
-    if head[..n] == H2_PREFACE[..n] {
-        // h2c (or too few bytes to tell): hyper-util's auto builder.
-        // Boxed: a plain connection's task holds no space for it.
-        return Box::pin(super::serve_client(
-            &builder.auto,
-            TokioIo::new(stream),
-            shared,
-            info,
-            activity,
-            idle,
-            finish,
-        ))
-        .await;
-    }
+/// Serves a plain-TCP HTTP/1.1 connection whose first bytes are `leftover`
+/// (see the module docs).
+pub(super) async fn serve(mut stream: ClientIo, mut leftover: Bytes, ctx: ConnCtx) -> ClientResult {
+    let ConnCtx {
+        shared,
+        info,
+        activity,
+        serving,
+        mut finish,
+        ..
+    } = ctx;
+    let (idle, header_read_timeout) = (serving.idle, serving.header_read_timeout);
     let mut tick = super::idle_tick(idle);
     // hyper's header timer runs while a round sits idle: park well before.
     let park_after = PARK_AFTER.min(header_read_timeout / 2);
-    let mut leftover = Bytes::new();
     // Since when the bytes carried between rounds have been an incomplete
     // request head (as seen at the end of a round): hyper's header timer
     // restarts with each round, so the round loop also ends the connection
@@ -239,7 +201,7 @@ pub(super) async fn serve(
                     .get::<hyper::upgrade::OnUpgrade>()
                     .is_some();
                 async move {
-                    let resp = proxy::handle(shared, info, req).await;
+                    let resp = proxy::handle(shared, info, req.map(Into::into)).await;
                     exchange.set(SERVED);
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                         exchange.set(UPGRADED);
@@ -253,13 +215,12 @@ pub(super) async fn serve(
             })
         };
         let io = RoundIo {
-            prefix: leftover,
-            stream,
+            io: Prefixed::new(leftover, stream),
             exchange: exchange.clone(),
         };
         // Boxed: while parked the task holds no space for hyper's state.
         let mut conn = Box::new(
-            builder
+            serving
                 .http1
                 .serve_connection(TokioIo::new(io), round)
                 .with_upgrades(),
@@ -327,8 +288,8 @@ pub(super) async fn serve(
             return Ok(());
         };
         let hyper::server::conn::http1::Parts { io, read_buf, .. } = parts;
-        let io = io.into_inner();
-        stream = io.stream;
+        let (unread, io) = io.into_inner().io.into_parts();
+        stream = io;
         // Only a round that ended because steer parked it may go on: hyper
         // ends one by itself when the client or the answer closes.
         if !parking || closing || *finish.borrow() {
@@ -337,12 +298,12 @@ pub(super) async fn serve(
         }
         // Copied out, even when empty: a Bytes of hyper's read buffer pins
         // the whole 8 KiB allocation.
-        leftover = if io.prefix.is_empty() {
+        leftover = if unread.is_empty() {
             Bytes::copy_from_slice(&read_buf)
         } else {
-            let mut both = BytesMut::with_capacity(read_buf.len() + io.prefix.len());
+            let mut both = BytesMut::with_capacity(read_buf.len() + unread.len());
             both.extend_from_slice(&read_buf);
-            both.extend_from_slice(&io.prefix);
+            both.extend_from_slice(&unread);
             both.freeze()
         };
         drop(read_buf);

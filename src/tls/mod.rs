@@ -62,7 +62,7 @@ pub enum TlsError {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    crate::config::read::read(path).map_err(|source| TlsError::Read {
         path: path.to_path_buf(),
         source,
     })
@@ -335,8 +335,8 @@ fn load_set(files: &[CertificateFiles]) -> Result<CertSet, TlsError> {
 }
 
 fn file_hash(files: &CertificateFiles) -> Option<String> {
-    let mut all = std::fs::read(&files.cert).ok()?;
-    all.extend_from_slice(&std::fs::read(&files.key).ok()?);
+    let mut all = crate::config::read::read(&files.cert).ok()?;
+    all.extend_from_slice(&crate::config::read::read(&files.key).ok()?);
     Some(crate::config::content_hash(&all))
 }
 

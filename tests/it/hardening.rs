@@ -471,3 +471,222 @@ async fn a_parked_connection_serves_its_next_request_after_idling() {
     }
     assert_eq!(blue.requests(), 3);
 }
+
+// --- Send deadline, HTTP/2 bounds and head deadlines ---
+
+/// An HTTP/2 (h2c) client connection with the given receive windows.
+async fn h2_client(
+    addr: std::net::SocketAddr,
+    stream_window: u32,
+    connection_window: u32,
+) -> h2::client::SendRequest<Bytes> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(stream_window)
+        .initial_connection_window_size(connection_window)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+fn h2_get(addr: std::net::SocketAddr, path: &str) -> http::Request<()> {
+    http::Request::get(format!("http://{addr}{path}"))
+        .body(())
+        .unwrap()
+}
+
+/// One upstream `blue` (http1, so that every stalled response holds an
+/// upstream connection) and its route.
+fn bytes_route(addr: std::net::SocketAddr) -> String {
+    format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
+        upstream_toml("blue", addr, "http1")
+    )
+}
+
+/// Waits until the first upstream has no request in flight.
+async fn released(admin: &str) {
+    eventually("the upstream request was released", || async {
+        let v = call(request("GET", &format!("{admin}/upstreams")))
+            .await
+            .json();
+        v["upstreams"][0]["in_flight"] == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn zero_window_http2_clients_are_cut_off_at_send_timeout_and_hold_no_descriptors() {
+    let blue = upstream("blue").await;
+    // No probes: a busy test machine must not turn this into a health test.
+    let routes = bytes_route(blue.addr()).replace("protocol", "health = false\nprotocol");
+    let steer = spawn_steer_with_fd_limit("send_timeout = \"2s\"", &routes, 300).await;
+    eventually("steer ready", || async {
+        get(&format!("{}/ready", steer.admin)).await.0 == StatusCode::OK
+    })
+    .await;
+    let addr: std::net::SocketAddr = steer.http.trim_start_matches("http://").parse().unwrap();
+    let pid = steer.child.id();
+    let before = open_fds(pid);
+    // Two attackers: no stream window at all, 100 streams each (steer's
+    // max_concurrent_streams) to a 1 MB answer.
+    let mut senders = Vec::new();
+    let mut heads = Vec::new();
+    for _ in 0..2 {
+        let mut send = h2_client(addr, 0, 65_535).await;
+        for _ in 0..100 {
+            send = send.ready().await.unwrap();
+            let (resp, _) = send
+                .send_request(h2_get(addr, "/demo/bytes?n=1000000"), true)
+                .unwrap();
+            heads.push(resp);
+        }
+        senders.push(send);
+    }
+    // The heads arrive (they need no window); the bodies cannot.
+    let mut bodies = Vec::new();
+    for head in heads {
+        bodies.push(head.await.unwrap().into_body());
+    }
+    let peak = open_fds(pid);
+    assert!(
+        peak >= before + 150,
+        "the attack held upstream connections: {before} -> {peak}"
+    );
+    // Throughout: other clients and the admin API are answered within 1 s.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        let (ready, proxied) = (format!("{}/ready", steer.admin), format!("{}/", steer.http));
+        let ready = tokio::time::timeout(Duration::from_secs(1), get(&ready)).await;
+        assert_eq!(ready.expect("admin answered within 1 s").0, StatusCode::OK);
+        let proxied = tokio::time::timeout(Duration::from_secs(1), get(&proxied)).await;
+        assert_eq!(
+            proxied.expect("proxy answered within 1 s").0,
+            StatusCode::OK
+        );
+    }
+    // Within send_timeout plus a few seconds everything is given back.
+    eventually("descriptors back near the start", || async {
+        open_fds(pid) <= before + 10
+    })
+    .await;
+    let timeouts = metric(
+        &steer.admin,
+        "steer_client_send_timeouts_total{listener=\"http\"}",
+    )
+    .await;
+    assert!(timeouts >= 1.0, "send timeouts counted: {timeouts}");
+    drop((bodies, senders));
+}
+
+#[tokio::test]
+async fn a_stalled_http2_stream_is_reset_while_the_connection_goes_on() {
+    let blue = upstream("blue").await;
+    let steer = Steer::start_ready_with("send_timeout = \"1s\"", &bytes_route(blue.addr())).await;
+    let addr = steer.addr();
+    // A large connection window: only the stream's own window stalls.
+    let mut send = h2_client(addr, 65_535, 64 << 20).await;
+    let (stalled, _) = send
+        .send_request(h2_get(addr, "/demo/bytes?n=2000000"), true)
+        .unwrap();
+    let mut stalled = stalled.await.unwrap().into_body();
+    // Other streams keep working (and keep the connection making progress).
+    let admin = steer.admin();
+    let series = "steer_client_send_timeouts_total{listener=\"http\"}";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&admin, series).await < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled stream was never given up"
+        );
+        send = send.ready().await.unwrap();
+        let (small, _) = send
+            .send_request(h2_get(addr, "/demo/bytes?n=10"), true)
+            .unwrap();
+        let mut body = small.await.unwrap().into_body();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            body.flow_control().release_capacity(chunk.len()).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The stalled stream ends with RST_STREAM(CANCEL) after the bytes its
+    // window allowed.
+    let mut got = 0;
+    let reason = loop {
+        match stalled.data().await {
+            Some(Ok(chunk)) => got += chunk.len(),
+            Some(Err(e)) => break e.reason(),
+            None => panic!("the stalled stream ended normally after {got} bytes"),
+        }
+    };
+    assert_eq!(reason, Some(h2::Reason::CANCEL));
+    assert!(got < 2_000_000);
+    // The connection still serves.
+    send = send.ready().await.unwrap();
+    let (again, _) = send
+        .send_request(h2_get(addr, "/demo/bytes?n=10"), true)
+        .unwrap();
+    assert_eq!(again.await.unwrap().status(), StatusCode::OK);
+    released(&admin).await;
+}
+
+#[tokio::test]
+async fn an_http1_client_that_never_reads_is_closed_at_send_timeout() {
+    let blue = upstream("blue").await;
+    let steer = Steer::start_ready_with("send_timeout = \"1s\"", &bytes_route(blue.addr())).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(steer.addr()).await.unwrap();
+    s.write_all(b"GET /demo/bytes?n=100000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let admin = steer.admin();
+    eventually("the send timeout", || async {
+        metric(
+            &admin,
+            "steer_client_send_timeouts_total{listener=\"http\"}",
+        )
+        .await
+            >= 1.0
+    })
+    .await;
+    released(&admin).await;
+    // What the kernel had buffered, then the end of the connection.
+    let mut sink = vec![0u8; 1 << 16];
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+    ended.await.expect("steer closed the connection");
+}
+
+#[tokio::test]
+async fn clients_that_stop_inside_the_http2_preface_are_closed_at_header_read_timeout() {
+    let (_blue, steer) = hardened("header_read_timeout = \"1s\"", ONE_ROUTE).await;
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    for sent in [&b"P"[..], &preface[..8], &preface[..]] {
+        let mut s = TcpStream::connect(steer.addr()).await.unwrap();
+        s.write_all(sent).await.unwrap();
+        let started = Instant::now();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .unwrap_or_else(|_| panic!("{:?}: still open after 5 s", String::from_utf8_lossy(sent)))
+            .ok();
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(800) && took < Duration::from_secs(4),
+            "{:?}: closed after {took:?}",
+            String::from_utf8_lossy(sent)
+        );
+    }
+}

@@ -230,6 +230,21 @@ where
     panic!("timed out waiting for: {what}");
 }
 
+/// The value of the metric series `series` (name and labels as printed),
+/// or 0 when it is absent.
+pub async fn metric(admin: &str, series: &str) -> f64 {
+    let text = get(&format!("{admin}/metrics")).await.1;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
 /// The state of every endpoint of `upstream` as `/upstreams` shows it.
 pub async fn states(admin: &str, upstream: &str) -> Vec<String> {
     let a = call(request("GET", &format!("{admin}/upstreams"))).await;
@@ -278,13 +293,46 @@ pub async fn spawn_steer(body: &str) -> Proc {
 /// the new steer probes meanwhile).
 pub async fn spawn_steer_at(dir: Option<tempfile::TempDir>, path: PathBuf, args: &[&str]) -> Proc {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || spawn_blocking_steer(dir, path, &args))
+    tokio::task::spawn_blocking(move || spawn_blocking_steer(dir, path, &args, None))
         .await
         .unwrap()
 }
 
-fn spawn_blocking_steer(dir: Option<tempfile::TempDir>, path: PathBuf, args: &[String]) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_steer"))
+/// As `spawn_steer`, with `[proxy]` lines and the process's open-file
+/// limit set to `fds`.
+pub async fn spawn_steer_with_fd_limit(proxy: &str, body: &str, fds: u32) -> Proc {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    std::fs::write(&path, with_listen_proxy(proxy, body)).unwrap();
+    tokio::task::spawn_blocking(move || spawn_blocking_steer(Some(dir), path, &[], Some(fds)))
+        .await
+        .unwrap()
+}
+
+/// How many file descriptors process `pid` has open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+fn spawn_blocking_steer(
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+    args: &[String],
+    fd_limit: Option<u32>,
+) -> Proc {
+    let mut command = match fd_limit {
+        // `exec` keeps the pid: the limit applies to steer itself.
+        Some(n) => {
+            let mut c = Command::new("sh");
+            c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\"")])
+                .arg(env!("CARGO_BIN_EXE_steer"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_steer")),
+    };
+    let mut child = command
         .args(["run", "--config"])
         .arg(&path)
         .arg("--log-format=json")

@@ -1,0 +1,108 @@
+//! A request body as it arrives from a client: hyper's body for HTTP/1.1
+//! connections, an h2 stream for HTTP/2 connections (which steer serves
+//! with the `h2` crate itself, see `server::h2`). The request path sees one
+//! type either way.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::BoxError;
+
+#[derive(Debug)]
+pub enum Inbound {
+    Http1(Incoming),
+    Http2(H2Body),
+    /// No body (a request steer made up, e.g. in tests and fuzzing).
+    Empty,
+}
+
+impl Inbound {
+    pub(crate) fn h2(recv: h2::RecvStream, content_length: Option<u64>) -> Inbound {
+        Inbound::Http2(H2Body {
+            recv,
+            left: content_length,
+            data_done: false,
+        })
+    }
+}
+
+impl From<Incoming> for Inbound {
+    fn from(body: Incoming) -> Inbound {
+        Inbound::Http1(body)
+    }
+}
+
+/// The body of one HTTP/2 request stream. Receive window is given back as
+/// data is taken, so a client can only send as fast as steer forwards.
+#[derive(Debug)]
+pub struct H2Body {
+    recv: h2::RecvStream,
+    /// What `content-length` still announces (h2 checks that the DATA
+    /// frames add up to it).
+    left: Option<u64>,
+    data_done: bool,
+}
+
+impl H2Body {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if !self.data_done {
+            match std::task::ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    // The window is released as the data leaves for the
+                    // upstream: back-pressure reaches the client.
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    if let Some(left) = &mut self.left {
+                        *left = left.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => self.data_done = true,
+            }
+        }
+        match std::task::ready!(self.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e.into()))),
+        }
+    }
+}
+
+impl Body for Inbound {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Inbound::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Inbound::Http2(b) => b.poll(cx),
+            Inbound::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inbound::Http1(b) => b.is_end_stream(),
+            Inbound::Http2(b) => b.recv.is_end_stream(),
+            Inbound::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inbound::Http1(b) => b.size_hint(),
+            Inbound::Http2(b) => match b.left {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
+            Inbound::Empty => SizeHint::with_exact(0),
+        }
+    }
+}

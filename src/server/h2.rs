@@ -1,0 +1,340 @@
+//! HTTP/2 client connections, served with the `h2` crate directly rather
+//! than through hyper, so that steer owns each stream: it can reset one
+//! whose client grants no flow-control window (`send_timeout`), and it
+//! sends a response only as fast as the client's window allows, never
+//! buffering beyond it (a stalled client holds at most one chunk per
+//! stream).
+//!
+//! One task per stream runs `proxy::handle` and then pipes the response
+//! body; the connection task accepts streams, answers keep-alive pings,
+//! closes idle connections and asks them to finish on shutdown.
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{Reason, RecvStream, SendStream};
+use http::{Request, Response, header};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::conn::{self, OpenGuard};
+use super::io::StallReport;
+use super::{ClientResult, ConnCtx};
+use crate::body::Inbound;
+use crate::proxy::{self, ProxyBody};
+
+/// Keep-alive: a PING after this long without one, and the connection is
+/// closed when its PONG takes longer than `PONG_TIMEOUT` (a peer that
+/// vanished without a FIN).
+const PING_EVERY: Duration = Duration::from_secs(30);
+const PONG_TIMEOUT: Duration = Duration::from_secs(20);
+/// The receive windows steer grants: per stream and for the connection.
+pub(super) const STREAM_WINDOW: u32 = 1024 * 1024;
+pub(super) const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+/// Streams a client may reset before steer has accepted them, and streams
+/// steer resets for protocol errors, before the connection is closed
+/// (rapid-reset protection, CVE-2023-44487).
+pub(super) const MAX_PENDING_RESETS: usize = 100;
+pub(super) const MAX_ERROR_RESETS: usize = 1024;
+/// Bytes h2 may queue per stream beyond what the window allows.
+pub(super) const SEND_BUFFER: usize = 64 * 1024;
+/// How long the GOAWAY of a connection being closed gets to go out.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The HTTP/2 settings steer advertises to clients.
+pub(super) fn builder(settings: &crate::config::ProxySettings) -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.max_concurrent_streams(settings.max_concurrent_streams)
+        .max_header_list_size(
+            u32::try_from(settings.max_header_bytes * super::PARSER_SLACK).unwrap_or(u32::MAX),
+        )
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(Some(MAX_ERROR_RESETS))
+        .max_send_buffer_size(SEND_BUFFER);
+    b
+}
+
+/// When a response on this connection last got flow-control window: a
+/// stream that gives up closes the connection if none did for
+/// `send_timeout` (the connection's own window is stalled, or the client
+/// reads nothing at all).
+#[derive(Debug, Default)]
+struct Progress {
+    last_ms: AtomicU64,
+    give_up: tokio::sync::Notify,
+}
+
+impl Progress {
+    fn touch(&self) {
+        self.last_ms.store(conn::now_ms(), Ordering::Relaxed);
+    }
+
+    fn none_for(&self, d: Duration) -> bool {
+        let quiet = conn::now_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed));
+        quiet >= u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// What each stream task of a connection shares.
+struct Streams {
+    shared: Arc<crate::proxy::Shared>,
+    info: crate::proxy::ConnInfo,
+    send_timeout: Duration,
+    progress: Progress,
+    stalls: StallReport,
+}
+
+/// Serves one HTTP/2 connection whose preface and first frame are already
+/// at the front of `io` (see `io::read_h2_start`).
+pub(super) async fn serve<I>(io: I, ctx: ConnCtx) -> ClientResult
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ConnCtx {
+        shared,
+        info,
+        activity,
+        serving,
+        mut finish,
+        stalls,
+        ..
+    } = ctx;
+    // The preface is in `io` already, so this only sends our SETTINGS;
+    // bounded all the same, by the write deadline underneath.
+    let mut conn = serving.h2.handshake::<_, Bytes>(io).await?;
+    let mut ping = conn.ping_pong();
+    let streams = Arc::new(Streams {
+        shared,
+        info,
+        send_timeout: serving.send_timeout,
+        progress: Progress::default(),
+        stalls,
+    });
+    streams.progress.touch();
+    let idle = serving.idle;
+    let mut tick = super::idle_tick(idle);
+    let mut keepalive = tokio::time::interval(PING_EVERY);
+    keepalive.reset();
+    let mut pong_due: Option<tokio::time::Instant> = None;
+    let mut asked = *finish.borrow();
+    if asked {
+        conn.graceful_shutdown();
+    }
+    loop {
+        let pong_wait = async {
+            match (pong_due, ping.as_mut()) {
+                (Some(due), Some(p)) => tokio::time::timeout_at(due, poll_fn(|cx| p.poll_pong(cx)))
+                    .await
+                    .map(|r| r.is_ok()),
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            accepted = conn.accept() => match accepted {
+                Some(Ok((req, respond))) => {
+                    let open = activity.open();
+                    tokio::spawn(stream(req, respond, streams.clone(), open));
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => return Ok(()),
+            },
+            changed = finish.changed(), if !asked => {
+                if changed.is_err() || *finish.borrow() {
+                    asked = true;
+                    conn.graceful_shutdown();
+                }
+            }
+            _ = tick.tick(), if !asked => {
+                if activity.idle_for(idle) {
+                    asked = true;
+                    tracing::debug!(peer = %streams.info.peer, "closing idle HTTP/2 connection");
+                    conn.graceful_shutdown();
+                }
+            }
+            _ = keepalive.tick(), if pong_due.is_none() => {
+                if let Some(p) = ping.as_mut()
+                    && p.send_ping(h2::Ping::opaque()).is_ok()
+                {
+                    pong_due = Some(tokio::time::Instant::now() + PONG_TIMEOUT);
+                }
+            }
+            answered = pong_wait => match answered {
+                Ok(true) => pong_due = None,
+                _ => {
+                    tracing::debug!(peer = %streams.info.peer, "HTTP/2 keep-alive ping not answered; closing");
+                    return Ok(());
+                }
+            },
+            () = streams.progress.give_up.notified() => {
+                conn.abrupt_shutdown(Reason::NO_ERROR);
+                // Lets the GOAWAY out; the write deadline bounds a client
+                // that reads nothing, this bounds the rest.
+                let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                    while let Some(Ok(_)) = conn.accept().await {}
+                })
+                .await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// One stream: the request through `proxy::handle`, the response back.
+/// A client reset (RST_STREAM) drops whatever is in progress, and with it
+/// the upstream request or response.
+async fn stream(
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    streams: Arc<Streams>,
+    _open: OpenGuard,
+) {
+    let (parts, recv) = req.into_parts();
+    let length = content_length(&parts.headers);
+    let req = Request::from_parts(parts, Inbound::h2(recv, length));
+    let handled = proxy::handle(streams.shared.clone(), streams.info.clone(), req);
+    tokio::pin!(handled);
+    let resp = tokio::select! {
+        resp = &mut handled => resp,
+        _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
+    };
+    let (mut head, body) = resp.into_parts();
+    let eos = body.is_end_stream();
+    if !eos
+        && !head.headers.contains_key(header::CONTENT_LENGTH)
+        && let Some(n) = body.size_hint().exact()
+    {
+        head.headers.insert(header::CONTENT_LENGTH, n.into());
+    }
+    let send = match respond.send_response(Response::from_parts(head, ()), eos) {
+        Ok(send) => send,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot send the response head");
+            respond.send_reset(Reason::INTERNAL_ERROR);
+            return;
+        }
+    };
+    if !eos {
+        pipe(body, send, &streams).await;
+    }
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Why a response stopped before its end.
+enum Stop {
+    /// The client reset the stream or the connection went away.
+    Gone,
+    /// No window for `send_timeout`.
+    Stalled,
+}
+
+/// Sends `body` on `send`, each chunk only within the window the client
+/// grants. A stall past `send_timeout` resets the stream (CANCEL); the
+/// body, and with it the upstream side, is dropped on return either way.
+async fn pipe(mut body: ProxyBody, mut send: SendStream<Bytes>, streams: &Streams) {
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            _ = poll_fn(|cx| send.poll_reset(cx)) => return,
+        };
+        let frame = match frame {
+            None => {
+                let _ = send.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "response body failed; resetting the stream");
+                send.send_reset(Reason::INTERNAL_ERROR);
+                return;
+            }
+            Some(Ok(frame)) => frame,
+        };
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    let _ = send.send_trailers(trailers);
+                    return;
+                }
+                continue;
+            }
+        };
+        let eos = body.is_end_stream();
+        match send_chunk(&mut send, data, eos, streams).await {
+            Ok(()) if eos => return,
+            Ok(()) => {}
+            Err(Stop::Gone) => return,
+            Err(Stop::Stalled) => {
+                send.send_reset(Reason::CANCEL);
+                streams.stalls.stalled(
+                    "an HTTP/2 response got no flow-control window for send_timeout; stream reset",
+                );
+                if streams.progress.none_for(streams.send_timeout) {
+                    streams.progress.give_up.notify_one();
+                }
+                return;
+            }
+        }
+    }
+}
+
+async fn send_chunk(
+    send: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    eos: bool,
+    streams: &Streams,
+) -> Result<(), Stop> {
+    if data.is_empty() {
+        if eos {
+            send.send_data(data, true).map_err(|_| Stop::Gone)?;
+        }
+        return Ok(());
+    }
+    while !data.is_empty() {
+        send.reserve_capacity(data.len());
+        let granted = window(send, streams.send_timeout).await?;
+        streams.progress.touch();
+        let part = data.split_to(granted.min(data.len()));
+        send.send_data(part, eos && data.is_empty())
+            .map_err(|_| Stop::Gone)?;
+    }
+    Ok(())
+}
+
+/// Waits until the stream has window to send, at most `limit`.
+async fn window(send: &mut SendStream<Bytes>, limit: Duration) -> Result<usize, Stop> {
+    if send.capacity() > 0 {
+        return Ok(send.capacity());
+    }
+    let granted = poll_fn(|cx| {
+        if send.poll_reset(cx).is_ready() {
+            return Poll::Ready(Err(Stop::Gone));
+        }
+        loop {
+            match send.poll_capacity(cx) {
+                Poll::Ready(Some(Ok(0))) => continue,
+                Poll::Ready(Some(Ok(n))) => return Poll::Ready(Ok(n)),
+                Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(Err(Stop::Gone)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    });
+    tokio::time::timeout(limit, granted)
+        .await
+        .unwrap_or(Err(Stop::Stalled))
+}
