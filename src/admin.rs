@@ -20,6 +20,9 @@ const DEFAULT_DRAIN_WAIT: Duration = Duration::from_secs(30);
 const MAX_DRAIN_WAIT: Duration = Duration::from_secs(3600);
 
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ProxyBody> {
+    if let Some(refused) = refuse(&state, &req) {
+        return refused;
+    }
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     let method = req.method().clone();
@@ -61,6 +64,75 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Pr
             "not found; see GET /config, /upstreams, /metrics\n",
         ),
     }
+}
+
+/// The admin API's access rules, in order:
+/// 1. With `[admin] token_file`, every endpoint but `/healthz` and `/ready`
+///    needs `Authorization: Bearer TOKEN` (401 otherwise).
+/// 2. A `POST` (it changes what steer does) is refused (403) when it
+///    carries an `Origin` header, which browsers add to cross-site
+///    requests (CSRF), or a `Host` that is not an IP address, `localhost`
+///    or a name in `[admin] allowed_hosts`: a page on a name that resolves
+///    to the admin address (DNS rebinding) carries its own name.
+fn refuse(state: &AppState, req: &Request<Incoming>) -> Option<Response<ProxyBody>> {
+    let table = state.shared.live.load();
+    let open = matches!(
+        req.uri().path().trim_end_matches('/'),
+        "/healthz" | "/ready"
+    );
+    if let Some(token) = &table.admin.token
+        && !open
+    {
+        let offered = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        if !offered.is_some_and(|t| token.matches(t)) {
+            let mut resp = text(
+                StatusCode::UNAUTHORIZED,
+                "401 unauthorized: this admin API needs `Authorization: Bearer TOKEN`\n",
+            );
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"steer admin\""),
+            );
+            return Some(resp);
+        }
+    }
+    if req.method() != Method::POST {
+        return None;
+    }
+    if req.headers().contains_key(header::ORIGIN) {
+        return Some(text(
+            StatusCode::FORBIDDEN,
+            "403 forbidden: state-changing admin requests must not carry Origin (cross-site request)\n",
+        ));
+    }
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_owned())
+        .or_else(|| {
+            let h = req.headers().get(header::HOST)?.to_str().ok()?;
+            Some(h.parse::<http::uri::Authority>().ok()?.host().to_owned())
+        });
+    match host {
+        Some(h) if !host_allowed(&h, &table.admin.allowed_hosts) => Some(text(
+            StatusCode::FORBIDDEN,
+            "403 forbidden: Host is not an IP address, localhost or a name in [admin] allowed_hosts\n",
+        )),
+        _ => None,
+    }
+}
+
+/// An IP literal (`127.0.0.1`, `[::1]`), `localhost`, or a listed name.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || allowed.contains(&name)
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {

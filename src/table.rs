@@ -13,8 +13,8 @@ use std::time::SystemTime;
 
 use crate::config::Target;
 use crate::config::{
-    CertificateFiles, Config, EndpointAddr, Listen, LogSettings, Protocol, ProxySettings,
-    UpstreamSpec,
+    AdminSettings, CertificateFiles, Config, EndpointAddr, Listen, LogSettings, Protocol,
+    ProxySettings, UpstreamSpec,
 };
 use crate::health::probe;
 use crate::metrics::Metrics;
@@ -34,6 +34,8 @@ pub struct Table {
     pub tls: Vec<CertificateFiles>,
     pub proxy: ProxySettings,
     pub log: LogSettings,
+    /// Who may call the admin API (`[admin]`), as of this table's file.
+    pub admin: AdminSettings,
     pub routes: RouteTable,
     pub upstreams: Vec<Arc<Upstream>>,
     /// As configured, for re-resolving names every `dns_refresh`.
@@ -201,6 +203,7 @@ impl Table {
             tls: config.tls,
             proxy: config.proxy,
             log: config.log,
+            admin: config.admin,
             routes: with_ramps(RouteTable::new(config.routes), previous, &upstreams),
             upstreams,
             upstream_specs: config.upstreams,

@@ -71,6 +71,38 @@ pub struct AdminSettings {
     /// A file holding the bearer token every admin endpoint but `/healthz`
     /// and `/ready` requires; re-read at every load.
     pub token_file: Option<PathBuf>,
+    /// That file's token, as read when the config was loaded.
+    pub token: Option<AdminToken>,
+}
+
+/// The admin API's bearer token. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    pub fn new(token: String) -> AdminToken {
+        AdminToken(token)
+    }
+
+    /// Compares in time that depends only on the length, so that the
+    /// answer's timing does not tell how much of a guess was right.
+    pub fn matches(&self, offered: &[u8]) -> bool {
+        let mine = self.0.as_bytes();
+        if mine.len() != offered.len() {
+            return false;
+        }
+        let diff = mine
+            .iter()
+            .zip(offered)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
 }
 
 /// Which forwarding header a trusted proxy in front sets (the other one is

@@ -13,7 +13,8 @@ use toml::de::{DeTable, DeValue};
 
 use super::walk::{Errors, Span, Table, as_integer, as_table, type_error};
 use super::{
-    AdminSettings, ClientIpHeader, GateTimeout, RateKey, RateLimitSpec, ReloadSettings, Warmup,
+    AdminSettings, AdminToken, ClientIpHeader, GateTimeout, RateKey, RateLimitSpec, ReloadSettings,
+    Warmup,
 };
 use super::{
     Balance, CertificateFiles, EndpointAddr, HeaderRules, HealthSpec, HostPattern, Listen,
@@ -382,19 +383,23 @@ fn admin(errors: &mut Errors, root: &Table<'_, '_>, base: &Path) -> AdminSetting
             ok.then_some(host)
         })
         .collect();
-    let token_file = table.str(errors, "token_file").and_then(|(name, span)| {
-        let path = base.join(name);
-        match super::read::token(&path) {
-            Ok(_) => Some(path),
-            Err(e) => {
-                errors.push(span, format!("`token_file`: {e}"));
-                None
+    let (token_file, token) = match table.str(errors, "token_file") {
+        None => (None, None),
+        Some((name, span)) => {
+            let path = base.join(name);
+            match super::read::token(&path) {
+                Ok(token) => (Some(path), Some(AdminToken::new(token))),
+                Err(e) => {
+                    errors.push(span, format!("`token_file` `{}`: {e}", path.display()));
+                    (None, None)
+                }
             }
         }
-    });
+    };
     AdminSettings {
         allowed_hosts,
         token_file,
+        token,
     }
 }
 

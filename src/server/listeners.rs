@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::handover::{Received, Socket};
-use super::{TlsListener, bind, serve_proxy, serve_simple};
+use super::{TlsListener, bind, serve_admin, serve_proxy};
 use crate::config::{Listen, ProxySettings};
 use crate::metrics::Metrics;
 use crate::proxy::{ProxyBody, Shared};
@@ -221,7 +221,13 @@ impl ListenerSet {
                     .get()
                     .cloned()
                     .ok_or_else(|| std::io::Error::other("admin handler not set"))?;
-                tokio::spawn(serve_simple(listener, stop_rx, move |req| handler(req)))
+                tokio::spawn(serve_admin(
+                    listener,
+                    stop_rx,
+                    move |req| handler(req),
+                    settings,
+                    self.metrics.send_timeouts(kind.name()),
+                ))
             }
         };
         Ok(Slot {

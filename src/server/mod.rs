@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +17,7 @@ use bytes::BytesMut;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use crate::config::ProxySettings;
 
+mod admin_listener;
 mod conn;
 mod h2;
 pub mod handover;
@@ -297,9 +298,8 @@ async fn drain(shared: &Shared, tracker: &conn::Tracker, finish: &watch::Sender<
 
 type ClientResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
-/// Serves HTTP/1.1 over TLS with hyper until the connection ends; asks it
-/// to finish when `finish` turns true or when it has been idle for `idle`.
-/// hyper's `header_read_timeout` bounds each request head.
+/// Serves HTTP/1.1 over TLS with hyper; hyper's `header_read_timeout`
+/// bounds each request head.
 async fn serve_h1<I>(io: I, ctx: ConnCtx) -> ClientResult
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -309,11 +309,10 @@ where
         info,
         activity,
         serving,
-        mut finish,
+        finish,
         ..
     } = ctx;
     let per_request = activity.clone();
-    let peer = info.peer;
     let service = service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         let open = per_request.open();
@@ -327,27 +326,61 @@ where
         .http1
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
+    drive(conn, &activity, serving.idle, Some(finish)).await
+}
+
+/// A hyper server connection that can be asked to finish.
+trait Graceful: Future<Output = hyper::Result<()>> {
+    fn graceful(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S::ResBody: http_body::Body + 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Drives a hyper connection until it ends; asks it to finish when
+/// `finish` turns true or when it has had no request open for `idle`.
+async fn drive<C: Graceful>(
+    conn: C,
+    activity: &conn::Activity,
+    idle: Duration,
+    mut finish: Option<watch::Receiver<bool>>,
+) -> ClientResult {
     tokio::pin!(conn);
-    let idle = serving.idle;
     let mut tick = idle_tick(idle);
-    let mut asked = *finish.borrow();
+    let mut asked = finish.as_ref().is_some_and(|f| *f.borrow());
     if asked {
-        conn.as_mut().graceful_shutdown();
+        conn.as_mut().graceful();
     }
     loop {
+        let finished = async {
+            match finish.as_mut() {
+                Some(f) => f.changed().await.is_err() || *f.borrow(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             result = conn.as_mut() => return result.map_err(Into::into),
-            changed = finish.changed(), if !asked => {
-                if changed.is_err() || *finish.borrow() {
+            stop = finished, if !asked => {
+                if stop {
                     asked = true;
-                    conn.as_mut().graceful_shutdown();
+                    conn.as_mut().graceful();
                 }
             }
             _ = tick.tick(), if !asked => {
                 if activity.idle_for(idle) {
                     asked = true;
-                    tracing::debug!(%peer, "closing idle client connection");
-                    conn.as_mut().graceful_shutdown();
+                    tracing::debug!("closing idle client connection");
+                    conn.as_mut().graceful();
                 }
             }
         }
@@ -360,30 +393,18 @@ struct Limits {
     tracker: Arc<conn::Tracker>,
 }
 
-/// Serves a small internal HTTP service (admin API) on `listener`.
-pub async fn serve_simple<F, Fut>(listener: TcpListener, stop: watch::Receiver<bool>, handler: F)
-where
+/// Serves the admin API on `listener` (see `admin_listener`).
+pub async fn serve_admin<F, Fut>(
+    listener: TcpListener,
+    stop: watch::Receiver<bool>,
+    handler: F,
+    settings: ProxySettings,
+    send_timeouts: prometheus::IntCounter,
+) where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    accept_loop(listener, stop, None, move |stream, peer| {
-        let handler = handler.clone();
-        let service = service_fn(move |req| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler(req).await) }
-        });
-        let builder = builder.clone();
-        async move {
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
-            }
-        }
-    })
-    .await;
+    admin_listener::serve(listener, stop, handler, &settings, send_timeouts).await;
 }
 
 async fn accept_loop<F, Fut>(

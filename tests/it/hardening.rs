@@ -690,3 +690,211 @@ async fn clients_that_stop_inside_the_http2_preface_are_closed_at_header_read_ti
         );
     }
 }
+
+fn mkfifo(path: &std::path::Path) {
+    rustix::fs::mkfifoat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .unwrap();
+}
+
+fn steer_cmd(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_steer"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn config_paths_that_are_not_regular_files_are_refused_without_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.toml");
+    mkfifo(&fifo);
+    let zero = dir.path().join("zero.toml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    for (path, says) in [(&fifo, "a FIFO"), (&zero, "a character device")] {
+        let path = path.to_str().unwrap();
+        for args in [vec!["check", path], vec!["run", "--config", path]] {
+            let out = steer_cmd(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+            assert!(stderr.contains(says), "{args:?}: {stderr}");
+        }
+    }
+    // A running steer whose file is replaced by either keeps its table.
+    let blue = upstream("blue").await;
+    let path = dir.path().join("routes.toml");
+    std::fs::write(&path, with_listen(&bytes_route(blue.addr()))).unwrap();
+    let mut p = spawn_steer_at(None, path.clone(), &[]).await;
+    let ready = format!("{}/ready", p.admin);
+    eventually("ready", || async { get(&ready).await.0 == StatusCode::OK }).await;
+    for (bad, says) in [(&fifo, "a FIFO"), (&zero, "a character device")] {
+        std::fs::rename(bad, &path).unwrap();
+        let url = format!("{}/reload", p.admin);
+        let reload = tokio::time::timeout(Duration::from_secs(3), post(&url));
+        let (status, body) = reload.await.expect("the reload answered at once");
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(body.contains(says), "{body}");
+        assert_eq!(get(&format!("{}/", p.http)).await.0, StatusCode::OK);
+    }
+    signal(&p.child, "-TERM");
+    let exited = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Some(status) = p.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    });
+    let status = exited.await.unwrap().expect("steer exited after SIGTERM");
+    assert_eq!(status.code(), Some(0));
+}
+
+// --- The admin API: access rules, token, connection cap and deadlines ---
+
+async fn admin_call(admin: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> StatusCode {
+    let mut req = request(method, &format!("{admin}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    call(req).await.status
+}
+
+#[tokio::test]
+async fn admin_posts_refuse_cross_site_origins_and_foreign_hosts() {
+    let routes = format!("{ONE_ROUTE}\n[admin]\nallowed_hosts = [\"steer-admin.internal\"]\n");
+    let (_blue, steer) = hardened("", &routes).await;
+    let admin = steer.admin();
+    let undrain = "/upstreams/blue/undrain";
+    let cases: [(&[(&str, &str)], StatusCode); 6] = [
+        (&[], StatusCode::OK),
+        (&[("origin", "https://evil.example")], StatusCode::FORBIDDEN),
+        (&[("origin", "null")], StatusCode::FORBIDDEN),
+        (&[("host", "evil.example:9901")], StatusCode::FORBIDDEN),
+        (&[("host", "localhost:9901")], StatusCode::OK),
+        (&[("host", "Steer-Admin.internal")], StatusCode::OK),
+    ];
+    for (headers, want) in cases {
+        assert_eq!(
+            admin_call(&admin, "POST", undrain, headers).await,
+            want,
+            "{headers:?}"
+        );
+    }
+    // Refused drains change nothing; reads are not refused.
+    let foreign = [("host", "evil.example")];
+    assert_eq!(
+        admin_call(&admin, "POST", "/upstreams/blue/drain?timeout=1s", &foreign).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        admin_call(&admin, "GET", "/upstreams", &foreign).await,
+        StatusCode::OK
+    );
+    let a = call(request("GET", &format!("{admin}/upstreams")))
+        .await
+        .json();
+    assert_eq!(a["upstreams"][0]["draining"], false);
+}
+
+#[tokio::test]
+async fn an_admin_token_guards_everything_but_healthz_and_ready_and_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "first-token\n").unwrap();
+    let blue = upstream("blue").await;
+    let body = format!(
+        "{}{ONE_ROUTE}\n[admin]\ntoken_file = \"token\"\n",
+        upstream_toml("blue", blue.addr(), "http1")
+    );
+    let steer = Steer::start_in(dir, "", "", &body).await;
+    let admin = steer.admin();
+    eventually("ready without a token", || async {
+        admin_call(&admin, "GET", "/ready", &[]).await == StatusCode::OK
+    })
+    .await;
+    assert_eq!(
+        admin_call(&admin, "GET", "/healthz", &[]).await,
+        StatusCode::OK
+    );
+    for path in ["/config", "/metrics", "/upstreams"] {
+        assert_eq!(
+            admin_call(&admin, "GET", path, &[]).await,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+        let wrong = [("authorization", "Bearer first-tokem")];
+        assert_eq!(
+            admin_call(&admin, "GET", path, &wrong).await,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+        let right = [("authorization", "Bearer first-token")];
+        assert_eq!(
+            admin_call(&admin, "GET", path, &right).await,
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        admin_call(&admin, "POST", "/reload", &[]).await,
+        StatusCode::UNAUTHORIZED
+    );
+    // The file is read again at reload.
+    std::fs::write(steer.dir.path().join("token"), "second-token").unwrap();
+    let old = [("authorization", "Bearer first-token")];
+    assert_eq!(
+        admin_call(&admin, "POST", "/reload", &old).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        admin_call(&admin, "GET", "/config", &old).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let new = [("authorization", "Bearer second-token")];
+    assert_eq!(
+        admin_call(&admin, "GET", "/config", &new).await,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn silent_admin_connections_are_capped_and_closed_at_the_head_deadline() {
+    let (_blue, steer) = hardened("header_read_timeout = \"1s\"", ONE_ROUTE).await;
+    let admin_addr = steer.running.as_ref().unwrap().admin.unwrap();
+    // 64 connections that never send: the cap.
+    let mut silent = Vec::new();
+    for _ in 0..64 {
+        silent.push(TcpStream::connect(admin_addr).await.unwrap());
+    }
+    let started = Instant::now();
+    // The proxy is not affected; the admin API answers once the silent
+    // ones are gone (the 65th waits in the backlog until then).
+    assert_eq!(
+        call(request("GET", &steer.url("/")).header("host", "auth.example.com"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let ready = format!("{}/ready", steer.admin());
+    let answered = tokio::time::timeout(Duration::from_secs(5), get(&ready)).await;
+    assert_eq!(
+        answered.expect("admin answered after the head deadline").0,
+        StatusCode::OK
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700),
+        "the 65th connection was served at once ({waited:?})"
+    );
+    for mut s in silent {
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out))
+            .await
+            .expect("silent admin connection closed")
+            .ok();
+    }
+}
