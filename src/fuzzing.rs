@@ -132,7 +132,7 @@ pub fn forwarding_headers(data: &[u8]) {
         .first()
         .is_some_and(|b| b.first().is_some_and(|x| x & 1 == 1));
     let mut h = headers_from(f.get(1..).unwrap_or(&[]));
-    let upgrade = headers::is_upgrade(&h);
+    let upgrade = headers::allowed_upgrade(&h, &["websocket".to_owned()]).is_some();
     headers::strip_hop_by_hop(&mut h, upgrade);
     let hop = Hop {
         peer: IpAddr::from([192, 0, 2, 7]),

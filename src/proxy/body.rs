@@ -174,6 +174,7 @@ pub(super) fn tunnel(
     mut upstream_resp: Response<Incoming>,
     client: Option<OnUpgrade>,
     guard: InFlight,
+    idle: std::time::Duration,
 ) -> Response<ProxyBody> {
     let upstream = hyper::upgrade::on(&mut upstream_resp);
     if let Some(client) = client {
@@ -191,9 +192,9 @@ pub(super) fn tunnel(
                 tracing::debug!("upgrade did not complete on one side");
                 return;
             };
-            let (mut up, mut down) = (TokioIo::new(up), TokioIo::new(down));
-            if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            if let Err(e) = super::tunnel::splice(TokioIo::new(down), TokioIo::new(up), idle).await
+            {
+                tracing::debug!(error = %e, "upgraded connection ended");
             }
             drop(guard);
         });

@@ -54,6 +54,31 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
 }
 
+/// The `Upgrade` value to forward: the protocols the request asks for
+/// (RFC 9110 §7.8) that are in `allowed` (lower-case names, a version
+/// after `/` ignored), or `None` when it asks for no upgrade or only for
+/// others (`h2c`, made-up ones), which are then removed and the request is
+/// served as plain HTTP.
+pub fn allowed_upgrade(headers: &HeaderMap, allowed: &[String]) -> Option<HeaderValue> {
+    if !is_upgrade(headers) {
+        return None;
+    }
+    let mut kept: Vec<&str> = Vec::new();
+    for value in headers.get_all(header::UPGRADE) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim) {
+            let name = token.split('/').next().unwrap_or("");
+            if allowed.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+                kept.push(token);
+            }
+        }
+    }
+    if kept.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&kept.join(", ")).ok()
+}
+
 /// Whether the `Connection` header lists `token`.
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     list_has(headers, &header::CONNECTION, token)

@@ -7,6 +7,7 @@ mod body;
 pub mod headers;
 pub mod ratelimit;
 mod retry;
+mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -493,11 +494,17 @@ async fn forward(
     outcome: &mut Outcome,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
-    let upgrade = parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers);
+    let upgrade_to = (parts.version == Version::HTTP_11)
+        .then(|| headers::allowed_upgrade(&parts.headers, &table.proxy.upgrades))
+        .flatten();
+    let upgrade = upgrade_to.is_some();
     let client_upgrade = upgrade
         .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
         .flatten();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    if let Some(to) = upgrade_to {
+        parts.headers.insert(header::UPGRADE, to);
+    }
     headers::apply_forwarding(&mut parts.headers, hop);
     headers::apply_rules(&mut parts.headers, &route.spec.request_headers);
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
@@ -572,7 +579,13 @@ async fn forward(
                 if upstream.health.is_none() {
                     endpoint.record_passive_success();
                 }
-                return respond(sent, route, client_upgrade, guard);
+                return respond(
+                    sent,
+                    route,
+                    client_upgrade,
+                    guard,
+                    table.proxy.tunnel_idle_timeout,
+                );
             }
             Ok(Err(failed)) => failed,
         };
@@ -612,6 +625,7 @@ fn respond(
     route: &Route,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     guard: InFlight,
+    tunnel_idle: std::time::Duration,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let mut response = sent.response;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -626,7 +640,7 @@ fn respond(
             });
             return Err(err);
         }
-        return Ok(body::tunnel(response, client_upgrade, guard));
+        return Ok(body::tunnel(response, client_upgrade, guard, tunnel_idle));
     }
     let (parts, incoming) = response.into_parts();
     Ok(Response::from_parts(

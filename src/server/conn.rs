@@ -22,7 +22,9 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
-pub(super) fn now_ms() -> u64 {
+/// Milliseconds on a process-wide monotonic clock (cheap to store in an
+/// atomic).
+pub(crate) fn now_ms() -> u64 {
     u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 

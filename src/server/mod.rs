@@ -27,6 +27,7 @@ use crate::config::ProxySettings;
 
 mod admin_listener;
 mod conn;
+pub(crate) use conn::now_ms;
 mod h2;
 pub mod handover;
 mod io;

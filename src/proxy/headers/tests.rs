@@ -140,6 +140,25 @@ fn upgrade_keeps_upgrade_and_connection() {
 }
 
 #[test]
+fn only_allowed_upgrade_tokens_are_forwarded() {
+    let allowed = vec!["websocket".to_owned()];
+    let h = map(&[("connection", "Upgrade"), ("upgrade", "WebSocket")]);
+    assert_eq!(allowed_upgrade(&h, &allowed).unwrap(), "WebSocket");
+    let h = map(&[("connection", "Upgrade"), ("upgrade", "h2c, websocket/13")]);
+    assert_eq!(allowed_upgrade(&h, &allowed).unwrap(), "websocket/13");
+    for asked in ["h2c", "made-up", "HTTP/2.0"] {
+        let h = map(&[
+            ("connection", "upgrade, HTTP2-Settings"),
+            ("upgrade", asked),
+        ]);
+        assert!(allowed_upgrade(&h, &allowed).is_none(), "{asked}");
+    }
+    // No Connection: upgrade, no upgrade.
+    let h = map(&[("upgrade", "websocket")]);
+    assert!(allowed_upgrade(&h, &allowed).is_none());
+}
+
+#[test]
 fn rules_remove_then_set() {
     let mut h = map(&[("x-debug", "1"), ("x-env", "dev")]);
     let rules = HeaderRules {
