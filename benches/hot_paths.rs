@@ -85,6 +85,7 @@ fn headers_forwarding(c: &mut Criterion) {
     let hop = Hop {
         peer: [192, 0, 2, 7].into(),
         trusted: false,
+        via: steer::config::ClientIpHeader::XForwardedFor,
         tls: true,
         host: Some("auth.example.com"),
     };

@@ -332,7 +332,12 @@ pub fn explain_route(config: &Config, run: &DryRun) -> Result<(String, bool), St
     });
     let host = raw_host.as_deref().map(routing::normalize_host);
     let peer = run.client_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
-    let client_ip = routing::resolve_client_ip(peer, &headers, &config.proxy.trusted_proxies);
+    let client_ip = routing::resolve_client_ip(
+        peer,
+        &headers,
+        &config.proxy.trusted_proxies,
+        config.proxy.client_ip_header,
+    );
     let path = if uri.path().is_empty() {
         "/"
     } else {

@@ -101,7 +101,12 @@ pub fn route_select(data: &[u8]) {
     let headers = headers_from(f.get(3..).unwrap_or(&[]));
     let trusted = ["10.0.0.0/8".parse().unwrap_or_default()];
     let peer: IpAddr = IpAddr::from([10, 0, 0, 1]);
-    let client_ip = routing::resolve_client_ip(peer, &headers, &trusted);
+    let client_ip = routing::resolve_client_ip(
+        peer,
+        &headers,
+        &trusted,
+        crate::config::ClientIpHeader::XForwardedFor,
+    );
     let view = RequestView {
         method: &method,
         host: (!host.is_empty()).then_some(&*host),
@@ -137,6 +142,7 @@ pub fn forwarding_headers(data: &[u8]) {
     let hop = Hop {
         peer: IpAddr::from([192, 0, 2, 7]),
         trusted,
+        via: crate::config::ClientIpHeader::XForwardedFor,
         tls: false,
         host: Some("auth.example.com"),
     };

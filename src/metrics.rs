@@ -36,6 +36,7 @@ pub struct Metrics {
     cert_expiry: IntGaugeVec,
     rate_limited: IntCounterVec,
     send_timeouts: IntCounterVec,
+    stream_resets: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -73,9 +74,24 @@ pub struct TableMetrics {
     rows: Vec<OnceLock<Box<[Cell]>>>,
     requests: IntCounterVec,
     duration: HistogramVec,
+    resets: IntCounterVec,
+    /// Per upstream, created on first use.
+    reset_handles: Vec<OnceLock<IntCounter>>,
 }
 
 impl TableMetrics {
+    /// The counter of HTTP/2 streams to upstream `u` that steer reset
+    /// because the client went away before the response ended.
+    pub fn stream_resets(&self, u: usize) -> IntCounter {
+        let name = self.upstream_names.get(u).map_or("", String::as_str);
+        match self.reset_handles.get(u) {
+            Some(cell) => cell
+                .get_or_init(|| self.resets.with_label_values(&[name]))
+                .clone(),
+            None => self.resets.with_label_values(&[name]),
+        }
+    }
+
     /// Counts one answered request and observes its time to response head.
     pub fn record(
         &self,
@@ -229,6 +245,12 @@ impl Metrics {
                 "Responses given up because the client took no bytes for send_timeout (HTTP/1.1 connections closed, HTTP/2 streams reset), by listener",
                 &["listener"],
             ),
+            stream_resets: counter_vec(
+                &registry,
+                "steer_upstream_stream_resets_total",
+                "HTTP/2 streams to upstreams that steer reset because the client went away before the response ended, by upstream",
+                &["upstream"],
+            ),
             cert_expiry: gauge_vec(
                 &registry,
                 "steer_tls_certificate_expiry_timestamp_seconds",
@@ -251,6 +273,8 @@ impl Metrics {
             .chain([String::new()])
             .collect();
         TableMetrics {
+            reset_handles: upstreams.iter().map(|_| OnceLock::new()).collect(),
+            resets: self.stream_resets.clone(),
             rows: route_names.iter().map(|_| OnceLock::new()).collect(),
             route_names,
             upstream_names,

@@ -1,8 +1,10 @@
 //! Request bodies sent upstream: the client's body streamed as it comes
-//! (optionally capped by a route's `max_body`), or bytes steer holds
-//! (probes, replayed heads). When the client's side fails (too large, or a
-//! malformed body), `Fault` says so, so that the proxy blames the client
-//! (413/400) and not the upstream.
+//! (optionally capped by a route's `max_body`, its trailers cleaned like
+//! request headers), or bytes steer holds (probes, replayed heads). When
+//! the client's side fails (too large, or a malformed body), `Fault` says
+//! so, so that the proxy blames the client (413/400) and not the upstream;
+//! it also says whether the body was sent whole, which an HTTP/1.1
+//! upstream connection needs before it may carry another request.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,20 +18,34 @@ use http_body_util::Full;
 
 pub use crate::BoxError;
 
-/// What went wrong on the client's side of a streamed body (0: nothing).
+/// What happened to the client's side of a streamed body (bit flags).
 #[derive(Debug, Default)]
 pub struct Fault(AtomicU8);
 
 const TOO_LARGE: u8 = 1;
 const MALFORMED: u8 = 2;
+const WHOLE: u8 = 4;
 
 impl Fault {
+    fn set(&self, bit: u8) {
+        self.0.fetch_or(bit, Ordering::Relaxed);
+    }
+
+    fn has(&self, bit: u8) -> bool {
+        self.0.load(Ordering::Relaxed) & bit != 0
+    }
+
     pub fn too_large(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == TOO_LARGE
+        self.has(TOO_LARGE)
     }
 
     pub fn malformed(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == MALFORMED
+        self.has(MALFORMED)
+    }
+
+    /// The body went out to its end (or there was none).
+    pub fn sent_whole(&self) -> bool {
+        self.has(WHOLE)
     }
 }
 
@@ -40,6 +56,8 @@ pub enum ReqBody {
         inner: Inbound,
         left: Option<u64>,
         fault: Arc<Fault>,
+        /// Keep trailer fields whose names contain `_`.
+        underscores: bool,
     },
     Full(Full<Bytes>),
 }
@@ -49,11 +67,20 @@ pub enum ReqBody {
 pub struct BodyTooLarge;
 
 impl ReqBody {
-    pub fn client(inner: Inbound, max: Option<u64>, fault: Arc<Fault>) -> ReqBody {
+    pub fn client(
+        inner: Inbound,
+        max: Option<u64>,
+        fault: Arc<Fault>,
+        underscores: bool,
+    ) -> ReqBody {
+        if inner.is_end_stream() {
+            fault.set(WHOLE);
+        }
         ReqBody::Client {
             inner,
             left: max,
             fault,
+            underscores,
         }
     }
 
@@ -76,23 +103,42 @@ impl Body for ReqBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ReqBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
-            ReqBody::Client { inner, left, fault } => match Pin::new(inner).poll_frame(cx) {
+            ReqBody::Client {
+                inner,
+                left,
+                fault,
+                underscores,
+            } => match Pin::new(&mut *inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                     if let Some(left) = left {
                         if len > *left {
-                            fault.0.store(TOO_LARGE, Ordering::Relaxed);
+                            fault.set(TOO_LARGE);
                             return Poll::Ready(Some(Err(BodyTooLarge.into())));
                         }
                         *left -= len;
                     }
+                    if inner.is_end_stream() {
+                        fault.set(WHOLE);
+                    }
+                    let frame = match frame.into_trailers() {
+                        Ok(mut trailers) => {
+                            crate::proxy::headers::clean_trailers(&mut trailers, *underscores);
+                            Frame::trailers(trailers)
+                        }
+                        Err(frame) => frame,
+                    };
                     Poll::Ready(Some(Ok(frame)))
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    fault.0.store(MALFORMED, Ordering::Relaxed);
+                    fault.set(MALFORMED);
                     Poll::Ready(Some(Err(e)))
                 }
-                other => other,
+                Poll::Ready(None) => {
+                    fault.set(WHOLE);
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
             },
         }
     }

@@ -10,11 +10,13 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt as _;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
+use super::Finished;
 use super::access::Access;
 use crate::client::H1Sender;
 use crate::upstream::InFlight;
@@ -84,33 +86,55 @@ impl Body for ProxyBody {
 }
 
 /// An upstream response body. When it ends, the endpoint's in-flight count
-/// drops and the HTTP/1.1 connection goes back to the endpoint's pool; if it
-/// is dropped early (client went away) the connection is closed instead, as
-/// its state is unknown.
+/// drops and the HTTP/1.1 connection goes back to the endpoint's pool (if
+/// the request went out whole); if it is dropped early (client went away)
+/// the connection is closed instead, as its state is unknown.
+///
+/// An HTTP/2 upstream stream is read to its END_STREAM even when the
+/// client side has stopped reading because `content-length` bytes have
+/// arrived (hyper's HTTP/1.1 server drops the body then): resetting a
+/// stream whose answer was complete makes servers with rapid-reset
+/// protection end the whole connection. Only a stream the client left
+/// early is reset (CANCEL), and counted.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    inner: Incoming,
-    guard: Option<InFlight>,
+    /// `None` only while being dropped.
+    inner: Option<Incoming>,
+    finished: Option<Finished>,
     h1: Option<H1Sender>,
+    h2: bool,
+    ended: bool,
     access: Option<Box<Access>>,
 }
 
+/// How long a complete HTTP/2 answer's END_STREAM is waited for once the
+/// client has all its bytes.
+const END_STREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl UpstreamBody {
-    pub(super) fn new(inner: Incoming, guard: InFlight, h1: Option<H1Sender>) -> UpstreamBody {
+    pub(super) fn new(
+        inner: Incoming,
+        finished: Finished,
+        h1: Option<H1Sender>,
+        h2: bool,
+    ) -> UpstreamBody {
         UpstreamBody {
-            inner,
-            guard: Some(guard),
+            inner: Some(inner),
+            finished: Some(finished),
             h1,
+            h2,
+            ended: false,
             access: None,
         }
     }
 
     fn finish(&mut self) {
-        if let Some(guard) = self.guard.take() {
-            if let Some(conn) = self.h1.take() {
-                guard.endpoint().pool.put_h1(conn);
-            }
-            drop(guard);
+        self.ended = true;
+        if let Some(finished) = self.finished.take()
+            && let Some(conn) = self.h1.take()
+            && finished.request.sent_whole()
+        {
+            finished.guard.endpoint().pool.put_h1(conn);
         }
     }
 }
@@ -124,7 +148,10 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(&mut *inner).poll_frame(cx);
         if let (Poll::Ready(Some(Ok(frame))), Some(access)) = (&polled, this.access.as_mut()) {
             access.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
         }
@@ -132,30 +159,70 @@ impl Body for UpstreamBody {
             Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Err(_))) => {
                 this.h1 = None;
-                this.guard = None;
+                this.finished = None;
+                this.ended = true;
             }
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(),
+            Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => this.finish(),
             _ => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
         // A body with nothing to read (HEAD, 204, 304, Content-Length: 0) may
         // never be polled; its connection is still clean.
-        if self.inner.is_end_stream() {
+        if self.ended || inner.is_end_stream() {
             self.finish();
+            return;
         }
+        if !self.h2 {
+            return;
+        }
+        let delivered = inner.size_hint().exact() == Some(0);
+        let finished = self.finished.take();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if delivered => {
+                runtime.spawn(await_end_stream(inner, finished));
+            }
+            _ => {
+                if let Some(f) = &finished {
+                    f.resets.inc();
+                }
+            }
+        }
+    }
+}
+
+/// Reads a complete HTTP/2 answer's remaining frames (its END_STREAM, maybe
+/// trailers) so that the stream closes without a reset; resets it (and
+/// counts it) if that takes longer than `END_STREAM_WAIT`.
+async fn await_end_stream(mut inner: Incoming, finished: Option<Finished>) {
+    let ended = tokio::time::timeout(END_STREAM_WAIT, async {
+        while let Some(frame) = inner.frame().await {
+            if frame.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+    .is_ok();
+    if !ended && let Some(f) = &finished {
+        f.resets.inc();
     }
 }
 

@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::HeaderRules;
+use crate::config::{ClientIpHeader, HeaderRules};
 
 /// Forwarding headers removed from clients that are not trusted proxies.
 static FORWARDING_NAMES: [HeaderName; 9] = [
@@ -29,6 +29,8 @@ const FWD_FORWARDED: usize = 0;
 const FWD_XFF: usize = 1;
 const FWD_XFH: usize = 2;
 const FWD_XFP: usize = 3;
+/// X-Forwarded-For, -Host, -Proto, -Port and X-Real-IP, by index.
+const X_FORWARDED_FAMILY: u32 = 0b11_1110;
 
 /// RFC 9110 §7.6.1 hop-by-hop fields, plus the legacy `proxy-connection`.
 static HOP_BY_HOP: [HeaderName; 8] = [
@@ -154,11 +156,36 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Request trailers get the hygiene of request headers, whoever sent
+/// them (trailers carry no forwarding information anyone should trust):
+/// hop-by-hop fields, forwarding fields, any `x-zitadel-*` field, and,
+/// unless `underscores` allows them, names with `_`.
+pub fn clean_trailers(trailers: &mut HeaderMap, underscores: bool) {
+    let dropped: Vec<HeaderName> = trailers
+        .keys()
+        .filter(|k| {
+            HOP_BY_HOP.contains(k)
+                || FORWARDING_NAMES.contains(k)
+                || *k == header::UPGRADE
+                || *k == header::HOST
+                || k.as_str().starts_with("x-zitadel-")
+                || k.as_str().starts_with("x-forwarded-")
+                || (!underscores && k.as_str().contains('_'))
+        })
+        .cloned()
+        .collect();
+    for name in dropped {
+        trailers.remove(name);
+    }
+}
+
 /// What steer knows about the hop it received a request on.
 #[derive(Debug, Clone, Copy)]
 pub struct Hop<'a> {
     pub peer: IpAddr,
     pub trusted: bool,
+    /// The forwarding header a trusted peer sets (`client_ip_header`).
+    pub via: ClientIpHeader,
     pub tls: bool,
     /// The client's Host / `:authority`, as sent.
     pub host: Option<&'a str>,
@@ -180,21 +207,38 @@ pub fn apply_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
             present |= 1 << i;
         }
     }
-    if !hop.trusted && present != 0 {
+    // Forged: everything from an untrusted peer; from a trusted proxy, the
+    // family of the header it does not set (`client_ip_header`), which it
+    // passes through from its own client.
+    let forged = present
+        & match (hop.trusted, hop.via) {
+            (false, _) => u32::MAX,
+            (true, ClientIpHeader::XForwardedFor) => 1 << FWD_FORWARDED,
+            (true, ClientIpHeader::Forwarded) => X_FORWARDED_FAMILY,
+        };
+    if forged != 0 {
         for (i, name) in FORWARDING_NAMES.iter().enumerate() {
-            if present & (1 << i) != 0 {
+            if forged & (1 << i) != 0 {
                 headers.remove(name);
             }
         }
-        present = 0;
+        present &= !forged;
     }
     let has = |i: usize| present & (1 << i) != 0;
+    // Behind a proxy that sets only Forwarded, X-Forwarded-* are steer's to
+    // write, from what Forwarded says.
+    let from_forwarded =
+        (hop.trusted && hop.via == ClientIpHeader::Forwarded && has(FWD_FORWARDED))
+            .then(|| ForwardedChain::read(headers));
     let peer = IpText::new(hop.peer);
     let peer = peer.as_str();
-    let xff = match has(FWD_XFF)
-        .then(|| join_values(headers, &X_FORWARDED_FOR))
-        .flatten()
-    {
+    let previous = match &from_forwarded {
+        Some(chain) => chain.fors.clone(),
+        None => has(FWD_XFF)
+            .then(|| join_values(headers, &X_FORWARDED_FOR))
+            .flatten(),
+    };
+    let xff = match previous {
         Some(prev) => value(format!("{prev}, {peer}").into()),
         None => value(Bytes::copy_from_slice(peer.as_bytes())),
     };
@@ -227,10 +271,19 @@ pub fn apply_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
     } else {
         (Cow::Borrowed(own_proto), hop.host.map(Cow::Borrowed))
     };
-    if !has(FWD_XFP) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(own_proto));
+    let (xfp, xfh) = match &from_forwarded {
+        Some(chain) => (
+            chain.proto.as_deref().unwrap_or(own_proto),
+            chain.host.as_deref().or(hop.host),
+        ),
+        None => (own_proto, hop.host),
+    };
+    if !has(FWD_XFP)
+        && let Some(v) = value(Bytes::copy_from_slice(xfp.as_bytes()))
+    {
+        headers.insert(X_FORWARDED_PROTO, v);
     }
-    if let Some(host) = hop.host
+    if let Some(host) = xfh
         && !has(FWD_XFH)
         && let Some(v) = value(Bytes::copy_from_slice(host.as_bytes()))
     {
@@ -278,6 +331,52 @@ pub fn apply_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
     }
     if let Some(v) = value(element.freeze()) {
         headers.insert(header::FORWARDED, v);
+    }
+}
+
+/// What a trusted proxy's `Forwarded` says: the `for=` addresses in order
+/// (as an `X-Forwarded-For` list) and the left-most element's `proto` and
+/// `host`.
+struct ForwardedChain {
+    fors: Option<String>,
+    proto: Option<String>,
+    host: Option<String>,
+}
+
+impl ForwardedChain {
+    fn read(headers: &HeaderMap) -> ForwardedChain {
+        let mut fors: Option<String> = None;
+        let mut first: Option<&str> = None;
+        for element in headers
+            .get_all(header::FORWARDED)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+        {
+            first.get_or_insert(element);
+            if let Some(ip) = crate::routing::forwarded_for(element) {
+                let ip = IpText::new(ip);
+                match &mut fors {
+                    Some(list) => {
+                        list.push_str(", ");
+                        list.push_str(ip.as_str());
+                    }
+                    None => fors = Some(ip.as_str().to_owned()),
+                }
+            }
+        }
+        let param = |key: &str| {
+            first?.split(';').find_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                let v = v.trim().trim_matches('"');
+                (k.eq_ignore_ascii_case(key) && !v.is_empty()).then(|| v.to_owned())
+            })
+        };
+        ForwardedChain {
+            proto: param("proto").filter(|p| is_token(p)),
+            host: param("host"),
+            fors,
+        }
     }
 }
 

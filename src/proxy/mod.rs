@@ -4,8 +4,10 @@
 
 mod access;
 mod body;
+mod errors;
 pub mod headers;
 pub mod ratelimit;
+mod request;
 mod retry;
 mod tunnel;
 
@@ -14,7 +16,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
@@ -22,6 +23,7 @@ use http_body::Body as _;
 use access::Access;
 use body::UpstreamBody;
 pub use body::{ProxyBody, open_tunnels};
+pub use errors::{Expects, ProxyError, error_response};
 use headers::{Hop, X_REQUEST_ID};
 pub use retry::RetryBudget;
 
@@ -51,70 +53,9 @@ pub struct ConnInfo {
     /// keep-alive clients move on cleanly instead of racing a close of
     /// their idle connection.
     pub closing: Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// Everything that ends a request with a response steer makes itself.
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    #[error("no route for this request")]
-    NoRoute,
-    #[error("no healthy endpoint in upstream(s) {}", .0.join(", "))]
-    NoHealthyUpstream(Vec<String>),
-    #[error("upstream connection failed: {0}")]
-    Connect(#[source] ClientError),
-    #[error("upstream connection broke: {0}")]
-    Broken(#[source] ClientError),
-    #[error("upstream did not answer within {0:?}")]
-    Timeout(std::time::Duration),
-    #[error("bad request: {0}")]
-    BadRequest(&'static str),
-    #[error("request header fields too large: {0}")]
-    HeadersTooLarge(&'static str),
-    #[error("method not allowed: {0}")]
-    MethodNotAllowed(&'static str),
-    #[error("too many requests; retry after {0} s")]
-    TooManyRequests(u64),
-    #[error("request body larger than this route's max_body")]
-    BodyTooLarge,
-}
-
-/// Maps an error to its response (status, short text naming the cause and
-/// the request id) and logs it once.
-pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> Response<ProxyBody> {
-    let status = match err {
-        ProxyError::NoRoute => StatusCode::NOT_FOUND,
-        ProxyError::NoHealthyUpstream(_) => StatusCode::SERVICE_UNAVAILABLE,
-        ProxyError::Connect(_) | ProxyError::Broken(_) => StatusCode::BAD_GATEWAY,
-        ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-        ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-        ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-        ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-        ProxyError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-        ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-    };
-    let id = String::from_utf8_lossy(request_id.as_bytes());
-    if status.is_server_error() {
-        tracing::warn!(request_id = %id, status = status.as_u16(), error = %err, "request failed");
-    } else {
-        tracing::info!(request_id = %id, status = status.as_u16(), error = %err, "request refused");
-    }
-    let body = format!(
-        "{} {}: {err}\nrequest id: {id}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    );
-    let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
-    if let ProxyError::TooManyRequests(secs) = err {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
-    }
-    resp
+    /// Over TLS, when the client sent SNI: the names of the certificate
+    /// that SNI selected. A request for a host they do not cover gets 421.
+    pub tls_names: Option<Arc<[String]>>,
 }
 
 /// Serves one request. Infallible: every failure is a response.
@@ -126,8 +67,9 @@ pub async fn handle(
     let started = Instant::now();
     let table = shared.live.load_full();
     let request_id = headers::request_id(req.headers());
+    let expects = Expects::of(&req);
     // Parsed once: the access log and routing both need it.
-    let raw_host = client_host(&req);
+    let raw_host = request::client_host(&req);
     // What the access log needs of the request, taken before it moves on.
     let logged = table.log.access.then(|| {
         (
@@ -138,9 +80,8 @@ pub async fn handle(
         )
     });
     shared.retry_budget.record_request();
-    let http1 = req.version() < Version::HTTP_2;
     let mut outcome = Outcome::default();
-    let mut resp = match proxy(
+    let (mut resp, status) = match proxy(
         &shared,
         &table,
         &conn,
@@ -153,19 +94,24 @@ pub async fn handle(
     {
         Ok(mut resp) => {
             resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
-            resp
+            let status = resp.status().as_u16();
+            (resp, status)
         }
-        // error_response sets the request id itself.
-        Err(err) => error_response(&err, &request_id),
+        // error_response sets the request id itself. Metrics and the
+        // access log count the status the error stands for, also when a
+        // gRPC client gets it as a grpc-status on a 200.
+        Err(err) => (
+            error_response(&err, &request_id, expects),
+            err.status().as_u16(),
+        ),
     };
-    if http1
+    if expects.http1
         && conn.closing.load(std::sync::atomic::Ordering::Relaxed)
         && resp.status() != StatusCode::SWITCHING_PROTOCOLS
     {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let status = resp.status().as_u16();
     table
         .metrics
         .record(outcome.route, outcome.upstream, status, started.elapsed());
@@ -207,6 +153,9 @@ async fn proxy(
     outcome: &mut Outcome,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     check_limits(table, &req)?;
+    if req.version() < Version::HTTP_2 {
+        request::check_framing(req.headers())?;
+    }
     if req.method() == http::Method::CONNECT {
         // Extended CONNECT (WebSocket over HTTP/2) is not offered, so every
         // CONNECT asks for a tunnel: steer is no forward proxy.
@@ -216,9 +165,21 @@ async fn proxy(
     }
     let raw_host = raw_host?;
     let host = raw_host.as_deref().map(routing::normalize_host);
+    // RFC 9110 §15.5.20: a host the connection's certificate does not
+    // cover was meant for another connection (HTTP/2 reuse); 421 makes
+    // the client open a new one.
+    if let (Some(names), Some(h)) = (&conn.tls_names, host.as_deref())
+        && !request::covered(names, h)
+    {
+        return Err(ProxyError::Misdirected);
+    }
     let trusted = routing::client_ip_trusted(conn.peer.ip(), &table.proxy.trusted_proxies);
-    let client_ip =
-        routing::resolve_client_ip(conn.peer.ip(), req.headers(), &table.proxy.trusted_proxies);
+    let client_ip = routing::resolve_client_ip(
+        conn.peer.ip(),
+        req.headers(),
+        &table.proxy.trusted_proxies,
+        table.proxy.client_ip_header,
+    );
     outcome.client_ip = Some(client_ip);
     let view = RequestView {
         method: req.method(),
@@ -253,6 +214,7 @@ async fn proxy(
     let hop = Hop {
         peer: conn.peer.ip(),
         trusted,
+        via: table.proxy.client_ip_header,
         tls: conn.tls,
         host: raw_host.as_deref(),
     };
@@ -287,28 +249,6 @@ fn check_limits(table: &Table, req: &Request<Inbound>) -> Result<(), ProxyError>
         ));
     }
     Ok(())
-}
-
-/// The client's Host: `:authority` (HTTP/2, absolute-form) or `Host`.
-fn client_host(req: &Request<Inbound>) -> Result<Option<String>, ProxyError> {
-    if let Some(authority) = req.uri().authority() {
-        return Ok(Some(authority.as_str().to_owned()));
-    }
-    match req.headers().get(header::HOST) {
-        None if req.version() == Version::HTTP_11 => {
-            Err(ProxyError::BadRequest("HTTP/1.1 request without Host"))
-        }
-        None => Ok(None),
-        Some(v) => {
-            let s = v
-                .to_str()
-                .map_err(|_| ProxyError::BadRequest("Host is not valid text"))?;
-            if s.is_empty() || s.parse::<http::uri::Authority>().is_err() {
-                return Err(ProxyError::BadRequest("Host is not a valid host[:port]"));
-            }
-            Ok(Some(s.to_owned()))
-        }
-    }
 }
 
 /// The upstream and endpoint for a route: the target (or a weighted pick of
@@ -502,6 +442,10 @@ async fn forward(
         .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
         .flatten();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    request::join_cookies(&mut parts.headers);
+    if !table.proxy.underscores_in_headers {
+        request::drop_underscored(&mut parts.headers);
+    }
     if let Some(to) = upgrade_to {
         parts.headers.insert(header::UPGRADE, to);
     }
@@ -552,7 +496,12 @@ async fn forward(
             return Err(ProxyError::BodyTooLarge);
         }
     }
-    let body = ReqBody::client(body, route.spec.max_body, fault.clone());
+    let body = ReqBody::client(
+        body,
+        route.spec.max_body,
+        fault.clone(),
+        table.proxy.underscores_in_headers,
+    );
     let mut request = Request::from_parts(parts, body);
     // A copy of the head for a replay costs a header-map clone per request:
     // only worth it when there is somewhere else to send it.
@@ -579,13 +528,12 @@ async fn forward(
                 if upstream.health.is_none() {
                     endpoint.record_passive_success();
                 }
-                return respond(
-                    sent,
-                    route,
-                    client_upgrade,
+                let finished = Finished {
                     guard,
-                    table.proxy.tunnel_idle_timeout,
-                );
+                    request: fault,
+                    resets: table.metrics.stream_resets(upstream_index),
+                };
+                return respond(sent, table, route, client_upgrade, finished);
             }
             Ok(Err(failed)) => failed,
         };
@@ -618,16 +566,44 @@ async fn forward(
     }
 }
 
-/// The client's response from the upstream's: hop-by-hop removed, the
-/// route's rules applied, body wrapped to release the endpoint at its end.
+/// What a response body releases when it ends.
+#[derive(Debug)]
+pub(crate) struct Finished {
+    pub(crate) guard: InFlight,
+    /// Whether the request went out whole: only then may an HTTP/1.1
+    /// upstream connection carry another request.
+    pub(crate) request: Arc<Fault>,
+    /// Counts HTTP/2 upstream streams reset because the client left early.
+    pub(crate) resets: prometheus::IntCounter,
+}
+
+/// The client's response from the upstream's: framing made unambiguous,
+/// hop-by-hop removed, the route's rules applied, body wrapped to release
+/// the endpoint at its end.
 fn respond(
     sent: crate::client::Sent,
+    table: &Table,
     route: &Route,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    guard: InFlight,
-    tunnel_idle: std::time::Duration,
+    finished: Finished,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let mut response = sent.response;
+    let crate::client::Sent {
+        mut response,
+        mut h1,
+    } = sent;
+    // RFC 9112 §6.3: with both, chunked framing wins (hyper read the body
+    // that way); the stale Content-Length must not reach the client, and an
+    // upstream that framed a message ambiguously is not trusted with
+    // another one.
+    if response.headers().contains_key(header::TRANSFER_ENCODING)
+        && response
+            .headers_mut()
+            .remove(header::CONTENT_LENGTH)
+            .is_some()
+    {
+        h1 = None;
+    }
+    let h2 = h1.is_none() && response.version() == Version::HTTP_2;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(response.headers_mut(), switching);
     headers::apply_rules(response.headers_mut(), &route.spec.response_headers);
@@ -635,17 +611,22 @@ fn respond(
         if client_upgrade.is_none() {
             // A 101 the client did not ask for cannot be passed on.
             let err = ProxyError::Broken(ClientError::BadRequest {
-                addr: guard.endpoint().addr,
+                addr: finished.guard.endpoint().addr,
                 reason: "upstream switched protocols unasked",
             });
             return Err(err);
         }
-        return Ok(body::tunnel(response, client_upgrade, guard, tunnel_idle));
+        return Ok(body::tunnel(
+            response,
+            client_upgrade,
+            finished.guard,
+            table.proxy.tunnel_idle_timeout,
+        ));
     }
     let (parts, incoming) = response.into_parts();
     Ok(Response::from_parts(
         parts,
-        ProxyBody::upstream(UpstreamBody::new(incoming, guard, sent.h1)),
+        ProxyBody::upstream(UpstreamBody::new(incoming, finished, h1, h2)),
     ))
 }
 

@@ -55,7 +55,11 @@ fn every_error_maps_to_its_status_and_names_the_request_id() {
         (ProxyError::HeadersTooLarge("x"), 431),
     ];
     for (err, status) in cases {
-        let resp = error_response(&err, &id);
+        let expects = Expects {
+            grpc: false,
+            http1: true,
+        };
+        let resp = error_response(&err, &id, expects);
         assert_eq!(resp.status().as_u16(), status);
         assert_eq!(resp.headers()["x-request-id"], "req-123");
     }

@@ -1,13 +1,17 @@
 //! Who the client is: the TCP peer, or, behind trusted proxies, the
-//! right-most address in `X-Forwarded-For` (else `Forwarded`) that is not a
-//! trusted proxy itself. Walking from the right means a client can prepend
-//! whatever it likes without being believed.
+//! right-most address in the forwarding header they set (`X-Forwarded-For`
+//! or `Forwarded`, `[proxy] client_ip_header`) that is not a trusted proxy
+//! itself. Walking from the right means a client can prepend whatever it
+//! likes without being believed; reading only the header the proxies set
+//! means a client cannot use the other one, which they pass through.
 
 use std::net::{IpAddr, SocketAddr};
 
 use http::HeaderMap;
 use http::header::FORWARDED;
 use ipnet::IpNet;
+
+use crate::config::ClientIpHeader;
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
@@ -26,26 +30,26 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// The client address used for `client_ips` matching and logs.
-pub fn resolve_client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+pub fn resolve_client_ip(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+    via: ClientIpHeader,
+) -> IpAddr {
     let peer = canonical(peer);
     if !is_trusted(peer, trusted) {
         return peer;
     }
-    let xff = headers.get_all(X_FORWARDED_FOR);
-    if xff.iter().next().is_some() {
-        let hops = xff
-            .iter()
-            .rev()
-            .flat_map(|v| v.to_str().unwrap_or("").rsplit(','))
-            .map(|s| parse_hop(s.trim()));
-        return walk(peer, hops, trusted);
-    }
-    let fwd = headers.get_all(FORWARDED);
-    let hops = fwd
+    let (name, hop): (&str, fn(&str) -> Option<IpAddr>) = match via {
+        ClientIpHeader::XForwardedFor => (X_FORWARDED_FOR, |s| parse_hop(s.trim())),
+        ClientIpHeader::Forwarded => (FORWARDED.as_str(), forwarded_for),
+    };
+    let hops = headers
+        .get_all(name)
         .iter()
         .rev()
         .flat_map(|v| v.to_str().unwrap_or("").rsplit(','))
-        .map(forwarded_for);
+        .map(hop);
     walk(peer, hops, trusted)
 }
 
@@ -81,7 +85,7 @@ fn parse_hop(s: &str) -> Option<IpAddr> {
 }
 
 /// The `for=` of one `Forwarded` element (`for=192.0.2.60;proto=http`).
-fn forwarded_for(element: &str) -> Option<IpAddr> {
+pub(crate) fn forwarded_for(element: &str) -> Option<IpAddr> {
     element.split(';').find_map(|pair| {
         let (k, v) = pair.trim().split_once('=')?;
         k.eq_ignore_ascii_case("for").then(|| parse_hop(v.trim()))?
@@ -107,6 +111,8 @@ mod tests {
         s.parse().unwrap()
     }
 
+    const XFF: ClientIpHeader = ClientIpHeader::XForwardedFor;
+
     fn nets(list: &[&str]) -> Vec<IpNet> {
         list.iter().map(|s| s.parse().unwrap()).collect()
     }
@@ -115,7 +121,7 @@ mod tests {
     fn untrusted_peer_is_the_client_whatever_it_claims() {
         let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
         assert_eq!(
-            resolve_client_ip(ip("9.9.9.9"), &h, &nets(&["10.0.0.0/8"])),
+            resolve_client_ip(ip("9.9.9.9"), &h, &nets(&["10.0.0.0/8"]), XFF),
             ip("9.9.9.9")
         );
     }
@@ -124,7 +130,7 @@ mod tests {
     fn trusted_peer_yields_rightmost_untrusted_forwarded_for() {
         let h = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.2")]);
         assert_eq!(
-            resolve_client_ip(ip("10.0.0.1"), &h, &nets(&["10.0.0.0/8"])),
+            resolve_client_ip(ip("10.0.0.1"), &h, &nets(&["10.0.0.0/8"]), XFF),
             ip("1.2.3.4")
         );
     }
@@ -136,7 +142,7 @@ mod tests {
             ("x-forwarded-for", "10.0.0.3"),
         ]);
         assert_eq!(
-            resolve_client_ip(ip("10.0.0.1"), &h, &nets(&["10.0.0.0/8"])),
+            resolve_client_ip(ip("10.0.0.1"), &h, &nets(&["10.0.0.0/8"]), XFF),
             ip("1.2.3.4")
         );
     }
@@ -145,7 +151,7 @@ mod tests {
     fn all_trusted_yields_leftmost() {
         let h = headers(&[("x-forwarded-for", "10.0.0.5, 10.0.0.4")]);
         assert_eq!(
-            resolve_client_ip(ip("10.0.0.1"), &h, &nets(&["10.0.0.0/8"])),
+            resolve_client_ip(ip("10.0.0.1"), &h, &nets(&["10.0.0.0/8"]), XFF),
             ip("10.0.0.5")
         );
     }
@@ -154,20 +160,41 @@ mod tests {
     fn garbage_stops_at_last_readable_hop() {
         let h = headers(&[("x-forwarded-for", "1.2.3.4, nonsense, 10.0.0.4")]);
         assert_eq!(
-            resolve_client_ip(ip("10.0.0.1"), &h, &nets(&["10.0.0.0/8"])),
+            resolve_client_ip(ip("10.0.0.1"), &h, &nets(&["10.0.0.0/8"]), XFF),
             ip("10.0.0.4")
         );
     }
 
     #[test]
-    fn forwarded_header_used_without_x_forwarded_for() {
+    fn forwarded_is_read_only_when_it_is_the_client_ip_header() {
         let h = headers(&[(
             "forwarded",
             "for=\"[2001:db8::7]:4711\";proto=https, for=10.0.0.9",
         )]);
+        let trusted = nets(&["10.0.0.0/8"]);
+        let fwd = ClientIpHeader::Forwarded;
         assert_eq!(
-            resolve_client_ip(ip("10.0.0.1"), &h, &nets(&["10.0.0.0/8"])),
+            resolve_client_ip(ip("10.0.0.1"), &h, &trusted, fwd),
             ip("2001:db8::7")
+        );
+        assert_eq!(
+            resolve_client_ip(ip("10.0.0.1"), &h, &trusted, XFF),
+            ip("10.0.0.1")
+        );
+    }
+
+    #[test]
+    fn a_forged_x_forwarded_for_is_ignored_behind_a_proxy_that_sets_forwarded() {
+        // The proxy in front sets Forwarded and passes the client's own
+        // X-Forwarded-For through untouched.
+        let h = headers(&[
+            ("x-forwarded-for", "192.168.7.7"),
+            ("forwarded", "for=203.0.113.9"),
+        ]);
+        let trusted = nets(&["10.0.0.0/8"]);
+        assert_eq!(
+            resolve_client_ip(ip("10.0.0.1"), &h, &trusted, ClientIpHeader::Forwarded),
+            ip("203.0.113.9")
         );
     }
 
@@ -175,7 +202,7 @@ mod tests {
     fn ipv4_mapped_peer_is_compared_as_ipv4() {
         let h = headers(&[("x-forwarded-for", "1.2.3.4")]);
         assert_eq!(
-            resolve_client_ip(ip("::ffff:10.0.0.1"), &h, &nets(&["10.0.0.0/8"])),
+            resolve_client_ip(ip("::ffff:10.0.0.1"), &h, &nets(&["10.0.0.0/8"]), XFF),
             ip("1.2.3.4")
         );
     }

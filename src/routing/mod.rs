@@ -18,6 +18,7 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, Method};
 
+pub(crate) use client_ip::forwarded_for;
 pub use client_ip::{is_trusted as client_ip_trusted, resolve_client_ip};
 
 use crate::config::{HostPattern, PathMatch, RouteSpec};

@@ -202,6 +202,7 @@ impl ListenerSet {
                             store.server_config().map_err(std::io::Error::other)?,
                         ),
                         handshake_timeout: settings.tls_handshake_timeout,
+                        store: store.clone(),
                     }),
                     _ => None,
                 };

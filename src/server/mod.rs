@@ -110,6 +110,9 @@ fn idle_tick(idle: Duration) -> tokio::time::Interval {
 pub struct TlsListener {
     pub acceptor: tokio_rustls::TlsAcceptor,
     pub handshake_timeout: Duration,
+    /// The served certificates: which names the one a client's SNI picked
+    /// covers (421 for other hosts).
+    pub store: Arc<crate::tls::TlsStore>,
 }
 
 /// A client socket as every protocol handler sees it.
@@ -165,6 +168,7 @@ pub async fn serve_proxy(
                     peer,
                     tls: tls.is_some(),
                     closing,
+                    tls_names: None,
                 },
                 activity,
                 head_deadline: tokio::time::Instant::now() + serving.header_read_timeout,
@@ -236,13 +240,16 @@ async fn read_h2_start<I: AsyncRead + Unpin>(
 /// A TLS connection: the handshake under `tls_handshake_timeout`, then
 /// HTTP/2 or HTTP/1.1 as ALPN says (by the preface when the client named
 /// no protocol).
-async fn secure(io: ClientIo, tls: TlsListener, ctx: ConnCtx) -> ClientResult {
+async fn secure(io: ClientIo, tls: TlsListener, mut ctx: ConnCtx) -> ClientResult {
     let stream = match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(io)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(format!("TLS handshake failed: {e}").into()),
         Err(_) => return Err("TLS handshake timed out".into()),
     };
     let mut stream = stream;
+    if let Some(sni) = stream.get_ref().1.server_name() {
+        ctx.info.tls_names = Some(tls.store.current().names_for(sni));
+    }
     let mut buf = BytesMut::new();
     let speaks = match stream.get_ref().1.alpn_protocol() {
         Some(b"h2") => Speaks::Http2,

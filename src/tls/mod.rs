@@ -177,47 +177,59 @@ fn leaf_facts(
 /// The certificates being served, indexed by name.
 #[derive(Debug)]
 pub struct CertSet {
-    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// Name -> index into `certs`.
+    exact: HashMap<String, usize>,
     /// `*.example.com` stored as `.example.com`: one label in front only.
-    wildcard: HashMap<String, Arc<CertifiedKey>>,
-    /// The first entry: for clients without SNI or with an unknown name.
-    default: Arc<CertifiedKey>,
+    wildcard: HashMap<String, usize>,
+    /// Each certificate's names, shared with the connections it serves.
+    names: Vec<Arc<[String]>>,
     pub certs: Vec<LoadedCert>,
 }
 
 impl CertSet {
     pub fn new(certs: Vec<LoadedCert>) -> Option<CertSet> {
-        let default = certs.first()?.key.clone();
+        certs.first()?;
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         // Earlier entries win when two certificates name the same host.
-        for c in certs.iter().rev() {
+        for (i, c) in certs.iter().enumerate().rev() {
             for name in &c.names {
                 match name.strip_prefix('*') {
-                    Some(suffix) => wildcard.insert(suffix.to_owned(), c.key.clone()),
-                    None => exact.insert(name.clone(), c.key.clone()),
+                    Some(suffix) => wildcard.insert(suffix.to_owned(), i),
+                    None => exact.insert(name.clone(), i),
                 };
             }
         }
         Some(CertSet {
             exact,
             wildcard,
-            default,
+            names: certs.iter().map(|c| c.names.clone().into()).collect(),
             certs,
         })
     }
 
-    pub fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+    /// The certificate for `sni`: by exact name, then by wildcard; the
+    /// first entry for clients without SNI or with an unknown name.
+    fn index(&self, sni: Option<&str>) -> usize {
         let Some(name) = sni.map(str::to_ascii_lowercase) else {
-            return self.default.clone();
+            return 0;
         };
-        if let Some(k) = self.exact.get(&name) {
-            return k.clone();
+        if let Some(i) = self.exact.get(&name) {
+            return *i;
         }
         name.find('.')
             .and_then(|dot| self.wildcard.get(&name[dot..]))
-            .unwrap_or(&self.default)
-            .clone()
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        self.certs[self.index(sni)].key.clone()
+    }
+
+    /// The names of the certificate that `sni` selects.
+    pub fn names_for(&self, sni: &str) -> Arc<[String]> {
+        self.names[self.index(Some(sni))].clone()
     }
 }
 

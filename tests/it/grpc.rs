@@ -72,3 +72,50 @@ async fn grpc_server_stream_delivers_updates() {
     let next = stream.message().await.unwrap().unwrap();
     assert_eq!(next.status, ServingStatus::NotServing as i32);
 }
+
+#[tokio::test]
+async fn steers_own_answers_reach_grpc_clients_as_grpc_statuses() {
+    let blue = upstream("blue").await;
+    let body = format!(
+        "{}[[routes]]\nname = \"other\"\npath_prefix = \"/zitadel.\"\nupstream = \"blue\"\n\n\
+         [[routes]]\nname = \"down\"\npath_prefix = \"/grpc.health.v1.Health/Watch\"\nupstream = \"gone\"\n\n\
+         [upstreams.gone]\nendpoints = [\"{}\"]\nprotocol = \"h2c\"\n",
+        upstream_toml("blue", blue.addr(), "h2c"),
+        closed_port()
+    );
+    let steer = Steer::start(&body).await;
+    let admin = steer.admin();
+    eventually("the dead upstream is probed down", || async {
+        states(&admin, "gone").await == ["unhealthy"]
+    })
+    .await;
+    let mut c = client(&steer).await;
+    // No route: UNIMPLEMENTED, with steer's reason.
+    let err = c
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+    assert!(
+        err.message().contains("no route for this request"),
+        "{err:?}"
+    );
+    // No healthy endpoint: UNAVAILABLE, which gRPC clients retry.
+    let err = c
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(
+        err.message()
+            .contains("no healthy endpoint in upstream(s) gone"),
+        "{err:?}"
+    );
+    // The metrics count what the answers stand for.
+    let series = "steer_requests_total{code=\"503\",route=\"down\",upstream=\"\"}";
+    assert_eq!(metric(&admin, series).await, 1.0);
+}

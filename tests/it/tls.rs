@@ -426,3 +426,40 @@ async fn https_upstream_with_a_private_ca_works_and_an_untrusted_one_is_a_502() 
     assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{}", a.text());
     assert!(a.text().contains("TLS handshake"), "{}", a.text());
 }
+
+#[tokio::test]
+async fn a_host_the_sni_certificate_does_not_cover_gets_421() {
+    let blue = upstream("blue").await;
+    let a = self_signed(&["auth.example.com"]);
+    let b = self_signed(&["*.tenant.example.com"]);
+    let body = format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
+        upstream_toml("blue", blue.addr(), "h2c")
+    );
+    let steer = tls_steer(&[("a", &a), ("b", &b)], &body).await;
+    let addr = steer.https_addr();
+    for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
+        // A connection made for auth.example.com carries a request for a
+        // tenant host (HTTP/2 connection reuse): 421, so the client opens
+        // a new connection for it.
+        let tls = connect(addr, Some("auth.example.com"), &[alpn]).await;
+        let (status, body) = get_over(tls, "x.tenant.example.com", "/").await;
+        assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{body}");
+        let tls = connect(addr, Some("x.tenant.example.com"), &[alpn]).await;
+        assert_eq!(
+            get_over(tls, "x.tenant.example.com", "/").await.0,
+            StatusCode::OK
+        );
+        let tls = connect(addr, Some("auth.example.com"), &[alpn]).await;
+        assert_eq!(
+            get_over(tls, "AUTH.example.com:443", "/").await.0,
+            StatusCode::OK
+        );
+        // No SNI (a client that connects by IP): nothing to compare with.
+        let tls = connect(addr, None, &[alpn]).await;
+        assert_eq!(
+            get_over(tls, "x.tenant.example.com", "/").await.0,
+            StatusCode::OK
+        );
+    }
+}

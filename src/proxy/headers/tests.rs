@@ -12,6 +12,7 @@ fn hop(trusted: bool) -> Hop<'static> {
     Hop {
         peer: "192.0.2.7".parse().unwrap(),
         trusted,
+        via: crate::config::ClientIpHeader::XForwardedFor,
         tls: false,
         host: Some("auth.example.com"),
     }
@@ -50,9 +51,10 @@ fn untrusted_client_cannot_forge_forwarding_headers() {
 }
 
 #[test]
-fn trusted_proxy_headers_are_kept_and_appended() {
+fn a_trusted_proxy_that_sets_x_forwarded_keeps_them_and_loses_a_passed_forwarded() {
     let mut h = map(&[
-        ("forwarded", "for=1.2.3.4;proto=https;host=auth.example.com"),
+        // Sent by the client; the proxy in front passed it through.
+        ("forwarded", "for=6.6.6.6;proto=http;host=evil.example"),
         ("x-forwarded-for", "1.2.3.4"),
         ("x-forwarded-proto", "https"),
         ("x-forwarded-host", "auth.example.com"),
@@ -63,9 +65,33 @@ fn trusted_proxy_headers_are_kept_and_appended() {
     assert_eq!(h["x-forwarded-proto"], "https");
     assert_eq!(
         h["forwarded"],
-        "for=1.2.3.4;proto=https;host=auth.example.com, for=192.0.2.7;proto=http;host=auth.example.com"
+        "for=192.0.2.7;proto=https;host=auth.example.com"
     );
     assert_eq!(h["x-zitadel-instance-host"], "tenant.example.com");
+}
+
+#[test]
+fn a_trusted_proxy_that_sets_forwarded_keeps_it_and_x_forwarded_come_from_it() {
+    let mut h = map(&[
+        ("forwarded", "for=1.2.3.4;proto=https;host=auth.example.com"),
+        // Sent by the client; the proxy in front passed them through.
+        ("x-forwarded-for", "6.6.6.6"),
+        ("x-forwarded-host", "evil.example"),
+        ("x-real-ip", "6.6.6.6"),
+    ]);
+    let hop = Hop {
+        via: crate::config::ClientIpHeader::Forwarded,
+        ..hop(true)
+    };
+    apply_forwarding(&mut h, &hop);
+    assert_eq!(h["x-forwarded-for"], "1.2.3.4, 192.0.2.7");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["x-forwarded-host"], "auth.example.com");
+    assert!(h.get("x-real-ip").is_none());
+    assert_eq!(
+        h["forwarded"],
+        "for=1.2.3.4;proto=https;host=auth.example.com, for=192.0.2.7;proto=http;host=auth.example.com"
+    );
 }
 
 #[test]
@@ -78,6 +104,7 @@ fn forwarded_element_follows_a_trusted_load_balancers_scheme_and_host() {
     let hop = Hop {
         peer: "10.0.0.2".parse().unwrap(),
         trusted: true,
+        via: crate::config::ClientIpHeader::XForwardedFor,
         tls: false,
         host: Some("steer.internal:8080"),
     };
@@ -95,6 +122,7 @@ fn forwarded_quotes_ipv6_and_ported_hosts() {
     let hop = Hop {
         peer: "2001:db8::1".parse().unwrap(),
         trusted: false,
+        via: crate::config::ClientIpHeader::XForwardedFor,
         tls: true,
         host: Some("auth.example.com:8443"),
     };
@@ -156,6 +184,26 @@ fn only_allowed_upgrade_tokens_are_forwarded() {
     // No Connection: upgrade, no upgrade.
     let h = map(&[("upgrade", "websocket")]);
     assert!(allowed_upgrade(&h, &allowed).is_none());
+}
+
+#[test]
+fn trailers_lose_forwarding_zitadel_hop_by_hop_and_underscored_fields() {
+    let mut t = map(&[
+        ("x-forwarded-for", "1.2.3.4"),
+        ("x-forwarded-anything", "x"),
+        ("forwarded", "for=1.2.3.4"),
+        ("x-zitadel-instance-host", "evil.example"),
+        ("x-zitadel-orgid", "1"),
+        ("connection", "close"),
+        ("x_real_ip", "1.2.3.4"),
+        ("grpc-status", "0"),
+    ]);
+    clean_trailers(&mut t, false);
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert_eq!(t["grpc-status"], "0");
+    let mut t = map(&[("x_custom", "1")]);
+    clean_trailers(&mut t, true);
+    assert_eq!(t["x_custom"], "1");
 }
 
 #[test]

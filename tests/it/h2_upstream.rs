@@ -1,0 +1,155 @@
+//! An HTTP/2 (h2c) upstream written with the `h2` crate, in the shape of a
+//! Go or Node server: it sends each answer's body in one DATA frame and
+//! END_STREAM in a frame of its own, and it counts the RST_STREAM frames it
+//! receives (by reading the frame headers of the bytes that arrive).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+
+#[derive(Default)]
+pub struct Seen {
+    pub resets: AtomicU64,
+    pub requests: AtomicU64,
+    pub connections: AtomicU64,
+    /// Trailers of request bodies, as received.
+    pub trailers: Mutex<Vec<http::HeaderMap>>,
+}
+
+pub struct H2Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Seen>,
+}
+
+/// Starts the upstream; each answer is `body` (with `content-length`).
+pub async fn start(body: &'static [u8]) -> H2Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let s = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let seen = s.clone();
+            seen.connections.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let io = Sniffing {
+                    inner: tcp,
+                    state: Frames::default(),
+                    seen: seen.clone(),
+                };
+                let Ok(mut conn) = h2::server::handshake(io).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let seen = seen.clone();
+                    tokio::spawn(async move {
+                        seen.requests.fetch_add(1, Ordering::Relaxed);
+                        let mut recv = req.into_body();
+                        while let Some(Ok(chunk)) = recv.data().await {
+                            let _ = recv.flow_control().release_capacity(chunk.len());
+                        }
+                        if let Ok(Some(t)) = recv.trailers().await {
+                            seen.trailers.lock().unwrap().push(t);
+                        }
+                        let resp = http::Response::builder()
+                            .header("content-length", body.len())
+                            .body(())
+                            .unwrap();
+                        let Ok(mut send) = respond.send_response(resp, false) else {
+                            return;
+                        };
+                        let _ = send.send_data(Bytes::from_static(body), false);
+                        // END_STREAM in a frame of its own.
+                        tokio::task::yield_now().await;
+                        let _ = send.send_data(Bytes::new(), true);
+                    });
+                }
+            });
+        }
+    });
+    H2Upstream { addr, seen }
+}
+
+/// Where the reader is in the stream of frames the client sends.
+#[derive(Default)]
+struct Frames {
+    preface_left: Option<usize>,
+    header: Vec<u8>,
+    payload_left: usize,
+}
+
+impl Frames {
+    /// Feeds received bytes; counts RST_STREAM (type 0x3) frames.
+    fn feed(&mut self, mut bytes: &[u8], resets: &AtomicU64) {
+        let preface = self.preface_left.get_or_insert(24);
+        let skip = (*preface).min(bytes.len());
+        *preface -= skip;
+        bytes = &bytes[skip..];
+        while !bytes.is_empty() {
+            if self.payload_left > 0 {
+                let n = self.payload_left.min(bytes.len());
+                self.payload_left -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let need = 9 - self.header.len();
+            let n = need.min(bytes.len());
+            self.header.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.header.len() == 9 {
+                let h = &self.header;
+                self.payload_left =
+                    usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+                if h[3] == 0x3 {
+                    resets.fetch_add(1, Ordering::Relaxed);
+                }
+                self.header.clear();
+            }
+        }
+    }
+}
+
+struct Sniffing<T> {
+    inner: T,
+    state: Frames,
+    seen: Arc<Seen>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Sniffing<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let fresh = &buf.filled()[before..];
+        this.state.feed(fresh, &this.seen.resets);
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Sniffing<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

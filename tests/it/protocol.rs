@@ -1,0 +1,343 @@
+//! Edge protocol correctness: what steer forwards and refuses, checked
+//! with the bytes real clients and upstreams send (HTTP/1.1 on raw
+//! sockets, HTTP/2 from the `h2` crate and tonic).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::h2_upstream;
+use crate::support::*;
+
+fn route_to(name: &str, addr: SocketAddr, protocol: &str) -> String {
+    format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"{name}\"\n",
+        upstream_toml(name, addr, protocol).replace("protocol", "health = false\nprotocol")
+    )
+}
+
+/// Sends `bytes` and reads what comes back until the server closes or
+/// `wait` passes.
+async fn exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn complete_http2_upstream_answers_are_never_reset() {
+    let up = h2_upstream::start(b"0123456789").await;
+    let steer = Steer::start_ready(&route_to("api", up.addr, "h2c")).await;
+    // HTTP/1.1 clients (hyper's server drops a Content-Length body once its
+    // bytes are out) and HTTP/2 clients alike.
+    for client in [http1(), h2c()] {
+        for _ in 0..250 {
+            let a = send(
+                &client,
+                request("GET", &steer.url("/x"))
+                    .body(Default::default())
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(a.status, StatusCode::OK);
+            assert_eq!(a.body, "0123456789");
+        }
+    }
+    eventually("every stream ended", || async {
+        metric(&steer.admin(), "steer_endpoint_in_flight{").await == 0.0
+            && up.seen.requests.load(Ordering::Relaxed) == 500
+    })
+    .await;
+    assert_eq!(
+        up.seen.resets.load(Ordering::Relaxed),
+        0,
+        "RST_STREAM frames"
+    );
+    assert_eq!(up.seen.connections.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_early_resets_its_upstream_stream_and_it_is_counted() {
+    // A long answer: the client reads the head, then goes away.
+    let blue = upstream("blue").await;
+    let steer = Steer::start_ready(&route_to("blue", blue.addr(), "h2c")).await;
+    let mut s = TcpStream::connect(steer.addr()).await.unwrap();
+    s.write_all(b"GET /demo/bytes?n=50000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 64];
+    s.read_exact(&mut head).await.unwrap();
+    drop(s);
+    let admin = steer.admin();
+    eventually("the reset is counted", || async {
+        metric(
+            &admin,
+            "steer_upstream_stream_resets_total{upstream=\"blue\"}",
+        )
+        .await
+            == 1.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cookie_crumbs_from_http2_reach_an_http1_upstream_as_one_line() {
+    let blue = upstream("blue").await;
+    let steer = Steer::start_ready(&route_to("blue", blue.addr(), "http1")).await;
+    let tcp = TcpStream::connect(steer.addr()).await.unwrap();
+    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/what", steer.addr()))
+        .header("cookie", "session=abc")
+        .header("cookie", "csrf=def")
+        .header("cookie", "lang=en")
+        .body(())
+        .unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let mut body = resp.await.unwrap().into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        bytes.extend_from_slice(&chunk.unwrap());
+    }
+    let seen: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(
+        seen["headers"]["cookie"],
+        serde_json::json!(["session=abc; csrf=def; lang=en"])
+    );
+}
+
+#[tokio::test]
+async fn duplicate_and_malformed_hosts_get_400() {
+    let blue = upstream("blue").await;
+    let steer = Steer::start_ready(&route_to("blue", blue.addr(), "http1")).await;
+    let cases: [&[u8]; 7] = [
+        b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a.example:80@admin.example.com\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a.example,b.example\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a.example:99999\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a.example:\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a.example]\r\n\r\n",
+    ];
+    for bytes in cases {
+        let answer = exchange(steer.addr(), bytes, Duration::from_millis(300)).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{:?}: {answer}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    assert_eq!(blue.requests(), 0);
+    // HTTP/2: a host field that names another authority.
+    let tcp = TcpStream::connect(steer.addr()).await.unwrap();
+    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("http://a.example/")
+        .header("host", "b.example")
+        .body(())
+        .unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn transfer_codings_other_than_chunked_get_501_and_a_close() {
+    let blue = upstream("blue").await;
+    let steer = Steer::start_ready(&route_to("blue", blue.addr(), "http1")).await;
+    for te in ["gzip, chunked", "chunked, chunked"] {
+        let req = format!(
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {te}\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n"
+        );
+        let answer = exchange(steer.addr(), req.as_bytes(), Duration::from_secs(2)).await;
+        assert!(answer.starts_with("HTTP/1.1 501"), "{te}: {answer}");
+        assert!(answer.contains("connection: close"), "{te}: {answer}");
+        assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{te}: {answer}");
+    }
+    assert_eq!(blue.requests(), 0);
+}
+
+/// A raw HTTP/1.1 upstream: answers every request head with `answer(path)`
+/// (without reading a request body) and treats whatever follows as the
+/// next request; it answers a connection's first request at once and later
+/// ones after `later` (a busy server); counts connections.
+async fn raw_upstream(answer: fn(&str) -> String, later: Duration) -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let conns = Arc::new(AtomicU64::new(0));
+    let c = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut answered = 0;
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let path = head.split(' ').nth(1).unwrap_or("?").to_owned();
+                        if answered > 0 {
+                            tokio::time::sleep(later).await;
+                        }
+                        answered += 1;
+                        if s.write_all(answer(&path).as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[tokio::test]
+async fn an_upstream_answer_framed_both_ways_arrives_whole_and_its_connection_is_not_reused() {
+    let (addr, conns) = raw_upstream(|_| {
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nA\r\n0123456789\r\n0\r\n\r\n".to_owned()
+    }, Duration::ZERO)
+    .await;
+    let steer = Steer::start_ready(&route_to("raw", addr, "http1")).await;
+    for _ in 0..2 {
+        let a = call(request("GET", &steer.url("/x"))).await;
+        assert_eq!(a.status, StatusCode::OK);
+        assert_eq!(a.body, "0123456789");
+        assert!(a.headers.get("content-length").is_none_or(|v| v == "10"));
+    }
+    assert_eq!(conns.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn an_upstream_that_answers_before_the_body_is_sent_does_not_poison_the_next_client() {
+    fn answer(path: &str) -> String {
+        let body = format!("for:{path}");
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+    // The smuggled request is answered 100 ms late: long enough for the
+    // next client's request to go out on the same connection, if steer
+    // put it back in the pool.
+    let (addr, _conns) = raw_upstream(answer, Duration::from_millis(100)).await;
+    let steer = Steer::start_ready(&route_to("raw", addr, "http1")).await;
+    let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    for i in 0..30 {
+        // Client A: its head, then (once its answer is in) a body that
+        // reads like a request to an upstream that did not wait for it.
+        let mut a = TcpStream::connect(steer.addr()).await.unwrap();
+        let head = format!(
+            "POST /a{i} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            smuggled.len()
+        );
+        a.write_all(head.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !String::from_utf8_lossy(&got).contains(&format!("for:/a{i}")) {
+            let n = a.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&chunk[..n]);
+        }
+        a.write_all(smuggled).await.unwrap();
+        // Client B, on its own connection, must get its own answer.
+        let b = call(request("GET", &steer.url(&format!("/b{i}")))).await;
+        assert_eq!(b.text(), format!("for:/b{i}"), "round {i}");
+    }
+}
+
+#[tokio::test]
+async fn underscored_header_names_are_dropped_unless_allowed() {
+    let blue = upstream("blue").await;
+    let routes = route_to("blue", blue.addr(), "http1");
+    for (proxy, kept) in [("", false), ("underscores_in_headers = true", true)] {
+        let steer = Steer::start_ready_with(proxy, &routes).await;
+        let a = call(
+            request("GET", &steer.url("/what"))
+                .header("x_forwarded_for", "6.6.6.6")
+                .header("x-kept", "1"),
+        )
+        .await;
+        let seen = a.json();
+        assert_eq!(
+            seen["headers"].get("x_forwarded_for").is_some(),
+            kept,
+            "{proxy}: {seen}"
+        );
+        assert_eq!(seen["headers"]["x-kept"][0], "1");
+    }
+}
+
+#[tokio::test]
+async fn request_trailers_lose_forwarding_and_zitadel_fields() {
+    let up = h2_upstream::start(b"ok").await;
+    let steer = Steer::start_ready(&route_to("api", up.addr, "h2c")).await;
+    let tcp = TcpStream::connect(steer.addr()).await.unwrap();
+    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post(format!("http://{}/x", steer.addr()))
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    body.send_data(Bytes::from_static(b"payload"), false)
+        .unwrap();
+    let mut trailers = http::HeaderMap::new();
+    for (k, v) in [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("forwarded", "for=6.6.6.6"),
+        ("x-zitadel-instance-host", "evil.example"),
+        ("x_forwarded_host", "evil.example"),
+        ("x-checksum", "abc"),
+    ] {
+        trailers.insert(http::HeaderName::from_static(k), v.parse().unwrap());
+    }
+    body.send_trailers(trailers).unwrap();
+    assert_eq!(resp.await.unwrap().status(), StatusCode::OK);
+    let seen = up.seen.trailers.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].len(), 1, "{:?}", seen[0]);
+    assert_eq!(seen[0]["x-checksum"], "abc");
+}
+
+#[tokio::test]
+async fn behind_a_proxy_that_sets_forwarded_a_forged_x_forwarded_for_decides_nothing() {
+    let blue = upstream("blue").await;
+    let green = upstream("green").await;
+    let body = format!(
+        "{}{}[[routes]]\nname = \"office\"\nclient_ips = [\"203.0.113.0/24\"]\nupstream = \"green\"\n\n[[routes]]\nname = \"rest\"\nupstream = \"blue\"\n",
+        upstream_toml("blue", blue.addr(), "http1"),
+        upstream_toml("green", green.addr(), "http1")
+    );
+    let proxy = "trusted_proxies = [\"127.0.0.1\"]\nclient_ip_header = \"forwarded\"";
+    let steer = Steer::start_ready_with(proxy, &body).await;
+    // The client forges X-Forwarded-For; the proxy in front (127.0.0.1)
+    // sets Forwarded with the real client.
+    let a = call(
+        request("GET", &steer.url("/what"))
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("forwarded", "for=198.51.100.4;proto=https"),
+    )
+    .await;
+    assert_eq!(a.deployment(), "blue");
+    let seen = a.json();
+    assert_eq!(
+        seen["headers"]["x-forwarded-for"][0],
+        "198.51.100.4, 127.0.0.1"
+    );
+    assert_eq!(seen["headers"]["x-forwarded-proto"][0], "https");
+    let a = call(request("GET", &steer.url("/what")).header("forwarded", "for=203.0.113.9")).await;
+    assert_eq!(a.deployment(), "green");
+}
