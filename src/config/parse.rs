@@ -176,14 +176,12 @@ fn tls(errors: &mut Errors, root: &Table<'_, '_>, base: &Path) -> Vec<Certificat
         let mut file = |key: &str| {
             let (name, span) = cert.required_str(errors, key)?;
             let path = base.join(name);
-            if path.is_file() {
-                Some(path)
-            } else {
-                errors.push(
-                    span,
-                    format!("`{key}` file `{}` does not exist", path.display()),
-                );
-                None
+            match file_problem(&path) {
+                None => Some(path),
+                Some(problem) => {
+                    errors.push(span, format!("`{key}` file `{}` {problem}", path.display()));
+                    None
+                }
             }
         };
         if let (Some(cert_path), Some(key)) = (file("cert"), file("key")) {
@@ -203,6 +201,16 @@ fn tls(errors: &mut Errors, root: &Table<'_, '_>, base: &Path) -> Vec<Certificat
         }
     }
     out
+}
+
+/// What is wrong with a file the config names, if anything: it must exist
+/// and be a regular file (or a symlink to one; see `read`).
+fn file_problem(path: &Path) -> Option<&'static str> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => None,
+        Ok(_) => Some("is not a regular file"),
+        Err(_) => Some("does not exist"),
+    }
 }
 
 fn duration(errors: &mut Errors, table: &Table<'_, '_>, key: &str, default: Duration) -> Duration {
@@ -750,10 +758,10 @@ fn upstream(
     };
     let tls_ca = t.str(errors, "tls_ca").and_then(|(file, span)| {
         let path = base.join(file);
-        if !path.is_file() {
+        if let Some(problem) = file_problem(&path) {
             errors.push(
                 span,
-                format!("`tls_ca` file `{}` does not exist", path.display()),
+                format!("`tls_ca` file `{}` {problem}", path.display()),
             );
             return None;
         }
