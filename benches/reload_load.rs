@@ -2,7 +2,11 @@
 //! clients hammer a real `steer` process on loopback while
 //! 1. its route table is rewritten `--reloads` times (the default route
 //!    alternating between two ZITADEL-like upstreams, blue and green), then
-//! 2. a second steer takes its sockets over with `run --upgrade`.
+//! 2. a second steer takes its sockets over with `run --upgrade`, then
+//! 3. the blue/green cutover runbook of docs/zitadel.md runs against h2c
+//!    upstreams: a new deployment is added while not ready yet, the route
+//!    is pointed at it (the readiness gate waits until it answers ready),
+//!    the old one is drained and then stopped as ZITADEL stops on SIGTERM.
 //!
 //! It prints the requests sent and the failures seen in each phase and
 //! exits 1 if any request failed. Run: `scripts/reload-load.sh` or
@@ -65,6 +69,59 @@ fn config(target: &str, http: &str, admin: &str, blue: &Deployment, green: &Depl
         blue.addr(),
         green.addr()
     )
+}
+
+/// Phase 3's table: blue, green and `next` (the new version), the route
+/// to `target`.
+fn cutover_config(
+    target: &str,
+    http: &str,
+    admin: &str,
+    blue: &Deployment,
+    green: &Deployment,
+    next: &Deployment,
+) -> String {
+    format!(
+        "{}\n[upstreams.next]\nendpoints = [\"{}\"]\nprotocol = \"h2c\"\n",
+        config(target, http, admin, blue, green).replace(
+            "[[routes]]",
+            "[reload]\ngate_timeout = \"30s\"\n\n[[routes]]"
+        ),
+        next.addr()
+    )
+}
+
+/// Polls `GET /config` until `done` holds for it.
+async fn wait_config(admin: &str, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let uri = format!("http://{admin}/config");
+        if let Ok(r) = client.get(uri.parse().unwrap_or_default()).await
+            && let Ok(body) = r.into_body().collect().await
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body.to_bytes())
+            && done(&v)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// An admin POST; the answer's body.
+async fn admin_post(admin: &str, path: &str) -> String {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = http::Request::post(format!("http://{admin}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    match client.request(req).await {
+        Ok(r) => match r.into_body().collect().await {
+            Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+            Err(e) => format!("{e}"),
+        },
+        Err(e) => format!("{e}"),
+    }
 }
 
 fn write_atomically(path: &Path, text: &str) {
@@ -225,6 +282,60 @@ async fn main() {
         status.and_then(|s| s.code())
     );
     total_failed += failed;
+
+    // Phase 3: the blue/green cutover runbook, with the new steer.
+    let next = Deployment::start(
+        "next",
+        "127.0.0.1:0".parse().unwrap_or(([127, 0, 0, 1], 0).into()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    next.set_ready(false);
+    let counts = Arc::new(Counts::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(
+        format!("http://{http}/x"),
+        a.clients,
+        counts.clone(),
+        stop.clone(),
+    );
+    let started = Instant::now();
+    // 1. Add the new version beside blue; nothing routes to it yet.
+    let with = |target: &str| cutover_config(target, &http, &admin, &blue, &green, &next);
+    write_atomically(&path, &with("blue"));
+    let added = config_hash(&with("blue"));
+    wait_config(&admin, "the new upstream added", |c| {
+        c["version"] == added.as_str()
+    })
+    .await;
+    // 2. Point the route at it while it still answers 412: the gate waits.
+    write_atomically(&path, &with("next"));
+    wait_config(&admin, "the gate to hold", |c| !c["pending"].is_null()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 3. It turns ready; the gate opens.
+    next.set_ready(true);
+    let routed = config_hash(&with("next"));
+    wait_config(&admin, "the cutover", |c| {
+        c["version"] == routed.as_str() && c["pending"].is_null()
+    })
+    .await;
+    // 4. Drain blue, 5. stop it as ZITADEL stops on SIGTERM.
+    let drained = admin_post(&admin, "/upstreams/blue/drain?timeout=10s").await;
+    blue.stop().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    finish(&stop, tasks).await;
+    let (ok, failed) = (
+        counts.ok.load(Ordering::Relaxed),
+        counts.failed.load(Ordering::Relaxed),
+    );
+    println!(
+        "cutover: {:5.1} s, {} requests, {failed} failed, to the new deployment: {} (drain: {})",
+        started.elapsed().as_secs_f64(),
+        ok + failed,
+        next.requests(),
+        drained.split_whitespace().collect::<Vec<_>>().join(" ")
+    );
+    total_failed += failed;
     let _ = new.kill();
     let _ = new.wait();
     println!(
@@ -238,4 +349,9 @@ async fn main() {
     if total_failed > 0 || status.and_then(|s| s.code()) != Some(0) {
         std::process::exit(1);
     }
+}
+
+/// The version `/config` reports for a file's content.
+fn config_hash(text: &str) -> String {
+    steer::config::content_hash(text.as_bytes())
 }

@@ -163,8 +163,11 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 fn config_json(state: &AppState) -> Value {
     let table = state.shared.live.load();
+    let file_version = state.reloader.file_version();
     json!({
         "version": table.version,
+        "file_version": file_version,
+        "file_matches": file_version.as_deref() == Some(table.version.as_str()),
         "loaded_at": rfc3339(table.loaded_at),
         "path": state.reloader.path().display().to_string(),
         "last_error": state.reloader.last_error(),

@@ -61,7 +61,10 @@ pub struct Running {
 
 fn probe_hook(metrics: Metrics) -> ProbeHook {
     Arc::new(move |e: &Endpoint, r: &CheckResult| {
-        metrics.health_check(&e.upstream, &e.addr.to_string(), r.ok);
+        // A reload that is not committed yet leaves no series behind.
+        if e.is_committed() {
+            metrics.health_check(&e.upstream, &e.addr.to_string(), r.ok);
+        }
     })
 }
 
@@ -82,8 +85,8 @@ pub async fn start_with(path: &Path, upgrade: bool) -> anyhow::Result<Running> {
         false => Some(Arc::new(TlsStore::new(&config.tls)?)),
     };
     let upgrade_socket = config.listen.upgrade_socket.clone();
-    let table = Table::build(config, None, &hook, &metrics).await;
-    metrics.config_version(&table.version);
+    let mut table = Table::build(config, None, &hook, &metrics).await;
+    table.activate(None, &metrics);
     let listen = table.listen.clone();
     let shared = Arc::new(Shared {
         live: ArcSwap::from_pointee(table),
@@ -241,8 +244,8 @@ impl Running {
         let (handed_tx, mut handed_rx) = tokio::sync::oneshot::channel::<()>();
         if let Some(server) = self.handover.clone() {
             let listeners = self.listeners.clone();
-            tokio::task::spawn_blocking(move || {
-                server.serve_one(|| listeners.sockets());
+            tokio::spawn(async move {
+                server.serve_one(|| listeners.sockets()).await;
                 let _ = handed_tx.send(());
             });
         }
@@ -504,6 +507,29 @@ pub async fn demo() -> anyhow::Result<()> {
         .unwrap_or_default();
     eprintln!("{}", demo_instructions(&base, &admin, &blue, &green));
     running.serve_until_stopped().await
+}
+
+/// `steer demo-upstream NAME ADDR`: one demo deployment on ADDR, its bound
+/// address printed on stdout; SIGTERM/SIGINT stop it the way ZITADEL's
+/// server stops ([`crate::demo::Deployment::stop`]).
+pub async fn demo_upstream(name: &str, addr: SocketAddr) -> anyhow::Result<()> {
+    let deployment = crate::demo::Deployment::start(name, addr)
+        .await
+        .map_err(|source| BindError {
+            name: "demo-upstream",
+            addr,
+            source,
+        })?;
+    println!("{}", deployment.addr());
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    deployment.stop().await;
+    Ok(())
 }
 
 fn demo_instructions(

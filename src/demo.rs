@@ -69,12 +69,18 @@ pub fn pattern_byte(i: u64) -> u8 {
 }
 
 /// A running fake deployment. Dropping it stops the listener and closes
-/// every open connection, like a crashed instance.
+/// every open connection, like a crashed instance; [`Deployment::stop`]
+/// stops it the way ZITADEL's server stops on SIGTERM.
 pub struct Deployment {
     shared: Arc<Shared>,
     addr: SocketAddr,
     accept: JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
+
+/// How long a graceful stop waits for open requests (ZITADEL's server
+/// shutdown timeout).
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Shared {
     name: String,
@@ -114,13 +120,24 @@ impl Deployment {
             runtime: tokio::runtime::Handle::current(),
         });
         Arc::clone(&shared).sync_health().await;
-        let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let accept = tokio::spawn(accept_loop(listener, Arc::clone(&shared), stopping));
         info!(deployment = %name, %addr, "demo deployment listening");
         Ok(Deployment {
             shared,
             addr,
             accept,
+            stop,
         })
+    }
+
+    /// Stops as ZITADEL's server does on SIGTERM (Go's `Server.Shutdown`):
+    /// the listener closes (new connections are refused), HTTP/2
+    /// connections get a GOAWAY, idle HTTP/1.1 connections are closed and
+    /// busy ones after their answer; open requests get 5 s to finish.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        let _ = (&mut self.accept).await;
     }
 
     /// The name given to [`Deployment::start`].
@@ -208,24 +225,40 @@ impl Shared {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
     let mut connections = JoinSet::new();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         while connections.try_join_next().is_some() {}
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                connections.spawn(serve_connection(stream, peer, Arc::clone(&shared)));
-            }
-            Err(err) => {
-                debug!(deployment = %shared.name, error = %err, "demo accept failed");
-                // Errors such as EMFILE repeat immediately; do not spin on them.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    connections.spawn(serve_connection(stream, peer, Arc::clone(&shared), graceful.watcher()));
+                }
+                Err(err) => {
+                    debug!(deployment = %shared.name, error = %err, "demo accept failed");
+                    // Errors such as EMFILE repeat immediately; do not spin on them.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = async { let _ = stopping.wait_for(|s| *s).await; } => break,
         }
     }
+    drop(listener);
+    info!(deployment = %shared.name, "demo deployment stopping");
+    let _ = tokio::time::timeout(STOP_TIMEOUT, graceful.shutdown()).await;
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    graceful: hyper_util::server::graceful::Watcher,
+) {
     if let Err(err) = stream.set_nodelay(true) {
         debug!(%peer, error = %err, "demo set_nodelay failed");
     }
@@ -237,7 +270,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     // auto: HTTP/1.1 and h2c prior knowledge on one port, as ZITADEL does.
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    if let Err(err) = conn.await {
+    if let Err(err) = graceful.watch(conn.into_owned()).await {
         debug!(deployment = %name, %peer, error = %err, "demo connection ended with an error");
     }
 }

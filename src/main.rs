@@ -91,6 +91,14 @@ enum Command {
     },
     /// Two built-in demo deployments (blue :9001, green :9002) behind ./routes.toml.
     Demo,
+    /// One demo deployment (a ZITADEL-like fake upstream) on ADDR; prints
+    /// the bound address; SIGTERM stops it gracefully, as ZITADEL stops.
+    DemoUpstream {
+        /// Its name (in answers and `x-served-by`).
+        name: String,
+        /// Where to listen, IP:PORT (port 0 picks a free one).
+        addr: std::net::SocketAddr,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -179,8 +187,17 @@ fn main() -> ExitCode {
                 client_ip,
             },
         ),
-        Some(Command::Demo) => serve(None, false, cli.workers),
-        Some(Command::Run) | None => serve(Some(cli.config), cli.upgrade, cli.workers),
+        Some(Command::Demo) => serve(Serve::Demo, cli.workers),
+        Some(Command::DemoUpstream { name, addr }) => {
+            serve(Serve::DemoUpstream(name, addr), cli.workers)
+        }
+        Some(Command::Run) | None => serve(
+            Serve::Run {
+                config: cli.config,
+                upgrade: cli.upgrade,
+            },
+            cli.workers,
+        ),
     }
 }
 
@@ -210,8 +227,15 @@ fn route(file: PathBuf, run: app::DryRun) -> ExitCode {
     }
 }
 
-/// `run` (with a config path) or `demo` (without).
-fn serve(config: Option<PathBuf>, upgrade: bool, workers: Option<usize>) -> ExitCode {
+/// What a runtime runs.
+enum Serve {
+    Run { config: PathBuf, upgrade: bool },
+    Demo,
+    DemoUpstream(String, std::net::SocketAddr),
+}
+
+/// `run`, `demo` or `demo-upstream` on a tokio runtime.
+fn serve(what: Serve, workers: Option<usize>) -> ExitCode {
     let built = match workers {
         Some(1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -232,14 +256,16 @@ fn serve(config: Option<PathBuf>, upgrade: bool, workers: Option<usize>) -> Exit
         }
     };
     let result = runtime.block_on(async move {
-        match config {
-            Some(path) => app::run(&path, upgrade).await,
-            None => app::demo().await,
+        match what {
+            Serve::Run { config, upgrade } => app::run(&config, upgrade).await,
+            Serve::Demo => app::demo().await,
+            Serve::DemoUpstream(name, addr) => app::demo_upstream(&name, addr).await,
         }
     });
     // Connections still open end with the runtime; their access-log lines
-    // are the last to write out.
-    drop(runtime);
+    // are the last to write out. Threads stuck in the kernel (a config read
+    // on a hung mount) are not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     steer::accesslog::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,

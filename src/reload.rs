@@ -1,8 +1,14 @@
 //! Reloading: file events (the file, a rename over it, a ConfigMap `..data`
 //! symlink swap: the directory is watched), a slow poll as a fallback,
-//! SIGHUP and `POST /reload` -> `config::load` -> `Table::build` -> one
-//! atomic swap. The sole writer of the live table. A rejected file changes
-//! nothing but `last_error` and the failure counter.
+//! SIGHUP and `POST /reload` -> read -> parse -> plan -> (readiness gate) ->
+//! commit. The sole writer of the live table.
+//!
+//! A reload is plan, then commit. The plan (the parsed file, the new
+//! certificates, the built table) changes nothing live. The commit, after
+//! the gate or at once, applies listeners (bound first: a bind failure
+//! still changes nothing), certificates, endpoint health settings, metric
+//! series and the table, together. A reload that is rejected, superseded
+//! or kept out changes nothing but `last_error` and the failure counter.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,7 +39,9 @@ pub struct Reloader {
     listeners: OnceLock<Arc<ListenerSet>>,
     /// The last certificate refresh error (cleared by a good refresh).
     cert_error: Mutex<Option<String>>,
-    last_error: Mutex<Option<String>>,
+    /// Why the file (as last tried) is not what runs; cleared by a commit,
+    /// and when the file returns to what runs.
+    config_error: Mutex<Option<String>>,
     /// Hash of the file as last read, good or not: a rejected file is
     /// reported once, not at every poll.
     seen: Mutex<Option<String>>,
@@ -84,6 +92,15 @@ pub enum ReloadError {
     Listen(#[from] BindError),
 }
 
+/// A reload read, checked and built, that changes nothing until
+/// committed.
+struct Plan {
+    table: Table,
+    config: Config,
+    /// Certificates to serve from the commit on (their paths changed).
+    certs: Option<crate::tls::CertSet>,
+}
+
 impl ReloadError {
     pub fn messages(&self) -> Vec<String> {
         match self {
@@ -112,8 +129,8 @@ impl Reloader {
             cert_error: Mutex::new(None),
             generation: AtomicU64::new(0),
             pending: Mutex::new(None),
-            last_error: Mutex::new(None),
-            seen: Mutex::new(None),
+            config_error: Mutex::new(None),
+            seen: Mutex::new(Some(loaded.version.clone())),
             lock: tokio::sync::Mutex::new(Some(loaded)),
         }
     }
@@ -129,25 +146,15 @@ impl Reloader {
                 self.shared.metrics.certificates(&store.current().certs);
                 tracing::info!("certificates reloaded");
                 // A fixed pair clears the error its broken version left.
-                let cert_error = self
-                    .cert_error
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take();
-                if cert_error.is_some() && self.last_error() == cert_error {
-                    self.set_last_error(None);
-                }
+                *lock(&self.cert_error) = None;
             }
             Err(e) => {
                 let text = e.to_string();
-                if self.last_error().as_deref() != Some(text.as_str()) {
+                let mut cert_error = lock(&self.cert_error);
+                if cert_error.as_deref() != Some(text.as_str()) {
                     tracing::error!(error = %text, "certificate rejected; the old one is still served");
                     self.shared.metrics.reload(false);
-                    self.set_last_error(Some(text.clone()));
-                    *self
-                        .cert_error
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) = Some(text);
+                    *cert_error = Some(text);
                 }
             }
         }
@@ -162,18 +169,21 @@ impl Reloader {
         &self.path
     }
 
+    /// What is wrong, if anything: the file as last tried and the
+    /// certificates being watched.
     pub fn last_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        match (
+            lock(&self.config_error).clone(),
+            lock(&self.cert_error).clone(),
+        ) {
+            (Some(c), Some(t)) => Some(format!("{c}\n{t}")),
+            (c, t) => c.or(t),
+        }
     }
 
-    fn set_last_error(&self, e: Option<String>) {
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = e;
+    /// The content hash of the file as last read from disk.
+    pub fn file_version(&self) -> Option<String> {
+        lock(&self.seen).clone()
     }
 
     /// Re-reads the file. With `force` false (file events, polling) nothing
@@ -194,132 +204,161 @@ impl Reloader {
             }
         };
         let hash = config::content_hash(&text);
-        let seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .replace(hash.clone());
-        if !force && (hash == current.version || seen.as_deref() == Some(hash.as_str())) {
-            return Ok(Reloaded {
-                version: current.version.clone(),
-                pending: false,
-            });
-        }
-        // Parsing and building a table take tens of milliseconds for a big
-        // file: on a blocking thread, so that the workers keep serving (with
-        // `--workers 1` there is only one).
-        let path = self.path.clone();
-        let parsed = tokio::task::spawn_blocking(move || {
-            std::str::from_utf8(&text)
-                .map_err(|_| LoadError::Invalid(vec![not_utf8(&path)]))
-                .and_then(|t| config::parse(t, &path))
-        })
-        .await
-        .unwrap_or_else(|e| {
-            let message = format!("the config parser failed: {e}");
-            Err(LoadError::Invalid(vec![file_error(&self.path, message)]))
-        });
-        let config = match parsed {
-            Ok(c) => c,
-            Err(e) => return Err(self.reject(ReloadError::Load(e), true)),
+        let seen = lock(&self.seen).replace(hash.clone());
+        let unchanged = Reloaded {
+            version: current.version.clone(),
+            pending: false,
         };
-        // Certificates are read before anything changes, so a bad pair
-        // rejects the reload with the listeners untouched.
-        let certs = match &self.tls {
-            Some(store) if !config.tls.is_empty() && store.files() != config.tls => {
-                match crate::tls::TlsStore::load(&config.tls) {
-                    Ok(set) => Some((store, set)),
-                    Err(e) => return Err(self.reject(ReloadError::Tls(e), true)),
-                }
-            }
-            _ => None,
-        };
-        if config.listen != current.listen
-            && let Some(listeners) = self.listeners.get()
-            && let Err(e) = listeners.apply(&config.listen, &config.proxy, None)
-        {
-            // New addresses are bound before old ones close; a bind failure
-            // leaves every listener and the table as they were.
-            return Err(self.reject(ReloadError::Listen(e), true));
+        if !force && hash == current.version {
+            self.file_matches_running();
+            return Ok(unchanged);
         }
-        if let Some((store, set)) = certs {
-            store.install(set, &config.tls);
-            self.shared.metrics.certificates(&store.current().certs);
+        if !force && seen.as_deref() == Some(hash.as_str()) {
+            return Ok(unchanged);
         }
-        let settings = config.reload.clone();
-        let (table, config) = match self.build_off_worker(config, current.clone()).await {
-            Ok(built) => built,
-            Err(e) => {
-                let message = format!("building the table failed: {e}");
-                let err = LoadError::Invalid(vec![file_error(&self.path, message)]);
-                return Err(self.reject(ReloadError::Load(err), true));
-            }
+        let plan = match self.plan(text, &current).await {
+            Ok(plan) => plan,
+            Err(e) => return Err(self.reject(e, true)),
         };
-        let version = table.version.clone();
+        let version = plan.table.version.clone();
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let waiting = gate::waiting_for(&table, &current);
+        let waiting = gate::waiting_for(&plan.table, &current);
         if waiting.is_empty() {
-            self.apply(table, config, &mut last_good);
+            self.commit(plan, &mut last_good)
+                .map_err(|e| self.reject(e, true))?;
             return Ok(Reloaded {
                 version,
                 pending: false,
             });
         }
+        let settings = plan.config.reload.clone();
         tracing::info!(version = %version, waiting_for = ?waiting, gate_timeout = ?settings.gate_timeout,
             "reload waits until the upstreams it newly routes to have a healthy endpoint");
-        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = Some(Pending {
+        *lock(&self.pending) = Some(Pending {
             version: version.clone(),
             waiting_for: waiting.clone(),
             since: SystemTime::now(),
             gate_timeout: settings.gate_timeout,
         });
-        tokio::spawn(
-            self.clone()
-                .gate(table, config, generation, settings, waiting),
-        );
+        tokio::spawn(self.clone().gate(plan, generation, settings, waiting));
         Ok(Reloaded {
             version,
             pending: true,
         })
     }
 
-    /// Swaps `table` in (the caller holds the reload lock).
-    fn apply(&self, mut table: Table, config: Config, last_good: &mut Option<Config>) {
+    /// The file on disk holds what runs again: whatever was wrong with an
+    /// earlier version is no longer there, and a reload waiting at the
+    /// gate for another version is called off.
+    fn file_matches_running(&self) {
+        if lock(&self.config_error).take().is_some() {
+            tracing::info!(path = %self.path.display(), "the file matches the running table again; last_error cleared");
+        }
+        if lock(&self.pending).take().is_some() {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            tracing::info!("the pending reload is called off: the file matches the running table");
+        }
+    }
+
+    /// Parses `text`, reads the certificates it names (when their paths
+    /// changed) and builds its table, all off the workers. Nothing live
+    /// changes.
+    async fn plan(
+        self: &Arc<Self>,
+        text: Vec<u8>,
+        current: &Arc<Table>,
+    ) -> Result<Plan, ReloadError> {
+        let path = self.path.clone();
+        let parsed = tokio::task::spawn_blocking(move || {
+            config::utf8(text, &path).and_then(|t| config::parse(&t, &path))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            let message = format!("the config parser failed: {e}");
+            Err(LoadError::Invalid(vec![file_error(&self.path, message)]))
+        })?;
+        let certs = match &self.tls {
+            Some(store) if !parsed.tls.is_empty() && store.files() != parsed.tls => {
+                Some(crate::tls::TlsStore::load(&parsed.tls)?)
+            }
+            _ => None,
+        };
+        let (table, config) = self
+            .build_off_worker(parsed, current.clone())
+            .await
+            .map_err(|e| {
+                let message = format!("building the table failed: {e}");
+                LoadError::Invalid(vec![file_error(&self.path, message)])
+            })?;
+        Ok(Plan {
+            table,
+            config,
+            certs,
+        })
+    }
+
+    /// Applies `plan` (the caller holds the reload lock): listeners first,
+    /// as a bind failure must still change nothing; then certificates, the
+    /// table's endpoints and metrics, and the swap.
+    fn commit(&self, plan: Plan, last_good: &mut Option<Config>) -> Result<(), ReloadError> {
+        let Plan {
+            mut table,
+            config,
+            certs,
+        } = plan;
+        let current = self.shared.live.load_full();
+        if config.listen != current.listen
+            && let Some(listeners) = self.listeners.get()
+        {
+            // New addresses are bound before old ones close; a bind failure
+            // leaves every listener as it was.
+            listeners.apply(&config.listen, &config.proxy, None)?;
+        }
+        if let Some(store) = &self.tls {
+            match certs {
+                Some(set) => {
+                    store.install(set, &config.tls);
+                    self.shared.metrics.certificates(&store.current().certs);
+                }
+                // TLS removed: its files are no longer watched.
+                None if config.tls.is_empty() && !store.files().is_empty() => {
+                    store.install_files(&[]);
+                    *lock(&self.cert_error) = None;
+                }
+                None => {}
+            }
+        }
         let version = table.version.clone();
-        table.activate(&self.shared.live.load(), &self.shared.metrics);
+        table.activate(Some(&current), &self.shared.metrics);
         let old = self.shared.live.swap(Arc::new(table));
         retire(old, last_good.replace(config));
         self.shared.metrics.reload(true);
-        self.set_last_error(None);
-        *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        *lock(&self.config_error) = None;
+        *lock(&self.pending) = None;
         tracing::info!(version = %version, path = %self.path.display(), "config reloaded");
+        Ok(())
     }
 
-    /// Waits for the pending table's newly used upstreams, then applies it;
+    /// Waits for the pending table's newly used upstreams, then commits it;
     /// or gives up at the gate timeout, per `on_gate_timeout`. A newer
     /// reload (a higher generation) supersedes this one.
     async fn gate(
         self: Arc<Self>,
-        table: Table,
-        config: Config,
+        plan: Plan,
         generation: u64,
         settings: ReloadSettings,
         waiting: Vec<String>,
     ) {
         let deadline = tokio::time::Instant::now() + settings.gate_timeout;
         let current = |r: &Self| r.generation.load(Ordering::SeqCst) == generation;
+        let version = plan.table.version.clone();
         loop {
             if !current(&self) {
-                tracing::info!(version = %table.version, "pending reload superseded by a newer one");
+                tracing::info!(version = %version, "pending reload superseded by a newer one");
                 return;
             }
-            let left = gate::still_waiting(&table, &waiting);
-            if let Some(p) = self
-                .pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_mut()
-            {
+            let left = gate::still_waiting(&plan.table, &waiting);
+            if let Some(p) = lock(&self.pending).as_mut() {
                 p.waiting_for.clone_from(&left);
             }
             if left.is_empty() {
@@ -327,7 +366,7 @@ impl Reloader {
             }
             if tokio::time::Instant::now() >= deadline {
                 if settings.on_gate_timeout == GateTimeout::Apply {
-                    tracing::warn!(version = %table.version, waiting_for = ?left, "reload gate timed out; applying anyway");
+                    tracing::warn!(version = %version, waiting_for = ?left, "reload gate timed out; applying anyway");
                     break;
                 }
                 let text = format!(
@@ -335,30 +374,30 @@ impl Reloader {
                     settings.gate_timeout,
                     left.join(", ")
                 );
-                tracing::error!(version = %table.version, "{text}");
+                tracing::error!(version = %version, "{text}");
                 // Serialised with reloads: a newer one may have replaced us.
                 let _reloads = self.lock.lock().await;
                 if current(&self) {
                     self.shared.metrics.reload(false);
-                    self.set_last_error(Some(text));
-                    *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                    *lock(&self.config_error) = Some(text);
+                    *lock(&self.pending) = None;
                 }
                 return;
             }
             tokio::time::sleep(GATE_POLL).await;
         }
         let mut last_good = self.lock.lock().await;
-        if current(&self) {
-            self.apply(table, config, &mut last_good);
+        if current(&self)
+            && let Err(e) = self.commit(plan, &mut last_good)
+        {
+            self.reject(e, true);
+            *lock(&self.pending) = None;
         }
     }
 
     /// The reload waiting at the readiness gate, if any (for `/config`).
     pub fn pending(&self) -> Option<Pending> {
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.pending).clone()
     }
 
     fn reject(&self, err: ReloadError, count: bool) -> ReloadError {
@@ -366,7 +405,7 @@ impl Reloader {
         tracing::error!(path = %self.path.display(), error = %text, "config rejected; the running table stays");
         if count {
             self.shared.metrics.reload(false);
-            self.set_last_error(Some(text));
+            *lock(&self.config_error) = Some(text);
         }
         err
     }
@@ -422,7 +461,7 @@ impl Reloader {
             );
             return;
         };
-        table.activate(&current, &self.shared.metrics);
+        table.activate(Some(&current), &self.shared.metrics);
         retire(self.shared.live.swap(Arc::new(table)), None);
         tracing::info!("endpoint addresses changed after DNS refresh; table rebuilt");
     }
@@ -544,8 +583,10 @@ fn reap(rx: &std::sync::mpsc::Receiver<Retired>) {
     }
 }
 
-fn not_utf8(path: &Path) -> config::ConfigError {
-    file_error(path, "the file is not UTF-8".to_owned())
+/// A mutex whose data a panic cannot leave half written (plain values):
+/// poisoned or not, it is usable.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// An error about the file as a whole (reported at 1:1).

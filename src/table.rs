@@ -3,6 +3,11 @@
 //! whole from a validated `Config` off the request path. Building reuses the
 //! `Arc<Endpoint>` of every endpoint that stays, so health state, in-flight
 //! counts and pooled connections carry over; new endpoints get a probe task.
+//!
+//! Building changes nothing live: endpoints shared with the running table
+//! get their new health settings, and new endpoints their metric series,
+//! only in `activate`, when the table is committed. Until then the probes
+//! of new endpoints run, but record nothing in `/metrics`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -149,20 +154,19 @@ impl Table {
                         match keep.remove(&key(&spec.name, &label, addr, spec.protocol, &tls.id)) {
                             Some(ep) => ep,
                             None => {
+                                // Not live yet: its settings can be set now,
+                                // and its probes may start.
                                 let ep = Endpoint::new(&spec.name, addr, label, spec.protocol)
                                     .with_tls(tls.for_endpoint(configured), tls.id.clone());
                                 let ep = Arc::new(ep);
-                                ep.set_gauges(
-                                    metrics.endpoint_gauges(&spec.name, &addr.to_string()),
-                                );
+                                ep.set_health_spec(spec.health.clone());
+                                if spec.health.is_none() {
+                                    ep.assume_healthy();
+                                }
                                 probe::spawn(&ep, hook.clone());
                                 ep
                             }
                         };
-                    ep.set_health_spec(spec.health.clone());
-                    if spec.health.is_none() {
-                        ep.assume_healthy();
-                    }
                     if !endpoints.iter().any(|e| Arc::ptr_eq(e, &ep)) {
                         endpoints.push(ep);
                     }
@@ -212,13 +216,25 @@ impl Table {
         }
     }
 
-    /// What becomes true when this table is swapped in over `previous`:
-    /// the version metric, the series of endpoints that are gone, and the
-    /// start of the split ramps (time spent waiting at the reload gate does
-    /// not count).
-    pub fn activate(&mut self, previous: &Table, metrics: &Metrics) {
+    /// What becomes true when this table is swapped in over `previous`
+    /// (the commit of a reload; `None` at startup): every endpoint takes
+    /// its upstream's health settings (an endpoint shared with the running
+    /// table only now), gets its metric series and records its probes from
+    /// now on; the version metric; the series of endpoints that are gone;
+    /// the start of the split ramps (time spent waiting at the reload gate
+    /// does not count).
+    pub fn activate(&mut self, previous: Option<&Table>, metrics: &Metrics) {
+        for u in &self.upstreams {
+            for e in &u.endpoints {
+                e.set_health_spec(u.health.clone());
+                if u.health.is_none() {
+                    e.assume_healthy();
+                }
+                e.commit(|| metrics.endpoint_gauges(&u.name, &e.addr.to_string()));
+            }
+        }
         metrics.config_version(&self.version);
-        for u in &previous.upstreams {
+        for u in previous.map_or(&[][..], |p| &p.upstreams[..]) {
             for e in &u.endpoints {
                 let still = self
                     .upstreams

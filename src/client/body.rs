@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
+use super::replay::ReplayBody;
 use crate::body::Inbound;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -47,18 +48,99 @@ impl Fault {
     pub fn sent_whole(&self) -> bool {
         self.has(WHOLE)
     }
+
+    pub(super) fn mark_whole(&self) {
+        self.set(WHOLE);
+    }
+
+    /// A new attempt starts sending the body again.
+    pub(super) fn clear_whole(&self) {
+        self.0.fetch_and(!WHOLE, Ordering::Relaxed);
+    }
+}
+
+/// The client's body as read for one request: `max_body`, the fault flags
+/// and trailer hygiene are applied here, once, whichever attempt reads it.
+#[derive(Debug)]
+pub struct Source {
+    inner: Inbound,
+    /// What `max_body` still allows.
+    left: Option<u64>,
+    fault: Arc<Fault>,
+    /// Keep trailer fields whose names contain `_`.
+    underscores: bool,
+}
+
+impl Source {
+    pub fn new(inner: Inbound, max: Option<u64>, fault: Arc<Fault>, underscores: bool) -> Source {
+        if inner.is_end_stream() {
+            fault.set(WHOLE);
+        }
+        Source {
+            inner,
+            left: max,
+            fault,
+            underscores,
+        }
+    }
+
+    pub(super) fn fault(&self) -> &Fault {
+        &self.fault
+    }
+
+    pub(super) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                if let Some(left) = &mut self.left {
+                    if len > *left {
+                        self.fault.set(TOO_LARGE);
+                        return Poll::Ready(Some(Err(BodyTooLarge.into())));
+                    }
+                    *left -= len;
+                }
+                if self.inner.is_end_stream() {
+                    self.fault.set(WHOLE);
+                }
+                let frame = match frame.into_trailers() {
+                    Ok(mut trailers) => {
+                        crate::proxy::headers::clean_trailers(&mut trailers, self.underscores);
+                        Frame::trailers(trailers)
+                    }
+                    Err(frame) => frame,
+                };
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.fault.set(MALFORMED);
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                self.fault.set(WHOLE);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    pub(super) fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    pub(super) fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[derive(Debug)]
 pub enum ReqBody {
-    /// The client's body; `left` is what `max_body` still allows.
-    Client {
-        inner: Inbound,
-        left: Option<u64>,
-        fault: Arc<Fault>,
-        /// Keep trailer fields whose names contain `_`.
-        underscores: bool,
-    },
+    /// The client's body, read once.
+    Client(Source),
+    /// The client's body, kept for a resend (see `replay`).
+    Replay(ReplayBody),
     Full(Full<Bytes>),
 }
 
@@ -67,23 +149,6 @@ pub enum ReqBody {
 pub struct BodyTooLarge;
 
 impl ReqBody {
-    pub fn client(
-        inner: Inbound,
-        max: Option<u64>,
-        fault: Arc<Fault>,
-        underscores: bool,
-    ) -> ReqBody {
-        if inner.is_end_stream() {
-            fault.set(WHOLE);
-        }
-        ReqBody::Client {
-            inner,
-            left: max,
-            fault,
-            underscores,
-        }
-    }
-
     pub fn full(bytes: Bytes) -> ReqBody {
         ReqBody::Full(Full::new(bytes))
     }
@@ -103,56 +168,23 @@ impl Body for ReqBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ReqBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
-            ReqBody::Client {
-                inner,
-                left,
-                fault,
-                underscores,
-            } => match Pin::new(&mut *inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    let len = frame.data_ref().map_or(0, |d| d.len() as u64);
-                    if let Some(left) = left {
-                        if len > *left {
-                            fault.set(TOO_LARGE);
-                            return Poll::Ready(Some(Err(BodyTooLarge.into())));
-                        }
-                        *left -= len;
-                    }
-                    if inner.is_end_stream() {
-                        fault.set(WHOLE);
-                    }
-                    let frame = match frame.into_trailers() {
-                        Ok(mut trailers) => {
-                            crate::proxy::headers::clean_trailers(&mut trailers, *underscores);
-                            Frame::trailers(trailers)
-                        }
-                        Err(frame) => frame,
-                    };
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    fault.set(MALFORMED);
-                    Poll::Ready(Some(Err(e)))
-                }
-                Poll::Ready(None) => {
-                    fault.set(WHOLE);
-                    Poll::Ready(None)
-                }
-                Poll::Pending => Poll::Pending,
-            },
+            ReqBody::Client(source) => source.poll(cx),
+            ReqBody::Replay(body) => body.poll(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ReqBody::Client { inner, .. } => inner.is_end_stream(),
+            ReqBody::Client(source) => source.is_end_stream(),
+            ReqBody::Replay(body) => body.is_end_stream(),
             ReqBody::Full(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ReqBody::Client { inner, .. } => inner.size_hint(),
+            ReqBody::Client(source) => source.size_hint(),
+            ReqBody::Replay(body) => body.size_hint(),
             ReqBody::Full(b) => b.size_hint(),
         }
     }

@@ -27,8 +27,10 @@ use crate::config::Protocol;
 use crate::tls::client::UpstreamTls;
 
 mod body;
+mod replay;
 
-pub use body::{BodyTooLarge, Fault, ReqBody};
+pub use body::{BodyTooLarge, Fault, ReqBody, Source};
+pub use replay::{REPLAY_LIMIT, Replay, ReplayBody};
 
 /// Idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_H1: usize = 256;
@@ -74,17 +76,50 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// True when the request never left steer (safe to retry anywhere).
-    pub fn not_sent(&self) -> bool {
+    /// True when the upstream did not process the request, so it may go
+    /// anywhere else whatever its method: it never left steer, or an
+    /// HTTP/2 upstream refused the stream (REFUSED_STREAM, RFC 9113 §8.7)
+    /// or went away gracefully before it (GOAWAY with NO_ERROR: h2 fails
+    /// only the streams above the GOAWAY's last-stream-id with it, and the
+    /// requests sent after it).
+    pub fn unprocessed(&self) -> bool {
+        match self {
+            ClientError::Broken { source, .. } => h2_error(source).is_some_and(|e| {
+                e.is_remote()
+                    && (e.reason() == Some(h2::Reason::REFUSED_STREAM)
+                        || (e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR)))
+            }),
+            other => other.not_sent(),
+        }
+    }
+
+    /// True when nothing took the connection: the endpoint is down.
+    pub fn endpoint_down(&self) -> bool {
         matches!(
             self,
             ClientError::Connect { .. }
                 | ClientError::ConnectTimeout { .. }
                 | ClientError::Tls { .. }
                 | ClientError::Handshake { .. }
-                | ClientError::BadRequest { .. }
         )
     }
+
+    /// True when the request never left steer (safe to retry anywhere).
+    pub fn not_sent(&self) -> bool {
+        self.endpoint_down() || matches!(self, ClientError::BadRequest { .. })
+    }
+}
+
+/// The h2 error behind a hyper error, if any.
+fn h2_error(e: &hyper::Error) -> Option<&h2::Error> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return Some(h2);
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// A HTTP/1.1 connection lent out for one exchange; give it back with
@@ -177,6 +212,20 @@ impl Pool {
         *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender.clone());
     }
 
+    /// A shared HTTP/2 connection that failed a stream with a GOAWAY takes
+    /// no new ones: the next request opens another at once, instead of
+    /// waiting for hyper to notice.
+    fn forget_h2_if_gone(&self, sent: &Result<Sent, Failed>) {
+        if let Err(Failed {
+            error: ClientError::Broken { source, .. },
+            ..
+        }) = sent
+            && h2_error(source).is_some_and(h2::Error::is_go_away)
+        {
+            *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        }
+    }
+
     /// Opens the shared HTTP/2 connection, or waits for the request that is
     /// opening it. A waiter that finds none afterwards (that connect failed)
     /// tries once itself rather than queueing behind a dead endpoint.
@@ -207,7 +256,9 @@ impl Pool {
         let upgrade = req.headers().contains_key(header::UPGRADE);
         let wants_h2 = !upgrade && dial.protocol != Protocol::Http1;
         if wants_h2 && let Some(sender) = self.live_h2() {
-            return send_h2(sender, dial, req).await;
+            let sent = send_h2(sender, dial, req).await;
+            self.forget_h2_if_gone(&sent);
+            return sent;
         }
         let mut req = req;
         if (dial.protocol != Protocol::H2c || upgrade)
@@ -236,7 +287,11 @@ impl Pool {
                 error,
                 request: Some(req),
             }),
-            Ok(Fresh::H2(sender)) => send_h2(sender, dial, req).await,
+            Ok(Fresh::H2(sender)) => {
+                let sent = send_h2(sender, dial, req).await;
+                self.forget_h2_if_gone(&sent);
+                sent
+            }
             Ok(Fresh::H1(sender)) => send_h1(sender, dial, req).await,
         }
     }

@@ -8,6 +8,7 @@ mod errors;
 pub mod headers;
 pub mod ratelimit;
 mod request;
+mod resend;
 mod retry;
 mod tunnel;
 
@@ -28,7 +29,7 @@ use headers::{Hop, X_REQUEST_ID};
 pub use retry::RetryBudget;
 
 use crate::body::Inbound;
-use crate::client::{ClientError, Fault, ReqBody};
+use crate::client::{ClientError, Fault, Replay, ReqBody, Source};
 use crate::config::Target;
 use crate::metrics::Metrics;
 use crate::routing::{self, RequestView, Route};
@@ -147,7 +148,7 @@ async fn proxy(
     shared: &Shared,
     table: &Table,
     conn: &ConnInfo,
-    req: Request<Inbound>,
+    mut req: Request<Inbound>,
     raw_host: Result<Option<String>, ProxyError>,
     request_id: &HeaderValue,
     outcome: &mut Outcome,
@@ -155,6 +156,10 @@ async fn proxy(
     check_limits(table, &req)?;
     if req.version() < Version::HTTP_2 {
         request::check_framing(req.headers())?;
+    }
+    // Gone before routing too: no condition or rate-limit key sees them.
+    if !table.proxy.underscores_in_headers {
+        request::drop_underscored(req.headers_mut());
     }
     if req.method() == http::Method::CONNECT {
         // Extended CONNECT (WebSocket over HTTP/2) is not offered, so every
@@ -209,7 +214,7 @@ async fn proxy(
             return Err(ProxyError::TooManyRequests(secs));
         }
     }
-    let (upstream_index, endpoint) = choose(table, route)?;
+    let (upstream_index, endpoint) = choose(table, route, &[])?;
     outcome.upstream = Some(upstream_index);
     let hop = Hop {
         peer: conn.peer.ip(),
@@ -253,12 +258,16 @@ fn check_limits(table: &Table, req: &Request<Inbound>) -> Result<(), ProxyError>
 
 /// The upstream and endpoint for a route: the target (or a weighted pick of
 /// a split, then the split's other members), then the fallbacks in order.
-fn choose<'t>(table: &'t Table, route: &Route) -> Result<(usize, &'t Arc<Endpoint>), ProxyError> {
+fn choose<'t>(
+    table: &'t Table,
+    route: &Route,
+    avoid: &[Arc<Endpoint>],
+) -> Result<(usize, &'t Arc<Endpoint>), ProxyError> {
     let try_one = |u: usize| {
         table
             .upstreams
             .get(u)
-            .and_then(|up| up.pick())
+            .and_then(|up| up.pick_excluding(avoid))
             .map(|e| (u, e))
     };
     let first = match &route.spec.target {
@@ -275,7 +284,8 @@ fn choose<'t>(table: &'t Table, route: &Route) -> Result<(usize, &'t Arc<Endpoin
             let picked = weighted(parts, weight, |_| true);
             picked.and_then(try_one).or_else(|| {
                 let usable = |u: usize| {
-                    Some(u) != picked && table.upstreams.get(u).is_some_and(|up| up.is_usable())
+                    Some(u) != picked
+                        && table.upstreams.get(u).is_some_and(|up| up.is_usable(avoid))
                 };
                 // Weight-0 members are still members: after the weighted
                 // ones they take the request (blue/green at 0/100).
@@ -383,56 +393,33 @@ impl Aim {
     }
 }
 
-/// Idempotent methods whose bodiless requests may be replayed after the
-/// upstream broke before answering.
-fn replayable(method: &http::Method) -> bool {
-    matches!(
-        method.as_str(),
-        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE"
-    )
-}
-
-/// A copy of a bodiless request's head, to send again.
-fn head_copy(req: &Request<ReqBody>) -> Request<ReqBody> {
-    let mut copy = Request::new(ReqBody::empty());
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    copy
-}
-
-/// Another endpoint for a retry: the same upstream without the one that
-/// failed, else the route's choice again (fallbacks) if it differs.
-fn next_endpoint<'t>(
-    table: &'t Table,
-    route: &Route,
-    upstream: usize,
-    failed: &Arc<Endpoint>,
-) -> Option<(usize, &'t Arc<Endpoint>)> {
-    if let Some(e) = table.upstreams[upstream].pick_excluding(Some(failed)) {
-        return Some((upstream, e));
-    }
-    choose(table, route)
-        .ok()
-        .filter(|(_, e)| !Arc::ptr_eq(e, failed))
-}
-
-/// Retries after the first attempt: one for a broken exchange, two when
-/// connects fail (the request never left, so it costs the upstream nothing).
+/// Retries after the first attempt: two when the upstream did not process
+/// the request (it costs the upstream nothing), one for a broken exchange.
 const MAX_RETRIES: u32 = 2;
 
-#[allow(clippy::too_many_arguments)]
-async fn forward(
-    shared: &Shared,
+/// A request made ready for its upstream: the head rewritten, the body
+/// wrapped, and what a retry needs.
+struct Prepared {
+    request: Request<ReqBody>,
+    aim: Aim,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    fault: Arc<Fault>,
+    /// Set when there is somewhere else to send the request.
+    resend: Option<resend::Resend>,
+}
+
+/// Rewrites the head (hop-by-hop, cookies, upgrade, forwarding
+/// headers, the route's rules, request id, path and Host) and wraps the
+/// body (`max_body`; kept for a resend when the request could go
+/// elsewhere).
+fn prepare(
     table: &Table,
     route: &Route,
     first: (usize, &Arc<Endpoint>),
     req: Request<Inbound>,
     hop: &Hop<'_>,
     request_id: &HeaderValue,
-    outcome: &mut Outcome,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Result<Prepared, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let upgrade_to = (parts.version == Version::HTTP_11)
         .then(|| headers::allowed_upgrade(&parts.headers, &table.proxy.upgrades))
@@ -443,15 +430,65 @@ async fn forward(
         .flatten();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     request::join_cookies(&mut parts.headers);
-    if !table.proxy.underscores_in_headers {
-        request::drop_underscored(&mut parts.headers);
-    }
     if let Some(to) = upgrade_to {
         parts.headers.insert(header::UPGRADE, to);
     }
     headers::apply_forwarding(&mut parts.headers, hop);
     headers::apply_rules(&mut parts.headers, &route.spec.request_headers);
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
+    let aim = aim(&parts, route, hop, first.1)?;
+    if let Some(max) = route.spec.max_body {
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(ProxyError::BodyTooLarge);
+        }
+    }
+    let empty_body = body.is_end_stream();
+    let fault = Arc::new(Fault::default());
+    let source = Source::new(
+        body,
+        route.spec.max_body,
+        fault.clone(),
+        table.proxy.underscores_in_headers,
+    );
+    // A copy of the head (and of the body, up to REPLAY_LIMIT) costs a
+    // header-map clone per request: only worth it when there is
+    // somewhere else to send it.
+    let elsewhere = !upgrade
+        && (table.upstreams[first.0].endpoints.len() > 1
+            || !route.spec.fallback.is_empty()
+            || matches!(route.spec.target, Target::Split(_)));
+    let (body, kept) = if elsewhere && !empty_body {
+        let kept = Replay::new(source);
+        (ReqBody::Replay(kept.first()), Some(kept))
+    } else {
+        (ReqBody::Client(source), None)
+    };
+    let request = Request::from_parts(parts, body);
+    let resend = elsewhere.then(|| resend::Resend::new(&request, kept));
+    Ok(Prepared {
+        request,
+        aim,
+        client_upgrade,
+        fault,
+        resend,
+    })
+}
+
+/// The path sent upstream and the Host: the host the request was routed by
+/// is the Host the upstream sees. An absolute-form target (or an HTTP/2
+/// `:authority`) wins over a Host header that says otherwise (RFC 9112
+/// §3.2.2), so `hosts` conditions cannot be sidestepped to reach another
+/// ZITADEL instance.
+fn aim(
+    parts: &http::request::Parts,
+    route: &Route,
+    hop: &Hop<'_>,
+    first: &Arc<Endpoint>,
+) -> Result<Aim, ProxyError> {
     // Without a rewrite the client's path and query go on as they are (a
     // cheap clone of shared bytes); only strip_prefix builds a new one.
     let path_and_query = match (
@@ -464,54 +501,45 @@ async fn forward(
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
     };
-    // The host the request was routed by is the Host the upstream sees:
-    // an absolute-form target (or an HTTP/2 `:authority`) wins over a
-    // Host header that says otherwise (RFC 9112 §3.2.2), so `hosts`
-    // conditions cannot be sidestepped to reach another ZITADEL instance.
+    let invalid = |_| ProxyError::BadRequest("invalid authority");
     let host = match hop.host {
         Some(h) if parts.uri.authority().is_some() || !parts.headers.contains_key(header::HOST) => {
-            Some(
-                HeaderValue::from_str(h)
-                    .map_err(|_| ProxyError::BadRequest("invalid authority"))?,
-            )
+            Some(HeaderValue::from_str(h).map_err(invalid)?)
         }
         Some(_) => None,
         None => Some(
-            HeaderValue::from_str(headers::IpText::socket(first.1.addr).as_str())
-                .map_err(|_| ProxyError::BadRequest("invalid authority"))?,
+            HeaderValue::from_str(headers::IpText::socket(first.addr).as_str()).map_err(invalid)?,
         ),
     };
-    let aim = Aim {
+    Ok(Aim {
         host,
         path_and_query,
-    };
-    let empty_body = body.is_end_stream();
-    let fault = Arc::new(Fault::default());
-    if let Some(max) = route.spec.max_body {
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max) {
-            return Err(ProxyError::BodyTooLarge);
-        }
-    }
-    let body = ReqBody::client(
-        body,
-        route.spec.max_body,
-        fault.clone(),
-        table.proxy.underscores_in_headers,
-    );
-    let mut request = Request::from_parts(parts, body);
-    // A copy of the head for a replay costs a header-map clone per request:
-    // only worth it when there is somewhere else to send it.
-    let elsewhere = table.upstreams[first.0].endpoints.len() > 1
-        || !route.spec.fallback.is_empty()
-        || matches!(route.spec.target, Target::Split(_));
-    let replay = (elsewhere && empty_body && !upgrade && replayable(request.method()))
-        .then(|| head_copy(&request));
+    })
+}
+
+/// Sends the request to `first`, and on a failure that allows it, again
+/// elsewhere (`resend`), within `request_timeout` and the retry budget.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    shared: &Shared,
+    table: &Table,
+    route: &Route,
+    first: (usize, &Arc<Endpoint>),
+    req: Request<Inbound>,
+    hop: &Hop<'_>,
+    request_id: &HeaderValue,
+    outcome: &mut Outcome,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let Prepared {
+        mut request,
+        aim,
+        client_upgrade,
+        fault,
+        resend,
+    } = prepare(table, route, first, req, hop, request_id)?;
     let deadline = tokio::time::Instant::now() + table.proxy.request_timeout;
     let (mut upstream_index, mut endpoint) = first;
+    let mut tried: Vec<Arc<Endpoint>> = Vec::new();
     let mut retries = 0;
     loop {
         let upstream = &table.upstreams[upstream_index];
@@ -546,12 +574,16 @@ async fn forward(
         if fault.malformed() {
             return Err(ProxyError::BadRequest("malformed request body"));
         }
-        endpoint.record_passive_failure(upstream.health.as_ref());
-        let not_sent = failed.error.not_sent();
-        tracing::debug!(request_id = ?request_id, endpoint = %endpoint.addr, error = %failed.error, "upstream attempt failed");
-        let again = failed.request.or_else(|| replay.as_ref().map(head_copy));
-        let limit = if not_sent { MAX_RETRIES } else { 1 };
-        let next = next_endpoint(table, route, upstream_index, endpoint);
+        let error = failed.error;
+        let unprocessed = failed.request.is_some() || error.unprocessed();
+        blame(endpoint, upstream, &error, unprocessed);
+        tracing::debug!(request_id = ?request_id, endpoint = %endpoint.addr, error = %error, unprocessed, "upstream attempt failed");
+        tried.push(endpoint.clone());
+        let again = failed
+            .request
+            .or_else(|| resend.as_ref()?.again(unprocessed));
+        let limit = if unprocessed { MAX_RETRIES } else { 1 };
+        let next = resend::next_target(table, route, upstream_index, &tried);
         match (again, next) {
             (Some(req), Some(next)) if retries < limit && shared.retry_budget.try_retry() => {
                 retries += 1;
@@ -560,9 +592,28 @@ async fn forward(
                 request = req;
                 (upstream_index, endpoint) = next;
             }
-            _ if not_sent => return Err(ProxyError::Connect(failed.error)),
-            _ => return Err(ProxyError::Broken(failed.error)),
+            _ if error.not_sent() => return Err(ProxyError::Connect(error)),
+            _ => return Err(ProxyError::Broken(error)),
         }
+    }
+}
+
+/// What a failed attempt says about its endpoint: one that took no
+/// connection is out at once; a broken exchange counts like a failed
+/// probe; a stream refused or cut by a graceful GOAWAY is no fault (the
+/// endpoint is busy or restarting; a refused connect follows if it is
+/// gone).
+fn blame(
+    endpoint: &Endpoint,
+    upstream: &crate::upstream::Upstream,
+    error: &ClientError,
+    unprocessed: bool,
+) {
+    let health = upstream.health.as_ref();
+    if error.endpoint_down() {
+        endpoint.record_passive_failure(health, &error.to_string(), true);
+    } else if !unprocessed {
+        endpoint.record_passive_failure(health, &error.to_string(), false);
     }
 }
 

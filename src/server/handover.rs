@@ -20,8 +20,9 @@ use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -29,6 +30,8 @@ use rustix::net::{
 };
 
 const HEADER: &str = "steer-handover v1";
+/// How long a new steer may take to read the sockets and say `ready`.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// http, https, admin.
 const MAX_SOCKETS: usize = 3;
 
@@ -153,10 +156,11 @@ fn send(mut stream: UnixStream, sockets: &[Socket]) -> std::io::Result<()> {
 
 /// The old process's side: listens on `path`; for each new steer that
 /// connects, hands over what `sockets()` returns and, once it confirms,
-/// resolves `done` (the caller then drains and exits).
+/// returns (the caller then drains and exits). Waiting for a new steer is
+/// an async accept, so a shutdown never waits on it.
 pub struct Server {
     path: PathBuf,
-    listener: UnixListener,
+    listener: tokio::net::UnixListener,
 }
 
 impl Server {
@@ -169,7 +173,7 @@ impl Server {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let listener = UnixListener::bind(path)?;
+        let listener = tokio::net::UnixListener::bind(path)?;
         Ok(Server {
             path: path.to_path_buf(),
             listener,
@@ -180,18 +184,34 @@ impl Server {
         &self.path
     }
 
-    /// Waits (blocking) for a new steer, hands over, returns once it is
-    /// ready. A failed attempt is logged and the next one awaited.
-    pub fn serve_one(&self, sockets: impl Fn() -> std::io::Result<Vec<Socket>>) {
+    /// Waits for a new steer, hands over, returns once it is ready. A
+    /// failed attempt is logged and the next one awaited. The exchange
+    /// itself is blocking (SCM_RIGHTS) and bounded by `HANDOVER_TIMEOUT`.
+    pub async fn serve_one(&self, sockets: impl Fn() -> std::io::Result<Vec<Socket>>) {
         loop {
-            let stream = match self.listener.accept() {
+            let stream = match self.listener.accept().await {
                 Ok((s, _)) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "upgrade socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
-            let result = sockets().and_then(|s| send(stream, &s));
+            let exchange = sockets().and_then(|sockets| {
+                let stream = stream.into_std()?;
+                stream.set_nonblocking(false)?;
+                stream.set_read_timeout(Some(HANDOVER_TIMEOUT))?;
+                stream.set_write_timeout(Some(HANDOVER_TIMEOUT))?;
+                Ok((stream, sockets))
+            });
+            let result = match exchange {
+                Ok((stream, sockets)) => {
+                    tokio::task::spawn_blocking(move || send(stream, &sockets))
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                }
+                Err(e) => Err(e),
+            };
             match result {
                 Ok(()) => return,
                 Err(e) => {

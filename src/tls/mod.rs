@@ -293,6 +293,11 @@ impl TlsStore {
         *self.files.lock().unwrap_or_else(PoisonError::into_inner) = files.to_vec();
     }
 
+    /// Watches `files` from now on (none: a reload removed TLS).
+    pub fn install_files(&self, files: &[CertificateFiles]) {
+        *self.files.lock().unwrap_or_else(PoisonError::into_inner) = files.to_vec();
+    }
+
     /// The certificate files being served.
     pub fn files(&self) -> Vec<CertificateFiles> {
         self.files
@@ -317,7 +322,7 @@ impl TlsStore {
                     .zip(&current.certs)
                     .all(|(f, c)| file_hash(f).as_deref() == Some(c.hash.as_str()))
         };
-        if unchanged {
+        if unchanged || files.is_empty() {
             return Ok(false);
         }
         let set = load_set(&files)?;

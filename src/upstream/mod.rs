@@ -63,6 +63,9 @@ pub struct Endpoint {
     /// the endpoint but changes them. `None`: checks are off.
     health_spec: Mutex<Option<HealthSpec>>,
     gauges: std::sync::OnceLock<EndpointGauges>,
+    /// Set when a table holding the endpoint was committed: from then on
+    /// its probes are recorded in the metrics.
+    committed: AtomicBool,
     /// Wakes the probe task when its settings change on a reload.
     pub(crate) settings_changed: Arc<tokio::sync::Notify>,
     pub pool: Pool,
@@ -99,6 +102,7 @@ impl Endpoint {
             health: Mutex::new(HealthRecord::default()),
             health_spec: Mutex::new(None),
             gauges: std::sync::OnceLock::new(),
+            committed: AtomicBool::new(false),
             settings_changed: Arc::new(tokio::sync::Notify::new()),
             pool: Pool::default(),
         }
@@ -131,6 +135,19 @@ impl Endpoint {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Marks the endpoint live (its table was committed), creating its
+    /// metric series with `gauges` the first time.
+    pub fn commit(&self, gauges: impl FnOnce() -> EndpointGauges) {
+        if !self.committed.swap(true, Ordering::Relaxed) {
+            self.set_gauges(gauges());
+        }
+    }
+
+    /// Whether a committed table holds the endpoint.
+    pub fn is_committed(&self) -> bool {
+        self.committed.load(Ordering::Relaxed)
     }
 
     pub fn set_gauges(&self, gauges: EndpointGauges) {
@@ -197,11 +214,22 @@ impl Endpoint {
         state
     }
 
-    /// A connect failure or reset on live traffic.
-    pub fn record_passive_failure(&self, health: Option<&HealthSpec>) -> State {
+    /// A failure on live traffic (`reason` says what). With `at_once` (the
+    /// endpoint did not take a connection) it is out at once; otherwise it
+    /// counts like a failed probe. A change of state is logged.
+    pub fn record_passive_failure(
+        &self,
+        health: Option<&HealthSpec>,
+        reason: &str,
+        at_once: bool,
+    ) -> State {
         let mut rec = self.record();
+        let before = rec.counter.state;
         let state = match health {
-            Some(spec) => rec.counter.record_passive_failure(spec.unhealthy_threshold),
+            Some(spec) => {
+                let threshold = if at_once { 1 } else { spec.unhealthy_threshold };
+                rec.counter.record_passive_failure(threshold)
+            }
             // Without active checks nothing would ever bring it back, so a
             // passive failure only counts until the next success.
             None => {
@@ -209,7 +237,14 @@ impl Endpoint {
                 rec.counter.record(false, 1, 1)
             }
         };
+        // Published under the record's lock, so that the state word always
+        // matches the counter whoever (probe or request) wrote last.
         self.publish(state);
+        drop(rec);
+        if state != before && state == State::Unhealthy {
+            tracing::warn!(upstream = %self.upstream, endpoint = %self.addr, from = before.as_str(), reason,
+                "endpoint unhealthy: failed on live traffic");
+        }
         state
     }
 
@@ -217,8 +252,14 @@ impl Endpoint {
     pub fn record_passive_success(&self) {
         if self.state.load(Ordering::Relaxed) != HEALTHY {
             let mut rec = self.record();
+            let before = rec.counter.state;
             let state = rec.counter.record(true, 1, 1);
             self.publish(state);
+            drop(rec);
+            if before != State::Healthy {
+                tracing::info!(upstream = %self.upstream, endpoint = %self.addr, from = before.as_str(),
+                    "endpoint healthy: a request went through");
+            }
         }
     }
 
@@ -337,22 +378,26 @@ impl Upstream {
         self.endpoints.iter().map(|e| e.in_flight()).sum()
     }
 
-    /// Whether `pick` would find an endpoint.
-    pub fn is_usable(&self) -> bool {
-        !self.is_draining() && self.endpoints.iter().any(|e| usable(e))
+    /// Whether `pick_excluding(avoid)` would find an endpoint.
+    pub fn is_usable(&self, avoid: &[Arc<Endpoint>]) -> bool {
+        !self.is_draining()
+            && self
+                .endpoints
+                .iter()
+                .any(|e| usable(e) && !avoid.iter().any(|a| Arc::ptr_eq(a, e)))
     }
 
     /// An endpoint for the next request, or `None` when none is usable.
     pub fn pick(&self) -> Option<&Arc<Endpoint>> {
-        self.pick_excluding(None)
+        self.pick_excluding(&[])
     }
 
-    /// As `pick`, but never `avoid` (a retry goes to another endpoint).
-    pub fn pick_excluding(&self, avoid: Option<&Arc<Endpoint>>) -> Option<&Arc<Endpoint>> {
+    /// As `pick`, but never one of `avoid` (a retry goes elsewhere).
+    pub fn pick_excluding(&self, avoid: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
         if self.is_draining() {
             return None;
         }
-        let ok = |e: &Arc<Endpoint>| usable(e) && avoid.is_none_or(|a| !Arc::ptr_eq(a, e));
+        let ok = |e: &Arc<Endpoint>| usable(e) && !avoid.iter().any(|a| Arc::ptr_eq(a, e));
         match self.balance {
             Balance::RoundRobin => self.round_robin(ok),
             Balance::LeastRequest => least_request(&self.endpoints, ok),

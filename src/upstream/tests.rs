@@ -37,7 +37,7 @@ fn upstream(eps: Vec<Arc<Endpoint>>, balance: Balance) -> Upstream {
 fn unknown_endpoints_get_no_traffic() {
     let u = upstream(endpoints(2), Balance::RoundRobin);
     assert!(u.pick().is_none());
-    assert!(!u.is_usable());
+    assert!(!u.is_usable(&[]));
 }
 
 #[test]
@@ -92,7 +92,12 @@ fn pick_excluding_avoids_the_failed_endpoint_when_it_can() {
     pass(&eps[1]);
     let u = upstream(eps.clone(), Balance::RoundRobin);
     for _ in 0..4 {
-        assert_eq!(u.pick_excluding(Some(&eps[0])).unwrap().addr, eps[1].addr);
+        assert_eq!(
+            u.pick_excluding(std::slice::from_ref(&eps[0]))
+                .unwrap()
+                .addr,
+            eps[1].addr
+        );
     }
 }
 
@@ -100,7 +105,7 @@ fn pick_excluding_avoids_the_failed_endpoint_when_it_can() {
 fn passive_failure_without_checks_takes_endpoint_out() {
     let eps = endpoints(1);
     eps[0].assume_healthy();
-    eps[0].record_passive_failure(None);
+    eps[0].record_passive_failure(None, "test", false);
     assert_eq!(eps[0].state(), State::Unhealthy);
     eps[0].record_passive_success();
     assert_eq!(eps[0].state(), State::Healthy);
@@ -110,7 +115,7 @@ fn passive_failure_without_checks_takes_endpoint_out() {
 fn passive_failure_without_checks_expires_after_the_fail_timeout() {
     let eps = endpoints(1);
     eps[0].assume_healthy();
-    eps[0].record_passive_failure(None);
+    eps[0].record_passive_failure(None, "test", false);
     assert!(!eps[0].revive_after_passive_failure());
     assert_eq!(eps[0].state(), State::Unhealthy);
     eps[0].backdate_passive_failure(PASSIVE_FAIL_TIMEOUT);
@@ -137,7 +142,7 @@ fn turning_checks_off_revives_an_endpoint_probes_marked_down() {
 fn assume_healthy_keeps_a_passive_failure_out() {
     let eps = endpoints(1);
     eps[0].assume_healthy();
-    eps[0].record_passive_failure(None);
+    eps[0].record_passive_failure(None, "test", false);
     eps[0].assume_healthy();
     assert_eq!(eps[0].state(), State::Unhealthy);
 }

@@ -29,6 +29,16 @@ pub struct H2Upstream {
 
 /// Starts the upstream; each answer is `body` (with `content-length`).
 pub async fn start(body: &'static [u8]) -> H2Upstream {
+    serve(Some(body)).await
+}
+
+/// An upstream that refuses every stream with RST_STREAM(REFUSED_STREAM)
+/// once its request has arrived (RFC 9113 §8.7: it processed nothing).
+pub async fn refusing() -> H2Upstream {
+    serve(None).await
+}
+
+async fn serve(body: Option<&'static [u8]>) -> H2Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
@@ -50,6 +60,10 @@ pub async fn start(body: &'static [u8]) -> H2Upstream {
                     let seen = seen.clone();
                     tokio::spawn(async move {
                         seen.requests.fetch_add(1, Ordering::Relaxed);
+                        let Some(body) = body else {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            return;
+                        };
                         let mut recv = req.into_body();
                         while let Some(Ok(chunk)) = recv.data().await {
                             let _ = recv.flow_control().release_capacity(chunk.len());

@@ -374,3 +374,91 @@ async fn one_worker_runs_on_a_current_thread_runtime_and_serves() {
     let a = call(request("GET", &format!("{}/x", p.http))).await;
     assert_eq!(a.deployment(), "blue");
 }
+
+/// Waits for `child` to exit within `budget`; its exit code.
+async fn exits_within(mut p: Proc, budget: std::time::Duration) -> Option<i32> {
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(status) = p.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                started.elapsed() < budget,
+                "steer did not exit within {budget:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn sigterm_stops_steer_with_an_upgrade_socket_and_an_open_tunnel() {
+    use futures_util::{SinkExt, StreamExt};
+    let echo = crate::websocket::echo_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nupgrade_socket = \"upgrade.sock\"\n\n\
+             [proxy]\nshutdown_delay = \"0s\"\ndrain_timeout = \"1s\"\n\n\
+             [upstreams.ws]\nendpoints = [\"{echo}\"]\nhealth = false\n\n[[routes]]\nname = \"ws\"\nupstream = \"ws\"\n"
+        ),
+    )
+    .unwrap();
+    let p = spawn_steer_at(Some(dir), path, &[]).await;
+    let ready = format!("{}/ready", p.admin);
+    eventually("ready", || async { get(&ready).await.0 == StatusCode::OK }).await;
+    let url = format!("{}/socket", p.http.replace("http://", "ws://"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let _hello = ws.next().await.unwrap().unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hi"))
+        .await
+        .unwrap();
+    assert!(ws.next().await.unwrap().is_ok());
+    signal(&p.child, "-TERM");
+    // shutdown_delay (0 s) + drain_timeout (1 s) + a margin.
+    let code = exits_within(p, std::time::Duration::from_secs(4)).await;
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test]
+async fn last_error_clears_when_the_file_returns_to_the_running_content() {
+    let (_b, _g, ups) = two("http1").await;
+    let steer = Steer::start_ready(&format!("{ups}{}", routes_to("blue"))).await;
+    let good = std::fs::read(&steer.path).unwrap();
+    let admin = steer.admin();
+    let config = || async {
+        call(request("GET", &format!("{admin}/config")))
+            .await
+            .json()
+    };
+    let c = config().await;
+    assert_eq!(c["file_matches"], true);
+    let write = |bytes: &[u8]| {
+        let tmp = steer.path.with_extension("tmp");
+        std::fs::write(&tmp, bytes).unwrap();
+        std::fs::rename(&tmp, &steer.path).unwrap();
+    };
+    let mut broken = good.clone();
+    broken.extend_from_slice(b"\n[[routes]]\nname = \"x\"\nupstream = \"purple\"\n");
+    write(&broken);
+    eventually("the broken file is reported", || async {
+        let c = config().await;
+        c["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("purple"))
+            && c["file_matches"] == false
+    })
+    .await;
+    // A ConfigMap rolled back: the running content is on disk again.
+    write(&good);
+    eventually("last_error clears", || async {
+        let c = config().await;
+        c["last_error"].is_null() && c["file_matches"] == true
+    })
+    .await;
+}

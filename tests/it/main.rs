@@ -4,6 +4,7 @@
 mod cli;
 mod cutover;
 mod examples;
+mod failover;
 mod forwarding;
 mod fuzz;
 mod grpc;

@@ -463,3 +463,152 @@ async fn a_host_the_sni_certificate_does_not_cover_gets_421() {
         );
     }
 }
+
+/// What a reload that does not commit must leave alone: the certificate
+/// served, blue's state, the metric series, and a port it would listen on.
+#[derive(Debug, PartialEq)]
+struct Live {
+    cert: CertificateDer<'static>,
+    blue: Vec<String>,
+    series: std::collections::BTreeSet<String>,
+    extra_port_open: bool,
+}
+
+async fn live(steer: &Steer, extra_port: SocketAddr) -> Live {
+    let metrics = get(&format!("{}/metrics", steer.admin())).await.1;
+    // Failed reloads are counted, and process figures move by themselves.
+    let series = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("process_"))
+        .filter(|l| !l.contains("result=\"failure\""))
+        .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s.to_owned()))
+        .collect();
+    Live {
+        cert: served(&connect(steer.https_addr(), Some("auth.example.com"), &[b"h2"]).await),
+        blue: states(&steer.admin(), "blue").await,
+        series,
+        extra_port_open: TcpStream::connect(extra_port).await.is_ok(),
+    }
+}
+
+#[tokio::test]
+async fn reloads_that_are_kept_out_superseded_or_rejected_change_nothing_live() {
+    let blue = upstream("blue").await;
+    blue.set_ready(false);
+    let ok = upstream("ok").await;
+    let a = self_signed(&["auth.example.com"]);
+    let b = self_signed(&["auth.example.com", "other.example.com"]);
+    let dir = tempfile::tempdir().unwrap();
+    write_pair(dir.path(), "a", &a);
+    write_pair(dir.path(), "b", &b);
+    let listen = |http: &str| {
+        format!("[listen]\nhttp = \"{http}\"\nhttps = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n")
+    };
+    let tail = "[proxy]\nshutdown_delay = \"0s\"\n\n[health]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1\n\n";
+    let ups = format!(
+        "{}{}",
+        upstream_toml("blue", blue.addr(), "http1"),
+        upstream_toml("ok", ok.addr(), "http1")
+    );
+    let original = format!(
+        "{}{tail}[[tls.certificates]]\ncert = \"a.pem\"\nkey = \"a.key\"\n\n{ups}[[routes]]\nname = \"r\"\nupstream = \"blue\"\nfallback = [\"ok\"]\n",
+        listen("127.0.0.1:0")
+    );
+    // Everything a commit would change: a new http address, certificate b,
+    // blue without checks (which would mark it healthy), and a route to
+    // `green`, which never gets healthy (the gate waits for it).
+    let changed = |http: &str, gate: &str, route_to: &str, note: &str| {
+        format!(
+            "# {note}\n{}{tail}[reload]\ngate_timeout = \"{gate}\"\n\n[[tls.certificates]]\ncert = \"b.pem\"\nkey = \"b.key\"\n\n{}{}\
+             [upstreams.green]\nendpoints = [\"{}\"]\n\n[[routes]]\nname = \"r\"\nupstream = \"{route_to}\"\nfallback = [\"ok\"]\n",
+            listen(http),
+            ups.replace(
+                &format!("[upstreams.blue]\nendpoints = [\"{}\"]\n", blue.addr()),
+                &format!(
+                    "[upstreams.blue]\nendpoints = [\"{}\"]\nhealth = false\n",
+                    blue.addr()
+                )
+            ),
+            "",
+            closed_port()
+        )
+    };
+    let path = dir.path().join("routes.toml");
+    std::fs::write(&path, &original).unwrap();
+    let steer = Steer {
+        running: Some(steer::app::start(&path).await.unwrap()),
+        dir,
+        path: path.clone(),
+    };
+    let admin = steer.admin();
+    eventually("blue probed down", || async {
+        states(&admin, "blue").await == ["unhealthy"]
+    })
+    .await;
+    let extra = closed_port();
+    let before = live(&steer, extra).await;
+    assert!(!before.extra_port_open);
+    let config = |admin: String| async move {
+        call(request("GET", &format!("{admin}/config")))
+            .await
+            .json()
+    };
+    let write = |text: String| {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    };
+
+    // Kept out by the gate.
+    write(changed(&extra.to_string(), "1s", "green", "kept out"));
+    let (status, body) = post(&format!("{admin}/reload")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("\"pending\": true"), "{body}");
+    eventually("the gate keeps the running table", || async {
+        let c = config(admin.clone()).await;
+        c["pending"].is_null()
+            && c["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("gate timed out"))
+    })
+    .await;
+    assert_eq!(live(&steer, extra).await, before, "after a reload kept out");
+
+    // Superseded by a newer one, which is then called off by putting the
+    // running content back.
+    write(changed(&extra.to_string(), "60s", "green", "first"));
+    assert!(
+        post(&format!("{admin}/reload"))
+            .await
+            .1
+            .contains("\"pending\": true")
+    );
+    write(changed(&extra.to_string(), "60s", "green", "second"));
+    let (_, second) = post(&format!("{admin}/reload")).await;
+    assert!(second.contains("\"pending\": true"), "{second}");
+    assert_eq!(
+        live(&steer, extra).await,
+        before,
+        "after a superseded reload"
+    );
+    write(original.clone());
+    eventually("the pending reload is called off", || async {
+        let c = config(admin.clone()).await;
+        c["pending"].is_null() && c["file_matches"] == true && c["last_error"].is_null()
+    })
+    .await;
+    assert_eq!(
+        live(&steer, extra).await,
+        before,
+        "after the pending one was called off"
+    );
+
+    // Rejected at the commit: its new address is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    write(changed(&taken_addr, "60s", "blue", "rejected"));
+    let (status, body) = post(&format!("{admin}/reload")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("cannot listen"), "{body}");
+    assert_eq!(live(&steer, extra).await, before, "after a rejected reload");
+}

@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::support::*;
 
 /// A WebSocket echo server; answers the Host it saw as its first message.
-async fn echo_server() -> std::net::SocketAddr {
+pub async fn echo_server() -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

@@ -1,0 +1,238 @@
+//! Failover that loses nothing: the process behind the serving upstream is
+//! killed or stopped under a mixed GET/POST load with a healthy fallback,
+//! and every request that upstream had not received goes elsewhere.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::Full;
+
+use crate::support::*;
+
+/// `steer demo-upstream NAME 127.0.0.1:0` in a process of its own.
+struct UpstreamProc {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Drop for UpstreamProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn upstream_proc(name: &str) -> UpstreamProc {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_steer"))
+        .args(["demo-upstream", name, "127.0.0.1:0"])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    UpstreamProc {
+        addr: line.trim().parse().unwrap(),
+        child,
+    }
+}
+
+/// Waits for the process to exit, at most 10 s.
+fn reap(child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the upstream did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// One keep-alive client sending `method` in a loop until `stop`; POSTs
+/// carry a body that the upstream echoes.
+async fn load(url: String, method: &'static str, tally: Arc<Tally>, stop: Arc<AtomicBool>) {
+    let client = http1();
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        // GETs without a body, as browsers send them.
+        let body = if method == "GET" {
+            String::new()
+        } else {
+            format!("token request {i}")
+        };
+        let req = request(method, &url)
+            .body(Full::new(Bytes::from(body.clone())))
+            .unwrap();
+        let ok = match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
+            Ok(Ok(resp)) => {
+                let status = resp.status();
+                let got = http_body_util::BodyExt::collect(resp.into_body())
+                    .await
+                    .map(|b| b.to_bytes());
+                let good = status == StatusCode::OK
+                    && got
+                        .as_ref()
+                        .is_ok_and(|b| method == "GET" || b == body.as_bytes());
+                if !good {
+                    eprintln!("failed: {method} {status} {got:?}");
+                }
+                good
+            }
+            other => {
+                eprintln!("failed: {method} {other:?}");
+                false
+            }
+        };
+        let counter = if ok { &tally.ok } else { &tally.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Blue (its own process, `protocol`) behind steer with green as the
+/// fallback; a load of 4 GET and 4 POST clients; `stop_blue` ends blue
+/// half a second in. Returns (GET tally, POST tally, steer's logs).
+async fn failover(
+    protocol: &str,
+    stop_blue: impl FnOnce(&mut Child),
+) -> (Arc<Tally>, Arc<Tally>, Vec<String>) {
+    let mut blue = upstream_proc("blue");
+    let green = upstream("green").await;
+    let body = format!(
+        "{}{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\nfallback = [\"green\"]\n",
+        upstream_toml("blue", blue.addr, protocol),
+        upstream_toml("green", green.addr(), protocol)
+    );
+    let steer = spawn_steer(&body).await;
+    let ready = format!("{}/ready", steer.admin);
+    eventually("ready", || async { get(&ready).await.0 == StatusCode::OK }).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (gets, posts) = (Arc::new(Tally::default()), Arc::new(Tally::default()));
+    let mut clients = Vec::new();
+    for (method, tally) in [("GET", &gets), ("POST", &posts)] {
+        for _ in 0..4 {
+            let url = format!("{}/demo/echo", steer.http);
+            clients.push(tokio::spawn(load(url, method, tally.clone(), stop.clone())));
+        }
+    }
+    eventually("load on blue", || async {
+        gets.ok.load(Ordering::Relaxed) > 50 && posts.ok.load(Ordering::Relaxed) > 50
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_blue(&mut blue.child);
+    let at_stop = green.requests();
+    eventually("green takes the load", || async {
+        green.requests() > at_stop + 200
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let logs: Vec<String> = steer.logs.try_iter().collect();
+    (gets, posts, logs)
+}
+
+/// The counts, and steer's log lines about failures (for a failed
+/// assertion's message).
+fn summary(gets: &Tally, posts: &Tally, logs: &[String]) -> String {
+    let failures: Vec<&str> = logs
+        .iter()
+        .filter(|l| l.contains("failed") || l.contains("unhealthy"))
+        .map(String::as_str)
+        .collect();
+    format!(
+        "GET {} ok / {} failed, POST {} ok / {} failed\nsteer said:\n{}",
+        gets.ok.load(Ordering::Relaxed),
+        gets.failed.load(Ordering::Relaxed),
+        posts.ok.load(Ordering::Relaxed),
+        posts.failed.load(Ordering::Relaxed),
+        failures.join("\n")
+    )
+}
+
+#[tokio::test]
+async fn a_killed_upstream_loses_no_get_and_only_posts_it_had_received() {
+    for protocol in ["http1", "h2c"] {
+        let (gets, posts, logs) = failover(protocol, |blue| {
+            signal(blue, "-KILL");
+            reap(blue);
+        })
+        .await;
+        let said = summary(&gets, &posts, &logs);
+        assert_eq!(gets.failed.load(Ordering::Relaxed), 0, "{protocol}: {said}");
+        // At most the one POST each load connection had in flight at the
+        // instant of the kill.
+        assert!(
+            posts.failed.load(Ordering::Relaxed) <= 4,
+            "{protocol}: {said}"
+        );
+        assert!(
+            logs.iter()
+                .any(|l| l.contains("endpoint unhealthy") && l.contains("blue")),
+            "{protocol}: the ejection is logged"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_graceful_stop_without_drain_loses_nothing() {
+    for protocol in ["h2c", "http1"] {
+        let (gets, posts, logs) = failover(protocol, |blue| {
+            signal(blue, "-TERM");
+            reap(blue);
+        })
+        .await;
+        let said = summary(&gets, &posts, &logs);
+        assert_eq!(gets.failed.load(Ordering::Relaxed), 0, "{protocol}: {said}");
+        assert_eq!(
+            posts.failed.load(Ordering::Relaxed),
+            0,
+            "{protocol}: {said}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refused_stream_goes_to_the_fallback_whatever_its_method() {
+    let busy = crate::h2_upstream::refusing().await;
+    let green = upstream("green").await;
+    let body = format!(
+        "[upstreams.busy]\nendpoints = [\"{}\"]\nprotocol = \"h2c\"\nhealth = false\n\n{}\
+         [[routes]]\nname = \"r\"\nupstream = \"busy\"\nfallback = [\"green\"]\n",
+        busy.addr,
+        upstream_toml("green", green.addr(), "http1")
+    );
+    let steer = Steer::start_ready(&body).await;
+    // Eight: every one needs a retry, and the retry budget's floor is 10 a
+    // second.
+    for i in 0..8 {
+        let sent = format!("token request {i}");
+        let a = send(
+            &http1(),
+            request("POST", &steer.url("/demo/echo"))
+                .body(Full::new(Bytes::from(sent.clone())))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "{i}: {}", a.text());
+        assert_eq!(a.text(), sent);
+    }
+    assert!(busy.seen.requests.load(Ordering::Relaxed) >= 8);
+    assert_eq!(green.requests(), 8);
+    // A refused stream is no fault of the endpoint.
+    assert_eq!(states(&steer.admin(), "busy").await, ["healthy"]);
+}
