@@ -3,48 +3,65 @@
 //!
 //! # One request
 //!
-//! 1. [`server`] accepts and serves the connection: plain HTTP/1.1 in
-//!    rounds of hyper's HTTP/1.1 connection that hand the socket back when
-//!    idle (`server::park`, so idle connections hold no buffers); TLS and
-//!    h2c prior knowledge with hyper-util's auto builder.
+//! 1. [`server`] accepts, reads the first bytes under the head deadline
+//!    and serves the connection: plain HTTP/1.1 in rounds of hyper's
+//!    HTTP/1.1 connection that hand the socket back when idle
+//!    (`server::park`), HTTP/1.1 over TLS with hyper, HTTP/2 (h2c or TLS)
+//!    with the `h2` crate (`server::h2`), every socket under the send
+//!    deadline (`server::io`).
 //! 2. [`proxy::handle`] loads the live [`table::Table`] once (an `ArcSwap`
-//!    snapshot), resolves the client IP, and asks [`routing`] for the first
-//!    matching route (404 when none).
+//!    snapshot), checks the head (`proxy::request`: Host, framing, 421),
+//!    resolves the client IP, and asks [`routing`] for the first matching
+//!    route (404 when none).
 //! 3. The route's upstream (a split pick, then the split's other members,
 //!    then fallbacks) gives an endpoint through [`upstream`] balancing over
 //!    healthy endpoints (503 when none).
 //! 4. [`proxy`] rewrites headers and sends through the endpoint's pool in
-//!    [`client`]; the in-flight guard and the HTTP/1.1 connection go back
-//!    when the response body ends.
-//! 5. Every error becomes a response in [`proxy::error_response`].
+//!    [`client`]; a failure the upstream did not process goes elsewhere
+//!    (`proxy::resend`, with the body kept by `client::Replay`); the
+//!    in-flight guard and the HTTP/1.1 connection go back when the
+//!    response body ends.
+//! 5. Every error becomes a response in [`proxy::error_response`] (a gRPC
+//!    status for gRPC clients).
 //!
 //! # One reload
 //!
-//! File event / poll / SIGHUP / `POST /reload` -> [`reload`] ->
-//! [`config::load`] -> [`table::Table::build`] (reusing endpoints that stay)
-//! -> one atomic swap. Requests running keep their snapshot.
+//! File event / poll / SIGHUP / `POST /reload` -> [`reload`]: read
+//! (`config::read`, off the workers) -> [`config::parse`] -> plan
+//! ([`table::Table::build`], reusing endpoints that stay, changing nothing
+//! live) -> readiness gate -> commit (listeners, certificates,
+//! [`table::Table::activate`], one atomic swap). Requests running keep
+//! their snapshot.
 //!
 //! # Module map
 //!
 //! - [`config`]: the only reader of TOML; validated domain types, errors
-//!   with FILE:LINE:COL.
+//!   with FILE:LINE:COL; `config::read` reads the files it names (regular
+//!   files only, 16 MiB, a deadline).
 //! - [`routing`]: compiled route table and matchers, client-IP resolution.
 //!   Pure.
 //! - [`upstream`]: upstreams, endpoints (health state, in-flight), balancing.
 //! - [`health`]: the threshold state machine and the probe tasks.
-//! - [`client`]: per-endpoint connection pools (HTTP/1.1, h2c).
+//! - [`client`]: per-endpoint connection pools (HTTP/1.1, h2c), upstream
+//!   error classes, replayable request bodies.
 //! - [`table`]: the live table built from a config.
-//! - [`proxy`]: the request path, header rules, error mapping, per-route
-//!   rate limits (429) and the retry budget.
+//! - [`body`]: the request body as it arrives (hyper's or h2's).
+//! - [`proxy`]: the request path, head checks, header rules, error mapping,
+//!   resends, tunnels, per-route rate limits (429) and the retry budget.
 //! - [`server`]: listeners and connection serving (`park`: plain HTTP/1.1
-//!   connections that give their buffers back while idle).
-//! - [`reload`]: file watch, poll, DNS refresh; sole writer of the table.
-//! - [`admin`]: the admin API.
+//!   connections that give their buffers back while idle; `h2`: HTTP/2
+//!   streams; `io`: send deadline and protocol detection;
+//!   `admin_listener`: the admin listener's bounds). Invariants:
+//!   `src/server/LIFECYCLE.md`.
+//! - [`reload`]: file watch, poll, DNS refresh, plan and commit; sole
+//!   writer of the table.
+//! - [`admin`]: the admin API and its access rules.
 //! - [`metrics`]: Prometheus handles.
 //! - [`accesslog`]: the buffered JSON writer of the access log.
 //! - [`tls`]: rustls server certificates (SNI, reload) and upstream TLS.
 //! - [`app`]: wiring, lifecycle, and the `check`/`route`/`demo` commands.
-//! - [`demo`]: the ZITADEL-like deployments behind `steer demo` and tests.
+//! - [`demo`]: the ZITADEL-like deployments behind `steer demo`,
+//!   `steer demo-upstream` and the tests.
 //! - `fuzzing`: the bodies of the cargo-fuzz targets in `fuzz/`.
 
 /// The error type of steer's HTTP bodies.

@@ -4,7 +4,7 @@
 //! HTTP/1.1 over TLS with hyper, HTTP/2 with the `h2` crate (`h2`), hand
 //! each request to the proxy, and stop gracefully. Every client socket
 //! writes under `send_timeout` (`io::WriteDeadline`). Knows nothing about
-//! routing.
+//! routing. `LIFECYCLE.md` lists what bounds a connection, and where.
 
 use std::convert::Infallible;
 use std::future::Future;
