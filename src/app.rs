@@ -327,6 +327,10 @@ pub fn explain_route(config: &Config, run: &DryRun) -> Result<(String, bool), St
             .map_err(|_| format!("bad header value in `{h}`"))?;
         headers.append(name, value);
     }
+    // As the proxy does, before routing.
+    if !config.proxy.underscores_in_headers {
+        crate::proxy::drop_underscored(&mut headers);
+    }
     let raw_host = uri.authority().map(|a| a.as_str().to_owned()).or_else(|| {
         headers
             .get(http::header::HOST)
@@ -513,6 +517,13 @@ pub async fn demo() -> anyhow::Result<()> {
 /// address printed on stdout; SIGTERM/SIGINT stop it the way ZITADEL's
 /// server stops ([`crate::demo::Deployment::stop`]).
 pub async fn demo_upstream(name: &str, addr: SocketAddr) -> anyhow::Result<()> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        anyhow::bail!("the name `{name}` may hold only letters, digits, `-`, `_` and `.`");
+    }
     let deployment = crate::demo::Deployment::start(name, addr)
         .await
         .map_err(|source| BindError {

@@ -41,46 +41,98 @@ fn tune_allocator() {
 #[command(
     name = "steer",
     version,
-    about = "Steers traffic to identity-server deployments"
+    about = "Steers traffic to identity-server deployments",
+    // `steer` alone serves, like `steer run`; the serving flags may come
+    // before the subcommand too (`steer --config FILE run`).
+    args_conflicts_with_subcommands = false
 )]
 struct Cli {
     /// Log format; default: pretty on a terminal, JSON lines otherwise.
     #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormat>,
-    /// Route table (for `steer` / `steer run`).
-    #[arg(
-        long,
-        global = true,
-        env = "STEER_CONFIG",
-        default_value = "routes.toml"
-    )]
-    config: PathBuf,
-    /// Take the listening sockets over from a running steer (see README).
-    #[arg(long, global = true)]
-    upgrade: bool,
-    /// Worker threads; 1 runs everything on one thread (a current-thread
-    /// runtime, like one nginx worker). Default: one per CPU.
-    #[arg(long, global = true, env = "STEER_WORKERS")]
-    workers: Option<usize>,
+    #[command(flatten)]
+    serve: ServeArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
+/// What `steer` / `steer run` take; `check` reads the same `--config`.
+#[derive(clap::Args, Debug, Default)]
+struct ServeArgs {
+    /// Route table to serve [env: STEER_CONFIG] [default: routes.toml].
+    #[arg(short = 'c', long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Take the listening sockets over from a running steer on
+    /// listen.upgrade_socket (docs/operations.md, Binary upgrade).
+    #[arg(long)]
+    upgrade: bool,
+    /// Worker threads, at least 1; 1 runs everything on one thread (like
+    /// one nginx worker) [env: STEER_WORKERS] [default: one per CPU].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
+}
+
+impl ServeArgs {
+    /// Flags given after the subcommand win over those before it.
+    fn or(self, before: ServeArgs) -> ServeArgs {
+        ServeArgs {
+            config: self.config.or(before.config),
+            upgrade: self.upgrade || before.upgrade,
+            workers: self.workers.or(before.workers),
+        }
+    }
+}
+
+/// The config path a command uses: `--config`, else `STEER_CONFIG`, else
+/// `./routes.toml`.
+fn config_path(given: Option<PathBuf>) -> PathBuf {
+    given
+        .or_else(|| std::env::var_os("STEER_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("routes.toml"))
+}
+
+/// Worker threads: `--workers`, else `STEER_WORKERS` (which must be a
+/// number of at least 1), else one per CPU.
+fn workers(given: Option<u16>) -> Result<Option<u16>, String> {
+    if given.is_some() {
+        return Ok(given);
+    }
+    match std::env::var("STEER_WORKERS") {
+        Err(_) => Ok(None),
+        Ok(v) => match v.trim().parse::<u16>() {
+            Ok(n) if n >= 1 => Ok(Some(n)),
+            _ => Err(format!(
+                "STEER_WORKERS must be a number of worker threads of at least 1; got `{v}`"
+            )),
+        },
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve (the default).
-    Run,
-    /// Validate a route table: a summary and exit 0, or every error and exit 1.
+    /// Serve the route table (the default when no command is given).
+    Run(ServeArgs),
+    /// Validate a route table and lint it: a summary and exit 0, or every
+    /// error and exit 1.
     Check {
-        file: PathBuf,
+        /// The route table to check [default: what `steer run` would load:
+        /// --config, STEER_CONFIG, ./routes.toml].
+        file: Option<PathBuf>,
+        /// The route table to check, as `steer run` takes it.
+        #[arg(short = 'c', long, value_name = "FILE", conflicts_with = "file")]
+        config: Option<PathBuf>,
         /// Exit 1 on lint warnings too.
         #[arg(long)]
         strict: bool,
     },
     /// Dry run: which route a request matches, why, and where it would go.
     Route {
+        /// The route table.
         file: PathBuf,
+        /// The request's method (GET, POST, ...).
         method: String,
+        /// The request's URL (`https://auth.example.com/ui/login`); its
+        /// host is the Host.
         url: String,
         /// A request header, `Name: value` (repeatable).
         #[arg(short = 'H', long = "header")]
@@ -89,12 +141,18 @@ enum Command {
         #[arg(long)]
         client_ip: Option<IpAddr>,
     },
-    /// Two built-in demo deployments (blue :9001, green :9002) behind ./routes.toml.
-    Demo,
+    /// Two built-in demo deployments (blue :9001, green :9002) behind steer
+    /// on :8080 (admin :9901), serving a copy of the demo table.
+    Demo {
+        /// Worker threads, at least 1 [default: one per CPU].
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        workers: Option<u16>,
+    },
     /// One demo deployment (a ZITADEL-like fake upstream) on ADDR; prints
     /// the bound address; SIGTERM stops it gracefully, as ZITADEL stops.
     DemoUpstream {
-        /// Its name (in answers and `x-served-by`).
+        /// Its name (in answers and `x-served-by`): letters, digits, `-`,
+        /// `_` and `.`.
         name: String,
         /// Where to listen, IP:PORT (port 0 picks a free one).
         addr: std::net::SocketAddr,
@@ -153,25 +211,11 @@ fn main() -> ExitCode {
     tune_allocator();
     init_logging(cli.log_format);
     match cli.command {
-        Some(Command::Check { file, strict }) => match app::check(&file) {
-            Ok((summary, warnings)) => {
-                for w in &warnings {
-                    eprintln!("{w}");
-                }
-                println!("{summary}");
-                if strict && !warnings.is_empty() {
-                    ExitCode::from(1)
-                } else {
-                    ExitCode::SUCCESS
-                }
-            }
-            Err(errors) => {
-                for e in errors {
-                    eprintln!("{e}");
-                }
-                ExitCode::from(1)
-            }
-        },
+        Some(Command::Check {
+            file,
+            config,
+            strict,
+        }) => check(&config_path(file.or(config).or(cli.serve.config)), strict),
         Some(Command::Route {
             file,
             method,
@@ -187,17 +231,44 @@ fn main() -> ExitCode {
                 client_ip,
             },
         ),
-        Some(Command::Demo) => serve(Serve::Demo, cli.workers),
+        Some(Command::Demo { workers }) => serve(Serve::Demo, workers.or(cli.serve.workers)),
         Some(Command::DemoUpstream { name, addr }) => {
-            serve(Serve::DemoUpstream(name, addr), cli.workers)
+            serve(Serve::DemoUpstream(name, addr), cli.serve.workers)
         }
-        Some(Command::Run) | None => serve(
-            Serve::Run {
-                config: cli.config,
-                upgrade: cli.upgrade,
-            },
-            cli.workers,
-        ),
+        Some(Command::Run(args)) => run(args.or(cli.serve)),
+        None => run(cli.serve),
+    }
+}
+
+fn run(args: ServeArgs) -> ExitCode {
+    serve(
+        Serve::Run {
+            config: config_path(args.config),
+            upgrade: args.upgrade,
+        },
+        args.workers,
+    )
+}
+
+fn check(file: &std::path::Path, strict: bool) -> ExitCode {
+    match app::check(file) {
+        Ok((summary, warnings)) => {
+            for w in &warnings {
+                eprintln!("{w}");
+            }
+            println!("{summary}");
+            if strict && !warnings.is_empty() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -235,13 +306,20 @@ enum Serve {
 }
 
 /// `run`, `demo` or `demo-upstream` on a tokio runtime.
-fn serve(what: Serve, workers: Option<usize>) -> ExitCode {
+fn serve(what: Serve, workers: Option<u16>) -> ExitCode {
+    let workers = match self::workers(workers) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("steer: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let built = match workers {
         Some(1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
         Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n.max(1))
+            .worker_threads(usize::from(n))
             .enable_all()
             .build(),
         None => tokio::runtime::Builder::new_multi_thread()
@@ -269,9 +347,10 @@ fn serve(what: Serve, workers: Option<usize>) -> ExitCode {
     steer::accesslog::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // One line: the bind error names the address, the listener and
+        // the cause already.
         Err(e) if e.downcast_ref::<app::BindError>().is_some() => {
-            tracing::error!(error = %e, "cannot bind");
-            eprintln!("steer: {e:#}");
+            eprintln!("steer: {e}");
             ExitCode::from(2)
         }
         Err(e) => {

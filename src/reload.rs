@@ -221,7 +221,10 @@ impl Reloader {
             Err(e) => return Err(self.reject(e, true)),
         };
         let version = plan.table.version.clone();
+        // This reload supersedes one waiting at the gate, whatever becomes
+        // of it.
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        *lock(&self.pending) = None;
         let waiting = gate::waiting_for(&plan.table, &current);
         if waiting.is_empty() {
             self.commit(plan, &mut last_good)
@@ -319,6 +322,8 @@ impl Reloader {
                 Some(set) => {
                     store.install(set, &config.tls);
                     self.shared.metrics.certificates(&store.current().certs);
+                    // An error about the files served before is past.
+                    *lock(&self.cert_error) = None;
                 }
                 // TLS removed: its files are no longer watched.
                 None if config.tls.is_empty() && !store.files().is_empty() => {
@@ -630,13 +635,16 @@ mod gate {
         out
     }
 
-    /// Has a healthy endpoint (a drain is an operator's choice, not a
-    /// readiness problem, so it does not hold a reload back).
+    /// Has a healthy endpoint, or no active checks in the new table (its
+    /// endpoints are healthy by assumption from the commit on, whatever
+    /// probes said before). A drain is an operator's choice, not a
+    /// readiness problem, so it does not hold a reload back.
     fn usable(t: &Table, name: &str) -> bool {
         t.upstream(name).is_some_and(|u| {
-            u.endpoints
-                .iter()
-                .any(|e| e.state() == crate::health::State::Healthy)
+            u.health.is_none()
+                || u.endpoints
+                    .iter()
+                    .any(|e| e.state() == crate::health::State::Healthy)
         })
     }
 

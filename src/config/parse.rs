@@ -50,7 +50,14 @@ pub(super) fn document(text: &str, base: &Path) -> Result<Parsed, Errors> {
     let (doc, syntax) = DeTable::parse_recoverable(text);
     if !syntax.is_empty() {
         for e in syntax {
-            errors.push(e.span().unwrap_or(0..0), e.message().to_owned());
+            let span = e.span().unwrap_or(0..0);
+            let hint = super::walk::quote_hint(text, span.start)
+                .filter(|_| !e.message().contains("quoted"));
+            let message = match hint {
+                Some(hint) => format!("{} ({hint})", e.message()),
+                None => e.message().to_owned(),
+            };
+            errors.push(span, message);
         }
         return Err(errors);
     }
@@ -961,7 +968,11 @@ fn route(errors: &mut Errors, t: &Table<'_, '_>, names: &Names) -> Option<RouteS
 fn lookup(errors: &mut Errors, names: &Names, name: &str, span: Span) -> Option<usize> {
     let found = names.get(name).copied();
     if found.is_none() {
-        errors.push(span, format!("unknown upstream `{name}`"));
+        let message = match super::walk::did_you_mean(name, names.keys().map(String::as_str)) {
+            Some(close) => format!("unknown upstream `{name}`; did you mean `{close}`?"),
+            None => format!("unknown upstream `{name}`"),
+        };
+        errors.push(span, message);
     }
     found
 }

@@ -416,3 +416,38 @@ fn a_route_with_a_bad_target_still_reports_its_other_errors() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn an_unquoted_address_gets_a_hint_to_quote_it() {
+    let text = "[listen]\nhttp = 127.0.0.1:8080\n";
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("strings need quotes: write \"127.0.0.1:8080\""),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn close_misspellings_of_keys_and_upstreams_get_a_did_you_mean() {
+    let text = "[listen]\nhttp = \"127.0.0.1:8080\"\n[proxy]\nconect_timeout = \"2s\"\n\
+                [upstreams.blue]\nendpoints = [\"127.0.0.1:9001\"]\n\
+                [[routes]]\nname = \"r\"\nupstream = \"bleu\"\n[[routes]]\nname = \"s\"\nupstream = \"purple\"\n";
+    let errs = errors(text);
+    assert!(
+        errs.iter()
+            .any(|e| e.ends_with("did you mean `connect_timeout`?")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.ends_with("unknown upstream `bleu`; did you mean `blue`?")),
+        "{errs:?}"
+    );
+    // Nothing close: no guess.
+    assert!(
+        errs.iter()
+            .any(|e| e.ends_with("unknown upstream `purple`")),
+        "{errs:?}"
+    );
+}

@@ -33,20 +33,28 @@ pub(crate) struct Table<'a, 'i> {
 }
 
 impl<'a, 'i> Table<'a, 'i> {
-    /// Reports every key that is not in `allowed`.
+    /// Reports every key that is not in `allowed`, with the close one it
+    /// was probably meant to be, or else the whole list.
     pub(crate) fn check_keys(&self, errors: &mut Errors, allowed: &[&str]) {
         for key in self.inner.keys() {
-            if !allowed.contains(&key.get_ref().as_ref()) {
-                errors.push(
-                    key.span(),
-                    format!(
-                        "unknown key `{}` in {}; expected one of: {}",
-                        key.get_ref(),
-                        self.name,
-                        allowed.join(", ")
-                    ),
-                );
+            let key_text: &str = key.get_ref().as_ref();
+            if allowed.contains(&key_text) {
+                continue;
             }
+            let message = match did_you_mean(key_text, allowed.iter().copied()) {
+                Some(close) => {
+                    format!(
+                        "unknown key `{key_text}` in {}; did you mean `{close}`?",
+                        self.name
+                    )
+                }
+                None => format!(
+                    "unknown key `{key_text}` in {}; expected one of: {}",
+                    self.name,
+                    allowed.join(", ")
+                ),
+            };
+            errors.push(key.span(), message);
         }
     }
 
@@ -197,6 +205,82 @@ pub(crate) fn type_error(
 }
 
 /// Converts a byte offset into 1-based line and column (in characters).
+/// The candidate `word` was most likely meant to be: within two edits
+/// (insert, delete, substitute, swap two neighbours) and fewer than half
+/// of its letters, the closest one.
+pub(crate) fn did_you_mean<'c>(
+    word: &str,
+    candidates: impl Iterator<Item = &'c str>,
+) -> Option<&'c str> {
+    let limit = 2.min(word.chars().count().saturating_sub(1) / 2).max(1);
+    candidates
+        .map(|c| {
+            (
+                edits(&word.to_ascii_lowercase(), &c.to_ascii_lowercase()),
+                c,
+            )
+        })
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Edit distance with transpositions (optimal string alignment).
+fn edits(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// A hint for a TOML syntax error at `offset`: when the error sits on an
+/// unquoted token that is no number, boolean or date (`127.0.0.1:8080`),
+/// it was most likely meant as a string.
+pub(crate) fn quote_hint(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let line = &text[line_start..line_end];
+    let (_, value) = line.split_once('=')?;
+    let at = offset - line_start;
+    let value_start = line.len() - value.len();
+    if at < value_start {
+        return None;
+    }
+    let is_token = |c: char| !(c.is_whitespace() || ",[]{}#\"'".contains(c));
+    let rel = at - value_start;
+    let before = value[..rel.min(value.len())]
+        .rfind(|c: char| !is_token(c))
+        .map_or(0, |i| i + 1);
+    let after = value[before..]
+        .find(|c: char| !is_token(c))
+        .map_or(value.len(), |i| before + i);
+    let token = &value[before..after];
+    let looks_like_value = token.is_empty()
+        || token.parse::<f64>().is_ok()
+        || token.parse::<i64>().is_ok()
+        || token == "true"
+        || token == "false";
+    (!looks_like_value).then(|| format!("strings need quotes: write \"{token}\""))
+}
+
 pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = text.get(..offset).unwrap_or(text);

@@ -26,6 +26,7 @@ use body::UpstreamBody;
 pub use body::{ProxyBody, open_tunnels};
 pub use errors::{Expects, ProxyError, error_response};
 use headers::{Hop, X_REQUEST_ID};
+pub(crate) use request::drop_underscored;
 pub use retry::RetryBudget;
 
 use crate::body::Inbound;

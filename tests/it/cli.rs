@@ -178,4 +178,98 @@ fn run_with_an_invalid_config_exits_1_and_a_taken_port_exits_2() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // One clear line, the cause once.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let said: Vec<&str> = stderr.lines().filter(|l| !l.starts_with('{')).collect();
+    assert_eq!(said.len(), 1, "{stderr}");
+    assert!(
+        said[0].starts_with(&format!("steer: cannot listen on {addr} (http): ")),
+        "{stderr}"
+    );
+    assert_eq!(
+        said[0].matches("Address already in use").count(),
+        1,
+        "{stderr}"
+    );
+}
+
+fn steer_in(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_steer"));
+    cmd.args(args).current_dir(dir).env_remove("STEER_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn check_without_a_file_checks_what_run_would_load() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("routes.toml"), GOOD).unwrap();
+    std::fs::write(dir.path().join("other.toml"), "[listen]\n").unwrap();
+    let summary = |out: &Output| String::from_utf8_lossy(&out.stdout).into_owned();
+    // ./routes.toml.
+    let out = steer_in(dir.path(), &["check"], &[]);
+    assert!(summary(&out).starts_with("routes.toml: ok"), "{out:?}");
+    // STEER_CONFIG, then --config / -c before or after the command.
+    let out = steer_in(dir.path(), &["check"], &[("STEER_CONFIG", "other.toml")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("other.toml:"));
+    for args in [
+        &["--config", "other.toml", "check"][..],
+        &["-c", "other.toml", "check"],
+        &["check", "-c", "other.toml"],
+    ] {
+        let out = steer_in(dir.path(), args, &[]);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+    }
+    // A FILE wins over STEER_CONFIG.
+    let out = steer_in(
+        dir.path(),
+        &["check", "routes.toml"],
+        &[("STEER_CONFIG", "other.toml")],
+    );
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn each_command_lists_only_its_own_flags_and_describes_every_argument() {
+    let help = |cmd: &str| {
+        let out = steer(&[cmd, "--help"]);
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for (cmd, absent) in [
+        ("check", &["--upgrade", "--workers"][..]),
+        ("route", &["--upgrade", "--workers", "--config"]),
+        ("demo", &["--upgrade", "--config"]),
+        ("demo-upstream", &["--upgrade", "--config", "--workers"]),
+    ] {
+        let text = help(cmd);
+        for flag in absent {
+            assert!(
+                !text.contains(flag),
+                "`steer {cmd} --help` lists {flag}:\n{text}"
+            );
+        }
+        // Every argument line has a description after its name.
+        for line in text
+            .lines()
+            .filter(|l| l.trim_start().starts_with('<') || l.trim_start().starts_with('['))
+        {
+            assert!(line.split_whitespace().count() > 1, "{cmd}: {line}");
+        }
+    }
+    assert!(help("run").contains("--upgrade"));
+}
+
+#[test]
+fn zero_workers_is_an_error() {
+    let out = steer(&["run", "--workers", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--workers"));
+    let dir = tempfile::tempdir().unwrap();
+    let out = steer_in(dir.path(), &["run"], &[("STEER_WORKERS", "0")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("STEER_WORKERS"));
 }
