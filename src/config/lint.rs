@@ -43,8 +43,40 @@ pub fn lint(config: &Config) -> Vec<Warning> {
     single_point_of_failure(config, &mut out);
     split_without_checks(config, &mut out);
     grpc_to_http1(config, &mut out);
+    certificates(config, &mut out);
     out.sort_by_key(|w| w.at);
     out
+}
+
+/// A certificate that expires within 14 days (an expired one is an
+/// error already), and one that is never served: no DNS name to match SNI
+/// against, and not the first entry (which clients without SNI get).
+fn certificates(config: &Config, out: &mut Vec<Warning>) {
+    let soon = std::time::SystemTime::now() + crate::tls::EXPIRY_WARNING;
+    for (i, files) in config.tls.iter().enumerate() {
+        if let Ok(at) = crate::tls::expires(&files.cert)
+            && at < soon
+        {
+            out.push(Warning {
+                at: files.at,
+                message: format!(
+                    "certificate `{}` expires within 14 days ({})",
+                    files.cert.display(),
+                    humantime::format_rfc3339_seconds(at)
+                ),
+            });
+        }
+        let named = crate::tls::load_pair(files).is_ok_and(|c| !c.names.is_empty());
+        if i > 0 && !named {
+            out.push(Warning {
+                at: files.at,
+                message: format!(
+                    "certificate `{}` names no DNS name and is not the first entry: no client ever gets it",
+                    files.cert.display()
+                ),
+            });
+        }
+    }
 }
 
 fn name(config: &Config, u: usize) -> &str {

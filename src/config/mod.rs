@@ -134,11 +134,24 @@ pub struct Listen {
     pub upgrade_socket: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct CertificateFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Byte offset of the `cert` value in the file (for lints); not part
+    /// of the entry's identity.
+    pub at: usize,
 }
+
+/// Two entries are the same when they name the same files, wherever they
+/// stand in the file.
+impl PartialEq for CertificateFiles {
+    fn eq(&self, other: &Self) -> bool {
+        self.cert == other.cert && self.key == other.key
+    }
+}
+
+impl Eq for CertificateFiles {}
 
 #[derive(Debug, Clone)]
 pub struct ProxySettings {

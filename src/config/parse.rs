@@ -195,6 +195,7 @@ fn tls(errors: &mut Errors, root: &Table<'_, '_>, base: &Path) -> Vec<Certificat
             let files = CertificateFiles {
                 cert: cert_path,
                 key,
+                at: cert.get("cert").map_or(cert.span.start, |v| v.span().start),
             };
             // The pair must parse, match and be unexpired, so that `steer
             // check` catches what would stop TLS from being served.

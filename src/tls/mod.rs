@@ -55,8 +55,6 @@ pub enum TlsError {
     Parse { path: PathBuf, message: String },
     #[error("{path}: the certificate expired at {at}")]
     Expired { path: PathBuf, at: String },
-    #[error("{path}: the certificate names no DNS name (subjectAltName) to match SNI against")]
-    NoNames { path: PathBuf },
     #[error("TLS setup failed: {0}")]
     Setup(#[source] rustls::Error),
 }
@@ -66,6 +64,25 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// When the leaf certificate in `path` stops being valid.
+pub fn expires(path: &Path) -> Result<SystemTime, TlsError> {
+    let certs = read_certs(path)?;
+    let leaf = certs.first().ok_or_else(|| TlsError::NoCertificate {
+        path: path.to_path_buf(),
+    })?;
+    leaf_facts(leaf, path).map(|(_, not_after)| not_after)
+}
+
+/// Logs, at WARN, each served certificate that expires within
+/// `EXPIRY_WARNING` (at start and whenever certificates load).
+pub fn warn_expiring(set: &CertSet) {
+    let soon = SystemTime::now() + EXPIRY_WARNING;
+    for c in set.certs.iter().filter(|c| c.not_after < soon) {
+        tracing::warn!(cert = %c.files.cert.display(), not_after = %humantime::format_rfc3339_seconds(c.not_after),
+            "certificate expires within 14 days");
+    }
 }
 
 /// Every certificate in a PEM file.
@@ -124,16 +141,11 @@ pub fn load_pair(files: &CertificateFiles) -> Result<LoadedCert, TlsError> {
                 source,
             },
         })?;
-    let now = SystemTime::now();
-    if not_after <= now {
+    if not_after <= SystemTime::now() {
         return Err(TlsError::Expired {
             path: files.cert.clone(),
             at: humantime::format_rfc3339_seconds(not_after).to_string(),
         });
-    }
-    if not_after.duration_since(now).unwrap_or_default() < EXPIRY_WARNING {
-        tracing::warn!(cert = %files.cert.display(), not_after = %humantime::format_rfc3339_seconds(not_after),
-            "certificate expires within 14 days");
     }
     let mut all = read(&files.cert)?;
     all.extend_from_slice(&key_bytes);
@@ -158,6 +170,8 @@ fn leaf_facts(
         x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| parse_err(e.to_string()))?;
     let secs = cert.validity().not_after.timestamp();
     let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    // A certificate without DNS names (one that names IP addresses only)
+    // is served to clients that send no SNI, when it is the first entry.
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
@@ -165,11 +179,6 @@ fn leaf_facts(
                 names.push(dns.to_ascii_lowercase());
             }
         }
-    }
-    if names.is_empty() {
-        return Err(TlsError::NoNames {
-            path: path.to_path_buf(),
-        });
     }
     Ok((names, not_after))
 }
@@ -346,9 +355,11 @@ impl TlsStore {
 
 fn load_set(files: &[CertificateFiles]) -> Result<CertSet, TlsError> {
     let certs = files.iter().map(load_pair).collect::<Result<Vec<_>, _>>()?;
-    CertSet::new(certs).ok_or(TlsError::NoCertificate {
+    let set = CertSet::new(certs).ok_or(TlsError::NoCertificate {
         path: PathBuf::new(),
-    })
+    })?;
+    warn_expiring(&set);
+    Ok(set)
 }
 
 fn file_hash(files: &CertificateFiles) -> Option<String> {

@@ -5,6 +5,7 @@ fn pair(dir: &Path, name: &str, sans: &[&str]) -> CertificateFiles {
         rcgen::generate_simple_self_signed(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .unwrap();
     let files = CertificateFiles {
+        at: 0,
         cert: dir.join(format!("{name}.pem")),
         key: dir.join(format!("{name}.key")),
     };

@@ -612,3 +612,73 @@ async fn reloads_that_are_kept_out_superseded_or_rejected_change_nothing_live() 
     assert!(body.contains("cannot listen"), "{body}");
     assert_eq!(live(&steer, extra).await, before, "after a rejected reload");
 }
+
+fn steer_check(path: &std::path::Path, strict: bool) -> std::process::Output {
+    let mut args = vec!["check".to_owned(), path.display().to_string()];
+    if strict {
+        args.push("--strict".to_owned());
+    }
+    std::process::Command::new(env!("CARGO_BIN_EXE_steer"))
+        .args(&args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_certificate_that_names_only_an_ip_address_is_served_to_clients_without_sni() {
+    let blue = upstream("blue").await;
+    let ip_only = self_signed(&["127.0.0.1"]);
+    let body = format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
+        upstream_toml("blue", blue.addr(), "h2c")
+    );
+    let steer = tls_steer(&[("ip", &ip_only)], &body).await;
+    let tls = connect(steer.https_addr(), None, &[b"h2"]).await;
+    assert_eq!(served(&tls), ip_only.der);
+    let (status, _) = get_over(tls, &steer.https_addr().to_string(), "/x").await;
+    assert_eq!(status, StatusCode::OK);
+    // Accepted by check too (not strict: the one-endpoint lint applies).
+    let out = steer_check(&steer.path, false);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("certificate"));
+}
+
+#[test]
+fn a_certificate_that_expires_soon_is_a_check_warning_at_its_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut params = CertificateParams::new(vec!["auth.example.com".to_owned()]).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(80);
+    params.not_after = now + time::Duration::days(3);
+    let key = KeyPair::generate().unwrap();
+    let soon = params.self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("soon.pem"), soon.pem()).unwrap();
+    std::fs::write(dir.path().join("soon.key"), key.serialize_pem()).unwrap();
+    let text = with_listen_full(
+        "https = \"127.0.0.1:0\"",
+        "",
+        "[[tls.certificates]]\ncert = \"soon.pem\"\nkey = \"soon.key\"\n\n[upstreams.u]\nendpoints = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n[[routes]]\nname = \"r\"\nupstream = \"u\"\n",
+    );
+    let path = dir.path().join("routes.toml");
+    std::fs::write(&path, &text).unwrap();
+    let line = text.lines().position(|l| l.starts_with("cert = ")).unwrap() + 1;
+    let out = steer_check(&path, false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("expires within 14 days"))
+        .unwrap_or_else(|| panic!("no warning: {stderr}"));
+    assert!(
+        warning.starts_with(&format!(
+            "{}:{line}:8: warning: certificate",
+            path.display()
+        )),
+        "{warning}"
+    );
+    assert_eq!(steer_check(&path, true).status.code(), Some(1));
+}
