@@ -3,7 +3,7 @@
 //! the `check`, `route` and `demo` commands. No request logic lives here.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -498,19 +498,23 @@ pub async fn demo() -> anyhow::Result<()> {
             addr: SocketAddr::from(([127, 0, 0, 1], 9002)),
             source,
         })?;
-    let path = PathBuf::from("routes.toml");
-    if !path.is_file() {
-        std::fs::write(&path, DEMO_ROUTES).context("writing the demo routes.toml")?;
-        tracing::info!("no ./routes.toml here: wrote the built-in demo table to it");
-    }
+    // A copy of the built-in table in a scratch folder of its own: the
+    // demo never writes where it was started (a checkout's routes.toml is
+    // the compiled-in demo table), and the banner names the copy to edit.
+    let scratch = std::env::temp_dir().join(format!("steer-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).context("creating the demo's scratch folder")?;
+    let path = scratch.join("routes.toml");
+    std::fs::write(&path, DEMO_ROUTES).context("writing the demo's copy of routes.toml")?;
     let running = start(&path).await?;
     let base = running.http_base().unwrap_or_default();
     let admin = running
         .admin
         .map(|a| format!("http://{a}"))
         .unwrap_or_default();
-    eprintln!("{}", demo_instructions(&base, &admin, &blue, &green));
-    running.serve_until_stopped().await
+    eprintln!("{}", demo_instructions(&base, &admin, &blue, &green, &path));
+    let served = running.serve_until_stopped().await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    served
 }
 
 /// `steer demo-upstream NAME ADDR`: one demo deployment on ADDR, its bound
@@ -548,10 +552,13 @@ fn demo_instructions(
     admin: &str,
     blue: &crate::demo::Deployment,
     green: &crate::demo::Deployment,
+    table: &Path,
 ) -> String {
+    let table = table.display();
     format!(
         r#"
 steer demo: blue on http://{b}, green on http://{g}, steer on {base}, admin on {admin}
+Route table: {table} (a copy to edit; it is removed when the demo stops)
 
 Try:
   curl -s {base}/ui/login                         # split: ~90% blue, ~10% green ("deployment")
@@ -560,15 +567,50 @@ Try:
   curl -s --http2-prior-knowledge {base}/v2/users # h2c from the client too
   curl -s {admin}/upstreams                       # endpoint health as steer sees it
 
-Failover: make blue not ready (its /debug/ready answers 412), watch traffic move to green:
+Failover: make blue not ready (its /debug/ready answers 412); once steer's probe has seen it, every request goes to green:
   curl -s -X POST http://{b}/demo/fail
+  until curl -s {admin}/upstreams | grep -q '"state": "unhealthy"'; do sleep 0.2; done
   for i in $(seq 5); do curl -s {base}/ui/login | grep -o '"deployment": *"[a-z]*"'; done
   curl -s -X POST http://{b}/demo/recover
 
-Hot reload: edit routes.toml (e.g. the split weights) and save; `curl -s {admin}/config` shows the new version.
+Hot reload: move the split to green in the copy, reload, and see the new version:
+  sed -i 's/blue = 90, green = 10/blue = 0, green = 100/' {table}
+  curl -s -X POST {admin}/reload
 Stop with Ctrl-C.
 "#,
         b = blue.addr(),
         g = green.addr(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_demo_banner_names_its_copy_and_waits_for_the_probe() {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let blue = crate::demo::Deployment::start("blue", any)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let green = crate::demo::Deployment::start("green", any)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let copy = std::env::temp_dir().join("steer-demo-1/routes.toml");
+        let text = demo_instructions(
+            "http://127.0.0.1:8080",
+            "http://127.0.0.1:9901",
+            &blue,
+            &green,
+            &copy,
+        );
+        assert!(text.contains(&format!("Route table: {}", copy.display())));
+        assert!(text.contains(&format!("green = 100/' {}", copy.display())));
+        // The wait for the probe comes between the failure and the loop.
+        let fail = text.find("/demo/fail").unwrap_or(0);
+        let wait = text.find("until curl").unwrap_or(0);
+        let look = text.find("for i in").unwrap_or(0);
+        assert!(fail < wait && wait < look, "{text}");
+        assert!(!text.contains(" routes.toml "), "{text}");
+    }
 }
