@@ -150,6 +150,13 @@ pub async fn start_with(path: &Path, upgrade: bool) -> anyhow::Result<Running> {
         );
     }
     tokio::spawn(reloader.watch());
+    tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            wait_first_round(&shared).await;
+            report_unavailable(&shared.live.load());
+        }
+    });
     let (http, https, admin) = (
         listeners.local(Kind::Http),
         listeners.local(Kind::Https),
@@ -181,6 +188,38 @@ async fn wait_first_round(shared: &Shared) {
     let deadline = tokio::time::Instant::now() + longest + std::time::Duration::from_secs(1);
     while !table.first_round_done() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// After the first health round: one WARN line for each upstream without
+/// a healthy endpoint, naming it and why, so that a steer that answers 503
+/// (a container started without its upstream) says so at start.
+fn report_unavailable(table: &Table) {
+    for (u, spec) in table.upstreams.iter().zip(&table.upstream_specs) {
+        if u.endpoints
+            .iter()
+            .any(|e| e.state() == crate::health::State::Healthy)
+        {
+            continue;
+        }
+        let state = if u.endpoints.is_empty() {
+            let names: Vec<String> = spec.endpoints.iter().map(ToString::to_string).collect();
+            format!("no address: {} did not resolve", names.join(", "))
+        } else {
+            u.endpoints
+                .iter()
+                .map(|e| {
+                    let why = e
+                        .last_check()
+                        .and_then(|c| c.error)
+                        .unwrap_or_else(|| "not checked yet".to_owned());
+                    format!("{} {} ({why})", e.addr, e.state().as_str())
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        tracing::warn!(upstream = %u.name, %state,
+            "upstream has no healthy endpoint: requests routed to it get 503 until one is");
     }
 }
 

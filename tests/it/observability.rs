@@ -212,3 +212,40 @@ async fn traceparent_passes_through_untouched() {
     assert_eq!(h["traceparent"][0], tp);
     assert_eq!(h["tracestate"][0], "a=b");
 }
+
+#[tokio::test]
+async fn a_missing_upstream_is_named_at_start_with_why() {
+    let down = closed_port();
+    let body = format!(
+        "[upstreams.zitadel]\nendpoints = [\"{down}\"]\nprotocol = \"h2c\"\n\n\
+         [upstreams.nowhere]\nendpoints = [\"no-such-host.invalid:8080\"]\n\n\
+         [[routes]]\nname = \"r\"\nupstream = \"zitadel\"\nfallback = [\"nowhere\"]\n"
+    );
+    let p = spawn_steer(&body).await;
+    let mut said = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while said.len() < 2 && std::time::Instant::now() < deadline {
+        if let Ok(line) = p.logs.recv_timeout(std::time::Duration::from_millis(100))
+            && line.contains("upstream has no healthy endpoint")
+        {
+            said.push(line);
+        }
+    }
+    assert_eq!(said.len(), 2, "{said:?}");
+    let zitadel = said
+        .iter()
+        .find(|l| l.contains("\"upstream\":\"zitadel\""))
+        .unwrap();
+    assert!(
+        zitadel.contains(&format!("{down} unhealthy (connect to {down} failed")),
+        "{zitadel}"
+    );
+    let nowhere = said
+        .iter()
+        .find(|l| l.contains("\"upstream\":\"nowhere\""))
+        .unwrap();
+    assert!(
+        nowhere.contains("no-such-host.invalid:8080 did not resolve"),
+        "{nowhere}"
+    );
+}
