@@ -4,13 +4,17 @@
 Usage: python3 scripts/ci/check_k8s.py RENDERED.yaml...
 
 Each file must hold one steer installation: a Deployment (3 replicas, spread
-across zones and nodes, /ready and /healthz probes on the admin port, a
+across zones and nodes: softly, so that it runs on a single-zone cluster,
+except in the multi-zone overlay, whose zone spread is hard; its image set by
+kustomize's `images:`, the one place for it), /ready and /healthz probes on
+the admin port, a
 non-root read-only container, a termination grace period that covers
 shutdown_delay + drain_timeout, the route table's ConfigMap mounted as the
 directory /etc/steer without subPath), the ConfigMap with routes.toml, a
 Service, a PodDisruptionBudget and a HorizontalPodAutoscaler that select or
-target it. Prints one summary line per file; on any failure prints every
-problem and exits 1.
+target it, and a NetworkPolicy that admits the client ports from anywhere but
+the admin port only from listed sources. Prints one summary line per file;
+on any failure prints every problem and exits 1.
 """
 
 from __future__ import annotations
@@ -135,11 +139,24 @@ def check_file(path: str) -> tuple[list[str], str]:
             labels_match((c.get("labelSelector") or {}).get("matchLabels"), pod_labels),
             f"topologySpreadConstraint on {c.get('topologyKey')} does not select the pods",
         )
+    hard_zones = "multi-zone" in path
+    zone = next((c for c in tsc if c.get("topologyKey") == "topology.kubernetes.io/zone"), {})
+    want = "DoNotSchedule" if hard_zones else "ScheduleAnyway"
+    p.check(
+        zone.get("whenUnsatisfiable") == want,
+        f"the zone spread must be {want} here (hard only in the multi-zone overlay, so "
+        f"that the base runs on a single-zone cluster); got {zone.get('whenUnsatisfiable')!r}",
+    )
 
     containers = pod.get("containers") or []
     if not p.check(len(containers) >= 1, "Deployment has no containers"):
         return p.list, ""
     container = next((c for c in containers if c.get("name") == "steer"), containers[0])
+    image = str(container.get("image", ""))
+    p.check(
+        "/" in image and ":" in image.rsplit("/", 1)[-1],
+        f"the image must come from kustomization.yaml's `images:` (REGISTRY/steer:TAG); got {image!r}",
+    )
     check_probe(p, container, "readinessProbe", "/ready")
     check_probe(p, container, "livenessProbe", "/healthz")
     p.check(security(pod, container, "runAsNonRoot") is True, "runAsNonRoot must be true")
@@ -220,6 +237,28 @@ def check_file(path: str) -> tuple[list[str], str]:
     )
     p.check(pdb is not None, "no PodDisruptionBudget selects the Deployment's pods")
 
+    netpols = [
+        n for n in by_kind.get("NetworkPolicy", [])
+        if labels_match(((n.get("spec") or {}).get("podSelector") or {}).get("matchLabels"), pod_labels)
+    ]
+    if p.check(len(netpols) == 1, f"expected 1 NetworkPolicy selecting the pods, found {len(netpols)}"):
+        rules = (netpols[0].get("spec") or {}).get("ingress") or []
+        admin_open = False
+        client_open = False
+        for rule in rules:
+            ports = {port_number(x.get("port"), container) for x in rule.get("ports") or []}
+            sources = rule.get("from") or []
+            if ADMIN_PORT in ports and not sources:
+                admin_open = True
+            if 8080 in ports and not sources:
+                client_open = True
+        p.check(not admin_open, "the NetworkPolicy admits the admin port from anywhere")
+        p.check(client_open, "the NetworkPolicy does not admit the client port 8080 from anywhere")
+        p.check(
+            any(ADMIN_PORT in {port_number(x.get("port"), container) for x in r.get("ports") or []} for r in rules),
+            "the NetworkPolicy admits the admin port from nowhere (probes and Prometheus need it)",
+        )
+
     hpas = by_kind.get("HorizontalPodAutoscaler", [])
     hpa = next(
         (h for h in hpas if ((h.get("spec") or {}).get("scaleTargetRef") or {}).get("name") == dep_name),
@@ -235,10 +274,11 @@ def check_file(path: str) -> tuple[list[str], str]:
         hpa_range = f"{hs.get('minReplicas')}..{hs.get('maxReplicas')}"
 
     summary = (
-        f"Deployment {dep_name} ({spec.get('replicas')} replicas, grace {grace}s >= {needed:g}s), "
+        f"Deployment {dep_name} ({spec.get('replicas')} replicas, zone spread "
+        f"{zone.get('whenUnsatisfiable')}, image {image}, grace {grace}s >= {needed:g}s), "
         f"ConfigMap {cm_name} at {CONFIG_DIR}, Service {svc['metadata']['name'] if svc else '-'}, "
         f"PodDisruptionBudget {pdb['metadata']['name'] if pdb else '-'}, "
-        f"HorizontalPodAutoscaler {hpa_range or '-'}"
+        f"HorizontalPodAutoscaler {hpa_range or '-'}, NetworkPolicy {netpols[0]['metadata']['name'] if netpols else '-'}"
     )
     return p.list, summary
 

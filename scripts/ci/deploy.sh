@@ -69,6 +69,16 @@ for dir in deploy/kubernetes/base deploy/kubernetes/overlays/*/; do
   rendered+=("$out")
 done
 
+echo "-- the image is set in one place"
+# The Deployment names the image `steer` only; kustomization.yaml's
+# `images:` gives registry and tag (check_k8s.py checks the rendered result).
+if ! grep -Eq '^ +image: steer$' deploy/kubernetes/base/deployment.yaml; then
+  echo "deploy.sh: deploy/kubernetes/base/deployment.yaml must say 'image: steer';" \
+    "the registry and tag belong in kustomization.yaml's images:" >&2
+  exit 1
+fi
+echo "deploy/kubernetes: image set only in base/kustomization.yaml"
+
 echo "-- check the rendered objects"
 if ! python3 -c 'import yaml' >/dev/null 2>&1; then
   pip_install pyyaml
