@@ -33,6 +33,62 @@ pub(super) struct Parsed {
     pub(super) routes: Vec<super::RouteSpec>,
 }
 
+const LISTEN_KEYS: &[&str] = &["http", "https", "admin", "upgrade_socket"];
+const TLS_KEYS: &[&str] = &["certificates"];
+const CERTIFICATE_KEYS: &[&str] = &["cert", "key"];
+const PROXY_KEYS: &[&str] = &[
+    "trusted_proxies",
+    "connect_timeout",
+    "request_timeout",
+    "idle_timeout",
+    "dns_refresh",
+    "shutdown_delay",
+    "drain_timeout",
+    "max_header_bytes",
+    "max_headers",
+    "tls_handshake_timeout",
+    "header_read_timeout",
+    "max_connections",
+    "max_connections_per_ip",
+    "send_timeout",
+    "max_concurrent_streams",
+    "upgrades",
+    "tunnel_idle_timeout",
+    "underscores_in_headers",
+    "client_ip_header",
+];
+const ADMIN_KEYS: &[&str] = &["allowed_hosts", "token_file"];
+const RATE_LIMIT_KEYS: &[&str] = &["requests", "per", "burst", "key"];
+const RELOAD_KEYS: &[&str] = &["gate_timeout", "on_gate_timeout"];
+const LOG_KEYS: &[&str] = &["access"];
+const WARMUP_KEYS: &[&str] = &["path", "host", "expect_body"];
+const HEADER_RULE_KEYS: &[&str] = &["set", "remove"];
+
+/// Every table the parser reads with its keys, keyed by how
+/// docs/configuration.md heads its section (the docs test checks that the
+/// reference lists each key there).
+#[cfg(test)]
+pub(super) const SECTIONS: &[(&str, &[&str])] = &[
+    ("### `[listen]`", LISTEN_KEYS),
+    ("### `[[tls.certificates]]`", CERTIFICATE_KEYS),
+    ("### `[proxy]`", PROXY_KEYS),
+    ("### `[health]`", HEALTH_KEYS),
+    ("### `[upstreams.NAME]`", UPSTREAM_KEYS),
+    ("### `[[routes]]`", ROUTE_KEYS),
+    ("### `[log]`", LOG_KEYS),
+    ("### `[reload]`", RELOAD_KEYS),
+    ("### `[admin]`", ADMIN_KEYS),
+];
+
+/// Keys of inline tables, documented in the row of the key that holds
+/// them (`rate_limit = { requests, per, burst, key }`).
+#[cfg(test)]
+pub(super) const INLINE: &[(&str, &str, &[&str])] = &[
+    ("### `[[routes]]`", "rate_limit", RATE_LIMIT_KEYS),
+    ("### `[[routes]]`", "request_headers", HEADER_RULE_KEYS),
+    ("### `[health]`", "warmup", WARMUP_KEYS),
+];
+
 const TOP_KEYS: &[&str] = &[
     "reload",
     "admin",
@@ -129,7 +185,7 @@ fn listen(errors: &mut Errors, root: &Table<'_, '_>, base: &Path) -> Listen {
         }
         return listen;
     };
-    table.check_keys(errors, &["http", "https", "admin", "upgrade_socket"]);
+    table.check_keys(errors, LISTEN_KEYS);
     let mut addr = |key: &str| {
         let (text, span) = table.str(errors, key)?;
         text.parse::<SocketAddr>()
@@ -160,7 +216,7 @@ fn tls(errors: &mut Errors, root: &Table<'_, '_>, base: &Path) -> Vec<Certificat
     let Some(table) = root.table(errors, "tls", "[tls]") else {
         return Vec::new();
     };
-    table.check_keys(errors, &["certificates"]);
+    table.check_keys(errors, TLS_KEYS);
     let Some(value) = table.get("certificates") else {
         return Vec::new();
     };
@@ -179,7 +235,7 @@ fn tls(errors: &mut Errors, root: &Table<'_, '_>, base: &Path) -> Vec<Certificat
         let Some(cert) = as_table(errors, item, "[[tls.certificates]]") else {
             continue;
         };
-        cert.check_keys(errors, &["cert", "key"]);
+        cert.check_keys(errors, CERTIFICATE_KEYS);
         let mut file = |key: &str| {
             let (name, span) = cert.required_str(errors, key)?;
             let path = base.join(name);
@@ -256,30 +312,7 @@ fn proxy(errors: &mut Errors, root: &Table<'_, '_>) -> ProxySettings {
     let Some(table) = root.table(errors, "proxy", "[proxy]") else {
         return defaults;
     };
-    table.check_keys(
-        errors,
-        &[
-            "trusted_proxies",
-            "connect_timeout",
-            "request_timeout",
-            "idle_timeout",
-            "dns_refresh",
-            "shutdown_delay",
-            "drain_timeout",
-            "max_header_bytes",
-            "max_headers",
-            "tls_handshake_timeout",
-            "header_read_timeout",
-            "max_connections",
-            "max_connections_per_ip",
-            "send_timeout",
-            "max_concurrent_streams",
-            "upgrades",
-            "tunnel_idle_timeout",
-            "underscores_in_headers",
-            "client_ip_header",
-        ],
-    );
+    table.check_keys(errors, PROXY_KEYS);
     let trusted_proxies = table
         .str_list(errors, "trusted_proxies")
         .into_iter()
@@ -378,7 +411,7 @@ fn admin(errors: &mut Errors, root: &Table<'_, '_>, base: &Path) -> AdminSetting
     let Some(table) = root.table(errors, "admin", "[admin]") else {
         return AdminSettings::default();
     };
-    table.check_keys(errors, &["allowed_hosts", "token_file"]);
+    table.check_keys(errors, ADMIN_KEYS);
     let allowed_hosts = table
         .str_list(errors, "allowed_hosts")
         .into_iter()
@@ -466,7 +499,7 @@ fn parse_size(text: &str) -> Option<u64> {
 
 fn rate_limit(errors: &mut Errors, t: &Table<'_, '_>) -> Option<RateLimitSpec> {
     let table = t.table(errors, "rate_limit", "`rate_limit`")?;
-    table.check_keys(errors, &["requests", "per", "burst", "key"]);
+    table.check_keys(errors, RATE_LIMIT_KEYS);
     let requests = positive(errors, &table, "requests", 0, u32::MAX);
     if table.get("requests").is_none() {
         errors.push(table.span.clone(), "`rate_limit` needs `requests`");
@@ -501,7 +534,7 @@ fn reload(errors: &mut Errors, root: &Table<'_, '_>) -> ReloadSettings {
     let Some(table) = root.table(errors, "reload", "[reload]") else {
         return defaults;
     };
-    table.check_keys(errors, &["gate_timeout", "on_gate_timeout"]);
+    table.check_keys(errors, RELOAD_KEYS);
     let on_gate_timeout = match table.str(errors, "on_gate_timeout") {
         None | Some(("keep", _)) => GateTimeout::Keep,
         Some(("apply", _)) => GateTimeout::Apply,
@@ -523,7 +556,7 @@ fn log(errors: &mut Errors, root: &Table<'_, '_>) -> LogSettings {
     let Some(table) = root.table(errors, "log", "[log]") else {
         return LogSettings::default();
     };
-    table.check_keys(errors, &["access"]);
+    table.check_keys(errors, LOG_KEYS);
     let access = match table.get("access").map(|v| (v, v.get_ref())) {
         None => true,
         Some((_, DeValue::Boolean(b))) => *b,
@@ -636,7 +669,7 @@ fn warmups(errors: &mut Errors, value: &super::walk::Value<'_>) -> Vec<Warmup> {
         let Some(t) = as_table(errors, item, "a `warmup` entry") else {
             continue;
         };
-        t.check_keys(errors, &["path", "host", "expect_body"]);
+        t.check_keys(errors, WARMUP_KEYS);
         let Some((path, span)) = t.required_str(errors, "path") else {
             continue;
         };
@@ -1156,7 +1189,7 @@ fn header_rules(errors: &mut Errors, t: &Table<'_, '_>, key: &str) -> HeaderRule
     let Some(table) = t.table(errors, key, &label) else {
         return HeaderRules::default();
     };
-    table.check_keys(errors, &["set", "remove"]);
+    table.check_keys(errors, HEADER_RULE_KEYS);
     let set = table
         .str_map(errors, "set")
         .into_iter()

@@ -451,3 +451,171 @@ fn close_misspellings_of_keys_and_upstreams_get_a_did_you_mean() {
         "{errs:?}"
     );
 }
+
+/// docs/configuration.md is the reference users read: every key the
+/// parser knows, in its table's section, and the default it states for
+/// each key with a default, must match the code.
+mod reference {
+    use std::time::Duration;
+
+    use super::super::parse::{INLINE, SECTIONS};
+    use super::super::{GateTimeout, HealthSpec, LogSettings, ProxySettings, ReloadSettings};
+
+    const DOC: &str = include_str!("../../docs/configuration.md");
+
+    /// The lines of the section whose heading starts with `heading`.
+    fn section(heading: &str) -> Vec<&'static str> {
+        let mut lines = DOC.lines().skip_while(|l| !l.starts_with(heading));
+        let first = lines.next();
+        assert!(
+            first.is_some(),
+            "docs/configuration.md has no section `{heading}`"
+        );
+        lines
+            .take_while(|l| !l.starts_with("### ") && !l.starts_with("## "))
+            .collect()
+    }
+
+    /// The table row of `key` in `heading`'s section.
+    fn row(heading: &str, key: &str) -> &'static str {
+        section(heading)
+            .into_iter()
+            .find(|l| l.starts_with(&format!("| `{key}` |")))
+            .unwrap_or_else(|| panic!("docs/configuration.md, {heading}: no row for `{key}`"))
+    }
+
+    /// A duration as the reference writes it: `"500ms"`, `"90s"`, `"1h"`.
+    fn duration(d: Duration) -> String {
+        let ms = d.as_millis();
+        let text = if !ms.is_multiple_of(1000) {
+            format!("{ms}ms")
+        } else if d.as_secs().is_multiple_of(3600) {
+            format!("{}h", d.as_secs() / 3600)
+        } else {
+            format!("{}s", d.as_secs())
+        };
+        format!("\"{text}\"")
+    }
+
+    fn states_default(heading: &str, key: &str, default: &str) {
+        let row = row(heading, key);
+        let column = row.split(" | ").nth(2).unwrap_or("");
+        assert!(
+            column.contains(&format!("`{default}`")),
+            "docs/configuration.md, {heading}, `{key}`: the default is `{default}`; the row says: {row}"
+        );
+    }
+
+    #[test]
+    fn every_key_the_parser_knows_is_in_the_reference() {
+        for (heading, keys) in SECTIONS {
+            for key in *keys {
+                row(heading, key);
+            }
+        }
+        for (heading, holder, keys) in INLINE {
+            let row = row(heading, holder);
+            for key in *keys {
+                assert!(
+                    row.contains(key),
+                    "{heading}, `{holder}`: `{key}` is not in: {row}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_default_in_the_reference_is_the_codes() {
+        // Destructured whole: a new setting does not compile here until its
+        // default is checked too.
+        let ProxySettings {
+            trusted_proxies,
+            connect_timeout,
+            request_timeout,
+            idle_timeout,
+            dns_refresh,
+            shutdown_delay,
+            drain_timeout,
+            max_header_bytes,
+            max_headers,
+            tls_handshake_timeout,
+            header_read_timeout,
+            max_connections,
+            max_connections_per_ip,
+            send_timeout,
+            max_concurrent_streams,
+            upgrades,
+            tunnel_idle_timeout,
+            underscores_in_headers,
+            client_ip_header,
+        } = ProxySettings::default();
+        let proxy = "### `[proxy]`";
+        assert!(trusted_proxies.is_empty());
+        states_default(proxy, "trusted_proxies", "[]");
+        for (key, d) in [
+            ("connect_timeout", connect_timeout),
+            ("request_timeout", request_timeout),
+            ("idle_timeout", idle_timeout),
+            ("dns_refresh", dns_refresh),
+            ("shutdown_delay", shutdown_delay),
+            ("drain_timeout", drain_timeout),
+            ("tls_handshake_timeout", tls_handshake_timeout),
+            ("header_read_timeout", header_read_timeout),
+            ("send_timeout", send_timeout),
+            ("tunnel_idle_timeout", tunnel_idle_timeout),
+        ] {
+            states_default(proxy, key, &duration(d));
+        }
+        for (key, n) in [
+            ("max_header_bytes", max_header_bytes),
+            ("max_headers", max_headers),
+            ("max_connections", max_connections),
+            ("max_concurrent_streams", max_concurrent_streams as usize),
+        ] {
+            states_default(proxy, key, &n.to_string());
+        }
+        assert!(max_connections_per_ip.is_none());
+        assert!(row(proxy, "max_connections_per_ip").contains("none"));
+        let list: Vec<String> = upgrades.iter().map(|u| format!("\"{u}\"")).collect();
+        states_default(proxy, "upgrades", &format!("[{}]", list.join(", ")));
+        states_default(
+            proxy,
+            "underscores_in_headers",
+            &underscores_in_headers.to_string(),
+        );
+        let header = match client_ip_header {
+            super::super::ClientIpHeader::XForwardedFor => "\"x-forwarded-for\"",
+            super::super::ClientIpHeader::Forwarded => "\"forwarded\"",
+        };
+        states_default(proxy, "client_ip_header", header);
+
+        let h = HealthSpec::default();
+        let health = "### `[health]`";
+        states_default(health, "path", &format!("\"{}\"", h.path));
+        states_default(health, "interval", &duration(h.interval));
+        states_default(health, "timeout", &duration(h.timeout));
+        states_default(
+            health,
+            "healthy_threshold",
+            &h.healthy_threshold.to_string(),
+        );
+        states_default(
+            health,
+            "unhealthy_threshold",
+            &h.unhealthy_threshold.to_string(),
+        );
+
+        let r = ReloadSettings::default();
+        states_default("### `[reload]`", "gate_timeout", &duration(r.gate_timeout));
+        let keep = match r.on_gate_timeout {
+            GateTimeout::Keep => "\"keep\"",
+            GateTimeout::Apply => "\"apply\"",
+        };
+        states_default("### `[reload]`", "on_gate_timeout", keep);
+        states_default(
+            "### `[log]`",
+            "access",
+            &LogSettings::default().access.to_string(),
+        );
+    }
+}
