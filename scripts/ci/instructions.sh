@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Instruction counts per proxied request (callgrind), compared with the
+# committed baseline: CI fails when a scenario costs more than
+# THRESHOLD_PERCENT (3 %) above it. Instructions, not seconds: repeatable on
+# a noisy shared machine (the same binary and inputs give the same counts
+# within a few hundred per request).
+#
+# Scenarios, each with one connection sending N requests one after another
+# (h2load -c 1: no batching, so the count does not depend on timing), to a
+# 64-byte answer from `steer demo-upstream`:
+#   http1      HTTP/1.1 in, HTTP/1.1 out
+#   h2-tls     HTTP/2 over TLS in, HTTP/1.1 out
+#   h2-tls-h2c HTTP/2 over TLS in, h2c out (ZITADEL's shape)
+#
+# Usage: scripts/ci/instructions.sh [--update] [--requests N]
+#   --update   write the measured counts as the new baseline
+# Needs valgrind and h2load (nghttp2-client); installs them with apt-get
+# when missing. Uses target/release/steer (built if missing).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BASELINE=benches/instructions/baseline.txt
+THRESHOLD_PERCENT=3
+REQUESTS=3000
+UPDATE=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --update) UPDATE=1 ;;
+    --requests) REQUESTS="$2"; shift ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need valgrind || ! need h2load; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq valgrind nghttp2-client >/dev/null
+fi
+[ -x target/release/steer ] || cargo build --release --locked
+STEER="$PWD/target/release/steer"
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# The upstream (not measured): one demo deployment.
+"$STEER" demo-upstream up 127.0.0.1:0 >"$work/up.addr" 2>/dev/null &
+pids+=($!)
+for _ in $(seq 100); do [ -s "$work/up.addr" ] && break; sleep 0.1; done
+UP="$(head -1 "$work/up.addr")"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=bench.example.com -addext subjectAltName=DNS:bench.example.com \
+  -keyout "$work/key.pem" -out "$work/cert.pem" >/dev/null 2>&1
+
+# One scenario: steer under callgrind, warmed up, counters zeroed, N
+# requests, counters dumped; prints instructions per request.
+measure() {
+  local name="$1" protocol="$2" scheme="$3"
+  local http admin dir out
+  http="$(free_port)"; admin="$(free_port)"
+  dir="$work/$name"; mkdir -p "$dir"
+  local listen="http = \"127.0.0.1:$http\""
+  local tls=""
+  if [ "$scheme" = https ]; then
+    listen="https = \"127.0.0.1:$http\""
+    tls="[[tls.certificates]]
+cert = \"$work/cert.pem\"
+key = \"$work/key.pem\""
+  fi
+  cat >"$dir/routes.toml" <<EOF
+[listen]
+$listen
+admin = "127.0.0.1:$admin"
+
+[log]
+access = false
+
+$tls
+
+[upstreams.up]
+endpoints = ["$UP"]
+protocol = "$protocol"
+health = false
+
+[[routes]]
+name = "r"
+upstream = "up"
+EOF
+  valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
+    "$STEER" run --config "$dir/routes.toml" --workers 1 --log-format json \
+    >/dev/null 2>"$dir/stderr" &
+  local pid=$!
+  pids+=("$pid")
+  for _ in $(seq 600); do
+    curl -fs "http://127.0.0.1:$admin/ready" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  local url="$scheme://127.0.0.1:$http/demo/bytes?n=64"
+  local flags=()
+  [ "$scheme" = http ] && flags+=(--h1)
+  h2load "${flags[@]}" -c 1 -n 300 "$url" >/dev/null
+  callgrind_control -z "$pid" >/dev/null
+  h2load "${flags[@]}" -c 1 -n "$REQUESTS" "$url" >"$dir/h2load" 
+  grep -q " 0 failed, 0 errored" "$dir/h2load" || { cat "$dir/h2load" >&2; exit 1; }
+  callgrind_control -d "$pid" >/dev/null
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  # The dump after -z holds the load window only.
+  local total
+  total="$(cat "$dir"/callgrind.out* | sed -n 's/^summary: \([0-9]*\).*/\1/p' | sort -n | tail -1)"
+  echo $(( total / REQUESTS ))
+}
+
+declare -A now
+now[http1]="$(measure http1 http1 http)"
+now[h2-tls]="$(measure h2-tls http1 https)"
+now[h2-tls-h2c]="$(measure h2-tls-h2c h2c https)"
+
+if [ "$UPDATE" = 1 ]; then
+  {
+    echo "# Instructions per proxied request (scripts/ci/instructions.sh, $REQUESTS"
+    echo "# requests over one connection, callgrind on target/release/steer"
+    echo "# --workers 1). CI fails when a scenario exceeds its line by more"
+    echo "# than $THRESHOLD_PERCENT %. Update with: scripts/ci/instructions.sh --update"
+    for s in http1 h2-tls h2-tls-h2c; do echo "$s ${now[$s]}"; done
+  } >"$BASELINE"
+  echo "instructions: baseline written to $BASELINE"
+  cat "$BASELINE"
+  exit 0
+fi
+
+failed=0
+printf '%-12s %12s %12s %8s\n' scenario baseline now change
+while read -r s base; do
+  case "$s" in ''|\#*) continue ;; esac
+  n="${now[$s]:-0}"
+  pct="$(python3 -c "print(f'{($n - $base) * 100 / $base:+.1f}%')")"
+  printf '%-12s %12s %12s %8s\n' "$s" "$base" "$n" "$pct"
+  if [ $(( n * 100 )) -gt $(( base * (100 + THRESHOLD_PERCENT) )) ]; then
+    echo "instructions: $s costs more than $THRESHOLD_PERCENT % above the baseline" >&2
+    failed=1
+  fi
+done <"$BASELINE"
+[ "$failed" = 0 ] && echo "instructions: ok (within $THRESHOLD_PERCENT % of $BASELINE)"
+exit "$failed"
