@@ -219,7 +219,7 @@ fn report_unavailable(table: &Table) {
                 .join("; ")
         };
         tracing::warn!(upstream = %u.name, %state,
-            "upstream has no healthy endpoint: requests routed to it get 503 until one is");
+            "upstream has no healthy endpoint: its requests go to split members or fallbacks, or get 503, until one is");
     }
 }
 

@@ -37,12 +37,12 @@ if ! need valgrind || ! need h2load; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq valgrind nghttp2-client >/dev/null
 fi
 [ -x target/release/steer ] || cargo build --release --locked
-STEER="$PWD/target/release/steer"
+STEER="${STEER:-$PWD/target/release/steer}"
 work="$(mktemp -d)"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$work"
+  [ -n "${KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 

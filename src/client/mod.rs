@@ -324,9 +324,9 @@ async fn send_h2(
     req: Request<ReqBody>,
 ) -> Result<Sent, Failed> {
     let scheme = if dial.protocol == Protocol::Https {
-        "https"
+        http::uri::Scheme::HTTPS
     } else {
-        "http"
+        http::uri::Scheme::HTTP
     };
     let req = match to_h2(req, scheme, dial.addr) {
         Ok(r) => r,
@@ -355,21 +355,25 @@ async fn send_h2(
 /// HTTP/1.1 form -> HTTP/2 form: the Host becomes `:authority`.
 fn to_h2(
     mut req: Request<ReqBody>,
-    scheme: &str,
+    scheme: http::uri::Scheme,
     addr: SocketAddr,
 ) -> Result<Request<ReqBody>, &'static str> {
+    // From parts: the path and query go on as they are (shared bytes), only
+    // the authority is parsed; no URI text is built and parsed again.
     let authority = match req.headers_mut().remove(header::HOST) {
-        Some(h) => h
-            .to_str()
-            .map(str::to_owned)
-            .map_err(|_| "Host is not valid text")?,
-        None => addr.to_string(),
-    };
-    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let uri: Uri = format!("{scheme}://{authority}{pq}")
-        .parse()
-        .map_err(|_| "Host and path do not form a URI")?;
-    *req.uri_mut() = uri;
+        Some(h) => {
+            http::uri::Authority::from_maybe_shared(bytes::Bytes::copy_from_slice(h.as_bytes()))
+        }
+        None => addr.to_string().parse(),
+    }
+    .map_err(|_| "Host is not a valid authority")?;
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(scheme);
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| "Host and path do not form a URI")?;
     *req.version_mut() = Version::HTTP_2;
     Ok(req)
 }

@@ -492,11 +492,16 @@ pub fn apply_rules(headers: &mut HeaderMap, rules: &HeaderRules) {
 }
 
 /// The request id: the client's if it sent a usable one, else a new one.
+/// Marked never-indexed for HPACK: a value that differs on every request
+/// would only churn an HTTP/2 connection's header table (each insert
+/// evicting entries that repeat), on both sides of steer.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    match headers.get(X_REQUEST_ID) {
+    let mut id = match headers.get(X_REQUEST_ID) {
         Some(v) if !v.is_empty() && v.len() <= 200 => v.clone(),
         _ => new_request_id(),
-    }
+    };
+    id.set_sensitive(true);
+    id
 }
 
 fn new_request_id() -> HeaderValue {
