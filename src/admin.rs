@@ -59,6 +59,12 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Pr
         },
         (&Method::POST, ["upstreams", name, "drain"]) => drain(&state, name, &query).await,
         (&Method::POST, ["upstreams", name, "undrain"]) => undrain(&state, name),
+        (&Method::POST, ["upstreams", name, "endpoints", addr, "drain"]) => {
+            drain_endpoint(&state, name, addr, &query).await
+        }
+        (&Method::POST, ["upstreams", name, "endpoints", addr, "undrain"]) => {
+            undrain_endpoint(&state, name, addr)
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             "not found; see GET /config, /upstreams, /metrics\n",
@@ -207,7 +213,7 @@ fn ramps_json(table: &crate::table::Table) -> Value {
 }
 
 fn endpoint_json(upstream: &Upstream, e: &Endpoint) -> Value {
-    let state = if upstream.is_draining() {
+    let state = if upstream.is_draining() || e.is_draining() {
         "draining"
     } else {
         e.state().as_str()
@@ -216,6 +222,7 @@ fn endpoint_json(upstream: &Upstream, e: &Endpoint) -> Value {
     json!({
         "address": e.addr.to_string(),
         "configured_as": e.configured_as,
+        "draining": e.is_draining(),
         "state": state,
         "in_flight": e.in_flight(),
         "consecutive_passes": counter.passes,
@@ -251,29 +258,85 @@ fn find(state: &AppState, name: &str) -> Option<Arc<Upstream>> {
     state.shared.live.load().upstream(name).cloned()
 }
 
+/// `?timeout=` of a drain: how long the call waits for the in-flight
+/// count to reach 0 (operator input: clamped, and 30 s when it does not
+/// parse).
+fn drain_wait(query: &str) -> Duration {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("timeout="))
+        .and_then(|t| crate::config::parse_duration(t).ok())
+        .unwrap_or(DEFAULT_DRAIN_WAIT)
+        .min(MAX_DRAIN_WAIT)
+}
+
+/// Waits until `in_flight` reads 0 or `wait` passes; what it read last.
+async fn wait_in_flight(wait: Duration, in_flight: impl Fn() -> usize) -> usize {
+    let deadline = Instant::now() + wait;
+    while in_flight() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    in_flight()
+}
+
 async fn drain(state: &AppState, name: &str, query: &str) -> Response<ProxyBody> {
     let Some(upstream) = find(state, name) else {
         return text(StatusCode::NOT_FOUND, "unknown upstream\n");
     };
-    let wait = query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("timeout="))
-        .and_then(|t| crate::config::parse_duration(t).ok())
-        .unwrap_or(DEFAULT_DRAIN_WAIT);
     upstream.draining.store(true, Ordering::Relaxed);
     tracing::info!(upstream = %name, "draining");
-    // Clamped: `?timeout=` is operator input and must not overflow.
-    let deadline = Instant::now() + wait.min(MAX_DRAIN_WAIT);
     // Reads the live table each round: a reload during the wait swaps the
     // Upstream object but keeps the endpoints (and their counts).
-    let in_flight = || find(state, name).map_or(0, |u| u.in_flight());
-    while in_flight() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let left = in_flight();
+    let left = wait_in_flight(drain_wait(query), || {
+        find(state, name).map_or(0, |u| u.in_flight())
+    })
+    .await;
     json_response(
         StatusCode::OK,
         &json!({ "upstream": name, "in_flight": left, "drained": left == 0 }),
+    )
+}
+
+/// The endpoint `addr` (as `/upstreams` lists it) of upstream `name` in the
+/// live table.
+fn find_endpoint(state: &AppState, name: &str, addr: &str) -> Option<Arc<Endpoint>> {
+    let upstream = find(state, name)?;
+    upstream
+        .endpoints
+        .iter()
+        .find(|e| e.addr.to_string() == addr)
+        .cloned()
+}
+
+/// Drains one endpoint: no new requests to it (the rest of its upstream
+/// takes them), waits for its own in-flight requests only.
+async fn drain_endpoint(
+    state: &AppState,
+    name: &str,
+    addr: &str,
+    query: &str,
+) -> Response<ProxyBody> {
+    let Some(endpoint) = find_endpoint(state, name, addr) else {
+        return text(StatusCode::NOT_FOUND, "unknown upstream or endpoint\n");
+    };
+    endpoint.set_draining(true);
+    tracing::info!(upstream = %name, endpoint = %addr, "draining endpoint");
+    let left = wait_in_flight(drain_wait(query), || endpoint.in_flight()).await;
+    json_response(
+        StatusCode::OK,
+        &json!({ "upstream": name, "endpoint": addr, "in_flight": left, "drained": left == 0 }),
+    )
+}
+
+fn undrain_endpoint(state: &AppState, name: &str, addr: &str) -> Response<ProxyBody> {
+    let Some(endpoint) = find_endpoint(state, name, addr) else {
+        return text(StatusCode::NOT_FOUND, "unknown upstream or endpoint\n");
+    };
+    endpoint.set_draining(false);
+    tracing::info!(upstream = %name, endpoint = %addr, "endpoint undrained");
+    json_response(
+        StatusCode::OK,
+        &json!({ "upstream": name, "endpoint": addr, "draining": false }),
     )
 }
 

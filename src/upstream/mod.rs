@@ -66,6 +66,10 @@ pub struct Endpoint {
     /// Set when a table holding the endpoint was committed: from then on
     /// its probes are recorded in the metrics.
     committed: AtomicBool,
+    /// Drained by the operator (`POST .../endpoints/ADDR/drain`): no new
+    /// requests, still probed. Lives on the endpoint, so a reload that keeps
+    /// the endpoint keeps the drain.
+    draining: AtomicBool,
     /// Wakes the probe task when its settings change on a reload.
     pub(crate) settings_changed: Arc<tokio::sync::Notify>,
     pub pool: Pool,
@@ -103,6 +107,7 @@ impl Endpoint {
             health_spec: Mutex::new(None),
             gauges: std::sync::OnceLock::new(),
             committed: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             settings_changed: Arc::new(tokio::sync::Notify::new()),
             pool: Pool::default(),
         }
@@ -143,6 +148,14 @@ impl Endpoint {
         if !self.committed.swap(true, Ordering::Relaxed) {
             self.set_gauges(gauges());
         }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
     }
 
     /// Whether a committed table holds the endpoint.
@@ -417,7 +430,7 @@ impl Upstream {
 }
 
 fn usable(e: &Endpoint) -> bool {
-    e.state() == State::Healthy
+    e.state() == State::Healthy && !e.is_draining()
 }
 
 /// The `i`-th endpoint that passes `ok`; if one became unusable since they

@@ -3,6 +3,7 @@
 
 mod cli;
 mod cutover;
+mod delivery;
 mod examples;
 mod failover;
 mod forwarding;
