@@ -184,6 +184,7 @@ fn config_json(state: &AppState) -> Value {
             "gate_timeout_seconds": p.gate_timeout.as_secs_f64(),
         })),
         "ramps": ramps_json(&table),
+        "rollbacks": rollbacks_json(&table),
     })
 }
 
@@ -194,7 +195,10 @@ fn ramps_json(table: &crate::table::Table) -> Value {
         .routes()
         .iter()
         .filter_map(|r| {
-            let ramp = r.ramp.as_ref().filter(|x| x.progress(now) < 1.0)?;
+            let ramp = r
+                .ramp
+                .as_ref()
+                .filter(|x| x.progress(now) < 1.0 && x.rolled_back().is_none())?;
             let weights: serde_json::Map<String, Value> = ramp
                 .upstreams()
                 .filter_map(|u| {
@@ -207,6 +211,35 @@ fn ramps_json(table: &crate::table::Table) -> Value {
             Some(
                 json!({ "route": r.spec.name, "progress": ramp.progress(now), "weights": weights }),
             )
+        })
+        .collect();
+    json!(list)
+}
+
+/// Ramps rolled back, until a reload changes their route.
+fn rollbacks_json(table: &crate::table::Table) -> Value {
+    let list: Vec<Value> = table
+        .routes
+        .routes()
+        .iter()
+        .filter_map(|r| {
+            let ramp = r.ramp.as_ref()?;
+            let rolled = ramp.rolled_back()?;
+            let spec = ramp.guard.as_ref()?.spec;
+            let weights: serde_json::Map<String, Value> = rolled
+                .weights
+                .iter()
+                .map(|(name, w)| (name.clone(), json!(w)))
+                .collect();
+            let reason = format!(
+                "{}: {} of {} attempts failed in the last {:?} (more than {} %)",
+                rolled.member,
+                rolled.failures,
+                rolled.attempts,
+                spec.window,
+                spec.max_error_rate * 100.0
+            );
+            Some(json!({ "route": r.spec.name, "reason": reason, "at": rfc3339(rolled.at), "weights": weights }))
         })
         .collect();
     json!(list)

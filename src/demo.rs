@@ -90,6 +90,8 @@ struct Shared {
     ready_checks: AtomicU64,
     /// Added before every answer outside `/debug/` (a slow deployment).
     delay_ms: AtomicU64,
+    /// With N > 0, every Nth request outside `/debug/` answers 500.
+    errors_every: AtomicU64,
     reporter: HealthReporter,
     health: HealthServer<HealthService>,
     /// Serialises publications to the reporter, see [`Shared::sync_health`].
@@ -114,6 +116,7 @@ impl Deployment {
             requests: AtomicU64::new(0),
             ready_checks: AtomicU64::new(0),
             delay_ms: AtomicU64::new(0),
+            errors_every: AtomicU64::new(0),
             reporter,
             health,
             health_sync: tokio::sync::Mutex::new(()),
@@ -172,6 +175,12 @@ impl Deployment {
     pub fn set_delay(&self, delay: std::time::Duration) {
         let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         self.shared.delay_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Makes every `n`th request outside `/debug/` answer 500 (0: none): a
+    /// deployment that fails a share of its requests.
+    pub fn set_errors_every(&self, n: u64) {
+        self.shared.errors_every.store(n, Ordering::Relaxed);
     }
 
     /// Requests served on `/debug/ready`.
@@ -277,7 +286,15 @@ async fn serve_connection(
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<DemoBody> {
     if !req.uri().path().starts_with("/debug/") {
-        shared.requests.fetch_add(1, Ordering::SeqCst);
+        let n = shared.requests.fetch_add(1, Ordering::SeqCst) + 1;
+        let every = shared.errors_every.load(Ordering::Relaxed);
+        if every > 0 && n.is_multiple_of(every) {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                TEXT_PLAIN,
+                "injected error\n",
+            );
+        }
         let delay = shared.delay_ms.load(Ordering::Relaxed);
         if delay > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;

@@ -37,6 +37,7 @@ pub struct Metrics {
     rate_limited: IntCounterVec,
     send_timeouts: IntCounterVec,
     stream_resets: IntCounterVec,
+    ramp_rollbacks: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -251,6 +252,12 @@ impl Metrics {
                 "HTTP/2 streams to upstreams that steer reset because the client went away before the response ended, by upstream",
                 &["upstream"],
             ),
+            ramp_rollbacks: counter_vec(
+                &registry,
+                "steer_ramp_rollbacks_total",
+                "Split ramps rolled back because an upstream they raise failed too often, by route",
+                &["route"],
+            ),
             cert_expiry: gauge_vec(
                 &registry,
                 "steer_tls_certificate_expiry_timestamp_seconds",
@@ -359,6 +366,10 @@ impl Metrics {
 
     pub fn connections(&self, listener: &str) -> IntGauge {
         self.connections.with_label_values(&[listener])
+    }
+
+    pub fn ramp_rollback(&self, route: &str) {
+        self.ramp_rollbacks.with_label_values(&[route]).inc();
     }
 
     pub fn send_timeouts(&self, listener: &str) -> IntCounter {

@@ -307,11 +307,12 @@ fn with_ramps(
             continue;
         };
         let to = fractions(parts);
-        if let Some(r) = old.ramp.as_ref().filter(|r| r.progress(now) < 1.0)
+        if let Some(r) = old.ramp.as_ref().filter(|r| r.governs(now))
             && by_name(&r.to, &prev.upstreams) == by_name(&to, upstreams)
         {
             // Same destination (a DNS refresh, an unrelated edit): the
-            // ramp in progress goes on where it is.
+            // ramp in progress goes on where it is, and one that was rolled
+            // back stays rolled back (its guard goes along).
             let from = r
                 .from
                 .iter()
@@ -324,13 +325,14 @@ fn with_ramps(
                     to,
                     start: r.start,
                     duration: r.duration,
+                    guard: r.guard.clone(),
                 },
                 true,
             ));
             continue;
         }
         let old_shares: Vec<(String, f64)> = match (&old.ramp, &old.spec.target) {
-            (Some(r), _) if r.progress(now) < 1.0 => r
+            (Some(r), _) if r.governs(now) => r
                 .upstreams()
                 .map(|u| (u, r.share(u, now)))
                 .map(|(u, w)| (prev.upstreams[u].name.clone(), w))
@@ -349,6 +351,17 @@ fn with_ramps(
             (from.iter().find(|(x, _)| x == u).map_or(0.0, |(_, f)| *f) - w).abs() < 1e-9
         });
         if !same {
+            let guard = route.spec.rollback.map(|spec| {
+                let share = |list: &[(usize, f64)], u: usize| {
+                    list.iter().find(|(x, _)| *x == u).map_or(0.0, |(_, w)| *w)
+                };
+                let raising = to
+                    .iter()
+                    .filter(|(u, w)| *w > share(&from, *u))
+                    .filter_map(|(u, _)| Some(upstreams.get(*u)?.name.clone()))
+                    .collect();
+                Arc::new(crate::routing::rollback::Guard::new(spec, raising))
+            });
             starts.push((
                 route.index,
                 Ramp {
@@ -356,6 +369,7 @@ fn with_ramps(
                     to,
                     start: now,
                     duration,
+                    guard,
                 },
                 false,
             ));

@@ -357,6 +357,9 @@ pub struct RouteSpec {
     /// With `split`: a reload that changes the weights moves the effective
     /// weights linearly from the old to the new over this time.
     pub ramp: Option<Duration>,
+    /// With `ramp`: when a member the ramp raises fails too often, the
+    /// ramp goes back to the weights it started from.
+    pub rollback: Option<RollbackSpec>,
     pub hosts: Vec<HostPattern>,
     pub path: Option<PathMatch>,
     pub methods: Vec<Method>,
@@ -373,6 +376,18 @@ pub struct RouteSpec {
     pub rate_limit: Option<RateLimitSpec>,
     /// Largest request body; 413 beyond it.
     pub max_body: Option<u64>,
+}
+
+/// `rollback = { max_error_rate = 0.05, min_requests = 20, window = "10s" }`
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RollbackSpec {
+    /// The failed share of a member's attempts above which the ramp is
+    /// rolled back (0 < rate < 1).
+    pub max_error_rate: f64,
+    /// Attempts a member needs in the window before its share counts.
+    pub min_requests: u32,
+    /// The sliding window the share is taken over (at least 1 s).
+    pub window: Duration,
 }
 
 /// `rate_limit = { requests = 20, per = "1s", burst = 40, key = "client_ip" }`

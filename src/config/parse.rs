@@ -14,7 +14,7 @@ use toml::de::{DeTable, DeValue};
 use super::walk::{Errors, Span, Table, as_integer, as_table, type_error};
 use super::{
     AdminSettings, AdminToken, ClientIpHeader, GateTimeout, RateKey, RateLimitSpec, ReloadSettings,
-    Warmup,
+    RollbackSpec, Warmup,
 };
 use super::{
     Balance, CertificateFiles, EndpointAddr, HeaderRules, HealthSpec, HostPattern, Listen,
@@ -63,6 +63,7 @@ const RELOAD_KEYS: &[&str] = &["gate_timeout", "on_gate_timeout"];
 const LOG_KEYS: &[&str] = &["access"];
 const WARMUP_KEYS: &[&str] = &["path", "host", "expect_body"];
 const HEADER_RULE_KEYS: &[&str] = &["set", "remove"];
+const ROLLBACK_KEYS: &[&str] = &["max_error_rate", "min_requests", "window"];
 
 /// Every table the parser reads with its keys, keyed by how
 /// docs/configuration.md heads its section (the docs test checks that the
@@ -87,6 +88,7 @@ pub(super) const INLINE: &[(&str, &str, &[&str])] = &[
     ("### `[[routes]]`", "rate_limit", RATE_LIMIT_KEYS),
     ("### `[[routes]]`", "request_headers", HEADER_RULE_KEYS),
     ("### `[health]`", "warmup", WARMUP_KEYS),
+    ("### `[[routes]]`", "rollback", ROLLBACK_KEYS),
 ];
 
 const TOP_KEYS: &[&str] = &[
@@ -895,6 +897,7 @@ const ROUTE_KEYS: &[&str] = &[
     "request_headers",
     "response_headers",
     "ramp",
+    "rollback",
     "rate_limit",
     "max_body",
 ];
@@ -964,10 +967,12 @@ fn route(errors: &mut Errors, t: &Table<'_, '_>, names: &Names) -> Option<RouteS
         }
         duration(errors, t, "ramp", Duration::ZERO)
     });
+    let rollback = rollback(errors, t, ramp.is_some());
     let spec = RouteSpec {
         name: name.unwrap_or_default(),
         at: t.span.start,
         ramp,
+        rollback,
         hosts: hosts(errors, t),
         path: path(errors, t),
         methods: methods(errors, t),
@@ -996,6 +1001,49 @@ fn route(errors: &mut Errors, t: &Table<'_, '_>, names: &Names) -> Option<RouteS
     Some(RouteSpec {
         target: target?,
         ..spec
+    })
+}
+
+/// `rollback = { max_error_rate, min_requests, window }`, only beside a
+/// `ramp`.
+fn rollback(errors: &mut Errors, t: &Table<'_, '_>, has_ramp: bool) -> Option<RollbackSpec> {
+    let table = t.table(errors, "rollback", "`rollback`")?;
+    if !has_ramp {
+        errors.push(
+            table.span.clone(),
+            "`rollback` applies only to a route with `ramp`",
+        );
+    }
+    table.check_keys(errors, ROLLBACK_KEYS);
+    let rate = |v: &DeValue<'_>| match v {
+        DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+        _ => None,
+    };
+    let max_error_rate = match table.get("max_error_rate").map(|v| (v, rate(v.get_ref()))) {
+        Some((_, Some(r))) if r > 0.0 && r < 1.0 => r,
+        Some((v, _)) => {
+            errors.push(
+                v.span(),
+                "`max_error_rate` must be a number between 0 and 1 (exclusive), like 0.05",
+            );
+            0.05
+        }
+        None => {
+            errors.push(table.span.clone(), "`rollback` needs `max_error_rate`");
+            0.05
+        }
+    };
+    let min_requests = positive(errors, &table, "min_requests", 20, u32::MAX);
+    let window = duration(errors, &table, "window", Duration::from_secs(10));
+    if window < Duration::from_secs(1)
+        && let Some(v) = table.get("window")
+    {
+        errors.push(v.span(), "`window` must be at least 1s");
+    }
+    Some(RollbackSpec {
+        max_error_rate,
+        min_requests,
+        window,
     })
 }
 

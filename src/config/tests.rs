@@ -619,3 +619,40 @@ mod reference {
         );
     }
 }
+
+#[test]
+fn rollback_is_validated_and_needs_a_ramp() {
+    let route = |extra: &str| {
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:8080\"\n[upstreams.blue]\nendpoints = [\"127.0.0.1:1\"]\n\
+             [upstreams.green]\nendpoints = [\"127.0.0.1:2\"]\n[[routes]]\nname = \"r\"\n\
+             split = {{ blue = 1, green = 1 }}\n{extra}"
+        )
+    };
+    let ok = route(
+        "ramp = \"1m\"\nrollback = { max_error_rate = 0.05, min_requests = 20, window = \"10s\" }\n",
+    );
+    let parsed = parse(&ok, std::path::Path::new("routes.toml"));
+    assert!(parsed.is_ok(), "{:?}", parsed.err().map(|e| e.messages()));
+    for (extra, says) in [
+        (
+            "rollback = { max_error_rate = 0.05, min_requests = 20, window = \"10s\" }\n",
+            "only to a route with `ramp`",
+        ),
+        (
+            "ramp = \"1m\"\nrollback = { max_error_rate = 1.5, min_requests = 20, window = \"10s\" }\n",
+            "between 0 and 1",
+        ),
+        (
+            "ramp = \"1m\"\nrollback = { max_error_rate = 0.05, min_requests = 0, window = \"10s\" }\n",
+            "`min_requests` must be between 1",
+        ),
+        (
+            "ramp = \"1m\"\nrollback = { max_error_rate = 0.05, min_requests = 20, window = \"500ms\" }\n",
+            "at least 1s",
+        ),
+    ] {
+        let errs = errors(&route(extra));
+        assert!(errs.iter().any(|e| e.contains(says)), "{extra}: {errs:?}");
+    }
+}

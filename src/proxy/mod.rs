@@ -275,7 +275,7 @@ fn choose<'t>(
         Target::Upstream(u) => try_one(*u),
         Target::Split(parts) => {
             let now = Instant::now();
-            let ramp = route.ramp.as_ref().filter(|r| r.progress(now) < 1.0);
+            let ramp = route.ramp.as_ref().filter(|r| r.governs(now));
             // A ramp in progress weighs by the effective shares (in parts
             // per million); otherwise the configured weights.
             let weight = |u: usize, w: u32| match ramp {
@@ -552,8 +552,13 @@ async fn forward(
             .pool
             .send(endpoint.dial(table.proxy.connect_timeout), request);
         let failed = match tokio::time::timeout_at(deadline, send).await {
-            Err(_) => return Err(ProxyError::Timeout(table.proxy.request_timeout)),
+            Err(_) => {
+                ramp_attempt(shared, table, route, upstream_index, true);
+                return Err(ProxyError::Timeout(table.proxy.request_timeout));
+            }
             Ok(Ok(sent)) => {
+                let server_error = sent.response.status().is_server_error();
+                ramp_attempt(shared, table, route, upstream_index, server_error);
                 if upstream.health.is_none() {
                     endpoint.record_passive_success();
                 }
@@ -575,6 +580,7 @@ async fn forward(
         if fault.malformed() {
             return Err(ProxyError::BadRequest("malformed request body"));
         }
+        ramp_attempt(shared, table, route, upstream_index, true);
         let error = failed.error;
         let unprocessed = failed.request.is_some() || error.unprocessed();
         blame(endpoint, upstream, &error, unprocessed);
@@ -596,6 +602,32 @@ async fn forward(
             _ if error.not_sent() => return Err(ProxyError::Connect(error)),
             _ => return Err(ProxyError::Broken(error)),
         }
+    }
+}
+
+/// Counts an attempt towards the route's ramp rollback, if one is
+/// watching; a rollback is logged and counted here.
+fn ramp_attempt(shared: &Shared, table: &Table, route: &Route, upstream: usize, failed: bool) {
+    let (Some(ramp), Some(member)) = (route.ramp.as_ref(), table.upstreams.get(upstream)) else {
+        return;
+    };
+    let now = Instant::now();
+    let Some(guard) = ramp.watching(now) else {
+        return;
+    };
+    let restore = || {
+        ramp.from
+            .iter()
+            .filter_map(|(u, w)| Some((table.upstreams.get(*u)?.name.clone(), *w)))
+            .collect()
+    };
+    if let Some(rolled) = guard.record(&member.name, failed, now, restore) {
+        shared.metrics.ramp_rollback(&route.spec.name);
+        tracing::warn!(route = %route.spec.name, upstream = %rolled.member,
+            failed = rolled.failures, attempts = rolled.attempts,
+            window = ?guard.spec.window, max_error_rate = guard.spec.max_error_rate,
+            weights = ?rolled.weights,
+            "ramp rolled back: the upstream it raises fails too often; the route is back at the weights the ramp started from");
     }
 }
 

@@ -11,6 +11,7 @@
 //! index found so far.
 
 mod client_ip;
+pub mod rollback;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -82,6 +83,8 @@ pub struct Ramp {
     pub to: Vec<(usize, f64)>,
     pub start: std::time::Instant,
     pub duration: std::time::Duration,
+    /// `rollback`: shared by the tables a ramp continues through.
+    pub guard: Option<std::sync::Arc<rollback::Guard>>,
 }
 
 impl Ramp {
@@ -94,12 +97,34 @@ impl Ramp {
             .min(1.0)
     }
 
-    /// The effective share of upstream `u` at `now`.
+    /// The effective share of upstream `u` at `now` (the start's share
+    /// once the ramp was rolled back).
     pub fn share(&self, u: usize, now: std::time::Instant) -> f64 {
         let of =
             |list: &[(usize, f64)]| list.iter().find(|(x, _)| *x == u).map_or(0.0, |(_, w)| *w);
+        if self.rolled_back().is_some() {
+            return of(&self.from);
+        }
         let p = self.progress(now);
         of(&self.from) * (1.0 - p) + of(&self.to) * p
+    }
+
+    pub fn rolled_back(&self) -> Option<&rollback::RolledBack> {
+        self.guard.as_ref()?.rolled_back()
+    }
+
+    /// Whether the ramp decides the shares at `now`: while it runs, and for
+    /// good once it was rolled back.
+    pub fn governs(&self, now: std::time::Instant) -> bool {
+        self.rolled_back().is_some() || self.progress(now) < 1.0
+    }
+
+    /// Whether attempts count towards a rollback at `now`: while the ramp
+    /// runs and for one window after it ends.
+    pub fn watching(&self, now: std::time::Instant) -> Option<&rollback::Guard> {
+        let guard = self.guard.as_deref()?;
+        let until = self.start + self.duration + guard.spec.window;
+        (guard.rolled_back().is_none() && now < until).then_some(guard)
     }
 
     /// Every upstream in either end of the ramp.

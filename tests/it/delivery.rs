@@ -125,3 +125,111 @@ async fn draining_one_endpoint_waits_for_its_own_requests_and_survives_reloads()
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+fn ramped(
+    blue: &steer::demo::Deployment,
+    green: &steer::demo::Deployment,
+    weights: &str,
+    ramp: &str,
+) -> String {
+    format!(
+        "{}{}[[routes]]\nname = \"r\"\nsplit = {{ {weights} }}\nramp = \"{ramp}\"\n\
+         rollback = {{ max_error_rate = 0.05, min_requests = 20, window = \"1s\" }}\n",
+        upstream_toml("blue", blue.addr(), "h2c"),
+        upstream_toml("green", green.addr(), "h2c")
+    )
+}
+
+async fn config(steer: &Steer) -> serde_json::Value {
+    call(request("GET", &format!("{}/config", steer.admin())))
+        .await
+        .json()
+}
+
+#[tokio::test]
+async fn a_ramp_toward_an_upstream_that_fails_rolls_back_within_its_window() {
+    let blue = upstream("blue").await;
+    let green = upstream("green").await;
+    green.set_errors_every(5);
+    let steer = Steer::start_ready(&ramped(&blue, &green, "blue = 100, green = 0", "4s")).await;
+    steer.write(&ramped(&blue, &green, "blue = 0, green = 100", "4s"));
+    let (_, reloaded) = post(&format!("{}/reload", steer.admin())).await;
+    assert!(reloaded.contains("\"pending\": false"), "{reloaded}");
+    let started = Instant::now();
+    let series = "steer_ramp_rollbacks_total{route=\"r\"}";
+    while metric(&steer.admin(), series).await < 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "no rollback before the ramp's end"
+        );
+        for _ in 0..20 {
+            call(request("GET", &steer.url("/x"))).await;
+        }
+    }
+    let c = config(&steer).await;
+    let rollbacks = c["rollbacks"].as_array().unwrap();
+    assert_eq!(rollbacks.len(), 1, "{c}");
+    assert_eq!(rollbacks[0]["route"], "r");
+    assert!(
+        rollbacks[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("green: "),
+        "{c}"
+    );
+    assert_eq!(rollbacks[0]["weights"]["blue"], 1.0);
+    assert_eq!(rollbacks[0]["weights"]["green"], 0.0);
+    assert_eq!(c["ramps"], serde_json::json!([]));
+    // Back at the start's weights at once, and for good.
+    for _ in 0..30 {
+        assert_eq!(
+            call(request("GET", &steer.url("/x"))).await.deployment(),
+            "blue"
+        );
+    }
+    // A reload of the same file keeps the rollback; one that changes the
+    // weights starts a new ramp.
+    let (_, same) = post(&format!("{}/reload", steer.admin())).await;
+    assert!(same.contains("\"pending\": false"), "{same}");
+    assert_eq!(
+        config(&steer).await["rollbacks"].as_array().unwrap().len(),
+        1
+    );
+    green.set_errors_every(0);
+    steer.write(&ramped(&blue, &green, "blue = 50, green = 50", "4s"));
+    post(&format!("{}/reload", steer.admin())).await;
+    let c = config(&steer).await;
+    assert_eq!(c["rollbacks"], serde_json::json!([]), "{c}");
+    assert_eq!(c["ramps"].as_array().unwrap().len(), 1, "{c}");
+}
+
+#[tokio::test]
+async fn a_ramp_toward_a_healthy_upstream_completes() {
+    let blue = upstream("blue").await;
+    let green = upstream("green").await;
+    let steer = Steer::start_ready(&ramped(&blue, &green, "blue = 100, green = 0", "1s")).await;
+    steer.write(&ramped(&blue, &green, "blue = 0, green = 100", "1s"));
+    post(&format!("{}/reload", steer.admin())).await;
+    let started = Instant::now();
+    loop {
+        let c = config(&steer).await;
+        if c["ramps"] == serde_json::json!([]) {
+            assert_eq!(c["rollbacks"], serde_json::json!([]), "{c}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{c}");
+        for _ in 0..20 {
+            call(request("GET", &steer.url("/x"))).await;
+        }
+    }
+    for _ in 0..20 {
+        assert_eq!(
+            call(request("GET", &steer.url("/x"))).await.deployment(),
+            "green"
+        );
+    }
+    assert_eq!(
+        metric(&steer.admin(), "steer_ramp_rollbacks_total{route=\"r\"}").await,
+        0.0
+    );
+}
