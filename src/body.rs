@@ -30,6 +30,16 @@ impl Inbound {
     }
 }
 
+impl Inbound {
+    /// The HTTP/2 stream's receive half, for a tunnel (extended CONNECT).
+    pub(crate) fn into_h2_recv(self) -> Option<h2::RecvStream> {
+        match self {
+            Inbound::Http2(b) => Some(b.recv),
+            _ => None,
+        }
+    }
+}
+
 impl From<Incoming> for Inbound {
     fn from(body: Incoming) -> Inbound {
         Inbound::Http1(body)

@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use super::Finished;
 use super::access::Access;
 use crate::client::H1Sender;
+use crate::server::OnConnect;
 use crate::upstream::InFlight;
 
 pub use crate::BoxError;
@@ -234,38 +235,55 @@ pub fn open_tunnels() -> usize {
     TUNNELS.load(Ordering::Relaxed)
 }
 
-/// Answers the client's upgrade with the upstream's 101 and splices the two
-/// upgraded connections together; the in-flight guard lives as long as the
-/// tunnel.
+/// The client's side of an upgrade: an HTTP/1.1 connection hyper hands
+/// over after the 101, or an HTTP/2 stream after the 200 to its extended
+/// CONNECT (RFC 8441).
+pub(super) enum ClientUpgrade {
+    H1(OnUpgrade),
+    H2(OnConnect, h2::RecvStream),
+}
+
+/// Answers the client's upgrade with the upstream's response (a 101, or
+/// for HTTP/2 the 200 `respond` made of it) and splices the client's side
+/// with the upstream's upgraded connection; the in-flight guard lives as
+/// long as the tunnel.
 pub(super) fn tunnel(
     mut upstream_resp: Response<Incoming>,
-    client: Option<OnUpgrade>,
+    client: ClientUpgrade,
     guard: InFlight,
     idle: std::time::Duration,
 ) -> Response<ProxyBody> {
     let upstream = hyper::upgrade::on(&mut upstream_resp);
-    if let Some(client) = client {
-        TUNNELS.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            // Counted until the tunnel ends, whichever way.
-            struct Open;
-            impl Drop for Open {
-                fn drop(&mut self) {
-                    TUNNELS.fetch_sub(1, Ordering::Relaxed);
-                }
+    TUNNELS.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(async move {
+        // Counted until the tunnel ends, whichever way.
+        struct Open;
+        impl Drop for Open {
+            fn drop(&mut self) {
+                TUNNELS.fetch_sub(1, Ordering::Relaxed);
             }
-            let _open = Open;
-            let (Ok(up), Ok(down)) = (upstream.await, client.await) else {
-                tracing::debug!("upgrade did not complete on one side");
-                return;
-            };
-            if let Err(e) = super::tunnel::splice(TokioIo::new(down), TokioIo::new(up), idle).await
-            {
-                tracing::debug!(error = %e, "upgraded connection ended");
-            }
-            drop(guard);
-        });
-    }
+        }
+        let _open = Open;
+        let Ok(up) = upstream.await else {
+            tracing::debug!("the upstream's upgrade did not complete");
+            return;
+        };
+        let up = TokioIo::new(up);
+        let ended = match client {
+            ClientUpgrade::H1(on) => match on.await {
+                Ok(down) => super::tunnel::splice(TokioIo::new(down), up, idle).await,
+                Err(e) => Err(std::io::Error::other(e)),
+            },
+            ClientUpgrade::H2(on, recv) => match on.tunnel(recv).await {
+                Ok(down) => super::tunnel::splice(down, up, idle).await,
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "upgraded connection ended");
+        }
+        drop(guard);
+    });
     let (parts, _) = upstream_resp.into_parts();
     Response::from_parts(parts, ProxyBody::empty())
 }

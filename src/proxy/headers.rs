@@ -515,5 +515,39 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
+/// The HTTP/1.1 handshake headers steer adds when it opens a WebSocket
+/// upstream for an HTTP/2 client (RFC 8441 §5: that client sends no key):
+/// `Connection: upgrade`, a nonce of 16 random bytes in base64 (RFC 6455
+/// §4.1), and version 13 unless the client named one.
+pub(crate) fn websocket_handshake(headers: &mut HeaderMap) {
+    use base64::Engine as _;
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    let nonce = fastrand::u128(..).to_le_bytes();
+    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    if let Ok(key) = HeaderValue::from_str(&key) {
+        headers.insert(header::SEC_WEBSOCKET_KEY, key);
+    }
+    headers
+        .entry(header::SEC_WEBSOCKET_VERSION)
+        .or_insert(HeaderValue::from_static("13"));
+}
+
+/// The client's 200 for an extended CONNECT, from the upstream's 101:
+/// the HTTP/1.1 upgrade headers and the key's answer mean nothing on an
+/// HTTP/2 stream (RFC 8441 §5); the subprotocol and extensions stay.
+pub(crate) fn websocket_accepted<B>(resp: &mut http::Response<B>) {
+    *resp.status_mut() = http::StatusCode::OK;
+    let headers = resp.headers_mut();
+    for name in [
+        header::UPGRADE,
+        header::CONNECTION,
+        header::SEC_WEBSOCKET_ACCEPT,
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(name);
+    }
+}
+
 #[cfg(test)]
 mod tests;

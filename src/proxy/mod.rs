@@ -22,7 +22,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 
 use access::Access;
-use body::UpstreamBody;
+use body::{ClientUpgrade, UpstreamBody};
 pub use body::{ProxyBody, open_tunnels};
 pub use errors::{Expects, ProxyError, error_response};
 use headers::{Hop, X_REQUEST_ID};
@@ -34,6 +34,7 @@ use crate::client::{ClientError, Fault, Replay, ReqBody, Source};
 use crate::config::Target;
 use crate::metrics::Metrics;
 use crate::routing::{self, RequestView, Route};
+use crate::server::OnConnect;
 use crate::table::Table;
 use crate::upstream::{Endpoint, InFlight};
 
@@ -163,11 +164,7 @@ async fn proxy(
         request::drop_underscored(req.headers_mut());
     }
     if req.method() == http::Method::CONNECT {
-        // Extended CONNECT (WebSocket over HTTP/2) is not offered, so every
-        // CONNECT asks for a tunnel: steer is no forward proxy.
-        return Err(ProxyError::MethodNotAllowed(
-            "CONNECT: steer is a reverse proxy, not a tunnel",
-        ));
+        websocket_connect(table, &mut req)?;
     }
     let raw_host = raw_host?;
     let host = raw_host.as_deref().map(routing::normalize_host);
@@ -235,6 +232,27 @@ async fn proxy(
         outcome,
     )
     .await
+}
+
+/// RFC 8441: an extended CONNECT for a WebSocket goes on as the GET that
+/// opens one over HTTP/1.1 (RFC 6455 §4.1), and is routed as that GET;
+/// any other CONNECT asks for a tunnel, and steer is no forward proxy.
+fn websocket_connect(table: &Table, req: &mut Request<Inbound>) -> Result<(), ProxyError> {
+    let Some(protocol) = req.extensions().get::<h2::ext::Protocol>() else {
+        return Err(ProxyError::MethodNotAllowed(
+            "CONNECT: steer is a reverse proxy, not a tunnel",
+        ));
+    };
+    let websocket = protocol.as_str().eq_ignore_ascii_case("websocket")
+        && table.proxy.upgrades.iter().any(|u| u == "websocket")
+        && req.extensions().get::<OnConnect>().is_some();
+    if !websocket {
+        return Err(ProxyError::NotImplemented(
+            "extended CONNECT: only :protocol websocket, when `upgrades` allows it",
+        ));
+    }
+    *req.method_mut() = http::Method::GET;
+    Ok(())
 }
 
 /// Header count and size limits, answered with 431 and a reason (hyper's
@@ -403,7 +421,7 @@ const MAX_RETRIES: u32 = 2;
 struct Prepared {
     request: Request<ReqBody>,
     aim: Aim,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_upgrade: Option<ClientUpgrade>,
     fault: Arc<Fault>,
     /// Set when there is somewhere else to send the request.
     resend: Option<resend::Resend>,
@@ -422,17 +440,37 @@ fn prepare(
     request_id: &HeaderValue,
 ) -> Result<Prepared, ProxyError> {
     let (mut parts, body) = req.into_parts();
-    let upgrade_to = (parts.version == Version::HTTP_11)
-        .then(|| headers::allowed_upgrade(&parts.headers, &table.proxy.upgrades))
-        .flatten();
+    // Only a WebSocket extended CONNECT (see `websocket_connect`) has one.
+    let h2_websocket = parts.extensions.remove::<OnConnect>();
+    let upgrade_to = if h2_websocket.is_some() {
+        Some(HeaderValue::from_static("websocket"))
+    } else {
+        (parts.version == Version::HTTP_11)
+            .then(|| headers::allowed_upgrade(&parts.headers, &table.proxy.upgrades))
+            .flatten()
+    };
     let upgrade = upgrade_to.is_some();
-    let client_upgrade = upgrade
-        .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
-        .flatten();
+    let (client_upgrade, body) = match h2_websocket {
+        Some(on) => {
+            let recv = body
+                .into_h2_recv()
+                .ok_or(ProxyError::BadRequest("extended CONNECT outside HTTP/2"))?;
+            (Some(ClientUpgrade::H2(on, recv)), Inbound::Empty)
+        }
+        None => {
+            let on = upgrade
+                .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
+                .flatten();
+            (on.map(ClientUpgrade::H1), body)
+        }
+    };
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     request::join_cookies(&mut parts.headers);
     if let Some(to) = upgrade_to {
         parts.headers.insert(header::UPGRADE, to);
+    }
+    if matches!(client_upgrade, Some(ClientUpgrade::H2(..))) {
+        headers::websocket_handshake(&mut parts.headers);
     }
     headers::apply_forwarding(&mut parts.headers, hop);
     headers::apply_rules(&mut parts.headers, &route.spec.request_headers);
@@ -668,7 +706,7 @@ fn respond(
     sent: crate::client::Sent,
     table: &Table,
     route: &Route,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_upgrade: Option<ClientUpgrade>,
     finished: Finished,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let crate::client::Sent {
@@ -691,21 +729,33 @@ fn respond(
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(response.headers_mut(), switching);
     headers::apply_rules(response.headers_mut(), &route.spec.response_headers);
-    if switching {
-        if client_upgrade.is_none() {
-            // A 101 the client did not ask for cannot be passed on.
-            let err = ProxyError::Broken(ClientError::BadRequest {
-                addr: finished.guard.endpoint().addr,
-                reason: "upstream switched protocols unasked",
-            });
-            return Err(err);
+    let unswitched = |reason| {
+        Err(ProxyError::Broken(ClientError::BadRequest {
+            addr: finished.guard.endpoint().addr,
+            reason,
+        }))
+    };
+    match client_upgrade {
+        // A 101 the client did not ask for cannot be passed on.
+        None if switching => return unswitched("upstream switched protocols unasked"),
+        Some(client) if switching => {
+            if matches!(client, ClientUpgrade::H2(..)) {
+                headers::websocket_accepted(&mut response);
+            }
+            return Ok(body::tunnel(
+                response,
+                client,
+                finished.guard,
+                table.proxy.tunnel_idle_timeout,
+            ));
         }
-        return Ok(body::tunnel(
-            response,
-            client_upgrade,
-            finished.guard,
-            table.proxy.tunnel_idle_timeout,
-        ));
+        // An HTTP/2 client takes any 2xx to its CONNECT as the tunnel
+        // (RFC 8441 §5): an upstream that answered the page instead of
+        // switching must not look like one.
+        Some(ClientUpgrade::H2(..)) if response.status().is_success() => {
+            return unswitched("upstream answered a WebSocket request without switching protocols");
+        }
+        _ => {}
     }
     let (parts, incoming) = response.into_parts();
     Ok(Response::from_parts(

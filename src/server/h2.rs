@@ -24,6 +24,7 @@ use http_body_util::BodyExt as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::conn::{self, OpenGuard};
+use super::h2_connect::{Handed, OnConnect};
 use super::io::StallReport;
 use super::{ClientResult, ConnCtx};
 use crate::body::Inbound;
@@ -58,7 +59,9 @@ pub(super) fn builder(settings: &crate::config::ProxySettings) -> h2::server::Bu
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
         .max_local_error_reset_streams(Some(MAX_ERROR_RESETS))
-        .max_send_buffer_size(SEND_BUFFER);
+        .max_send_buffer_size(SEND_BUFFER)
+        // RFC 8441: WebSocket over HTTP/2 (see `h2_connect`).
+        .enable_connect_protocol();
     b
 }
 
@@ -196,8 +199,17 @@ async fn stream(
     streams: Arc<Streams>,
     _open: OpenGuard,
 ) {
-    let (parts, recv) = req.into_parts();
+    let (mut parts, recv) = req.into_parts();
     let length = content_length(&parts.headers);
+    // RFC 8441 §4: an extended CONNECT carries `:protocol`; its stream
+    // becomes a tunnel if the request path answers 2xx.
+    let connect = (parts.method == http::Method::CONNECT
+        && parts.extensions.get::<h2::ext::Protocol>().is_some())
+    .then(|| {
+        let (on, hand) = OnConnect::new();
+        parts.extensions.insert(on);
+        hand
+    });
     let req = Request::from_parts(parts, Inbound::h2(recv, length));
     let handled = proxy::handle(streams.shared.clone(), streams.info.clone(), req);
     tokio::pin!(handled);
@@ -205,6 +217,11 @@ async fn stream(
         resp = &mut handled => resp,
         _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
     };
+    if let Some(hand) = connect
+        && resp.status().is_success()
+    {
+        return hand_over(resp, respond, hand).await;
+    }
     let (mut head, body) = resp.into_parts();
     let eos = body.is_end_stream();
     if !eos
@@ -213,16 +230,48 @@ async fn stream(
     {
         head.headers.insert(header::CONTENT_LENGTH, n.into());
     }
-    let send = match respond.send_response(Response::from_parts(head, ()), eos) {
-        Ok(send) => send,
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot send the response head");
-            respond.send_reset(Reason::INTERNAL_ERROR);
-            return;
-        }
+    let Some(send) = send_head(&mut respond, head, eos) else {
+        return;
     };
     if !eos {
         pipe(body, send, &streams).await;
+    }
+}
+
+/// Sends a response head; a head h2 refuses (a header HTTP/2 forbids)
+/// resets the stream.
+fn send_head(
+    respond: &mut SendResponse<Bytes>,
+    head: http::response::Parts,
+    eos: bool,
+) -> Option<SendStream<Bytes>> {
+    match respond.send_response(Response::from_parts(head, ()), eos) {
+        Ok(send) => Some(send),
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot send the response head");
+            respond.send_reset(Reason::INTERNAL_ERROR);
+            None
+        }
+    }
+}
+
+/// Sends the 200 of an extended CONNECT and gives the stream to the tunnel
+/// the request path set up; returns when the tunnel is gone.
+async fn hand_over(
+    resp: Response<ProxyBody>,
+    mut respond: SendResponse<Bytes>,
+    hand: tokio::sync::oneshot::Sender<Handed>,
+) {
+    // RFC 9110 §9.3.6: no framing headers on a 2xx to CONNECT.
+    let (mut head, _) = resp.into_parts();
+    head.headers.remove(header::CONTENT_LENGTH);
+    head.headers.remove(header::TRANSFER_ENCODING);
+    let Some(send) = send_head(&mut respond, head, false) else {
+        return;
+    };
+    let (handed, ended) = Handed::new(send);
+    if hand.send(handed).is_ok() {
+        let _ = ended.await;
     }
 }
 

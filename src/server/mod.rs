@@ -29,6 +29,8 @@ mod admin_listener;
 mod conn;
 pub(crate) use conn::now_ms;
 mod h2;
+mod h2_connect;
+pub(crate) use h2_connect::OnConnect;
 pub mod handover;
 mod io;
 pub mod listeners;

@@ -141,3 +141,196 @@ async fn upgrades_not_in_the_allowlist_are_served_as_plain_http() {
         assert!(headers.get("connection").is_none(), "{upgrade}: {seen}");
     }
 }
+
+/// The client's side of a WebSocket over HTTP/2 (RFC 8441): an extended
+/// CONNECT stream, read and written as bytes, with tungstenite doing the
+/// WebSocket framing (masked, as a browser's client frames are).
+struct ConnectStream {
+    send: h2::SendStream<bytes::Bytes>,
+    recv: h2::RecvStream,
+    unread: bytes::Bytes,
+}
+
+impl tokio::io::AsyncRead for ConnectStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        if self.unread.is_empty() {
+            match self.recv.poll_data(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(std::io::Error::other(e))),
+                Poll::Ready(Some(Ok(chunk))) => {
+                    let _ = self.recv.flow_control().release_capacity(chunk.len());
+                    self.unread = chunk;
+                }
+            }
+        }
+        let n = self.unread.len().min(out.remaining());
+        let take = self.unread.split_to(n);
+        out.put_slice(&take);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for ConnectStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        self.send.reserve_capacity(data.len());
+        let room = loop {
+            if self.send.capacity() > 0 {
+                break self.send.capacity();
+            }
+            match self.send.poll_capacity(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(_))) => {}
+                _ => return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+            }
+        };
+        let n = room.min(data.len());
+        let chunk = bytes::Bytes::copy_from_slice(&data[..n]);
+        self.send
+            .send_data(chunk, false)
+            .map_err(std::io::Error::other)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let _ = self.send.send_data(bytes::Bytes::new(), true);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Opens an h2c connection to `addr` and sends an extended CONNECT for
+/// `path` with `:protocol` = `protocol`; the response and, on a 2xx, the
+/// stream as a WebSocket.
+async fn h2_connect(
+    addr: std::net::SocketAddr,
+    path: &str,
+    protocol: &str,
+) -> (
+    http::Response<()>,
+    Option<tokio_tungstenite::WebSocketStream<ConnectStream>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    // Known once steer's SETTINGS have arrived.
+    eventually("steer advertises SETTINGS_ENABLE_CONNECT_PROTOCOL", || {
+        let enabled = send.is_extended_connect_protocol_enabled();
+        async move { enabled }
+    })
+    .await;
+    let mut req = http::Request::connect(format!("http://{addr}{path}"))
+        .header("sec-websocket-version", "13")
+        .body(())
+        .unwrap();
+    req.extensions_mut()
+        .insert(h2::ext::Protocol::from(protocol));
+    let (resp, stream) = send.send_request(req, false).unwrap();
+    let resp = resp.await.unwrap();
+    let (head, mut recv) = resp.into_parts();
+    let resp = http::Response::from_parts(head, ());
+    if !resp.status().is_success() {
+        let mut text = Vec::new();
+        while let Some(Ok(chunk)) = recv.data().await {
+            text.extend_from_slice(&chunk);
+        }
+        eprintln!("{}: {}", resp.status(), String::from_utf8_lossy(&text));
+        return (resp, None);
+    }
+    let io = ConnectStream {
+        send: stream,
+        recv,
+        unread: bytes::Bytes::new(),
+    };
+    let role = tokio_tungstenite::tungstenite::protocol::Role::Client;
+    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, role, None).await;
+    (resp, Some(ws))
+}
+
+#[tokio::test]
+async fn websocket_over_http2_reaches_an_http1_websocket_upstream() {
+    for protocol in ["http1", "h2c"] {
+        let echo = echo_server().await;
+        // Routed like the GET it becomes: a GET-only route takes it.
+        let body = format!(
+            "[upstreams.ws]\nendpoints = [\"{echo}\"]\nprotocol = \"{protocol}\"\nhealth = false\n\n\
+             [[routes]]\nname = \"ws\"\npath_prefix = \"/socket\"\nmethods = [\"GET\"]\nupstream = \"ws\"\n"
+        );
+        let steer = Steer::start_ready(&body).await;
+        let (resp, ws) = h2_connect(steer.addr(), "/socket", "websocket").await;
+        assert_eq!(resp.status(), 200, "{protocol}: {resp:?}");
+        assert!(resp.headers().get("sec-websocket-accept").is_none());
+        assert!(resp.headers().get("upgrade").is_none());
+        let mut ws = ws.unwrap();
+        let hello = ws.next().await.unwrap().unwrap();
+        // The client's :authority is the Host the upstream saw.
+        assert_eq!(
+            hello.into_text().unwrap().as_str(),
+            format!("host={}", steer.addr()),
+            "{protocol}"
+        );
+        for i in 0..3 {
+            ws.send(Message::text(format!("ping {i}"))).await.unwrap();
+            let back = ws.next().await.unwrap().unwrap();
+            assert_eq!(back.into_text().unwrap().as_str(), format!("ping {i}"));
+        }
+        // Larger than every window steer grants: flow control both ways.
+        ws.send(Message::binary(vec![7u8; 3_000_000]))
+            .await
+            .unwrap();
+        let back = ws.next().await.unwrap().unwrap();
+        assert_eq!(back.into_data().len(), 3_000_000, "{protocol}");
+        // The tunnel holds the endpoint's in-flight count until it ends.
+        assert_eq!(in_flight(&steer.admin()).await, 1, "{protocol}");
+        ws.close(None).await.unwrap();
+        // The close handshake done, the client ends its stream, as a
+        // browser does.
+        while ws.next().await.is_some() {}
+        drop(ws);
+        eventually("the tunnel is closed", || async {
+            in_flight(&steer.admin()).await == 0
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn extended_connect_for_other_protocols_or_without_websocket_in_upgrades_gets_501() {
+    let echo = echo_server().await;
+    let body = format!(
+        "[upstreams.ws]\nendpoints = [\"{echo}\"]\nhealth = false\n\n[[routes]]\nname = \"ws\"\nupstream = \"ws\"\n"
+    );
+    let steer = Steer::start_ready(&body).await;
+    let (resp, _) = h2_connect(steer.addr(), "/socket", "made-up").await;
+    assert_eq!(resp.status(), 501);
+    let closed = Steer::start_ready_with("upgrades = []", &body).await;
+    let (resp, _) = h2_connect(closed.addr(), "/socket", "websocket").await;
+    assert_eq!(resp.status(), 501);
+}
+
+async fn in_flight(admin: &str) -> u64 {
+    let v = call(request("GET", &format!("{admin}/upstreams")))
+        .await
+        .json();
+    v["upstreams"][0]["in_flight"].as_u64().unwrap()
+}
