@@ -82,7 +82,10 @@ pub async fn start_with(path: &Path, upgrade: bool) -> anyhow::Result<Running> {
     let loaded = config.clone();
     let tls_store = match config.tls.is_empty() {
         true => None,
-        false => Some(Arc::new(TlsStore::new(&config.tls)?)),
+        false => Some(Arc::new(TlsStore::new(
+            &config.tls,
+            config.listen.client_auth.as_ref(),
+        )?)),
     };
     let upgrade_socket = config.listen.upgrade_socket.clone();
     let mut table = Table::build(config, None, &hook, &metrics).await;

@@ -99,6 +99,8 @@ struct Plan {
     config: Config,
     /// Certificates to serve from the commit on (their paths changed).
     certs: Option<crate::tls::CertSet>,
+    /// Client certificate verification from the commit on (changed).
+    client_auth: Option<crate::tls::ClientAuthPlan>,
 }
 
 impl ReloadError {
@@ -136,27 +138,45 @@ impl Reloader {
     }
 
     /// Re-reads certificate files whose content changed (in place or by a
-    /// Secret's symlink swap). A broken file keeps the old certificate and
-    /// is reported like a rejected config.
+    /// Secret's symlink swap): served certificates, the client CA and
+    /// upstream client certificates. A broken file keeps what it held
+    /// before in use and is reported like a rejected config, until every
+    /// file is fine again.
     pub fn refresh_certificates(&self) {
-        let Some(store) = &self.tls else { return };
-        match store.refresh() {
-            Ok(false) => {}
-            Ok(true) => {
-                self.shared.metrics.certificates(&store.current().certs);
-                tracing::info!("certificates reloaded");
-                // A fixed pair clears the error its broken version left.
-                *lock(&self.cert_error) = None;
-            }
-            Err(e) => {
-                let text = e.to_string();
-                let mut cert_error = lock(&self.cert_error);
-                if cert_error.as_deref() != Some(text.as_str()) {
-                    tracing::error!(error = %text, "certificate rejected; the old one is still served");
-                    self.shared.metrics.reload(false);
-                    *cert_error = Some(text);
+        let mut errors = Vec::new();
+        if let Some(store) = &self.tls {
+            match store.refresh() {
+                Ok(false) => {}
+                Ok(true) => {
+                    self.shared.metrics.certificates(&store.current().certs);
+                    tracing::info!("certificates reloaded");
                 }
+                Err(e) => errors.push(e.to_string()),
             }
+            match store.refresh_client_auth() {
+                Ok(false) => {}
+                Ok(true) => tracing::info!("client CA reloaded; new handshakes verify against it"),
+                Err(e) => errors.push(format!("[listen.client_auth]: {e}")),
+            }
+        }
+        for cert in &self.shared.live.load().client_certs {
+            match cert.refresh() {
+                Ok(false) => {}
+                Ok(true) => tracing::info!(cert = %cert.cert_path().display(),
+                    "upstream client certificate reloaded; new connections present it"),
+                Err(e) => errors.push(format!("upstream client certificate: {e}")),
+            }
+        }
+        let mut cert_error = lock(&self.cert_error);
+        if errors.is_empty() {
+            *cert_error = None;
+            return;
+        }
+        let text = errors.join("\n");
+        if cert_error.as_deref() != Some(text.as_str()) {
+            tracing::error!(error = %text, "certificate rejected; the one before is still in use");
+            self.shared.metrics.reload(false);
+            *cert_error = Some(text);
         }
     }
 
@@ -286,6 +306,18 @@ impl Reloader {
             }
             _ => None,
         };
+        let client_auth = match &self.tls {
+            Some(store) if store.client_auth() != parsed.listen.client_auth => {
+                let verifier = parsed
+                    .listen
+                    .client_auth
+                    .as_ref()
+                    .map(crate::tls::client_verifier)
+                    .transpose()?;
+                Some(store.plan_client_auth(verifier)?)
+            }
+            _ => None,
+        };
         let (table, config) = self
             .build_off_worker(parsed, current.clone())
             .await
@@ -297,6 +329,7 @@ impl Reloader {
             table,
             config,
             certs,
+            client_auth,
         })
     }
 
@@ -308,6 +341,7 @@ impl Reloader {
             mut table,
             config,
             certs,
+            client_auth,
         } = plan;
         let current = self.shared.live.load_full();
         if config.listen != current.listen
@@ -318,6 +352,9 @@ impl Reloader {
             listeners.apply(&config.listen, &config.proxy, None)?;
         }
         if let Some(store) = &self.tls {
+            if let Some(plan) = client_auth {
+                store.install_client_auth(plan);
+            }
             match certs {
                 Some(set) => {
                     store.install(set, &config.tls);

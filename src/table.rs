@@ -25,7 +25,7 @@ use crate::health::probe;
 use crate::metrics::Metrics;
 use crate::proxy::ratelimit::RateLimiter;
 use crate::routing::{Ramp, RouteTable, fractions};
-use crate::tls::client::UpstreamTls;
+use crate::tls::client::{ClientCert, UpstreamTls};
 use crate::upstream::{Endpoint, Upstream};
 
 pub use crate::health::probe::ProbeHook;
@@ -50,6 +50,9 @@ pub struct Table {
     pub limiters: Vec<Option<Arc<RateLimiter>>>,
     /// Pre-resolved metric handles, indexed like `routes` and `upstreams`.
     pub metrics: crate::metrics::TableMetrics,
+    /// The client certificates upstreams present (`tls_client_cert`), one
+    /// per pair of files; re-read in place when the files change.
+    pub client_certs: Vec<Arc<ClientCert>>,
 }
 
 /// (upstream, how the endpoint is configured + protocol + TLS settings,
@@ -79,15 +82,27 @@ struct TlsFactory<'a> {
 }
 
 impl<'a> TlsFactory<'a> {
-    fn new(spec: &'a UpstreamSpec) -> TlsFactory<'a> {
+    /// `certs` holds the client certificates of the table being built; one
+    /// the previous table has for the same files is shared, not re-read.
+    fn new(
+        spec: &'a UpstreamSpec,
+        previous: Option<&Table>,
+        certs: &mut Vec<Arc<ClientCert>>,
+    ) -> TlsFactory<'a> {
         // The CA file's content is part of the identity: a changed bundle
         // under the same path gives new endpoints (and new connections).
+        // A client certificate's content is not: it is swapped under the
+        // same endpoints (`tls::client::refresh_client_certs`).
         let ca_hash = spec
             .tls_ca
             .as_ref()
             .and_then(|p| crate::config::read::read(p).ok())
             .map(|b| crate::config::content_hash(&b));
-        let id = format!("{:?}|{:?}|{:?}", spec.tls_ca, ca_hash, spec.tls_server_name);
+        let client = spec.tls_client_cert.as_ref().map(|f| (&f.cert, &f.key));
+        let id = format!(
+            "{:?}|{:?}|{:?}|{:?}",
+            spec.tls_ca, ca_hash, spec.tls_server_name, client
+        );
         if spec.protocol != Protocol::Https {
             return TlsFactory {
                 spec,
@@ -95,8 +110,24 @@ impl<'a> TlsFactory<'a> {
                 id: String::new(),
             };
         }
-        let configs = crate::tls::client::client_configs(spec.tls_ca.as_deref())
-            .map_err(|e| tracing::error!(upstream = %spec.name, error = %e, "cannot set up TLS to this upstream; its requests will fail"))
+        let fail = |e: crate::tls::TlsError| tracing::error!(upstream = %spec.name, error = %e, "cannot set up TLS to this upstream; its requests will fail");
+        let cert = match spec
+            .tls_client_cert
+            .as_ref()
+            .map(|files| client_cert(files, previous, certs))
+        {
+            Some(Err(e)) => {
+                fail(e);
+                return TlsFactory {
+                    spec,
+                    configs: None,
+                    id,
+                };
+            }
+            loaded => loaded.and_then(Result::ok),
+        };
+        let configs = crate::tls::client::client_configs(spec.tls_ca.as_deref(), cert)
+            .map_err(fail)
             .ok();
         TlsFactory { spec, configs, id }
     }
@@ -119,6 +150,25 @@ impl<'a> TlsFactory<'a> {
             }
         }
     }
+}
+
+/// The client certificate for `files`: already in `certs`, else the
+/// previous table's, else read now; listed in `certs` either way.
+fn client_cert(
+    files: &CertificateFiles,
+    previous: Option<&Table>,
+    certs: &mut Vec<Arc<ClientCert>>,
+) -> Result<Arc<ClientCert>, crate::tls::TlsError> {
+    if let Some(c) = certs.iter().find(|c| c.is_from(files)) {
+        return Ok(c.clone());
+    }
+    let kept = previous.and_then(|t| t.client_certs.iter().find(|c| c.is_from(files)));
+    let cert = match kept {
+        Some(c) => c.clone(),
+        None => ClientCert::load(files)?,
+    };
+    certs.push(cert.clone());
+    Ok(cert)
 }
 
 impl Table {
@@ -144,8 +194,9 @@ impl Table {
             }
         }
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
+        let mut client_certs = Vec::new();
         for spec in &config.upstreams {
-            let tls = TlsFactory::new(spec);
+            let tls = TlsFactory::new(spec, previous, &mut client_certs);
             let mut endpoints: Vec<Arc<Endpoint>> = Vec::new();
             for configured in &spec.endpoints {
                 for addr in resolve(configured, spec, previous).await {
@@ -213,6 +264,7 @@ impl Table {
             upstream_specs: config.upstreams,
             metrics: table_metrics,
             limiters,
+            client_certs,
         }
     }
 

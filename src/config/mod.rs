@@ -132,6 +132,23 @@ pub struct Listen {
     pub https: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub upgrade_socket: Option<PathBuf>,
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// `[listen.client_auth]`: client certificates on the https listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    /// PEM bundle of the CAs a client certificate must chain to.
+    pub ca: PathBuf,
+    pub mode: ClientAuthMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthMode {
+    /// A handshake without a valid client certificate fails.
+    Require,
+    /// A client may send none; one it sends must be valid.
+    Request,
 }
 
 #[derive(Debug, Clone)]
@@ -311,6 +328,8 @@ pub struct UpstreamSpec {
     pub health: Option<HealthSpec>,
     pub tls_ca: Option<PathBuf>,
     pub tls_server_name: Option<String>,
+    /// The certificate and key steer presents to the upstream (mutual TLS).
+    pub tls_client_cert: Option<CertificateFiles>,
 }
 
 /// A host condition, lower-cased, without port.

@@ -17,9 +17,9 @@ use super::{
     RollbackSpec, Warmup,
 };
 use super::{
-    Balance, CertificateFiles, EndpointAddr, HeaderRules, HealthSpec, HostPattern, Listen,
-    LogSettings, PathMatch, Protocol, ProxySettings, RouteSpec, Target, UpstreamSpec, parse_cidr,
-    parse_duration,
+    Balance, CertificateFiles, ClientAuth, ClientAuthMode, EndpointAddr, HeaderRules, HealthSpec,
+    HostPattern, Listen, LogSettings, PathMatch, Protocol, ProxySettings, RouteSpec, Target,
+    UpstreamSpec, parse_cidr, parse_duration,
 };
 
 pub(super) struct Parsed {
@@ -33,7 +33,8 @@ pub(super) struct Parsed {
     pub(super) routes: Vec<super::RouteSpec>,
 }
 
-const LISTEN_KEYS: &[&str] = &["http", "https", "admin", "upgrade_socket"];
+const LISTEN_KEYS: &[&str] = &["http", "https", "admin", "upgrade_socket", "client_auth"];
+const CLIENT_AUTH_KEYS: &[&str] = &["ca", "mode"];
 const TLS_KEYS: &[&str] = &["certificates"];
 const CERTIFICATE_KEYS: &[&str] = &["cert", "key"];
 const PROXY_KEYS: &[&str] = &[
@@ -71,6 +72,7 @@ const ROLLBACK_KEYS: &[&str] = &["max_error_rate", "min_requests", "window"];
 #[cfg(test)]
 pub(super) const SECTIONS: &[(&str, &[&str])] = &[
     ("### `[listen]`", LISTEN_KEYS),
+    ("### `[listen.client_auth]`", CLIENT_AUTH_KEYS),
     ("### `[[tls.certificates]]`", CERTIFICATE_KEYS),
     ("### `[proxy]`", PROXY_KEYS),
     ("### `[health]`", HEALTH_KEYS),
@@ -177,6 +179,7 @@ fn listen(errors: &mut Errors, root: &Table<'_, '_>, base: &Path) -> Listen {
         https: None,
         admin: None,
         upgrade_socket: None,
+        client_auth: None,
     };
     let Some(table) = root.table(errors, "listen", "[listen]") else {
         if root.get("listen").is_none() {
@@ -211,7 +214,47 @@ fn listen(errors: &mut Errors, root: &Table<'_, '_>, base: &Path) -> Listen {
             "[listen] needs at least one of `http` or `https`",
         );
     }
+    if let Some(auth) = table.table(errors, "client_auth", "[listen.client_auth]") {
+        listen.client_auth = client_auth(errors, &auth, base);
+        if listen.https.is_none() {
+            errors.push(
+                auth.span.clone(),
+                "[listen.client_auth] needs an `https` listener",
+            );
+        }
+    }
     listen
+}
+
+/// `[listen.client_auth]`: the CA bundle must build a verifier now, so
+/// that `steer check` and a reload reject what a handshake would.
+fn client_auth(errors: &mut Errors, t: &Table<'_, '_>, base: &Path) -> Option<ClientAuth> {
+    t.check_keys(errors, CLIENT_AUTH_KEYS);
+    let mode = match t.str(errors, "mode") {
+        None | Some(("require", _)) => ClientAuthMode::Require,
+        Some(("request", _)) => ClientAuthMode::Request,
+        Some((other, span)) => {
+            errors.push(
+                span,
+                format!("`mode` must be \"require\" or \"request\"; got `{other}`"),
+            );
+            ClientAuthMode::Require
+        }
+    };
+    let (file, span) = t.required_str(errors, "ca")?;
+    let ca = base.join(file);
+    if let Some(problem) = file_problem(&ca) {
+        errors.push(span, format!("`ca` file `{}` {problem}", ca.display()));
+        return None;
+    }
+    let auth = ClientAuth { ca, mode };
+    match crate::tls::client_verifier(&auth) {
+        Ok(_) => Some(auth),
+        Err(e) => {
+            errors.push(span, format!("`ca`: {e}"));
+            None
+        }
+    }
 }
 
 fn tls(errors: &mut Errors, root: &Table<'_, '_>, base: &Path) -> Vec<CertificateFiles> {
@@ -747,6 +790,8 @@ const UPSTREAM_KEYS: &[&str] = &[
     "health",
     "tls_ca",
     "tls_server_name",
+    "tls_client_cert",
+    "tls_client_key",
 ];
 
 fn upstream(
@@ -808,7 +853,7 @@ fn upstream(
             );
             return None;
         }
-        match crate::tls::client::client_configs(Some(&path)) {
+        match crate::tls::client::client_configs(Some(&path), None) {
             Ok(_) => Some(path),
             Err(e) => {
                 errors.push(span, format!("`tls_ca`: {e}"));
@@ -822,8 +867,14 @@ fn upstream(
             .map_err(|e| errors.push(span, e))
             .ok()
     });
+    let tls_client_cert = client_cert(errors, t, base);
     if protocol != Protocol::Https {
-        for key in ["tls_ca", "tls_server_name"] {
+        for key in [
+            "tls_ca",
+            "tls_server_name",
+            "tls_client_cert",
+            "tls_client_key",
+        ] {
             if let Some(v) = t.get(key) {
                 errors.push(
                     v.span(),
@@ -850,6 +901,40 @@ fn upstream(
         health,
         tls_ca,
         tls_server_name,
+        tls_client_cert,
+    }
+}
+
+/// `tls_client_cert` and `tls_client_key`: both or neither, a pair that
+/// loads (parses, matches, has not expired).
+fn client_cert(errors: &mut Errors, t: &Table<'_, '_>, base: &Path) -> Option<CertificateFiles> {
+    let cert = t.str(errors, "tls_client_cert");
+    let key = t.str(errors, "tls_client_key");
+    let ((cert, span), (key, _)) = match (cert, key) {
+        (None, None) => return None,
+        (Some(c), Some(k)) => (c, k),
+        (Some((_, span)), None) | (None, Some((_, span))) => {
+            errors.push(span, "`tls_client_cert` and `tls_client_key` go together");
+            return None;
+        }
+    };
+    let files = CertificateFiles {
+        cert: base.join(cert),
+        key: base.join(key),
+        at: span.start,
+    };
+    for path in [&files.cert, &files.key] {
+        if let Some(problem) = file_problem(path) {
+            errors.push(span.clone(), format!("`{}` {problem}", path.display()));
+            return None;
+        }
+    }
+    match crate::tls::load_pair(&files) {
+        Ok(_) => Some(files),
+        Err(e) => {
+            errors.push(span, format!("`tls_client_cert`: {e}"));
+            None
+        }
     }
 }
 

@@ -656,3 +656,51 @@ fn rollback_is_validated_and_needs_a_ramp() {
         assert!(errs.iter().any(|e| e.contains(says)), "{extra}: {errs:?}");
     }
 }
+
+#[test]
+fn client_auth_is_validated_where_it_is_written() {
+    let text = MINIMAL.replace(
+        "http = \"127.0.0.1:8080\"",
+        "http = \"127.0.0.1:8080\"\nclient_auth = { ca = \"nope.pem\", mode = \"maybe\" }",
+    );
+    let errs = errors(&text);
+    for wanted in [
+        "`mode` must be \"require\" or \"request\"; got `maybe`",
+        "`ca` file `nope.pem` does not exist",
+        "[listen.client_auth] needs an `https` listener",
+    ] {
+        assert!(
+            errs.iter().any(|e| e.contains(wanted)),
+            "{wanted}: {errs:?}"
+        );
+    }
+    let errs = errors(&MINIMAL.replace(
+        "http = \"127.0.0.1:8080\"",
+        "http = \"127.0.0.1:8080\"\nclient_auth = { mode = \"request\" }",
+    ));
+    assert!(errs.iter().any(|e| e.contains("needs `ca`")), "{errs:?}");
+}
+
+#[test]
+fn an_upstream_client_certificate_needs_its_key_and_https() {
+    let with = |lines: &str| {
+        MINIMAL.replace(
+            "endpoints = [\"127.0.0.1:9001\"]",
+            &format!("endpoints = [\"127.0.0.1:9001\"]\n{lines}"),
+        )
+    };
+    let errs = errors(&with("tls_client_cert = \"c.pem\""));
+    assert!(errs.iter().any(|e| e.contains("go together")), "{errs:?}");
+    let errs = errors(&with(
+        "tls_client_cert = \"c.pem\"\ntls_client_key = \"c.key\"",
+    ));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("`tls_client_cert` applies only to protocol = \"https\"")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.contains("does not exist")),
+        "{errs:?}"
+    );
+}

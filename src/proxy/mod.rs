@@ -59,6 +59,9 @@ pub struct ConnInfo {
     /// Over TLS, when the client sent SNI: the names of the certificate
     /// that SNI selected. A request for a host they do not cover gets 421.
     pub tls_names: Option<Arc<[String]>>,
+    /// Over TLS with a verified client certificate: its
+    /// `X-Forwarded-Client-Cert` value.
+    pub client_cert: Option<HeaderValue>,
 }
 
 /// Serves one request. Infallible: every failure is a response.
@@ -162,6 +165,18 @@ async fn proxy(
     // Gone before routing too: no condition or rate-limit key sees them.
     if !table.proxy.underscores_in_headers {
         request::drop_underscored(req.headers_mut());
+    }
+    // Only steer says which certificate a client proved it holds (Envoy's
+    // `sanitize_set`): a client's own copy is gone before routing, so a
+    // header condition on it sees only what the handshake verified.
+    let xfcc = crate::tls::X_FORWARDED_CLIENT_CERT;
+    match &conn.client_cert {
+        Some(cert) => {
+            req.headers_mut().insert(xfcc, cert.clone());
+        }
+        None => {
+            req.headers_mut().remove(xfcc);
+        }
     }
     if req.method() == http::Method::CONNECT {
         websocket_connect(table, &mut req)?;

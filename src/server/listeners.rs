@@ -198,9 +198,6 @@ impl ListenerSet {
             Kind::Http | Kind::Https => {
                 let tls = match (kind, &self.tls) {
                     (Kind::Https, Some(store)) => Some(TlsListener {
-                        acceptor: tokio_rustls::TlsAcceptor::from(
-                            store.server_config().map_err(std::io::Error::other)?,
-                        ),
                         handshake_timeout: settings.tls_handshake_timeout,
                         store: store.clone(),
                     }),

@@ -106,14 +106,13 @@ fn idle_tick(idle: Duration) -> tokio::time::Interval {
     tokio::time::interval((idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5)))
 }
 
-/// TLS on a listener: the acceptor (certificates swap underneath it) and
-/// how long a client may take to finish its handshake.
+/// TLS on a listener: how long a client may take to finish its handshake,
+/// and the store whose current server config each handshake uses.
 #[derive(Clone)]
 pub struct TlsListener {
-    pub acceptor: tokio_rustls::TlsAcceptor,
     pub handshake_timeout: Duration,
-    /// The served certificates: which names the one a client's SNI picked
-    /// covers (421 for other hosts).
+    /// The served certificates and client verifier; also which names the
+    /// certificate a client's SNI picked covers (421 for other hosts).
     pub store: Arc<crate::tls::TlsStore>,
 }
 
@@ -171,6 +170,7 @@ pub async fn serve_proxy(
                     tls: tls.is_some(),
                     closing,
                     tls_names: None,
+                    client_cert: None,
                 },
                 activity,
                 head_deadline: tokio::time::Instant::now() + serving.header_read_timeout,
@@ -243,14 +243,21 @@ async fn read_h2_start<I: AsyncRead + Unpin>(
 /// HTTP/2 or HTTP/1.1 as ALPN says (by the preface when the client named
 /// no protocol).
 async fn secure(io: ClientIo, tls: TlsListener, mut ctx: ConnCtx) -> ClientResult {
-    let stream = match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(io)).await {
+    // Per handshake: a reload or a changed client CA swaps the config.
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.store.server_config());
+    let stream = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(io)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(format!("TLS handshake failed: {e}").into()),
         Err(_) => return Err("TLS handshake timed out".into()),
     };
     let mut stream = stream;
-    if let Some(sni) = stream.get_ref().1.server_name() {
+    let session = stream.get_ref().1;
+    if let Some(sni) = session.server_name() {
         ctx.info.tls_names = Some(tls.store.current().names_for(sni));
+    }
+    // Verified by rustls against `[listen.client_auth] ca`.
+    if let Some(leaf) = session.peer_certificates().and_then(<[_]>::first) {
+        ctx.info.client_cert = crate::tls::forwarded_client_cert(leaf);
     }
     let mut buf = BytesMut::new();
     let speaks = match stream.get_ref().1.alpn_protocol() {

@@ -9,6 +9,11 @@
 //! that need FIPS 140-3 would switch the provider to aws-lc-rs (`fips`).
 
 pub mod client;
+mod client_auth;
+
+pub use client_auth::{
+    ClientVerifier, X_FORWARDED_CLIENT_CERT, client_verifier, forwarded_client_cert,
+};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -255,35 +260,71 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
-/// The served certificates and the files they came from.
+/// A client verifier and the server config using it, ready to install.
+#[derive(Debug)]
+pub struct ClientAuthPlan {
+    config: Arc<rustls::ServerConfig>,
+    verifier: Option<ClientVerifier>,
+}
+
+/// The served certificates and the files they came from, and the client
+/// certificate verifier (`[listen.client_auth]`).
 #[derive(Debug)]
 pub struct TlsStore {
     resolver: Arc<Resolver>,
     files: Mutex<Vec<CertificateFiles>>,
+    /// What each new handshake uses: the resolver above and the current
+    /// client verifier. Rebuilt only when the verifier changes.
+    server: ArcSwap<rustls::ServerConfig>,
+    client_auth: Mutex<Option<ClientVerifier>>,
 }
 
 impl TlsStore {
-    /// Loads every entry; fails on the first bad one.
-    pub fn new(files: &[CertificateFiles]) -> Result<TlsStore, TlsError> {
+    /// Loads every entry and the client CA; fails on the first bad one.
+    pub fn new(
+        files: &[CertificateFiles],
+        client_auth: Option<&crate::config::ClientAuth>,
+    ) -> Result<TlsStore, TlsError> {
         let set = load_set(files)?;
+        let resolver = Arc::new(Resolver {
+            set: ArcSwap::from_pointee(set),
+        });
+        let verifier = client_auth.map(client_verifier).transpose()?;
         Ok(TlsStore {
-            resolver: Arc::new(Resolver {
-                set: ArcSwap::from_pointee(set),
-            }),
+            server: ArcSwap::new(server_config(&resolver, verifier.as_ref())?),
+            resolver,
             files: Mutex::new(files.to_vec()),
+            client_auth: Mutex::new(verifier),
         })
     }
 
-    /// A server config (TLS 1.2 and 1.3, ALPN h2 and http/1.1) that always
-    /// serves the store's current certificates.
-    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let mut config = rustls::ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(TlsError::Setup)?
-            .with_no_client_auth()
-            .with_cert_resolver(self.resolver.clone());
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+    /// The server config for a new handshake (TLS 1.2 and 1.3, ALPN h2
+    /// and http/1.1): always the store's current certificates.
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.server.load_full()
+    }
+
+    /// The client certificate settings in force.
+    pub fn client_auth(&self) -> Option<crate::config::ClientAuth> {
+        lock(&self.client_auth).as_ref().map(|v| v.auth.clone())
+    }
+
+    /// The server config that verifies client certificates with `verifier`
+    /// (none: no client certificates asked for), not in use yet.
+    pub fn plan_client_auth(
+        &self,
+        verifier: Option<ClientVerifier>,
+    ) -> Result<ClientAuthPlan, TlsError> {
+        Ok(ClientAuthPlan {
+            config: server_config(&self.resolver, verifier.as_ref())?,
+            verifier,
+        })
+    }
+
+    /// Uses `plan` from the next handshake on.
+    pub fn install_client_auth(&self, plan: ClientAuthPlan) {
+        self.server.store(plan.config);
+        *lock(&self.client_auth) = plan.verifier;
     }
 
     pub fn current(&self) -> arc_swap::Guard<Arc<CertSet>> {
@@ -299,7 +340,7 @@ impl TlsStore {
     /// paths).
     pub fn install(&self, set: CertSet, files: &[CertificateFiles]) {
         self.resolver.set.store(Arc::new(set));
-        *self.files.lock().unwrap_or_else(PoisonError::into_inner) = files.to_vec();
+        *lock(&self.files) = files.to_vec();
     }
 
     /// Watches `files` from now on (none: a reload removed TLS).
@@ -315,14 +356,27 @@ impl TlsStore {
             .clone()
     }
 
+    /// Re-reads the client CA when its content changed. `Ok(true)` when
+    /// new handshakes verify against the new bundle; an error keeps the old.
+    pub fn refresh_client_auth(&self) -> Result<bool, TlsError> {
+        let Some(current) = lock(&self.client_auth).clone() else {
+            return Ok(false);
+        };
+        let hash = crate::config::read::read(&current.auth.ca)
+            .map(|b| crate::config::content_hash(&b))
+            .ok();
+        if hash.as_deref() == Some(current.hash.as_str()) {
+            return Ok(false);
+        }
+        let plan = self.plan_client_auth(Some(client_verifier(&current.auth)?))?;
+        self.install_client_auth(plan);
+        Ok(true)
+    }
+
     /// Re-reads the files when their content changed. `Ok(true)` when new
     /// certificates are served; an error keeps the old ones.
     pub fn refresh(&self) -> Result<bool, TlsError> {
-        let files = self
-            .files
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let files = lock(&self.files).clone();
         let unchanged = {
             let current = self.current();
             files.len() == current.certs.len()
@@ -339,18 +393,43 @@ impl TlsStore {
         Ok(true)
     }
 
-    /// The directories holding certificate files (to watch).
+    /// The directories holding certificate files and the client CA (to
+    /// watch).
     pub fn dirs(&self) -> Vec<PathBuf> {
-        let files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+        let ca = self.client_auth().map(|a| a.ca);
+        let files = lock(&self.files);
         let mut dirs: Vec<PathBuf> = files
             .iter()
             .flat_map(|f| [&f.cert, &f.key])
+            .chain(ca.as_ref())
             .filter_map(|p| p.parent().map(Path::to_path_buf))
             .collect();
         dirs.sort();
         dirs.dedup();
         dirs
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A server config over `resolver`, asking for client certificates when
+/// `verifier` is set.
+fn server_config(
+    resolver: &Arc<Resolver>,
+    verifier: Option<&ClientVerifier>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Setup)?;
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v.verifier.clone()),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver.clone());
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 fn load_set(files: &[CertificateFiles]) -> Result<CertSet, TlsError> {

@@ -76,7 +76,7 @@ fn a_missing_key_is_a_clear_error() {
 fn refresh_notices_changed_files_and_keeps_old_on_error() {
     let dir = tempfile::tempdir().unwrap();
     let files = pair(dir.path(), "a", &["a.example.com"]);
-    let store = TlsStore::new(std::slice::from_ref(&files)).unwrap();
+    let store = TlsStore::new(std::slice::from_ref(&files), None).unwrap();
     assert!(!store.refresh().unwrap());
     let before = store.current().certs[0].hash.clone();
     std::fs::write(&files.key, "garbage").unwrap();
@@ -85,4 +85,25 @@ fn refresh_notices_changed_files_and_keeps_old_on_error() {
     pair(dir.path(), "a", &["a.example.com"]);
     assert!(store.refresh().unwrap());
     assert_ne!(store.current().certs[0].hash, before);
+}
+
+#[test]
+fn xfcc_stays_one_visible_ascii_line_whatever_the_certificate_says() {
+    let mut params = rcgen::CertificateParams::new(vec!["a;b.example".to_owned()]).unwrap();
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, " Zoë \"root\"\nadmin, ops+dev ");
+    params.distinguished_name = dn;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let value = super::forwarded_client_cert(cert.der()).unwrap();
+    let text = value.to_str().unwrap();
+    assert!(text.starts_with("Hash="), "{text}");
+    // RFC 4514 escapes (leading/trailing space, `"`, `,`, `+`), then XFCC's
+    // `\"`, and non-ASCII and control bytes as `\XX`.
+    assert!(
+        text.contains(r#";Subject="CN=\ Zo\C3\AB \\"root\\"\0Aadmin\, ops\+dev\ ""#),
+        "{text}"
+    );
+    // A value with `;` is quoted.
+    assert!(text.ends_with(r#";DNS="a;b.example""#), "{text}");
 }

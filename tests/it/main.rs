@@ -13,6 +13,7 @@ mod h2_upstream;
 mod hardening;
 mod health;
 mod lifecycle;
+mod mtls;
 mod observability;
 mod protocol;
 mod support;

@@ -18,13 +18,13 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::*;
 
-struct Pem {
-    cert: String,
-    key: String,
-    der: CertificateDer<'static>,
+pub(super) struct Pem {
+    pub(super) cert: String,
+    pub(super) key: String,
+    pub(super) der: CertificateDer<'static>,
 }
 
-fn self_signed(names: &[&str]) -> Pem {
+pub(super) fn self_signed(names: &[&str]) -> Pem {
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     let c = rcgen::generate_simple_self_signed(names).unwrap();
     Pem {
@@ -34,13 +34,13 @@ fn self_signed(names: &[&str]) -> Pem {
     }
 }
 
-fn ca() -> CertifiedIssuer<'static, KeyPair> {
+pub(super) fn ca() -> CertifiedIssuer<'static, KeyPair> {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
 }
 
-fn signed_by(ca: &CertifiedIssuer<'static, KeyPair>, names: &[&str]) -> Pem {
+pub(super) fn signed_by(ca: &CertifiedIssuer<'static, KeyPair>, names: &[&str]) -> Pem {
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     let key = KeyPair::generate().unwrap();
     let cert = CertificateParams::new(names)
@@ -56,7 +56,7 @@ fn signed_by(ca: &CertifiedIssuer<'static, KeyPair>, names: &[&str]) -> Pem {
 
 /// Accepts any certificate: these tests look at which one was served.
 #[derive(Debug)]
-struct AnyCert;
+pub(super) struct AnyCert;
 
 impl ServerCertVerifier for AnyCert {
     fn verify_server_cert(
@@ -92,7 +92,7 @@ impl ServerCertVerifier for AnyCert {
     }
 }
 
-fn client_config(alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+pub(super) fn client_config(alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -105,7 +105,7 @@ fn client_config(alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     Arc::new(c)
 }
 
-type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+pub(super) type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// A TLS connection to `addr`; `sni` None sends no SNI (IP server name).
 async fn connect(addr: SocketAddr, sni: Option<&str>, alpn: &[&[u8]]) -> Tls {
@@ -127,7 +127,7 @@ fn served(tls: &Tls) -> CertificateDer<'static> {
 }
 
 /// GET over an established TLS connection, speaking what ALPN chose.
-async fn get_over(tls: Tls, host: &str, path: &str) -> (StatusCode, String) {
+pub(super) async fn get_over(tls: Tls, host: &str, path: &str) -> (StatusCode, String) {
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(tls);
     let req = |uri: String| {
@@ -154,13 +154,13 @@ async fn get_over(tls: Tls, host: &str, path: &str) -> (StatusCode, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-fn write_pair(dir: &std::path::Path, name: &str, pem: &Pem) {
+pub(super) fn write_pair(dir: &std::path::Path, name: &str, pem: &Pem) {
     std::fs::write(dir.join(format!("{name}.pem")), &pem.cert).unwrap();
     std::fs::write(dir.join(format!("{name}.key")), &pem.key).unwrap();
 }
 
 /// steer with `listen.https`, certificates `names` (files written first).
-async fn tls_steer(certs: &[(&str, &Pem)], body: &str) -> Steer {
+pub(super) async fn tls_steer(certs: &[(&str, &Pem)], body: &str) -> Steer {
     let dir = tempfile::tempdir().unwrap();
     let mut tls = String::new();
     for (name, pem) in certs {
@@ -362,17 +362,36 @@ fn check_reports_a_key_that_does_not_match_and_an_expired_certificate() {
 /// A TLS front for a demo deployment: terminates TLS with `pem` (ALPN h2,
 /// http/1.1) and pipes the bytes to `backend`.
 async fn tls_front(pem: &Pem, backend: SocketAddr) -> SocketAddr {
+    tls_front_with(pem, backend, None).await
+}
+
+/// As `tls_front`; with `client_ca`, only clients with a certificate it
+/// signed get through the handshake.
+pub(super) async fn tls_front_with(
+    pem: &Pem,
+    backend: SocketAddr,
+    client_ca: Option<CertificateDer<'static>>,
+) -> SocketAddr {
     let certs = vec![pem.der.clone()];
     use rustls::pki_types::pem::PemObject;
     let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca).unwrap();
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(certs, key).unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
