@@ -220,7 +220,7 @@ async fn stream(
     if let Some(hand) = connect
         && resp.status().is_success()
     {
-        return hand_over(resp, respond, hand).await;
+        return hand_over(resp, respond, hand, streams.send_timeout).await;
     }
     let (mut head, body) = resp.into_parts();
     let eos = body.is_end_stream();
@@ -261,6 +261,7 @@ async fn hand_over(
     resp: Response<ProxyBody>,
     mut respond: SendResponse<Bytes>,
     hand: tokio::sync::oneshot::Sender<Handed>,
+    send_timeout: Duration,
 ) {
     // RFC 9110 §9.3.6: no framing headers on a 2xx to CONNECT.
     let (mut head, _) = resp.into_parts();
@@ -269,7 +270,7 @@ async fn hand_over(
     let Some(send) = send_head(&mut respond, head, false) else {
         return;
     };
-    let (handed, ended) = Handed::new(send);
+    let (handed, ended) = Handed::new(send, send_timeout);
     if hand.send(handed).is_ok() {
         let _ = ended.await;
     }

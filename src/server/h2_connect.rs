@@ -9,10 +9,12 @@
 //! connection. The stream task waits until the tunnel is dropped, so the
 //! stream counts as open (idle timeout, shutdown) while the tunnel lives.
 
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf as _, Bytes};
 use h2::{RecvStream, SendStream};
@@ -22,15 +24,24 @@ use tokio::sync::oneshot;
 /// What the stream task hands over once the 200 is sent.
 pub(super) struct Handed {
     send: SendStream<Bytes>,
+    send_timeout: Duration,
     /// Dropped with the tunnel: tells the stream task it may end.
     done: oneshot::Sender<()>,
 }
 
 impl Handed {
     /// The send half, and what resolves once the tunnel is gone.
-    pub(super) fn new(send: SendStream<Bytes>) -> (Handed, oneshot::Receiver<()>) {
+    pub(super) fn new(
+        send: SendStream<Bytes>,
+        send_timeout: Duration,
+    ) -> (Handed, oneshot::Receiver<()>) {
         let (done, ended) = oneshot::channel();
-        (Handed { send, done }, ended)
+        let handed = Handed {
+            send,
+            send_timeout,
+            done,
+        };
+        (handed, ended)
     }
 }
 
@@ -67,6 +78,8 @@ impl OnConnect {
             send: handed.send,
             pending: Bytes::new(),
             shut: false,
+            send_timeout: handed.send_timeout,
+            stalled: None,
             _done: handed.done,
         })
     }
@@ -75,13 +88,18 @@ impl OnConnect {
 /// An HTTP/2 stream as a byte stream: DATA frames in, DATA frames out,
 /// END_STREAM at either end as EOF / shutdown. Receive window goes back as
 /// the bytes are read and sending waits for the client's window, so a slow
-/// side holds the other back instead of filling memory.
+/// side holds the other back instead of filling memory; a client that
+/// grants no window for `send_timeout` ends the tunnel, as a client socket
+/// that takes no bytes for that long is closed.
 pub(crate) struct H2Tunnel {
     recv: RecvStream,
     send: SendStream<Bytes>,
     /// Received, not yet read.
     pending: Bytes,
     shut: bool,
+    send_timeout: Duration,
+    /// Set while a write waits for window.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
     _done: oneshot::Sender<()>,
 }
 
@@ -119,6 +137,39 @@ impl AsyncRead for H2Tunnel {
     }
 }
 
+impl H2Tunnel {
+    /// Window to send in, waiting at most `send_timeout` for it.
+    fn poll_window(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        loop {
+            let granted = self.send.capacity();
+            if granted > 0 {
+                self.stalled = None;
+                return Poll::Ready(Ok(granted));
+            }
+            match self.send.poll_capacity(cx) {
+                Poll::Ready(Some(Ok(_))) => continue,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(h2_io(e))),
+                Poll::Ready(None) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the HTTP/2 stream is closed",
+                    )));
+                }
+                Poll::Pending => {}
+            }
+            let limit = self.send_timeout;
+            let stall = self
+                .stalled
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+            ready!(stall.as_mut().poll(cx));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client granted no flow-control window for send_timeout",
+            )));
+        }
+    }
+}
+
 impl AsyncWrite for H2Tunnel {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -137,19 +188,7 @@ impl AsyncWrite for H2Tunnel {
             )));
         }
         this.send.reserve_capacity(buf.len());
-        let mut granted = this.send.capacity();
-        while granted == 0 {
-            match ready!(this.send.poll_capacity(cx)) {
-                Some(Ok(n)) => granted = n,
-                Some(Err(e)) => return Poll::Ready(Err(h2_io(e))),
-                None => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "the HTTP/2 stream is closed",
-                    )));
-                }
-            }
-        }
+        let granted = ready!(this.poll_window(cx))?;
         let n = granted.min(buf.len());
         this.send
             .send_data(Bytes::copy_from_slice(&buf[..n]), false)

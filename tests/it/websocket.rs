@@ -229,8 +229,20 @@ async fn h2_connect(
     http::Response<()>,
     Option<tokio_tungstenite::WebSocketStream<ConnectStream>>,
 ) {
+    h2_connect_with(h2::client::Builder::new(), addr, path, protocol).await
+}
+
+async fn h2_connect_with(
+    builder: h2::client::Builder,
+    addr: std::net::SocketAddr,
+    path: &str,
+    protocol: &str,
+) -> (
+    http::Response<()>,
+    Option<tokio_tungstenite::WebSocketStream<ConnectStream>>,
+) {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    let (send, conn) = builder.handshake(tcp).await.unwrap();
     tokio::spawn(conn);
     let mut send = send.ready().await.unwrap();
     // Known once steer's SETTINGS have arrived.
@@ -326,6 +338,31 @@ async fn extended_connect_for_other_protocols_or_without_websocket_in_upgrades_g
     let closed = Steer::start_ready_with("upgrades = []", &body).await;
     let (resp, _) = h2_connect(closed.addr(), "/socket", "websocket").await;
     assert_eq!(resp.status(), 501);
+}
+
+#[tokio::test]
+async fn an_http2_websocket_whose_client_grants_no_window_ends_after_send_timeout() {
+    let echo = echo_server().await;
+    let body = format!(
+        "[upstreams.ws]\nendpoints = [\"{echo}\"]\nhealth = false\n\n[[routes]]\nname = \"ws\"\nupstream = \"ws\"\n"
+    );
+    let steer = Steer::start_ready_with("send_timeout = \"1s\"", &body).await;
+    let mut zero = h2::client::Builder::new();
+    zero.initial_window_size(0);
+    // The echo server's greeting has nowhere to go.
+    let (resp, _ws) = h2_connect_with(zero, steer.addr(), "/socket", "websocket").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(in_flight(&steer.admin()).await, 1);
+    let started = std::time::Instant::now();
+    eventually("the stalled tunnel is closed", || async {
+        in_flight(&steer.admin()).await == 0
+    })
+    .await;
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(500),
+        "closed after {:?}",
+        started.elapsed()
+    );
 }
 
 async fn in_flight(admin: &str) -> u64 {
