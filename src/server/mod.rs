@@ -487,3 +487,6 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.bind(addr)?;
     socket.listen(4096)
 }
+
+#[cfg(test)]
+mod lifecycle_doc;
