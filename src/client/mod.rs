@@ -11,6 +11,9 @@
 //! Callers hand over requests in HTTP/1.1 form (origin-form URI plus a
 //! `Host` header); when the exchange goes over HTTP/2 the request is turned
 //! into absolute form with the Host as `:authority`.
+//!
+//! HTTP/1.1 exchanges use steer's own connection (`h1`); HTTP/2 and
+//! upgrades (WebSocket) use hyper's.
 
 use std::net::SocketAddr;
 use std::sync::{Mutex, PoisonError};
@@ -27,9 +30,11 @@ use crate::config::Protocol;
 use crate::tls::client::UpstreamTls;
 
 mod body;
+mod h1;
 mod replay;
 
 pub use body::{BodyTooLarge, Fault, ReqBody, Source};
+pub use h1::{H1Body, H1Conn};
 pub use replay::{REPLAY_LIMIT, Replay, ReplayBody};
 
 /// Idle HTTP/1.1 connections kept per endpoint.
@@ -71,7 +76,7 @@ pub enum ClientError {
     Broken {
         addr: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: crate::BoxError,
     },
 }
 
@@ -84,7 +89,7 @@ impl ClientError {
     /// requests sent after it).
     pub fn unprocessed(&self) -> bool {
         match self {
-            ClientError::Broken { source, .. } => h2_error(source).is_some_and(|e| {
+            ClientError::Broken { source, .. } => h2_error(&**source).is_some_and(|e| {
                 e.is_remote()
                     && (e.reason() == Some(h2::Reason::REFUSED_STREAM)
                         || (e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR)))
@@ -110,9 +115,9 @@ impl ClientError {
     }
 }
 
-/// The h2 error behind a hyper error, if any.
-fn h2_error(e: &hyper::Error) -> Option<&h2::Error> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+/// The h2 error in an error's chain, if any.
+fn h2_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a h2::Error> {
+    let mut source = Some(e);
     while let Some(s) = source {
         if let Some(h2) = s.downcast_ref::<h2::Error>() {
             return Some(h2);
@@ -122,9 +127,8 @@ fn h2_error(e: &hyper::Error) -> Option<&h2::Error> {
     None
 }
 
-/// A HTTP/1.1 connection lent out for one exchange; give it back with
-/// [`Pool::put_h1`] once the response body has ended.
-pub type H1Sender = http1::SendRequest<ReqBody>;
+/// hyper's HTTP/1.1 connection, for upgrades only (never pooled).
+type UpgradeSender = http1::SendRequest<ReqBody>;
 type H2Sender = http2::SendRequest<ReqBody>;
 
 /// Where and how to connect.
@@ -138,7 +142,7 @@ pub struct Dial<'a> {
 
 #[derive(Debug, Default)]
 pub struct Pool {
-    idle_h1: Mutex<Vec<(H1Sender, Instant)>>,
+    idle_h1: Mutex<Vec<(H1Conn, Instant)>>,
     /// The shared HTTP/2 connection: read on every request without
     /// waiting (never held across `.await`).
     h2: Mutex<Option<H2Sender>>,
@@ -155,45 +159,105 @@ pub struct Failed {
     pub request: Option<Request<ReqBody>>,
 }
 
-/// What `send` returns besides the response: the HTTP/1.1 connection to
-/// return to the pool when the body is done.
+/// An upstream's answer: its head and a body that, for steer's own
+/// HTTP/1.1 connection, gives the connection back once it ended cleanly
+/// ([`RespBody::take_conn`], then [`Pool::put_h1`]).
 pub struct Sent {
-    pub response: Response<Incoming>,
-    pub h1: Option<H1Sender>,
+    pub response: Response<RespBody>,
+}
+
+impl Sent {
+    fn hyper(response: Response<Incoming>) -> Sent {
+        Sent {
+            response: response.map(RespBody::Hyper),
+        }
+    }
+
+    fn h1(response: Response<H1Body>) -> Sent {
+        Sent {
+            response: response.map(RespBody::H1),
+        }
+    }
+}
+
+/// A response body from either kind of connection.
+#[derive(Debug)]
+pub enum RespBody {
+    Hyper(Incoming),
+    H1(H1Body),
+}
+
+impl RespBody {
+    /// The HTTP/1.1 connection, once the exchange ended cleanly.
+    pub fn take_conn(&mut self) -> Option<H1Conn> {
+        match self {
+            RespBody::H1(b) => b.take_conn(),
+            RespBody::Hyper(_) => None,
+        }
+    }
+
+    /// The connection is not to carry another request.
+    pub fn forbid_reuse(&mut self) {
+        if let RespBody::H1(b) = self {
+            b.forbid_reuse();
+        }
+    }
+}
+
+impl http_body::Body for RespBody {
+    type Data = bytes::Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, crate::BoxError>>> {
+        match self.get_mut() {
+            RespBody::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RespBody::H1(b) => std::pin::Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RespBody::Hyper(b) => b.is_end_stream(),
+            RespBody::H1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            RespBody::Hyper(b) => b.size_hint(),
+            RespBody::H1(b) => b.size_hint(),
+        }
+    }
 }
 
 /// A fresh connection, by what its handshake (ALPN) settled on.
 enum Fresh {
-    H1(H1Sender),
+    H1(H1Conn),
     H2(H2Sender),
+    Upgrade(UpgradeSender),
 }
 
 impl Pool {
-    pub fn put_h1(&self, sender: H1Sender) {
-        if sender.is_closed() {
-            return;
-        }
+    pub fn put_h1(&self, mut conn: H1Conn) {
+        conn.shrink();
         let mut idle = self.idle_h1.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < MAX_IDLE_H1 {
-            idle.push((sender, Instant::now()));
+            idle.push((conn, Instant::now()));
         }
     }
 
-    async fn take_h1(&self) -> Option<H1Sender> {
+    /// The most recently used idle connection that is still open.
+    fn take_h1(&self) -> Option<H1Conn> {
         loop {
-            let (mut sender, since) = {
+            let (mut conn, since) = {
                 let mut idle = self.idle_h1.lock().unwrap_or_else(PoisonError::into_inner);
                 idle.pop()?
             };
-            if sender.is_closed() || since.elapsed() >= IDLE_H1_TTL {
-                continue;
-            }
-            // A connection whose last response body just ended may need a
-            // moment for its task to be ready for the next request.
-            if let Ok(Ok(())) =
-                tokio::time::timeout(Duration::from_millis(20), sender.ready()).await
-            {
-                return Some(sender);
+            if since.elapsed() < IDLE_H1_TTL && conn.is_usable() {
+                return Some(conn);
             }
         }
     }
@@ -220,7 +284,7 @@ impl Pool {
             error: ClientError::Broken { source, .. },
             ..
         }) = sent
-            && h2_error(source).is_some_and(h2::Error::is_go_away)
+            && h2_error(&**source).is_some_and(h2::Error::is_go_away)
         {
             *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = None;
         }
@@ -253,25 +317,27 @@ impl Pool {
     /// upgrades always go over HTTP/1.1. When the request never left steer
     /// the error hands it back, so it can go elsewhere with its body intact.
     pub async fn send(&self, dial: Dial<'_>, req: Request<ReqBody>) -> Result<Sent, Failed> {
-        let upgrade = req.headers().contains_key(header::UPGRADE);
-        let wants_h2 = !upgrade && dial.protocol != Protocol::Http1;
+        if req.headers().contains_key(header::UPGRADE) {
+            return Box::pin(send_upgrade(dial, req)).await;
+        }
+        let wants_h2 = dial.protocol != Protocol::Http1;
         if wants_h2 && let Some(sender) = self.live_h2() {
             let sent = send_h2(sender, dial, req).await;
             self.forget_h2_if_gone(&sent);
             return sent;
         }
         let mut req = req;
-        if (dial.protocol != Protocol::H2c || upgrade)
-            && let Some(sender) = self.take_h1().await
+        if dial.protocol != Protocol::H2c
+            && let Some(conn) = self.take_h1()
         {
-            match send_h1(sender, dial, req).await {
+            match h1::send(conn, req, true).await {
                 // The idle connection died before our request went out (the
                 // upstream closed it): a fresh one is safe.
                 Err(Failed {
                     request: Some(back),
                     error: ClientError::Broken { .. },
                 }) => req = back,
-                other => return other,
+                other => return other.map(Sent::h1),
             }
         }
         // Boxed: a connect (TCP, TLS handshake, HTTP handshake) is kilobytes
@@ -280,7 +346,7 @@ impl Pool {
             // h2c, or https where ALPN may settle on h2: one shared connection.
             Box::pin(self.shared_h2(dial)).await
         } else {
-            Box::pin(connect(dial, upgrade)).await
+            Box::pin(connect(dial, false)).await
         };
         match fresh {
             Err(error) => Err(Failed {
@@ -292,27 +358,44 @@ impl Pool {
                 self.forget_h2_if_gone(&sent);
                 sent
             }
-            Ok(Fresh::H1(sender)) => send_h1(sender, dial, req).await,
+            Ok(Fresh::H1(conn)) => h1::send(conn, req, false).await.map(Sent::h1),
+            Ok(Fresh::Upgrade(sender)) => send_hyper_h1(sender, dial, req).await,
         }
     }
 }
 
-async fn send_h1(
-    mut sender: H1Sender,
+/// An upgrade (WebSocket) on a fresh hyper HTTP/1.1 connection, which
+/// hands the upgraded connection over after a 101.
+async fn send_upgrade(dial: Dial<'_>, req: Request<ReqBody>) -> Result<Sent, Failed> {
+    match connect(dial, true).await {
+        Ok(Fresh::Upgrade(sender)) => send_hyper_h1(sender, dial, req).await,
+        Ok(_) => Err(Failed {
+            error: ClientError::BadRequest {
+                addr: dial.addr,
+                reason: "the upstream did not settle on HTTP/1.1 for an upgrade",
+            },
+            request: Some(req),
+        }),
+        Err(error) => Err(Failed {
+            error,
+            request: Some(req),
+        }),
+    }
+}
+
+async fn send_hyper_h1(
+    mut sender: UpgradeSender,
     dial: Dial<'_>,
     mut req: Request<ReqBody>,
 ) -> Result<Sent, Failed> {
     *req.version_mut() = Version::HTTP_11;
     match sender.try_send_request(req).await {
-        Ok(response) => Ok(Sent {
-            response,
-            h1: Some(sender),
-        }),
+        Ok(response) => Ok(Sent::hyper(response)),
         Err(mut e) => Err(Failed {
             request: e.take_message(),
             error: ClientError::Broken {
                 addr: dial.addr,
-                source: e.into_error(),
+                source: e.into_error().into(),
             },
         }),
     }
@@ -341,12 +424,12 @@ async fn send_h2(
         }
     };
     match sender.try_send_request(req).await {
-        Ok(response) => Ok(Sent { response, h1: None }),
+        Ok(response) => Ok(Sent::hyper(response)),
         Err(mut e) => Err(Failed {
             request: e.take_message().map(to_h1),
             error: ClientError::Broken {
                 addr: dial.addr,
-                source: e.into_error(),
+                source: e.into_error().into(),
             },
         }),
     }
@@ -392,7 +475,10 @@ fn to_h1(mut req: Request<ReqBody>) -> Request<ReqBody> {
     req
 }
 
-async fn connect(dial: Dial<'_>, h1_only: bool) -> Result<Fresh, ClientError> {
+/// Connects to the endpoint: steer's own HTTP/1.1 connection, hyper's
+/// HTTP/2 (h2c, or https when ALPN says h2), or with `upgrade` hyper's
+/// HTTP/1.1 (TLS offers only http/1.1 then).
+async fn connect(dial: Dial<'_>, upgrade: bool) -> Result<Fresh, ClientError> {
     let addr = dial.addr;
     let tcp = tokio::time::timeout(dial.connect_timeout, TcpStream::connect(addr))
         .await
@@ -405,7 +491,7 @@ async fn connect(dial: Dial<'_>, h1_only: bool) -> Result<Fresh, ClientError> {
     let _ = tcp.set_nodelay(true);
     match (dial.protocol, dial.tls) {
         (Protocol::Https, Some(tls)) => {
-            let config = if h1_only {
+            let config = if upgrade {
                 tls.config_h1.clone()
             } else {
                 tls.config.clone()
@@ -419,10 +505,18 @@ async fn connect(dial: Dial<'_>, h1_only: bool) -> Result<Fresh, ClientError> {
                     timeout: dial.connect_timeout,
                 })?
                 .map_err(|source| ClientError::Tls { addr, source })?;
-            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            handshake_http(TokioIo::new(stream), addr, h2).await
+            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                handshake_http(TokioIo::new(stream), addr, true).await
+            } else if upgrade {
+                handshake_http(TokioIo::new(stream), addr, false).await
+            } else {
+                Ok(Fresh::H1(H1Conn::new(
+                    h1::Stream::Tls(Box::new(stream)),
+                    addr,
+                )))
+            }
         }
-        (Protocol::H2c, _) if !h1_only => handshake_http(TokioIo::new(tcp), addr, true).await,
+        (Protocol::H2c, _) if !upgrade => handshake_http(TokioIo::new(tcp), addr, true).await,
         // Never fall back to plaintext for an https upstream.
         (Protocol::Https, None) => Err(ClientError::Tls {
             addr,
@@ -430,7 +524,8 @@ async fn connect(dial: Dial<'_>, h1_only: bool) -> Result<Fresh, ClientError> {
                 "no usable TLS settings for this upstream (see the load log)",
             ),
         }),
-        _ => handshake_http(TokioIo::new(tcp), addr, false).await,
+        _ if upgrade => handshake_http(TokioIo::new(tcp), addr, false).await,
+        _ => Ok(Fresh::H1(H1Conn::new(h1::Stream::Plain(tcp), addr))),
     }
 }
 
@@ -463,5 +558,5 @@ where
             tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");
         }
     });
-    Ok(Fresh::H1(sender))
+    Ok(Fresh::Upgrade(sender))
 }

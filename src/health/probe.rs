@@ -161,13 +161,13 @@ async fn exchange(
         .send(endpoint.dial(timeout), req)
         .await
         .map_err(|f| (None, f.error.to_string()))?;
-    let (parts, body) = sent.response.into_parts();
+    let (parts, mut body) = sent.response.into_parts();
     let status = parts.status.as_u16();
-    let collected = Limited::new(body, MAX_PROBE_BODY)
+    let collected = Limited::new(&mut body, MAX_PROBE_BODY)
         .collect()
         .await
         .map_err(|e| (Some(status), format!("reading the answer: {e}")))?;
-    if let Some(conn) = sent.h1 {
+    if let Some(conn) = body.take_conn() {
         endpoint.pool.put_h1(conn);
     }
     Ok((parts, collected))

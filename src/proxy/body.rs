@@ -12,13 +12,12 @@ use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::Finished;
 use super::access::Access;
-use crate::client::H1Sender;
+use crate::client::RespBody;
 use crate::server::OnConnect;
 use crate::upstream::InFlight;
 
@@ -100,9 +99,8 @@ impl Body for ProxyBody {
 #[derive(Debug)]
 pub struct UpstreamBody {
     /// `None` only while being dropped.
-    inner: Option<Incoming>,
+    inner: Option<RespBody>,
     finished: Option<Finished>,
-    h1: Option<H1Sender>,
     h2: bool,
     ended: bool,
     access: Option<Box<Access>>,
@@ -113,16 +111,10 @@ pub struct UpstreamBody {
 const END_STREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl UpstreamBody {
-    pub(super) fn new(
-        inner: Incoming,
-        finished: Finished,
-        h1: Option<H1Sender>,
-        h2: bool,
-    ) -> UpstreamBody {
+    pub(super) fn new(inner: RespBody, finished: Finished, h2: bool) -> UpstreamBody {
         UpstreamBody {
             inner: Some(inner),
             finished: Some(finished),
-            h1,
             h2,
             ended: false,
             access: None,
@@ -132,8 +124,8 @@ impl UpstreamBody {
     fn finish(&mut self) {
         self.ended = true;
         if let Some(finished) = self.finished.take()
-            && let Some(conn) = self.h1.take()
             && finished.request.sent_whole()
+            && let Some(conn) = self.inner.as_mut().and_then(RespBody::take_conn)
         {
             finished.guard.endpoint().pool.put_h1(conn);
         }
@@ -142,12 +134,12 @@ impl UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
@@ -159,7 +151,7 @@ impl Body for UpstreamBody {
         match &polled {
             Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Err(_))) => {
-                this.h1 = None;
+                inner.forbid_reuse();
                 this.finished = None;
                 this.ended = true;
             }
@@ -170,27 +162,30 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+        self.inner.as_ref().is_none_or(RespBody::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
         self.inner
             .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
+            .map_or_else(|| SizeHint::with_exact(0), RespBody::size_hint)
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        let Some(inner) = self.inner.take() else {
+        let Some(ended) = self.inner.as_ref().map(RespBody::is_end_stream) else {
             return;
         };
         // A body with nothing to read (HEAD, 204, 304, Content-Length: 0) may
         // never be polled; its connection is still clean.
-        if self.ended || inner.is_end_stream() {
+        if self.ended || ended {
             self.finish();
             return;
         }
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
         if !self.h2 {
             return;
         }
@@ -212,7 +207,7 @@ impl Drop for UpstreamBody {
 /// Reads a complete HTTP/2 answer's remaining frames (its END_STREAM, maybe
 /// trailers) so that the stream closes without a reset; resets it (and
 /// counts it) if that takes longer than `END_STREAM_WAIT`.
-async fn await_end_stream(mut inner: Incoming, finished: Option<Finished>) {
+async fn await_end_stream(mut inner: RespBody, finished: Option<Finished>) {
     let ended = tokio::time::timeout(END_STREAM_WAIT, async {
         while let Some(frame) = inner.frame().await {
             if frame.is_err() {
@@ -248,7 +243,7 @@ pub(super) enum ClientUpgrade {
 /// with the upstream's upgraded connection; the in-flight guard lives as
 /// long as the tunnel.
 pub(super) fn tunnel(
-    mut upstream_resp: Response<Incoming>,
+    mut upstream_resp: Response<RespBody>,
     client: ClientUpgrade,
     guard: InFlight,
     idle: std::time::Duration,

@@ -82,7 +82,7 @@ pub fn allowed_upgrade(headers: &HeaderMap, allowed: &[String]) -> Option<Header
 }
 
 /// Whether the `Connection` header lists `token`.
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     list_has(headers, &header::CONNECTION, token)
 }
 
@@ -158,7 +158,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 
 /// Request trailers get the hygiene of request headers, whoever sent
 /// them (trailers carry no forwarding information anyone should trust):
-/// hop-by-hop fields, forwarding fields, any `x-zitadel-*` field, and,
+/// hop-by-hop fields, forwarding fields, any `x-zitadel-*` field,
+/// `content-length` (framing is never a trailer's, RFC 9110 §6.5.1), and,
 /// unless `underscores` allows them, names with `_`.
 pub fn clean_trailers(trailers: &mut HeaderMap, underscores: bool) {
     let dropped: Vec<HeaderName> = trailers
@@ -168,6 +169,7 @@ pub fn clean_trailers(trailers: &mut HeaderMap, underscores: bool) {
                 || FORWARDING_NAMES.contains(k)
                 || *k == header::UPGRADE
                 || *k == header::HOST
+                || *k == header::CONTENT_LENGTH
                 || k.as_str().starts_with("x-zitadel-")
                 || k.as_str().starts_with("x-forwarded-")
                 || (!underscores && k.as_str().contains('_'))

@@ -724,11 +724,8 @@ fn respond(
     client_upgrade: Option<ClientUpgrade>,
     finished: Finished,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let crate::client::Sent {
-        mut response,
-        mut h1,
-    } = sent;
-    // RFC 9112 §6.3: with both, chunked framing wins (hyper read the body
+    let mut response = sent.response;
+    // RFC 9112 §6.3: with both, chunked framing wins (the body was read
     // that way); the stale Content-Length must not reach the client, and an
     // upstream that framed a message ambiguously is not trusted with
     // another one.
@@ -738,9 +735,9 @@ fn respond(
             .remove(header::CONTENT_LENGTH)
             .is_some()
     {
-        h1 = None;
+        response.body_mut().forbid_reuse();
     }
-    let h2 = h1.is_none() && response.version() == Version::HTTP_2;
+    let h2 = response.version() == Version::HTTP_2;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(response.headers_mut(), switching);
     headers::apply_rules(response.headers_mut(), &route.spec.response_headers);
@@ -775,7 +772,7 @@ fn respond(
     let (parts, incoming) = response.into_parts();
     Ok(Response::from_parts(
         parts,
-        ProxyBody::upstream(UpstreamBody::new(incoming, finished, h1, h2)),
+        ProxyBody::upstream(UpstreamBody::new(incoming, finished, h2)),
     ))
 }
 

@@ -167,8 +167,14 @@ async fn transfer_codings_other_than_chunked_get_501_and_a_close() {
 /// A raw HTTP/1.1 upstream: answers every request head with `answer(path)`
 /// (without reading a request body) and treats whatever follows as the
 /// next request; it answers a connection's first request at once and later
-/// ones after `later` (a busy server); counts connections.
-async fn raw_upstream(answer: fn(&str) -> String, later: Duration) -> (SocketAddr, Arc<AtomicU64>) {
+/// ones after `later` (a busy server), and closes a connection unanswered
+/// when a request arrives after `per_conn` answers (the race of a
+/// keep-alive timeout with a reused connection); counts connections.
+async fn raw_upstream(
+    answer: fn(&str) -> String,
+    later: Duration,
+    per_conn: usize,
+) -> (SocketAddr, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let conns = Arc::new(AtomicU64::new(0));
@@ -185,6 +191,9 @@ async fn raw_upstream(answer: fn(&str) -> String, later: Duration) -> (SocketAdd
                         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                         buf.drain(..end + 4);
                         let path = head.split(' ').nth(1).unwrap_or("?").to_owned();
+                        if answered == per_conn {
+                            return;
+                        }
                         if answered > 0 {
                             tokio::time::sleep(later).await;
                         }
@@ -208,7 +217,7 @@ async fn raw_upstream(answer: fn(&str) -> String, later: Duration) -> (SocketAdd
 async fn an_upstream_answer_framed_both_ways_arrives_whole_and_its_connection_is_not_reused() {
     let (addr, conns) = raw_upstream(|_| {
         "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nA\r\n0123456789\r\n0\r\n\r\n".to_owned()
-    }, Duration::ZERO)
+    }, Duration::ZERO, usize::MAX)
     .await;
     let steer = Steer::start_ready(&route_to("raw", addr, "http1")).await;
     for _ in 0..2 {
@@ -232,7 +241,7 @@ async fn an_upstream_that_answers_before_the_body_is_sent_does_not_poison_the_ne
     // The smuggled request is answered 100 ms late: long enough for the
     // next client's request to go out on the same connection, if steer
     // put it back in the pool.
-    let (addr, _conns) = raw_upstream(answer, Duration::from_millis(100)).await;
+    let (addr, _conns) = raw_upstream(answer, Duration::from_millis(100), usize::MAX).await;
     let steer = Steer::start_ready(&route_to("raw", addr, "http1")).await;
     let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
     for i in 0..30 {
@@ -300,6 +309,7 @@ async fn request_trailers_lose_forwarding_and_zitadel_fields() {
         ("forwarded", "for=6.6.6.6"),
         ("x-zitadel-instance-host", "evil.example"),
         ("x_forwarded_host", "evil.example"),
+        ("content-length", "99"),
         ("x-checksum", "abc"),
     ] {
         trailers.insert(http::HeaderName::from_static(k), v.parse().unwrap());
@@ -340,4 +350,116 @@ async fn behind_a_proxy_that_sets_forwarded_a_forged_x_forwarded_for_decides_not
     assert_eq!(seen["headers"]["x-forwarded-proto"][0], "https");
     let a = call(request("GET", &steer.url("/what")).header("forwarded", "for=203.0.113.9")).await;
     assert_eq!(a.deployment(), "green");
+}
+
+#[tokio::test]
+async fn an_idempotent_request_on_a_connection_closed_as_it_arrives_is_sent_on_a_new_one() {
+    fn ok(_: &str) -> String {
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_owned()
+    }
+    let (addr, conns) = raw_upstream(ok, Duration::ZERO, 1).await;
+    let steer = Steer::start_ready(&route_to("raw", addr, "http1")).await;
+    for i in 0..5 {
+        let a = call(request("GET", &steer.url(&format!("/{i}")))).await;
+        assert_eq!(a.status, StatusCode::OK, "request {i}");
+        assert_eq!(a.body, "ok");
+    }
+    // Each request after the first went out on a pooled connection first.
+    assert!(conns.load(Ordering::Relaxed) >= 5);
+    // A POST is not sent twice on its own (RFC 9112 §9.3.1): the first
+    // try may have been acted on.
+    let post = call(request("POST", &steer.url("/once"))).await;
+    assert_eq!(post.status, StatusCode::BAD_GATEWAY);
+}
+
+/// An upstream that refuses `/big` as soon as it has its head (413, then
+/// closes without reading the body) and answers anything else with 200.
+async fn refusing_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        if head.starts_with("POST /big ") {
+                            let no = b"HTTP/1.1 413 Content Too Large\r\nconnection: close\r\ncontent-length: 2\r\n\r\nno";
+                            let _ = s.write_all(no).await;
+                            return;
+                        }
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upstream_that_refuses_a_body_is_answered_and_the_client_keeps_its_connection() {
+    let addr = refusing_upstream().await;
+    let steer = Steer::start_ready(&route_to("raw", addr, "http1")).await;
+    let body = vec![b'x'; 4 << 20];
+    let client = TcpStream::connect(steer.addr()).await.unwrap();
+    let (mut rd, mut wr) = client.into_split();
+    let head = format!(
+        "POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    // The client sends its whole body whatever the answer, as curl does
+    // without `Expect`; steer reads what the upstream no longer takes.
+    let writer = tokio::spawn(async move {
+        wr.write_all(head.as_bytes()).await.unwrap();
+        wr.write_all(&body).await.unwrap();
+        wr
+    });
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&got).ends_with("no") {
+        let n = tokio::time::timeout_at(deadline, rd.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let mut wr = tokio::time::timeout_at(deadline, writer)
+        .await
+        .expect("the whole body was read")
+        .unwrap();
+    wr.write_all(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut next = Vec::new();
+    while !String::from_utf8_lossy(&next).ends_with("ok") {
+        let n = tokio::time::timeout_at(deadline, rd.read(&mut chunk))
+            .await
+            .expect("the next answer in time")
+            .unwrap();
+        assert!(n > 0, "the client's connection closed after the 413");
+        next.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        next.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&next)
+    );
 }
