@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use http::{Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -529,12 +529,29 @@ async fn connect(dial: Dial<'_>, upgrade: bool) -> Result<Fresh, ClientError> {
     }
 }
 
+/// Spawns what hyper's HTTP/2 client runs beside each request (the task
+/// that waits for its response, the pipe of its body) boxed: a task's
+/// future is copied into the task and again as it ends, and a box is
+/// cheaper to copy than those futures.
+#[derive(Clone, Copy)]
+struct BoxedSpawn;
+
+impl<F> hyper::rt::Executor<F> for BoxedSpawn
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(Box::pin(fut));
+    }
+}
+
 async fn handshake_http<T>(io: TokioIo<T>, addr: SocketAddr, h2: bool) -> Result<Fresh, ClientError>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     if h2 {
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        let (sender, conn) = http2::Builder::new(BoxedSpawn)
             .timer(TokioTimer::new())
             .adaptive_window(true)
             .keep_alive_interval(Duration::from_secs(20))

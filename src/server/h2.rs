@@ -211,8 +211,13 @@ async fn stream(
         hand
     });
     let req = Request::from_parts(parts, Inbound::h2(recv, length));
-    let handled = proxy::handle(streams.shared.clone(), streams.info.clone(), req);
-    tokio::pin!(handled);
+    // Boxed: the request path's future is kilobytes; inline, the stream's
+    // task would copy it on spawn and again as the task ends.
+    let mut handled = Box::pin(proxy::handle(
+        streams.shared.clone(),
+        streams.info.clone(),
+        req,
+    ));
     let resp = tokio::select! {
         resp = &mut handled => resp,
         _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
