@@ -517,11 +517,9 @@ impl Reloader {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
-                let _ = tx.try_send(());
-            }
-        });
+        let watcher = notify::recommended_watcher(changes(move |_| {
+            let _ = tx.try_send(());
+        }));
         // Keep the watcher alive for as long as this task runs.
         let _watcher = match watcher {
             Ok(mut w) => match w.watch(&dir, RecursiveMode::NonRecursive) {
@@ -562,6 +560,23 @@ impl Reloader {
                 }
                 _ = dns.tick() => self.refresh_dns().await,
             }
+        }
+    }
+}
+
+/// The file watcher's handler: passes on the events that may have changed
+/// a file. Opens and reads are `Access` events (inotify's `IN_OPEN` and
+/// `IN_CLOSE_NOWRITE`); steer's own read of the config is one, and passing
+/// it on would start the next reload, and so on, every `DEBOUNCE`. A close
+/// after writing is an `Access` event too, and is passed on.
+fn changes(mut changed: impl FnMut(notify::Event) + Send + 'static) -> impl notify::EventHandler {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    move |res: notify::Result<notify::Event>| {
+        if let Ok(event) = res
+            && !matches!(event.kind, EventKind::Access(kind)
+                if kind != AccessKind::Close(AccessMode::Write))
+        {
+            changed(event);
         }
     }
 }
@@ -712,3 +727,6 @@ mod gate {
         waiting.iter().filter(|n| !usable(t, n)).cloned().collect()
     }
 }
+
+#[cfg(test)]
+mod tests;
