@@ -153,13 +153,6 @@ pub async fn start_with(path: &Path, upgrade: bool) -> anyhow::Result<Running> {
         );
     }
     tokio::spawn(reloader.watch());
-    tokio::spawn({
-        let shared = shared.clone();
-        async move {
-            wait_first_round(&shared).await;
-            report_unavailable(&shared.live.load());
-        }
-    });
     let (http, https, admin) = (
         listeners.local(Kind::Http),
         listeners.local(Kind::Https),
@@ -168,6 +161,15 @@ pub async fn start_with(path: &Path, upgrade: bool) -> anyhow::Result<Running> {
     let shown = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(http = %shown(http), https = %shown(https), admin = %shown(admin),
         version = %shared.live.load().version, "steer started");
+    // Spawned only now: on a multi-thread runtime the report could
+    // otherwise come before "steer started", which scripts wait for.
+    tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            wait_first_round(&shared).await;
+            report_unavailable(&shared.live.load());
+        }
+    });
     Ok(Running {
         state,
         http,
