@@ -156,9 +156,16 @@ impl H1Conn {
 
     /// Whether an idle connection can carry a request: the upstream has
     /// neither closed it nor sent anything unasked (a late byte of an
-    /// earlier answer would be read as the next one's head). Asks the
-    /// socket itself (a peek): tokio's readiness may not have seen the
-    /// upstream's FIN yet.
+    /// earlier answer would be read as the next one's head).
+    ///
+    /// tokio clears a socket's read readiness when a read comes up short
+    /// or finds nothing, and sets it on the next event (data or FIN): with
+    /// no event since the answer was read, nothing arrived, and no syscall
+    /// is needed (a FIN whose event the runtime has not collected yet is
+    /// the race of a request with the upstream's close, which the retry of
+    /// `send` covers for idempotent requests, as nginx's and HAProxy's
+    /// event-driven pools do). After an event, the socket is asked (a
+    /// peek), and readiness is cleared if it was stale.
     pub(crate) fn is_usable(&mut self) -> bool {
         if !self.buf.is_empty() {
             return false;
@@ -167,14 +174,24 @@ impl H1Conn {
             Stream::Plain(s) => s,
             Stream::Tls(s) => s.get_ref().0,
         };
-        let mut byte = [0u8; 1];
-        let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
-        let quiet = match rustix::net::recv(tcp, &mut byte[..], flags) {
-            Err(e) => e == rustix::io::Errno::AGAIN,
-            Ok((_, 0)) => false,
-            // Over TLS the bytes may be a record rustls takes by itself
-            // (a session ticket).
-            Ok(_) => matches!(&self.io, Stream::Tls(_)),
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let quiet = match tcp.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut byte = [0u8; 1];
+                let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+                let peek = tcp.try_io(tokio::io::Interest::READABLE, || {
+                    rustix::net::recv(tcp, &mut byte[..], flags).map_err(io::Error::from)
+                });
+                match peek {
+                    Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+                    Ok((_, 0)) => false,
+                    // Over TLS the bytes may be a record rustls takes by
+                    // itself (a session ticket).
+                    Ok(_) => matches!(&self.io, Stream::Tls(_)),
+                }
+            }
         };
         // Over TLS, rustls may also hold decrypted bytes of a late answer
         // that the socket no longer shows: they must not be read as the
@@ -192,9 +209,14 @@ impl H1Conn {
         )
     }
 
-    /// Idle connections keep no read buffer (memory per pooled connection).
+    /// An idle connection keeps a read buffer of the usual size for its
+    /// next exchange (as hyper's did), not one that a large head grew:
+    /// freeing and allocating it for every exchange made the allocator
+    /// give pages back and fault them in again, kernel time per request.
     pub(crate) fn shrink(&mut self) {
-        self.buf = BytesMut::new();
+        if self.buf.capacity() > READ_CHUNK {
+            self.buf = BytesMut::new();
+        }
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {

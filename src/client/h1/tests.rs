@@ -329,3 +329,42 @@ async fn late_bytes_rustls_holds_make_a_tls_connection_unusable() {
 fn body_len(total: usize, head: usize) -> usize {
     total - head - "16347\r\n\r\n".len()
 }
+
+#[tokio::test]
+async fn an_idle_connection_the_upstream_wrote_to_is_not_usable() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (late_tx, late_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !request_complete(&seen) {
+            let n = s.read(&mut chunk).await.unwrap();
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        // Once the connection is idle: an answer nobody asked for.
+        let _ = late_rx.await;
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlate")
+            .await
+            .unwrap();
+        let _ = s.read(&mut chunk).await;
+    });
+    let resp = send(conn(addr).await, get("/"), false).await.unwrap();
+    let mut body = resp.into_body();
+    assert!(body.frame().await.is_none());
+    let mut conn = body.take_conn().unwrap();
+    assert!(conn.is_usable(), "nothing has arrived yet");
+    late_tx.send(()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while conn.is_usable() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the late answer was never seen"
+        );
+        tokio::task::yield_now().await;
+    }
+}
