@@ -565,10 +565,10 @@ impl Reloader {
 }
 
 /// The file watcher's handler: passes on the events that may have changed
-/// a file. Opens and reads are `Access` events (inotify's `IN_OPEN` and
-/// `IN_CLOSE_NOWRITE`); steer's own read of the config is one, and passing
-/// it on would start the next reload, and so on, every `DEBOUNCE`. A close
-/// after writing is an `Access` event too, and is passed on.
+/// a file. An open is an `Access` event (inotify's `IN_OPEN`); steer's own
+/// read of the config opens it, and passing that on would start the next
+/// reload, and so on, every `DEBOUNCE`. A close after writing is an
+/// `Access` event too, and is passed on.
 fn changes(mut changed: impl FnMut(notify::Event) + Send + 'static) -> impl notify::EventHandler {
     use notify::event::{AccessKind, AccessMode, EventKind};
     move |res: notify::Result<notify::Event>| {

@@ -159,13 +159,15 @@ impl H1Conn {
     /// earlier answer would be read as the next one's head).
     ///
     /// tokio clears a socket's read readiness when a read comes up short
-    /// or finds nothing, and sets it on the next event (data or FIN): with
-    /// no event since the answer was read, nothing arrived, and no syscall
-    /// is needed (a FIN whose event the runtime has not collected yet is
-    /// the race of a request with the upstream's close, which the retry of
-    /// `send` covers for idempotent requests, as nginx's and HAProxy's
-    /// event-driven pools do). After an event, the socket is asked (a
-    /// peek), and readiness is cleared if it was stale.
+    /// or finds nothing, and sets it when its driver collects the next
+    /// event (data or FIN). Without one, no syscall is made (`try_io` looks
+    /// at readiness only: no coop budget, no waker); after one, the socket
+    /// is asked (a peek), and readiness cleared if it was stale. An event
+    /// the driver has not collected yet (it runs when the worker parks or
+    /// every 61 polls) goes unseen: a FIN then is the race of a request with
+    /// the upstream's close, which the retry of `send` covers for
+    /// idempotent requests, as in hyper's, nginx's and HAProxy's
+    /// event-driven pools.
     pub(crate) fn is_usable(&mut self) -> bool {
         if !self.buf.is_empty() {
             return false;
@@ -174,24 +176,17 @@ impl H1Conn {
             Stream::Plain(s) => s,
             Stream::Tls(s) => s.get_ref().0,
         };
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let quiet = match tcp.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut byte = [0u8; 1];
-                let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
-                let peek = tcp.try_io(tokio::io::Interest::READABLE, || {
-                    rustix::net::recv(tcp, &mut byte[..], flags).map_err(io::Error::from)
-                });
-                match peek {
-                    Err(e) => e.kind() == io::ErrorKind::WouldBlock,
-                    Ok((_, 0)) => false,
-                    // Over TLS the bytes may be a record rustls takes by
-                    // itself (a session ticket).
-                    Ok(_) => matches!(&self.io, Stream::Tls(_)),
-                }
-            }
+        let mut byte = [0u8; 1];
+        let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+        let peek = tcp.try_io(tokio::io::Interest::READABLE, || {
+            rustix::net::recv(tcp, &mut byte[..], flags).map_err(io::Error::from)
+        });
+        let quiet = match peek {
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+            Ok((_, 0)) => false,
+            // Over TLS the bytes may be a record rustls takes by itself (a
+            // session ticket).
+            Ok(_) => matches!(&self.io, Stream::Tls(_)),
         };
         // Over TLS, rustls may also hold decrypted bytes of a late answer
         // that the socket no longer shows: they must not be read as the
