@@ -151,7 +151,6 @@ impl Body for UpstreamBody {
         match &polled {
             Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Err(_))) => {
-                inner.forbid_reuse();
                 this.finished = None;
                 this.ended = true;
             }

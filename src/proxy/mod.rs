@@ -726,16 +726,10 @@ fn respond(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let mut response = sent.response;
     // RFC 9112 §6.3: with both, chunked framing wins (the body was read
-    // that way); the stale Content-Length must not reach the client, and an
-    // upstream that framed a message ambiguously is not trusted with
-    // another one.
-    if response.headers().contains_key(header::TRANSFER_ENCODING)
-        && response
-            .headers_mut()
-            .remove(header::CONTENT_LENGTH)
-            .is_some()
-    {
-        response.body_mut().forbid_reuse();
+    // that way, and the connection is not reused: `client::h1`); the stale
+    // Content-Length must not reach the client.
+    if response.headers().contains_key(header::TRANSFER_ENCODING) {
+        response.headers_mut().remove(header::CONTENT_LENGTH);
     }
     let h2 = response.version() == Version::HTTP_2;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;

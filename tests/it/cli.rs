@@ -265,10 +265,11 @@ fn each_command_lists_only_its_own_flags_and_describes_every_argument() {
 
 #[test]
 fn zero_workers_is_an_error() {
-    let out = steer(&["run", "--workers", "0"]);
+    // In an empty folder: were the check gone, no routes.toml to serve.
+    let dir = tempfile::tempdir().unwrap();
+    let out = steer_in(dir.path(), &["run", "--workers", "0"], &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--workers"));
-    let dir = tempfile::tempdir().unwrap();
     let out = steer_in(dir.path(), &["run"], &[("STEER_WORKERS", "0")]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("STEER_WORKERS"));

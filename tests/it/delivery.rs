@@ -17,6 +17,28 @@ fn endpoint_state(v: &serde_json::Value, addr: std::net::SocketAddr) -> String {
         .unwrap()
 }
 
+/// Sends requests, each in a task of its own, until `on` has received
+/// more than `before` (10 s at most): with a delay set on `on`, one of them
+/// is then in flight there. The tasks give each request's status.
+async fn until_one_reaches(
+    steer: &Steer,
+    on: &steer::demo::Deployment,
+    before: u64,
+) -> Vec<tokio::task::JoinHandle<StatusCode>> {
+    let mut sent = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while on.requests() == before {
+        assert!(Instant::now() < deadline, "no request reached the endpoint");
+        let url = steer.url("/x");
+        sent.push(tokio::spawn(async move {
+            call(request("GET", &url)).await.status
+        }));
+        // Pacing, not synchronisation: one more request per 20 ms.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sent
+}
+
 #[tokio::test]
 async fn draining_one_endpoint_waits_for_its_own_requests_and_survives_reloads() {
     let a = upstream("a").await;
@@ -35,14 +57,7 @@ async fn draining_one_endpoint_waits_for_its_own_requests_and_survives_reloads()
     };
     // A slow request in flight on b.
     b.set_delay(Duration::from_millis(1500));
-    let mut slow = Vec::new();
-    while b.requests() == 0 {
-        let url = steer.url("/x");
-        slow.push(tokio::spawn(async move {
-            call(request("GET", &url)).await.status
-        }));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let slow = until_one_reaches(&steer, &b, 0).await;
     // Draining a waits for a's requests only: b's does not hold it.
     let started = Instant::now();
     let (status, said) = post(&format!(
@@ -95,15 +110,7 @@ async fn draining_one_endpoint_waits_for_its_own_requests_and_survives_reloads()
     .await;
     // Draining b waits for the request in flight on b.
     b.set_delay(Duration::from_millis(800));
-    let before = b.requests();
-    let mut on_b = Vec::new();
-    while b.requests() == before {
-        let url = steer.url("/x");
-        on_b.push(tokio::spawn(async move {
-            call(request("GET", &url)).await.status
-        }));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let on_b = until_one_reaches(&steer, &b, b.requests()).await;
     let started = Instant::now();
     let (_, said) = post(&format!(
         "{admin}/upstreams/api/endpoints/{}/drain?timeout=5s",
