@@ -158,17 +158,18 @@ impl H1Conn {
     /// neither closed it nor sent anything unasked (a late byte of an
     /// earlier answer would be read as the next one's head).
     ///
-    /// tokio clears a socket's read readiness when a read comes up short
-    /// or finds nothing, and sets it when its driver collects the next
-    /// event (data or FIN). Without one, no syscall is made (`try_io` looks
-    /// at readiness only: no coop budget, no waker); after one, the socket
-    /// is asked (a peek), and readiness cleared if it was stale. An event
-    /// the driver has not collected yet (it runs when the worker parks or
-    /// every 61 polls) goes unseen: a FIN then is the race of a request with
-    /// the upstream's close, which the retry of `send` covers for
-    /// idempotent requests, as in hyper's, nginx's and HAProxy's
-    /// event-driven pools.
-    pub(crate) fn is_usable(&mut self) -> bool {
+    /// A request that cannot go out again (`retryable` false: it is not
+    /// idempotent, or has a body) always has the socket asked (a peek), so
+    /// that an upstream's close that reached the kernel is seen even if
+    /// tokio's driver has not collected its event yet (it runs when the
+    /// worker parks or every 61 polls): a graceful upstream stop closes
+    /// every idle connection at once, and a POST must not meet one.
+    ///
+    /// A retryable one skips the syscall when tokio has seen no event since
+    /// the answer was read (it clears read readiness on a short read):
+    /// `try_io` looks at readiness alone, no coop budget, no waker. A close
+    /// it misses is the race the retry of `send` covers.
+    pub(crate) fn is_usable(&mut self, retryable: bool) -> bool {
         if !self.buf.is_empty() {
             return false;
         }
@@ -178,9 +179,12 @@ impl H1Conn {
         };
         let mut byte = [0u8; 1];
         let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
-        let peek = tcp.try_io(tokio::io::Interest::READABLE, || {
-            rustix::net::recv(tcp, &mut byte[..], flags).map_err(io::Error::from)
-        });
+        let mut ask = || rustix::net::recv(tcp, &mut byte[..], flags).map_err(io::Error::from);
+        let peek = if retryable {
+            tcp.try_io(tokio::io::Interest::READABLE, ask)
+        } else {
+            ask()
+        };
         let quiet = match peek {
             Err(e) => e.kind() == io::ErrorKind::WouldBlock,
             Ok((_, 0)) => false,
@@ -236,13 +240,7 @@ enum ReqFraming {
 }
 
 fn request_framing(parts: &http::request::Parts, body: &ReqBody) -> ReqFraming {
-    // Digits only (RFC 9110 §8.6): `parse` would also take `+5`.
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .filter(|v| !v.is_empty() && v.as_bytes().iter().all(u8::is_ascii_digit))
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if let Some(n) = declared {
+    if let Some(n) = content_length(&parts.headers) {
         return ReqFraming::Length { n };
     }
     if body.is_end_stream() {
@@ -254,6 +252,19 @@ fn request_framing(parts: &http::request::Parts, body: &ReqBody) -> ReqFraming {
     match body.size_hint().exact() {
         Some(n) => ReqFraming::Length { n },
         None => ReqFraming::Chunked,
+    }
+}
+
+/// `name: value` lines.
+fn encode_fields<'a>(
+    out: &mut Vec<u8>,
+    fields: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+) {
+    for (name, value) in fields {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
 }
 
@@ -271,16 +282,14 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: ReqFram
         target.as_bytes()
     });
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        // Framing is steer's: the client's was its own connection's.
-        if name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    // Framing is steer's: the client's was its own connection's.
+    encode_fields(
+        out,
+        parts
+            .headers
+            .iter()
+            .filter(|(n, _)| *n != header::TRANSFER_ENCODING && *n != header::CONTENT_LENGTH),
+    );
     match framing {
         ReqFraming::Empty => {}
         ReqFraming::EmptyZero => out.extend_from_slice(b"content-length: 0\r\n"),
@@ -471,12 +480,7 @@ impl Writer {
                 // Trailers go out only in chunked framing (RFC 9112 §7.1.2).
                 if let (Ok(trailers), ReqFraming::Chunked) = (frame.into_trailers(), self.framing) {
                     let mut end = b"0\r\n".to_vec();
-                    for (name, value) in &trailers {
-                        end.extend_from_slice(name.as_str().as_bytes());
-                        end.extend_from_slice(b": ");
-                        end.extend_from_slice(value.as_bytes());
-                        end.extend_from_slice(b"\r\n");
-                    }
+                    encode_fields(&mut end, trailers.iter());
                     end.extend_from_slice(b"\r\n");
                     self.queue.push_back(Bytes::from(end));
                     self.body = None;
@@ -490,9 +494,7 @@ impl Writer {
         }
         match self.framing {
             ReqFraming::Chunked => {
-                let mut size = format!("{:X}\r\n", data.len()).into_bytes();
-                size.shrink_to_fit();
-                self.queue.push_back(Bytes::from(size));
+                self.queue.push_back(chunk_size_line(data.len()));
                 self.queue.push_back(data);
                 self.queue.push_back(Bytes::from_static(b"\r\n"));
             }
@@ -509,6 +511,24 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// `{len:X}\r\n`, without `core::fmt`.
+fn chunk_size_line(len: usize) -> Bytes {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut line = [0u8; 18];
+    let mut at = 16;
+    let mut rest = len;
+    loop {
+        at -= 1;
+        line[at] = HEX[rest & 0xf];
+        rest >>= 4;
+        if rest == 0 {
+            break;
+        }
+    }
+    line[16..].copy_from_slice(b"\r\n");
+    Bytes::copy_from_slice(&line[at..])
 }
 
 /// A parsed response head and how its body is framed.
@@ -795,12 +815,6 @@ impl H1Body {
         }
         let conn = self.conn.take()?;
         conn.buf.is_empty().then_some(conn)
-    }
-
-    /// Never hand the connection back (the proxy saw something it does not
-    /// trust).
-    pub fn forbid_reuse(&mut self) {
-        self.reusable = false;
     }
 
     fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {

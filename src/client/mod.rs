@@ -195,13 +195,6 @@ impl RespBody {
             RespBody::Hyper(_) => None,
         }
     }
-
-    /// The connection is not to carry another request.
-    pub fn forbid_reuse(&mut self) {
-        if let RespBody::H1(b) = self {
-            b.forbid_reuse();
-        }
-    }
 }
 
 impl http_body::Body for RespBody {
@@ -250,13 +243,15 @@ impl Pool {
     }
 
     /// The most recently used idle connection that is still open.
-    fn take_h1(&self) -> Option<H1Conn> {
+    /// `retryable`: the request goes out again should the connection turn
+    /// out closed (see [`h1::send`]), so the check may skip the syscall.
+    fn take_h1(&self, retryable: bool) -> Option<H1Conn> {
         loop {
             let (mut conn, since) = {
                 let mut idle = self.idle_h1.lock().unwrap_or_else(PoisonError::into_inner);
                 idle.pop()?
             };
-            if since.elapsed() < IDLE_H1_TTL && conn.is_usable() {
+            if since.elapsed() < IDLE_H1_TTL && conn.is_usable(retryable) {
                 return Some(conn);
             }
         }
@@ -328,7 +323,8 @@ impl Pool {
         }
         let mut req = req;
         if dial.protocol != Protocol::H2c
-            && let Some(conn) = self.take_h1()
+            && let Some(conn) = self
+                .take_h1(req.method().is_idempotent() && http_body::Body::is_end_stream(req.body()))
         {
             match h1::send(conn, req, true).await {
                 // The idle connection died before our request went out (the

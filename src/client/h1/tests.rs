@@ -21,15 +21,8 @@ async fn upstream(
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
-        let mut seen = Vec::new();
+        let seen = read_request(&mut s).await;
         let mut chunk = [0u8; 4096];
-        while !request_complete(&seen) {
-            let n = s.read(&mut chunk).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            seen.extend_from_slice(&chunk[..n]);
-        }
         let _ = tx.send(seen);
         s.write_all(answer).await.unwrap();
         if close {
@@ -39,6 +32,20 @@ async fn upstream(
         let _ = s.read(&mut chunk).await;
     });
     (addr, rx)
+}
+
+/// Reads one request (head and body) or up to the peer's close.
+async fn read_request(s: &mut (impl AsyncReadExt + Unpin)) -> Vec<u8> {
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !request_complete(&seen) {
+        let n = s.read(&mut chunk).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    seen
 }
 
 fn request_complete(seen: &[u8]) -> bool {
@@ -229,6 +236,16 @@ async fn malformed_answers_are_errors_not_panics() {
     }
 }
 
+/// Polls `conn.is_usable(true)` (letting the runtime collect socket events
+/// between polls) until it says no, for at most 5 s.
+async fn becomes_unusable(conn: &mut H1Conn, never_seen: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while conn.is_usable(true) {
+        assert!(std::time::Instant::now() < deadline, "{never_seen}");
+        tokio::task::yield_now().await;
+    }
+}
+
 #[tokio::test]
 async fn an_idle_connection_the_upstream_closed_is_not_usable() {
     let (addr, _) = upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", true).await;
@@ -236,14 +253,7 @@ async fn an_idle_connection_the_upstream_closed_is_not_usable() {
     let mut body = resp.into_body();
     assert!(body.frame().await.is_none());
     let mut conn = body.take_conn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while conn.is_usable() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the close was never seen"
-        );
-        tokio::task::yield_now().await;
-    }
+    becomes_unusable(&mut conn, "the close was never seen").await;
 }
 
 /// A TLS upstream that answers the first request with `answer` followed,
@@ -267,12 +277,8 @@ async fn tls_upstream(answer: Vec<u8>, late: &'static [u8]) -> (SocketAddr, rust
     tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let mut s = acceptor.accept(tcp).await.unwrap();
-        let mut seen = Vec::new();
+        read_request(&mut s).await;
         let mut chunk = [0u8; 4096];
-        while !request_complete(&seen) {
-            let n = s.read(&mut chunk).await.unwrap();
-            seen.extend_from_slice(&chunk[..n]);
-        }
         let mut out = answer;
         out.extend_from_slice(late);
         s.write_all(&out).await.unwrap();
@@ -289,8 +295,8 @@ async fn late_bytes_rustls_holds_make_a_tls_connection_unusable() {
     // decrypted in rustls while the socket shows nothing.
     let head = b"HTTP/1.1 200 OK\r\ncontent-length: ";
     let mut answer = head.to_vec();
-    let body = READ_CHUNK - head.len() - "16347\r\n\r\n".len();
-    answer.extend_from_slice(format!("{body}\r\n\r\n").as_bytes());
+    let body_len = READ_CHUNK - head.len() - "16347\r\n\r\n".len();
+    answer.extend_from_slice(format!("{body_len}\r\n\r\n").as_bytes());
     answer.resize(READ_CHUNK, b'x');
     let late = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlate";
     let (addr, roots) = tls_upstream(answer, late).await;
@@ -314,20 +320,13 @@ async fn late_bytes_rustls_holds_make_a_tls_connection_unusable() {
     while let Some(frame) = body.frame().await {
         got += frame.unwrap().into_data().unwrap().len();
     }
-    assert_eq!(got, body_len(READ_CHUNK, head.len()));
+    assert_eq!(got, body_len);
     let mut conn = body.take_conn().expect("the answer ended cleanly");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    while conn.is_usable() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a connection with an unasked answer in rustls was judged usable"
-        );
-        tokio::task::yield_now().await;
-    }
-}
-
-fn body_len(total: usize, head: usize) -> usize {
-    total - head - "16347\r\n\r\n".len()
+    becomes_unusable(
+        &mut conn,
+        "a connection with an unasked answer in rustls was judged usable",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -337,12 +336,8 @@ async fn an_idle_connection_the_upstream_wrote_to_is_not_usable() {
     let (late_tx, late_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
-        let mut seen = Vec::new();
+        read_request(&mut s).await;
         let mut chunk = [0u8; 4096];
-        while !request_complete(&seen) {
-            let n = s.read(&mut chunk).await.unwrap();
-            seen.extend_from_slice(&chunk[..n]);
-        }
         s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
             .await
             .unwrap();
@@ -357,14 +352,44 @@ async fn an_idle_connection_the_upstream_wrote_to_is_not_usable() {
     let mut body = resp.into_body();
     assert!(body.frame().await.is_none());
     let mut conn = body.take_conn().unwrap();
-    assert!(conn.is_usable(), "nothing has arrived yet");
+    assert!(conn.is_usable(true), "nothing has arrived yet");
     late_tx.send(()).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while conn.is_usable() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the late answer was never seen"
-        );
-        tokio::task::yield_now().await;
-    }
+    becomes_unusable(&mut conn, "the late answer was never seen").await;
+}
+
+#[tokio::test]
+async fn a_close_the_runtime_has_not_collected_yet_is_seen_for_a_request_that_cannot_go_again() {
+    // The upstream is a plain thread, and the test blocks on it, so tokio's
+    // driver cannot collect the FIN's event before the check.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        let (mut s, _) = listener.accept().unwrap();
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !request_complete(&seen) {
+            let n = s.read(&mut chunk).unwrap();
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .unwrap();
+        let _ = close_rx.recv();
+        drop(s);
+        let _ = closed_tx.send(());
+    });
+    let resp = send(conn(addr).await, get("/"), false).await.unwrap();
+    let mut body = resp.into_body();
+    assert!(body.frame().await.is_none());
+    let mut conn = body.take_conn().unwrap();
+    close_tx.send(()).unwrap();
+    closed_rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    assert!(
+        !conn.is_usable(false),
+        "a closed connection was lent to a request that cannot be sent again"
+    );
 }
