@@ -38,6 +38,9 @@ const MAX_HEADERS: usize = 128;
 /// answered before it had all of it (the client's connection stays usable
 /// only if its body is read to the end).
 const BODY_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long an upstream's close without an answer waits for the reset
+/// that says the request was not read (see [`reset_unread`]).
+const RESET_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
 /// Body bytes taken along with the head (or a previous chunk) into one
 /// write, when they are there already.
 const COALESCE: usize = 64 * 1024;
@@ -173,10 +176,7 @@ impl H1Conn {
         if !self.buf.is_empty() {
             return false;
         }
-        let tcp = match &self.io {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => s.get_ref().0,
-        };
+        let tcp = self.tcp();
         let mut byte = [0u8; 1];
         let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
         let mut ask = || rustix::net::recv(tcp, &mut byte[..], flags).map_err(io::Error::from);
@@ -196,6 +196,13 @@ impl H1Conn {
         // that the socket no longer shows: they must not be read as the
         // next exchange's.
         quiet && (matches!(&self.io, Stream::Plain(_)) || self.nothing_to_read())
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match &self.io {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        }
     }
 
     fn nothing_to_read(&mut self) -> bool {
@@ -584,11 +591,16 @@ pub(super) async fn send(
             let back = (!writer.polled && (writer.head_left > 0 || closed_early))
                 .then(|| writer.body.take().unwrap_or_else(ReqBody::empty))
                 .map(|body| Request::from_parts(parts, body));
-            return Err(Failed {
-                error: ClientError::Broken {
+            let error = if back.is_none() && !read_any && reset_unread(&conn, &e).await {
+                ClientError::Unread { addr, source: e }
+            } else {
+                ClientError::Broken {
                     addr,
                     source: Box::new(e),
-                },
+                }
+            };
+            return Err(Failed {
+                error,
                 request: back,
             });
         }
@@ -606,6 +618,51 @@ pub(super) async fn send(
     *resp.version_mut() = head.version;
     *resp.headers_mut() = head.headers;
     Ok(resp)
+}
+
+/// Whether the upstream's application closed the connection with bytes of
+/// the request it had not read, so that it cannot have acted on it: its
+/// kernel then resets the connection (RFC 9293 §3.6.1: a close with data
+/// pending aborts; the same when our bytes reach a socket already closed),
+/// where an application that read the whole request and closed sends a FIN
+/// alone. ZITADEL's (Go's) and hyper's servers close idle connections this
+/// way when they stop, also one that a request has just reached. The reset
+/// comes at once, or after a FIN the application sent first, within a
+/// round trip: `RESET_GRACE` bounds that wait. Look-alikes that may have
+/// acted: an upstream process that died inside a handler that acted on the
+/// head before reading the body, and an upstream that aborts connections
+/// on purpose (`SO_LINGER` 0) after acting on a request it never answered.
+async fn reset_unread(conn: &H1Conn, e: &io::Error) -> bool {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset => return true,
+        io::ErrorKind::UnexpectedEof => {}
+        _ => return false,
+    }
+    let tcp = conn.tcp();
+    let reset = async {
+        loop {
+            // `try_io` clears the error readiness when there is no error.
+            let taken = tcp.try_io(tokio::io::Interest::ERROR, || match tcp.take_error() {
+                Ok(Some(error)) => Ok(error),
+                Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
+                Err(error) => Ok(error),
+            });
+            match taken {
+                // After the FIN, a reset is reported as EPIPE (Linux).
+                Ok(error) => {
+                    return matches!(
+                        error.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                    );
+                }
+                Err(_) if tcp.ready(tokio::io::Interest::ERROR).await.is_err() => return false,
+                Err(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(RESET_GRACE, reset)
+        .await
+        .unwrap_or(false)
 }
 
 /// Reads until a final response head has arrived; interim (1xx) answers

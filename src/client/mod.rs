@@ -78,17 +78,27 @@ pub enum ClientError {
         #[source]
         source: crate::BoxError,
     },
+    /// An HTTP/1.1 upstream reset the connection before any byte of an
+    /// answer: it closed without reading the whole request (see
+    /// `h1::reset_unread`).
+    #[error("upstream {addr} broke: {source} (it reset the connection unread)")]
+    Unread {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ClientError {
     /// True when the upstream did not process the request, so it may go
-    /// anywhere else whatever its method: it never left steer, or an
-    /// HTTP/2 upstream refused the stream (REFUSED_STREAM, RFC 9113 §8.7)
-    /// or went away gracefully before it (GOAWAY with NO_ERROR: h2 fails
-    /// only the streams above the GOAWAY's last-stream-id with it, and the
-    /// requests sent after it).
+    /// anywhere else whatever its method: it never left steer, an HTTP/2
+    /// upstream refused the stream (REFUSED_STREAM, RFC 9113 §8.7) or went
+    /// away gracefully before it (GOAWAY with NO_ERROR: h2 fails only the
+    /// streams above the GOAWAY's last-stream-id with it, and the requests
+    /// sent after it), or an HTTP/1.1 upstream closed without reading it.
     pub fn unprocessed(&self) -> bool {
         match self {
+            ClientError::Unread { .. } => true,
             ClientError::Broken { source, .. } => h2_error(&**source).is_some_and(|e| {
                 e.is_remote()
                     && (e.reason() == Some(h2::Reason::REFUSED_STREAM)

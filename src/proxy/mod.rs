@@ -686,9 +686,9 @@ fn ramp_attempt(shared: &Shared, table: &Table, route: &Route, upstream: usize, 
 
 /// What a failed attempt says about its endpoint: one that took no
 /// connection is out at once; a broken exchange counts like a failed
-/// probe; a stream refused or cut by a graceful GOAWAY is no fault (the
-/// endpoint is busy or restarting; a refused connect follows if it is
-/// gone).
+/// probe; a stream refused or cut by a graceful GOAWAY, or an HTTP/1.1
+/// connection closed with the request unread, is no fault (the endpoint
+/// is busy or restarting; a refused connect follows if it is gone).
 fn blame(
     endpoint: &Endpoint,
     upstream: &crate::upstream::Upstream,

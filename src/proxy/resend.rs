@@ -1,8 +1,9 @@
 //! Sending a request again after a failed attempt, and where to.
 //!
 //! A request goes again when the failed attempt allows it:
-//! - the upstream did not process it (it never left steer, or an HTTP/2
-//!   upstream refused the stream or went away gracefully before it): any
+//! - the upstream did not process it (it never left steer, an HTTP/2
+//!   upstream refused the stream or went away gracefully before it, or an
+//!   HTTP/1.1 upstream closed the connection without reading it): any
 //!   method, its body from the first byte (`client::Replay`);
 //! - the exchange broke after sending, before an answer: only a bodiless
 //!   `GET`, `HEAD`, `OPTIONS`, `PUT` or `DELETE` (RFC 9110 §9.2.2).

@@ -236,3 +236,110 @@ async fn a_refused_stream_goes_to_the_fallback_whatever_its_method() {
     // A refused stream is no fault of the endpoint.
     assert_eq!(states(&steer.admin(), "busy").await, ["healthy"]);
 }
+
+/// How an HTTP/1.1 upstream ends a kept-alive connection as the next
+/// request reaches it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Close {
+    /// Closes without reading it (Go's server closing an idle connection
+    /// at shutdown): its kernel resets the connection.
+    Unread,
+    /// Shuts its side down, then closes unread (hyper's server): a FIN,
+    /// then the reset.
+    ShutdownUnread,
+    /// Reads the whole request, then closes: it may have acted on it.
+    AfterReading,
+}
+
+/// Reads until what was read ends with `end`; false if the peer closed
+/// first.
+async fn read_to(s: &mut tokio::net::TcpStream, end: &[u8]) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.ends_with(end) {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    true
+}
+
+/// Answers a connection's first request with 200 `ok` and ends the
+/// connection as `close` says when the next one arrives.
+async fn closing_upstream(close: Close) -> std::net::SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if !read_to(&mut s, b"\r\n\r\n").await {
+                    return;
+                }
+                let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if s.write_all(ok).await.is_err() || s.readable().await.is_err() {
+                    return;
+                }
+                match close {
+                    Close::Unread => {}
+                    Close::ShutdownUnread => {
+                        let _ = s.shutdown().await;
+                        // The FIN goes well before the reset.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Close::AfterReading => {
+                        read_to(&mut s, b"token request").await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_post_on_a_connection_the_upstream_closes_unread_goes_to_the_fallback() {
+    for close in [Close::Unread, Close::ShutdownUnread, Close::AfterReading] {
+        let blue = closing_upstream(close).await;
+        let green = upstream("green").await;
+        let body = format!(
+            "{}{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\nfallback = [\"green\"]\n",
+            upstream_toml("blue", blue, "http1").replace("protocol", "health = false\nprotocol"),
+            upstream_toml("green", green.addr(), "http1")
+        );
+        let steer = Steer::start_ready(&body).await;
+        let client = http1();
+        // Leaves an idle connection to blue in steer's pool.
+        let first = send(
+            &client,
+            request("GET", &steer.url("/demo/echo"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (first.status, first.text()),
+            (StatusCode::OK, "ok".to_owned()),
+            "{close:?}"
+        );
+        let token = send(
+            &client,
+            request("POST", &steer.url("/demo/echo"))
+                .body(Full::new(Bytes::from_static(b"token request")))
+                .unwrap(),
+        )
+        .await;
+        if close == Close::AfterReading {
+            // RFC 9112 §9.3.1: a proxy does not send a POST again that the
+            // upstream may have acted on.
+            assert_eq!(token.status, StatusCode::BAD_GATEWAY, "{close:?}");
+            assert_eq!(green.requests(), 0, "{close:?}");
+        } else {
+            assert_eq!(token.status, StatusCode::OK, "{close:?}: {}", token.text());
+            assert_eq!(token.text(), "token request", "{close:?}");
+            assert_eq!(green.requests(), 1, "{close:?}");
+        }
+    }
+}
