@@ -70,14 +70,22 @@ pub(super) fn builder(settings: &crate::config::ProxySettings) -> h2::server::Bu
 /// `send_timeout` (the connection's own window is stalled, or the client
 /// reads nothing at all).
 #[derive(Debug, Default)]
-struct Progress {
+pub(super) struct Progress {
     last_ms: AtomicU64,
     give_up: tokio::sync::Notify,
 }
 
 impl Progress {
-    fn touch(&self) {
+    pub(super) fn touch(&self) {
         self.last_ms.store(conn::now_ms(), Ordering::Relaxed);
+    }
+
+    /// After a stream stalled: closes the connection if none of its
+    /// streams (WebSocket tunnels included) got window for `d`.
+    pub(super) fn stalled(&self, d: Duration) {
+        if self.none_for(d) {
+            self.give_up.notify_one();
+        }
     }
 
     fn none_for(&self, d: Duration) -> bool {
@@ -91,7 +99,7 @@ struct Streams {
     shared: Arc<crate::proxy::Shared>,
     info: crate::proxy::ConnInfo,
     send_timeout: Duration,
-    progress: Progress,
+    progress: Arc<Progress>,
     stalls: StallReport,
 }
 
@@ -118,7 +126,7 @@ where
         shared,
         info,
         send_timeout: serving.send_timeout,
-        progress: Progress::default(),
+        progress: Arc::default(),
         stalls,
     });
     streams.progress.touch();
@@ -225,7 +233,7 @@ async fn stream(
     if let Some(hand) = connect
         && resp.status().is_success()
     {
-        return hand_over(resp, respond, hand, streams.send_timeout).await;
+        return hand_over(resp, respond, hand, &streams).await;
     }
     let (mut head, body) = resp.into_parts();
     let eos = body.is_end_stream();
@@ -266,7 +274,7 @@ async fn hand_over(
     resp: Response<ProxyBody>,
     mut respond: SendResponse<Bytes>,
     hand: tokio::sync::oneshot::Sender<Handed>,
-    send_timeout: Duration,
+    streams: &Streams,
 ) {
     // RFC 9110 §9.3.6: no framing headers on a 2xx to CONNECT.
     let (mut head, _) = resp.into_parts();
@@ -275,7 +283,7 @@ async fn hand_over(
     let Some(send) = send_head(&mut respond, head, false) else {
         return;
     };
-    let (handed, ended) = Handed::new(send, send_timeout);
+    let (handed, ended) = Handed::new(send, streams.send_timeout, streams.progress.clone());
     if hand.send(handed).is_ok() {
         let _ = ended.await;
     }
@@ -339,9 +347,7 @@ async fn pipe(mut body: ProxyBody, mut send: SendStream<Bytes>, streams: &Stream
                 streams.stalls.stalled(
                     "an HTTP/2 response got no flow-control window for send_timeout; stream reset",
                 );
-                if streams.progress.none_for(streams.send_timeout) {
-                    streams.progress.give_up.notify_one();
-                }
+                streams.progress.stalled(streams.send_timeout);
                 return;
             }
         }

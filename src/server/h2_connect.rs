@@ -21,10 +21,14 @@ use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
+use super::h2::Progress;
+
 /// What the stream task hands over once the 200 is sent.
 pub(super) struct Handed {
     send: SendStream<Bytes>,
     send_timeout: Duration,
+    /// The connection's: a tunnel that moves keeps it open.
+    progress: Arc<Progress>,
     /// Dropped with the tunnel: tells the stream task it may end.
     done: oneshot::Sender<()>,
 }
@@ -34,11 +38,13 @@ impl Handed {
     pub(super) fn new(
         send: SendStream<Bytes>,
         send_timeout: Duration,
+        progress: Arc<Progress>,
     ) -> (Handed, oneshot::Receiver<()>) {
         let (done, ended) = oneshot::channel();
         let handed = Handed {
             send,
             send_timeout,
+            progress,
             done,
         };
         (handed, ended)
@@ -79,6 +85,7 @@ impl OnConnect {
             pending: Bytes::new(),
             shut: false,
             send_timeout: handed.send_timeout,
+            progress: handed.progress,
             stalled: None,
             _done: handed.done,
         })
@@ -90,7 +97,9 @@ impl OnConnect {
 /// the bytes are read and sending waits for the client's window, so a slow
 /// side holds the other back instead of filling memory; a client that
 /// grants no window for `send_timeout` ends the tunnel, as a client socket
-/// that takes no bytes for that long is closed.
+/// that takes no bytes for that long is closed. Window it gets counts as
+/// the connection's progress, as a response's does (`h2::Progress`): a
+/// tunnel in use keeps the connection open when another stream stalls.
 pub(crate) struct H2Tunnel {
     recv: RecvStream,
     send: SendStream<Bytes>,
@@ -98,6 +107,7 @@ pub(crate) struct H2Tunnel {
     pending: Bytes,
     shut: bool,
     send_timeout: Duration,
+    progress: Arc<Progress>,
     /// Set while a write waits for window.
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
     _done: oneshot::Sender<()>,
@@ -144,6 +154,7 @@ impl H2Tunnel {
             let granted = self.send.capacity();
             if granted > 0 {
                 self.stalled = None;
+                self.progress.touch();
                 return Poll::Ready(Ok(granted));
             }
             match self.send.poll_capacity(cx) {
@@ -162,6 +173,7 @@ impl H2Tunnel {
                 .stalled
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
             ready!(stall.as_mut().poll(cx));
+            self.progress.stalled(limit);
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the client granted no flow-control window for send_timeout",

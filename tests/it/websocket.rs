@@ -218,17 +218,16 @@ impl tokio::io::AsyncWrite for ConnectStream {
     }
 }
 
+/// An extended CONNECT's response and, on a 2xx, its stream as a WebSocket.
+type Connected = (
+    http::Response<()>,
+    Option<tokio_tungstenite::WebSocketStream<ConnectStream>>,
+);
+
 /// Opens an h2c connection to `addr` and sends an extended CONNECT for
 /// `path` with `:protocol` = `protocol`; the response and, on a 2xx, the
 /// stream as a WebSocket.
-async fn h2_connect(
-    addr: std::net::SocketAddr,
-    path: &str,
-    protocol: &str,
-) -> (
-    http::Response<()>,
-    Option<tokio_tungstenite::WebSocketStream<ConnectStream>>,
-) {
+async fn h2_connect(addr: std::net::SocketAddr, path: &str, protocol: &str) -> Connected {
     h2_connect_with(h2::client::Builder::new(), addr, path, protocol).await
 }
 
@@ -237,13 +236,21 @@ async fn h2_connect_with(
     addr: std::net::SocketAddr,
     path: &str,
     protocol: &str,
-) -> (
-    http::Response<()>,
-    Option<tokio_tungstenite::WebSocketStream<ConnectStream>>,
-) {
+) -> Connected {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (send, conn) = builder.handshake(tcp).await.unwrap();
     tokio::spawn(conn);
+    h2_connect_on(send, addr, path, protocol).await
+}
+
+/// The extended CONNECT of [`h2_connect_with`] on a connection the caller
+/// has (and may open other streams on).
+async fn h2_connect_on(
+    send: h2::client::SendRequest<bytes::Bytes>,
+    addr: std::net::SocketAddr,
+    path: &str,
+    protocol: &str,
+) -> Connected {
     let mut send = send.ready().await.unwrap();
     // Known once steer's SETTINGS have arrived.
     eventually("steer advertises SETTINGS_ENABLE_CONNECT_PROTOCOL", || {
@@ -370,4 +377,80 @@ async fn in_flight(admin: &str) -> u64 {
         .await
         .json();
     v["upstreams"][0]["in_flight"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn an_http2_websocket_in_use_outlives_another_stream_of_its_connection_that_stalls() {
+    let echo = echo_server().await;
+    let green = upstream("green").await;
+    let body = format!(
+        "[upstreams.ws]\nendpoints = [\"{echo}\"]\nhealth = false\n\n{}\
+         [[routes]]\nname = \"ws\"\npath_prefix = \"/socket\"\nupstream = \"ws\"\n\n\
+         [[routes]]\nname = \"rest\"\nupstream = \"green\"\n",
+        upstream_toml("green", green.addr(), "http1")
+    );
+    let steer = Steer::start_ready_with("send_timeout = \"1s\"", &body).await;
+    // Small stream windows, a large connection window: one stream can
+    // stall while the others still move.
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_window_size(16 * 1024)
+        .initial_connection_window_size(16 << 20);
+    let tcp = tokio::net::TcpStream::connect(steer.addr()).await.unwrap();
+    let (send, conn) = builder.handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let (resp, ws) = h2_connect_on(send.clone(), steer.addr(), "/socket", "websocket").await;
+    assert_eq!(resp.status(), 200);
+    let mut ws = ws.unwrap();
+    ws.next().await.unwrap().unwrap(); // the greeting
+    // A download whose client takes 16 KiB and then grants nothing more.
+    let mut send = send.ready().await.unwrap();
+    let get = http::Request::get(format!("http://{}/demo/bytes?n=1000000", steer.addr()))
+        .body(())
+        .unwrap();
+    let (answer, _) = send.send_request(get, true).unwrap();
+    let stalled = tokio::spawn(async move {
+        let mut body = answer.await.unwrap().into_body();
+        // Read, never released: no window goes back.
+        loop {
+            match body.data().await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return e.reason(),
+                None => return None,
+            }
+        }
+    });
+    // The WebSocket keeps moving while the download stalls, until steer
+    // resets the download after send_timeout.
+    let mut i = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !stalled.is_finished() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled download was not reset"
+        );
+        ws.send(Message::text(format!("ping {i}"))).await.unwrap();
+        let back = ws.next().await.unwrap().unwrap();
+        assert_eq!(back.into_text().unwrap().as_str(), format!("ping {i}"));
+        i += 1;
+    }
+    assert_eq!(stalled.await.unwrap(), Some(h2::Reason::CANCEL));
+    // The connection, and the tunnel on it, stay: steer closes a
+    // connection only when none of its streams moved for send_timeout,
+    // and then within a second (h2.rs CLOSE_GRACE).
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    while std::time::Instant::now() < until {
+        let sent = format!("after {i}");
+        ws.send(Message::text(sent.clone()))
+            .await
+            .expect("the tunnel is open");
+        let back = ws
+            .next()
+            .await
+            .expect("the tunnel is open")
+            .expect("an echo");
+        assert_eq!(back.into_text().unwrap().as_str(), sent);
+        i += 1;
+    }
+    assert!(!conn.is_finished(), "steer closed the connection");
 }
