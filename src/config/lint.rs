@@ -54,7 +54,10 @@ pub fn lint(config: &Config) -> Vec<Warning> {
 fn certificates(config: &Config, out: &mut Vec<Warning>) {
     let soon = std::time::SystemTime::now() + crate::tls::EXPIRY_WARNING;
     for (i, files) in config.tls.iter().enumerate() {
-        if let Ok(at) = crate::tls::expires(&files.cert)
+        // `parse` loaded every pair already (a broken one is an error, and
+        // no lint runs); this reads each once more, for its facts.
+        let loaded = crate::tls::load_pair(files);
+        if let Ok(at) = loaded.as_ref().map(|c| c.not_after)
             && at < soon
         {
             out.push(Warning {
@@ -66,7 +69,7 @@ fn certificates(config: &Config, out: &mut Vec<Warning>) {
                 ),
             });
         }
-        let named = crate::tls::load_pair(files).is_ok_and(|c| !c.names.is_empty());
+        let named = loaded.is_ok_and(|c| !c.names.is_empty());
         if i > 0 && !named {
             out.push(Warning {
                 at: files.at,

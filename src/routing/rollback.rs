@@ -95,7 +95,9 @@ impl Guard {
         now: Instant,
         restore: impl FnOnce() -> Vec<(String, f64)>,
     ) -> Option<RolledBack> {
-        if self.rolled.get().is_some() {
+        // Only the members the ramp raises are watched: the others' attempts
+        // (most of the traffic early in a ramp) take no lock.
+        if self.rolled.get().is_some() || !self.raising.iter().any(|m| m == member) {
             return None;
         }
         let bucket = (self.spec.window.as_nanos() / u128::from(BUCKETS)).max(1);
@@ -116,7 +118,7 @@ impl Guard {
         };
         let over = attempts >= self.spec.min_requests
             && f64::from(failures) > self.spec.max_error_rate * f64::from(attempts);
-        if !over || !self.raising.iter().any(|m| m == member) {
+        if !over {
             return None;
         }
         let rolled = RolledBack {

@@ -11,7 +11,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use x509_parser::extensions::GeneralName;
 
-use super::{TlsError, provider, read, read_certs};
+use super::{TlsError, parse_certs, provider, read};
 use crate::config::{ClientAuth, ClientAuthMode};
 
 /// The header steer sets, in Envoy's format, from the certificate the
@@ -32,13 +32,18 @@ pub struct ClientVerifier {
 /// without a valid client certificate fails; with `request` a client may
 /// send none. A certificate sent must chain to the CA either way.
 pub fn client_verifier(auth: &ClientAuth) -> Result<ClientVerifier, TlsError> {
-    let bytes = read(&auth.ca)?;
+    verifier_from(auth, &read(&auth.ca)?)
+}
+
+/// The verifier from the CA file's `bytes`, read once: the hash that tells
+/// a later change is of the same bytes the roots come from.
+pub(super) fn verifier_from(auth: &ClientAuth, bytes: &[u8]) -> Result<ClientVerifier, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     let parse_err = |message: String| TlsError::Parse {
         path: auth.ca.clone(),
         message,
     };
-    for cert in read_certs(&auth.ca)? {
+    for cert in parse_certs(&auth.ca, bytes)? {
         roots.add(cert).map_err(|e| parse_err(e.to_string()))?;
     }
     let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
@@ -48,7 +53,7 @@ pub fn client_verifier(auth: &ClientAuth) -> Result<ClientVerifier, TlsError> {
     let verifier = builder.build().map_err(|e| parse_err(e.to_string()))?;
     Ok(ClientVerifier {
         auth: auth.clone(),
-        hash: crate::config::content_hash(&bytes),
+        hash: crate::config::content_hash(bytes),
         verifier,
     })
 }

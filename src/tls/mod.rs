@@ -71,15 +71,6 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-/// When the leaf certificate in `path` stops being valid.
-pub fn expires(path: &Path) -> Result<SystemTime, TlsError> {
-    let certs = read_certs(path)?;
-    let leaf = certs.first().ok_or_else(|| TlsError::NoCertificate {
-        path: path.to_path_buf(),
-    })?;
-    leaf_facts(leaf, path).map(|(_, not_after)| not_after)
-}
-
 /// Logs, at WARN, each served certificate that expires within
 /// `EXPIRY_WARNING` (at start and whenever certificates load).
 pub fn warn_expiring(set: &CertSet) {
@@ -92,8 +83,15 @@ pub fn warn_expiring(set: &CertSet) {
 
 /// Every certificate in a PEM file.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bytes = read(path)?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bytes)
+    parse_certs(path, &read(path)?)
+}
+
+/// The PEM certificates in `bytes`, read from `path` (named in errors).
+pub(crate) fn parse_certs(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError::Parse {
             path: path.to_path_buf(),
@@ -123,7 +121,10 @@ pub struct LoadedCert {
 /// key parses and matches the leaf, the leaf has DNS names and has not
 /// expired. Expiring within `EXPIRY_WARNING` is logged, not refused.
 pub fn load_pair(files: &CertificateFiles) -> Result<LoadedCert, TlsError> {
-    let certs = read_certs(&files.cert)?;
+    // Each file is read once: the hash that tells a later change must be of
+    // the bytes that are served.
+    let mut all = read(&files.cert)?;
+    let certs = parse_certs(&files.cert, &all)?;
     let key_bytes = read(&files.key)?;
     let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|_| TlsError::NoKey {
         path: files.key.clone(),
@@ -152,7 +153,6 @@ pub fn load_pair(files: &CertificateFiles) -> Result<LoadedCert, TlsError> {
             at: humantime::format_rfc3339_seconds(not_after).to_string(),
         });
     }
-    let mut all = read(&files.cert)?;
     all.extend_from_slice(&key_bytes);
     Ok(LoadedCert {
         files: files.clone(),
@@ -362,13 +362,12 @@ impl TlsStore {
         let Some(current) = lock(&self.client_auth).clone() else {
             return Ok(false);
         };
-        let hash = crate::config::read::read(&current.auth.ca)
-            .map(|b| crate::config::content_hash(&b))
-            .ok();
-        if hash.as_deref() == Some(current.hash.as_str()) {
+        let bytes = read(&current.auth.ca)?;
+        if crate::config::content_hash(&bytes) == current.hash {
             return Ok(false);
         }
-        let plan = self.plan_client_auth(Some(client_verifier(&current.auth)?))?;
+        let verifier = client_auth::verifier_from(&current.auth, &bytes)?;
+        let plan = self.plan_client_auth(Some(verifier))?;
         self.install_client_auth(plan);
         Ok(true)
     }
