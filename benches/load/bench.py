@@ -385,7 +385,7 @@ def table_idle(rows, title, note):
 def noise_note(rows, scenario):
     """How much of the run's CPU time went to processes that are not ours."""
     notes = []
-    if scenario in ("a", "b"):
+    if scenario in ("a", "b", "e"):
         # CPU 0 holds only the proxy: user time on CPU 0 beyond the proxy's
         # own user time is another process (a compiler, say).
         extra = [
@@ -436,6 +436,8 @@ def cmd_report(args):
               table_load),
         "b": ("(b) HTTP/2 over TLS — `h2load -c50 -m10`, HTTP/1.1 upstream, proxy on CPU 0, h2load + upstream on CPU 1",
               table_load),
+        "e": ("(e) HTTP/2 over TLS in, h2c out (ZITADEL's shape) — `h2load -c50 -m10` at `/h2c/`, proxy on CPU 0, h2load + upstream on CPU 1",
+              table_load),
         "c": ("(c) 1 connection, everything on CPU 0 — `wrk -t1 -c1`: added latency vs. the upstream directly",
               table_latency),
         "d": (f"(d) Idle keep-alive client connections ({meta.get('idle_conns')} per proxy, fresh proxy process each round)",
@@ -447,7 +449,7 @@ def cmd_report(args):
             continue
         notes = [f"{S} s per run, {N} round(s), order per round: "
                  + ", ".join(meta.get("order_" + key, PROXIES)) + "."]
-        if key == "b":
+        if key in ("b", "e"):
             ciphers = sorted({f"{r.get('proxy')}: {r.get('alpn')}/{r.get('cipher')}" for r in rs})
             notes.append("Negotiated: " + "; ".join(ciphers) + ".")
         if key == "d":

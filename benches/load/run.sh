@@ -2,7 +2,7 @@
 # Side-by-side load benchmark: steer vs. nginx vs. HAProxy on loopback.
 #
 #   bash benches/load/run.sh [--rounds N] [--seconds S] [--quick]
-#                            [--idle-conns N] [--scenarios a,b,c,d]
+#                            [--idle-conns N] [--scenarios a,b,c,d,e]
 #
 # One upstream (nginx, fixed 100-byte body, CPU 1) behind three proxies
 # (CPU 0, one worker/thread each, access logs on). Scenarios, each in
@@ -11,6 +11,9 @@
 #   b  HTTP/2 over TLS, h2load -c50 -m10 (HTTP/1.1 upstream)
 #   c  1 connection, everything on CPU 0: added latency vs. the upstream
 #   d  idle keep-alive client connections: RSS per connection
+#   e  HTTP/2 over TLS in, h2c out (ZITADEL's shape), h2load -c50 -m10
+#      at /h2c/, which each proxy sends to the upstream's h2c port
+#      (nginx with grpc_pass, its only HTTP/2 upstream module)
 # Proxy CPU = utime+stime from /proc/PID/stat over the run / requests.
 # Prints Markdown tables (medians over rounds, ratios other/steer) and
 # writes them to benches/load/results-<date>.md. See README.md here.
@@ -21,9 +24,9 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 . "$HERE/upstream.sh"
 REPO="$(cd "$HERE/../.." && pwd)"
 
-ROUNDS=3 SECONDS_=10 IDLE_CONNS=8000 IDLE_HOLD=3 SCENARIOS="a,b,c,d"
+ROUNDS=3 SECONDS_=10 IDLE_CONNS=8000 IDLE_HOLD=3 SCENARIOS="a,b,c,d,e"
 QUICK=0 ROUNDS_SET="" SECONDS_SET=""
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS_SET="$2"; shift 2 ;;
@@ -44,6 +47,7 @@ has() { case ",$SCENARIOS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
 BASE="${LOAD_BASE_PORT:-18080}"
 PORT_UP=$BASE
+PORT_UP_H2C=$((BASE + 4))
 declare -A HTTP_PORT=([nginx]=$((BASE + 1)) [haproxy]=$((BASE + 2)) [steer]=$((BASE + 3)))
 declare -A TLS_PORT=([nginx]=$((BASE + 11)) [haproxy]=$((BASE + 12)) [steer]=$((BASE + 13)))
 PORT_ADMIN=$((BASE + 20))
@@ -99,7 +103,7 @@ if [ "$NOFILE" != unlimited ] && [ "$NOFILE" -lt $((IDLE_CONNS * 2 + 1000)) ]; t
   log "open-file limit $NOFILE is too low for $IDLE_CONNS idle connections; using $new"
   IDLE_CONNS=$new
 fi
-for p in $PORT_UP "${HTTP_PORT[@]}" "${TLS_PORT[@]}" $PORT_ADMIN; do
+for p in $PORT_UP $PORT_UP_H2C "${HTTP_PORT[@]}" "${TLS_PORT[@]}" $PORT_ADMIN; do
   if ss -Htln "sport = :$p" | grep -q .; then die "port $p is in use (set LOAD_BASE_PORT to move the block $BASE..$((BASE + 20)))"; fi
 done
 
@@ -139,7 +143,7 @@ chmod 644 "$WORK"/*.pem
 
 # ------------------------------------------------------------ configs
 mkdir -p "$WORK/up" "$WORK/nginx" "$WORK/haproxy" "$WORK/steer-conf"
-upstream_conf "$WORK/up" "$PORT_UP"
+upstream_conf "$WORK/up" "$PORT_UP" "$PORT_UP_H2C"
 
 cat > "$WORK/nginx/nginx.conf" <<EOF
 worker_processes 1;
@@ -162,6 +166,12 @@ http {
     keepalive_requests 10000000;
     keepalive_timeout 60s;
   }
+  upstream up_h2c {
+    server 127.0.0.1:$PORT_UP_H2C;
+    keepalive $NGINX_KEEPALIVE;
+    keepalive_requests 10000000;
+    keepalive_timeout 60s;
+  }
   server {
     listen 127.0.0.1:${HTTP_PORT[nginx]} backlog=4096;
     listen 127.0.0.1:${TLS_PORT[nginx]} ssl http2 backlog=4096;
@@ -178,6 +188,15 @@ http {
       proxy_set_header X-Forwarded-Host \$host;
       proxy_set_header Forwarded "for=\$remote_addr;proto=\$scheme;host=\$host";
       proxy_set_header X-Request-ID \$request_id;
+      add_header X-Request-ID \$request_id always;
+    }
+    location /h2c/ {
+      grpc_pass grpc://up_h2c;
+      grpc_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      grpc_set_header X-Forwarded-Proto \$scheme;
+      grpc_set_header X-Forwarded-Host \$host;
+      grpc_set_header Forwarded "for=\$remote_addr;proto=\$scheme;host=\$host";
+      grpc_set_header X-Request-ID \$request_id;
       add_header X-Request-ID \$request_id always;
     }
   }
@@ -211,10 +230,14 @@ frontend fe
   unique-id-format %[uuid()]
   unique-id-header X-Request-ID
   http-after-response set-header X-Request-ID %[unique-id]
+  use_backend be_h2c if { path_beg /h2c/ }
   default_backend be
 backend be
   http-reuse always
   server up 127.0.0.1:$PORT_UP
+backend be_h2c
+  http-reuse always
+  server up_h2c 127.0.0.1:$PORT_UP_H2C proto h2
 EOF
 
 cp "$WORK/cert.pem" "$WORK/key.pem" "$WORK/steer-conf/"
@@ -239,6 +262,16 @@ access = true
 endpoints = ["127.0.0.1:$PORT_UP"]
 protocol  = "http1"
 health    = false     # like nginx and HAProxy here: no active checks
+
+[upstreams.up_h2c]
+endpoints = ["127.0.0.1:$PORT_UP_H2C"]
+protocol  = "h2c"
+health    = false
+
+[[routes]]
+name = "h2c"
+path_prefix = "/h2c/"
+upstream = "up_h2c"
 
 [[routes]]
 name = "all"
@@ -337,6 +370,8 @@ for px in "${PROXIES[@]}"; do
   v=$(curl -sk --http2 --max-time 2 -o /dev/null -w '%{http_version}' "https://127.0.0.1:${TLS_PORT[$px]}/")
   [ "$n" = 100 ] || die "$px returned $n bytes instead of 100"
   [ "$v" = 2 ] || die "$px did not speak HTTP/2 over TLS (got HTTP/$v)"
+  n=$(curl -sk --http2 --max-time 2 "https://127.0.0.1:${TLS_PORT[$px]}/h2c/" | wc -c)
+  [ "$n" = 100 ] || die "$px returned $n bytes instead of 100 from the h2c upstream"
 done
 
 rustc_running() { pgrep -x rustc >/dev/null 2>&1 && echo yes || echo no; }
@@ -354,20 +389,32 @@ if has a; then
   done
 fi
 
-# (b) HTTP/2 over TLS
-if has b; then
-  log "scenario b: HTTP/2 over TLS, h2load -c50 -m10, ${SECONDS_}s x $ROUNDS rounds"
+# h2load over TLS against each proxy at PATH: scenarios b and e.
+h2_scenario() {  # scenario path
+  local sc=$1 path=$2 px r
   for px in "${PROXIES[@]}"; do
-    taskset -c 1 timeout 10 h2load -c50 -m10 -D 2 --tls13-ciphers=TLS_AES_128_GCM_SHA256 "https://127.0.0.1:${TLS_PORT[$px]}/" >/dev/null 2>&1 || true
+    taskset -c 1 timeout 10 h2load -c50 -m10 -D 2 --tls13-ciphers=TLS_AES_128_GCM_SHA256 "https://127.0.0.1:${TLS_PORT[$px]}$path" >/dev/null 2>&1 || true
   done
   for r in $(seq "$ROUNDS"); do
     for px in "${PROXIES[@]}"; do
       note_noise
-      measure b "$r" "$px" h2load $((TO + 10)) -- taskset -c 1 timeout -k 5 $TO \
-        h2load -c50 -m10 -D "$SECONDS_" --tls13-ciphers=TLS_AES_128_GCM_SHA256 --log-file="$WORK/h2load.log" "https://127.0.0.1:${TLS_PORT[$px]}/"
+      measure "$sc" "$r" "$px" h2load $((TO + 10)) -- taskset -c 1 timeout -k 5 $TO \
+        h2load -c50 -m10 -D "$SECONDS_" --tls13-ciphers=TLS_AES_128_GCM_SHA256 --log-file="$WORK/h2load.log" "https://127.0.0.1:${TLS_PORT[$px]}$path"
     done
   done
   rm -f "$WORK/h2load.log"
+}
+
+# (b) HTTP/2 over TLS
+if has b; then
+  log "scenario b: HTTP/2 over TLS, h2load -c50 -m10, ${SECONDS_}s x $ROUNDS rounds"
+  h2_scenario b /
+fi
+
+# (e) HTTP/2 over TLS in, h2c out
+if has e; then
+  log "scenario e: HTTP/2 over TLS in, h2c out, h2load -c50 -m10, ${SECONDS_}s x $ROUNDS rounds"
+  h2_scenario e /h2c/
 fi
 
 # (c) 1 connection, everything on CPU 0
@@ -413,7 +460,7 @@ EOF
 {
   echo "# steer vs. nginx vs. HAProxy — load benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "Command: \`bash benches/load/run.sh --rounds $ROUNDS --seconds $SECONDS_$( [ "$IDLE_CONNS" != 8000 ] && echo " --idle-conns $IDLE_CONNS")$( [ "$SCENARIOS" != a,b,c,d ] && echo " --scenarios $SCENARIOS")\`"
+  echo "Command: \`bash benches/load/run.sh --rounds $ROUNDS --seconds $SECONDS_$( [ "$IDLE_CONNS" != 8000 ] && echo " --idle-conns $IDLE_CONNS")$( [ "$SCENARIOS" != a,b,c,d,e ] && echo " --scenarios $SCENARIOS")\`"
   echo
   echo "- steer: $("$STEER_BIN" --version) (binary built $(date -u -r "$STEER_SRC" '+%Y-%m-%d %H:%M UTC'); work tree at commit $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)), --workers $STEER_THREADS, access log on (JSON to /dev/null)"
   echo "- $(nginx -v 2>&1 | sed 's/^nginx version: //'): 1 worker, upstream keepalive $NGINX_KEEPALIVE, access log on (file, buffer=64k)"
