@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -x target/release/steer ] || cargo build --release --locked
 before=$(ls benches/load/results-*.md 2>/dev/null || true)
-bash benches/load/run.sh --quick --scenarios a,d --idle-conns 2000
+bash benches/load/run.sh --quick --scenarios a,e,d --idle-conns 2000
 bash benches/load/reload_p99.sh --rounds 1 --seconds 3 --every 1
 # The quick run writes a results file: remove it (only the new one).
 for f in benches/load/results-*.md; do
