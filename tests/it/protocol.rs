@@ -169,19 +169,22 @@ async fn transfer_codings_other_than_chunked_get_501_and_a_close() {
 /// next request; it answers a connection's first request at once and later
 /// ones after `later` (a busy server), and closes a connection unanswered
 /// when a request arrives after `per_conn` answers (the race of a
-/// keep-alive timeout with a reused connection); counts connections.
+/// keep-alive timeout with a reused connection); counts connections and
+/// request heads read.
 async fn raw_upstream(
     answer: fn(&str) -> String,
     later: Duration,
     per_conn: usize,
-) -> (SocketAddr, Arc<AtomicU64>) {
+) -> (SocketAddr, Arc<AtomicU64>, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let conns = Arc::new(AtomicU64::new(0));
-    let c = conns.clone();
+    let heads = Arc::new(AtomicU64::new(0));
+    let (c, h) = (conns.clone(), heads.clone());
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             c.fetch_add(1, Ordering::Relaxed);
+            let heads = h.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -190,6 +193,7 @@ async fn raw_upstream(
                     while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                         buf.drain(..end + 4);
+                        heads.fetch_add(1, Ordering::Relaxed);
                         let path = head.split(' ').nth(1).unwrap_or("?").to_owned();
                         if answered == per_conn {
                             return;
@@ -210,12 +214,12 @@ async fn raw_upstream(
             });
         }
     });
-    (addr, conns)
+    (addr, conns, heads)
 }
 
 #[tokio::test]
 async fn an_upstream_answer_framed_both_ways_arrives_whole_and_its_connection_is_not_reused() {
-    let (addr, conns) = raw_upstream(|_| {
+    let (addr, conns, _) = raw_upstream(|_| {
         "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nA\r\n0123456789\r\n0\r\n\r\n".to_owned()
     }, Duration::ZERO, usize::MAX)
     .await;
@@ -241,7 +245,7 @@ async fn an_upstream_that_answers_before_the_body_is_sent_does_not_poison_the_ne
     // The smuggled request is answered 100 ms late: long enough for the
     // next client's request to go out on the same connection, if steer
     // put it back in the pool.
-    let (addr, _conns) = raw_upstream(answer, Duration::from_millis(100), usize::MAX).await;
+    let (addr, _, _) = raw_upstream(answer, Duration::from_millis(100), usize::MAX).await;
     let steer = Steer::start_ready(&route_to("raw", addr, "http1")).await;
     let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
     for i in 0..30 {
@@ -357,15 +361,17 @@ async fn an_idempotent_request_on_a_connection_closed_as_it_arrives_is_sent_on_a
     fn ok(_: &str) -> String {
         "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_owned()
     }
-    let (addr, conns) = raw_upstream(ok, Duration::ZERO, 1).await;
+    let (addr, conns, heads) = raw_upstream(ok, Duration::ZERO, 1).await;
     let steer = Steer::start_ready(&route_to("raw", addr, "http1")).await;
     for i in 0..5 {
         let a = call(request("GET", &steer.url(&format!("/{i}")))).await;
         assert_eq!(a.status, StatusCode::OK, "request {i}");
         assert_eq!(a.body, "ok");
     }
-    // Each request after the first went out on a pooled connection first.
-    assert!(conns.load(Ordering::Relaxed) >= 5);
+    // Each request after the first went out on a pooled connection first
+    // (read there and left unanswered), then on a new one.
+    assert_eq!(conns.load(Ordering::Relaxed), 5);
+    assert_eq!(heads.load(Ordering::Relaxed), 9);
     // A POST is not sent twice on its own (RFC 9112 §9.3.1): the first
     // try may have been acted on.
     let post = call(request("POST", &steer.url("/once"))).await;
