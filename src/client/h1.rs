@@ -41,6 +41,9 @@ const BODY_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long an upstream's close without an answer waits for the reset
 /// that says the request was not read (see [`reset_unread`]).
 const RESET_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
+/// Largest request, written at once, that a reset before the answer
+/// proves unread (see [`reset_unread`]).
+const UNREAD_MAX: usize = 4096;
 /// Body bytes taken along with the head (or a previous chunk) into one
 /// write, when they are there already.
 const COALESCE: usize = 64 * 1024;
@@ -328,6 +331,9 @@ struct Writer {
     /// read (the client's connection needs its body read to the end).
     failed: bool,
     done: bool,
+    /// Writes that took bytes, and the bytes they took.
+    writes: u32,
+    written: usize,
 }
 
 impl Writer {
@@ -350,6 +356,8 @@ impl Writer {
             waited: false,
             failed: false,
             done: false,
+            writes: 0,
+            written: 0,
         }
     }
 
@@ -465,6 +473,8 @@ impl Writer {
         if n == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
+        self.writes += 1;
+        self.written += n;
         self.head_left = self.head_left.saturating_sub(n);
         while n > 0 {
             let Some(front) = self.queue.front_mut() else {
@@ -591,14 +601,20 @@ pub(super) async fn send(
             let back = (!writer.polled && (writer.head_left > 0 || closed_early))
                 .then(|| writer.body.take().unwrap_or_else(ReqBody::empty))
                 .map(|body| Request::from_parts(parts, body));
-            let error = if back.is_none() && !read_any && reset_unread(&conn, &e).await {
-                ClientError::Unread { addr, source: e }
-            } else {
-                ClientError::Broken {
-                    addr,
-                    source: Box::new(e),
-                }
-            };
+            let whole_at_once = writer.done && writer.writes == 1 && writer.written <= UNREAD_MAX;
+            let error =
+                if back.is_none() && !read_any && whole_at_once && reset_unread(&conn, &e).await {
+                    ClientError::Unread {
+                        addr,
+                        reused,
+                        source: e,
+                    }
+                } else {
+                    ClientError::Broken {
+                        addr,
+                        source: Box::new(e),
+                    }
+                };
             return Err(Failed {
                 error,
                 request: back,
@@ -621,17 +637,23 @@ pub(super) async fn send(
 }
 
 /// Whether the upstream's application closed the connection with bytes of
-/// the request it had not read, so that it cannot have acted on it: its
-/// kernel then resets the connection (RFC 9293 §3.6.1: a close with data
-/// pending aborts; the same when our bytes reach a socket already closed),
-/// where an application that read the whole request and closed sends a FIN
-/// alone. ZITADEL's (Go's) and hyper's servers close idle connections this
-/// way when they stop, also one that a request has just reached. The reset
-/// comes at once, or after a FIN the application sent first, within a
-/// round trip: `RESET_GRACE` bounds that wait. Look-alikes that may have
-/// acted: an upstream process that died inside a handler that acted on the
-/// head before reading the body, and an upstream that aborts connections
-/// on purpose (`SO_LINGER` 0) after acting on a request it never answered.
+/// the request it had not read: its kernel then resets the connection
+/// (RFC 9293 §3.6.1: a close with data pending aborts; the same when our
+/// bytes reach a socket already closed), where an application that read
+/// the whole request and closed sends a FIN alone. ZITADEL's (Go's) and
+/// hyper's servers close idle connections this way when they stop, also
+/// one that a request has just reached. The reset comes at once, or after
+/// a FIN the application sent first, within a round trip: `RESET_GRACE`
+/// bounds that wait.
+///
+/// `send` asks only for a request that went out whole in one write of at
+/// most `UNREAD_MAX` bytes, so that the application read all of it or none
+/// (a server's first read of a request takes 4 KiB or more): unread, it
+/// cannot have acted on it. Look-alikes that may have acted: a request
+/// split by the network, whose head the application read and acted on
+/// before the connection was closed (its process died, or its handler
+/// failed) with the rest unread; and an upstream, or a load balancer in
+/// front of it, that resets connections on purpose.
 async fn reset_unread(conn: &H1Conn, e: &io::Error) -> bool {
     match e.kind() {
         io::ErrorKind::ConnectionReset => return true,

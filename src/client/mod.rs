@@ -79,11 +79,12 @@ pub enum ClientError {
         source: crate::BoxError,
     },
     /// An HTTP/1.1 upstream reset the connection before any byte of an
-    /// answer: it closed without reading the whole request (see
-    /// `h1::reset_unread`).
+    /// answer: it closed without reading the request (see
+    /// `h1::reset_unread`). `reused`: on a pooled connection.
     #[error("upstream {addr} broke: {source} (it reset the connection unread)")]
     Unread {
         addr: SocketAddr,
+        reused: bool,
         #[source]
         source: std::io::Error,
     },

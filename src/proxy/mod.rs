@@ -686,9 +686,12 @@ fn ramp_attempt(shared: &Shared, table: &Table, route: &Route, upstream: usize, 
 
 /// What a failed attempt says about its endpoint: one that took no
 /// connection is out at once; a broken exchange counts like a failed
-/// probe; a stream refused or cut by a graceful GOAWAY, or an HTTP/1.1
-/// connection closed with the request unread, is no fault (the endpoint
-/// is busy or restarting; a refused connect follows if it is gone).
+/// probe; a stream refused or cut by a graceful GOAWAY, or a pooled
+/// HTTP/1.1 connection closed with the request unread, is no fault (the
+/// endpoint is busy or restarting; a refused connect follows if it is
+/// gone). A new connection reset unread counts like a broken exchange: an
+/// endpoint (or a balancer in front of it) that resets every request must
+/// leave the rotation.
 fn blame(
     endpoint: &Endpoint,
     upstream: &crate::upstream::Upstream,
@@ -698,7 +701,7 @@ fn blame(
     let health = upstream.health.as_ref();
     if error.endpoint_down() {
         endpoint.record_passive_failure(health, &error.to_string(), true);
-    } else if !unprocessed {
+    } else if !unprocessed || matches!(error, ClientError::Unread { reused: false, .. }) {
         endpoint.record_passive_failure(health, &error.to_string(), false);
     }
 }

@@ -173,7 +173,6 @@ impl H2Tunnel {
                 .stalled
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
             ready!(stall.as_mut().poll(cx));
-            self.progress.stalled(limit);
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the client granted no flow-control window for send_timeout",
