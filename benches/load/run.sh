@@ -26,7 +26,7 @@ REPO="$(cd "$HERE/../.." && pwd)"
 
 ROUNDS=3 SECONDS_=10 IDLE_CONNS=8000 IDLE_HOLD=3 SCENARIOS="a,b,c,d,e"
 QUICK=0 ROUNDS_SET="" SECONDS_SET=""
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS_SET="$2"; shift 2 ;;
@@ -370,8 +370,8 @@ for px in "${PROXIES[@]}"; do
   v=$(curl -sk --http2 --max-time 2 -o /dev/null -w '%{http_version}' "https://127.0.0.1:${TLS_PORT[$px]}/")
   [ "$n" = 100 ] || die "$px returned $n bytes instead of 100"
   [ "$v" = 2 ] || die "$px did not speak HTTP/2 over TLS (got HTTP/$v)"
-  n=$(curl -sk --http2 --max-time 2 "https://127.0.0.1:${TLS_PORT[$px]}/h2c/" | wc -c)
-  [ "$n" = 100 ] || die "$px returned $n bytes instead of 100 from the h2c upstream"
+  h=$(curl -sk --http2 --max-time 2 -D - -o /dev/null "https://127.0.0.1:${TLS_PORT[$px]}/h2c/" | tr -d '\r' | grep -i '^x-upstream:' || true)
+  [ "${h,,}" = "x-upstream: h2c" ] || die "$px did not send /h2c/ to the upstream's h2c port (got '${h}')"
 done
 
 rustc_running() { pgrep -x rustc >/dev/null 2>&1 && echo yes || echo no; }

@@ -31,7 +31,8 @@ http {
 $( [ -n "$h2c" ] && cat <<H2C
   server {
     listen 127.0.0.1:$h2c http2 backlog=4096;
-    location / { default_type text/plain; return 200 "$body\n"; }
+    # Tells which port answered: run.sh checks it through each proxy.
+    location / { default_type text/plain; add_header X-Upstream h2c; return 200 "$body\n"; }
   }
 H2C
 )
