@@ -42,10 +42,10 @@
 //!   Pure.
 //! - [`upstream`]: upstreams, endpoints (health state, in-flight), balancing.
 //! - [`health`]: the threshold state machine and the probe tasks.
-//! - [`client`]: per-endpoint connection pools (HTTP/1.1, h2c), upstream
+//! - [`client`]: per-endpoint connection pools (HTTP/1.1, HTTP/2), upstream
 //!   error classes, replayable request bodies; `client::h1` is steer's own
-//!   upstream HTTP/1.1 connection (httparse; hyper's client only for
-//!   upgrades).
+//!   upstream HTTP/1.1 connection (httparse), `client::h2conn` its HTTP/2
+//!   one (the `h2` crate); hyper's client only for upgrades.
 //! - [`table`]: the live table built from a config.
 //! - [`body`]: the request body as it arrives (hyper's or h2's).
 //! - [`proxy`]: the request path, head checks, header rules, error mapping,

@@ -12,8 +12,9 @@
 //! `Host` header); when the exchange goes over HTTP/2 the request is turned
 //! into absolute form with the Host as `:authority`.
 //!
-//! HTTP/1.1 exchanges use steer's own connection (`h1`); HTTP/2 and
-//! upgrades (WebSocket) use hyper's.
+//! HTTP/1.1 exchanges use steer's own connection (`h1`), HTTP/2 ones
+//! steer's own over the `h2` crate (`h2conn`); upgrades (WebSocket) use hyper's
+//! HTTP/1.1 connection, which hands the upgraded socket over.
 
 use std::net::SocketAddr;
 use std::sync::{Mutex, PoisonError};
@@ -21,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -31,10 +32,13 @@ use crate::tls::client::UpstreamTls;
 
 mod body;
 mod h1;
+mod h2conn;
 mod replay;
 
 pub use body::{BodyTooLarge, Fault, ReqBody, Source};
 pub use h1::{H1Body, H1Conn};
+pub use h2conn::H2Body;
+use h2conn::H2Conn;
 pub use replay::{REPLAY_LIMIT, Replay, ReplayBody};
 
 /// Idle HTTP/1.1 connections kept per endpoint.
@@ -64,7 +68,7 @@ pub enum ClientError {
     Handshake {
         addr: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: crate::BoxError,
     },
     #[error("request to {addr} cannot be sent: {reason}")]
     BadRequest {
@@ -140,7 +144,6 @@ fn h2_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a h2::Erro
 
 /// hyper's HTTP/1.1 connection, for upgrades only (never pooled).
 type UpgradeSender = http1::SendRequest<ReqBody>;
-type H2Sender = http2::SendRequest<ReqBody>;
 
 /// Where and how to connect.
 #[derive(Debug, Clone, Copy)]
@@ -156,7 +159,7 @@ pub struct Pool {
     idle_h1: Mutex<Vec<(H1Conn, Instant)>>,
     /// The shared HTTP/2 connection: read on every request without
     /// waiting (never held across `.await`).
-    h2: Mutex<Option<H2Sender>>,
+    h2: Mutex<Option<H2Conn>>,
     /// Held by the one request that opens the HTTP/2 connection, so that a
     /// burst of first requests waits for that handshake instead of opening
     /// one each.
@@ -189,13 +192,21 @@ impl Sent {
             response: response.map(RespBody::H1),
         }
     }
+
+    fn h2(response: Response<H2Body>) -> Sent {
+        Sent {
+            response: response.map(RespBody::H2),
+        }
+    }
 }
 
-/// A response body from either kind of connection.
+/// A response body from any kind of connection.
 #[derive(Debug)]
 pub enum RespBody {
+    /// hyper's HTTP/1.1 connection (upgrades).
     Hyper(Incoming),
     H1(H1Body),
+    H2(H2Body),
 }
 
 impl RespBody {
@@ -203,7 +214,7 @@ impl RespBody {
     pub fn take_conn(&mut self) -> Option<H1Conn> {
         match self {
             RespBody::H1(b) => b.take_conn(),
-            RespBody::Hyper(_) => None,
+            RespBody::Hyper(_) | RespBody::H2(_) => None,
         }
     }
 }
@@ -219,6 +230,7 @@ impl http_body::Body for RespBody {
         match self.get_mut() {
             RespBody::Hyper(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
             RespBody::H1(b) => std::pin::Pin::new(b).poll_frame(cx),
+            RespBody::H2(b) => std::pin::Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -226,6 +238,7 @@ impl http_body::Body for RespBody {
         match self {
             RespBody::Hyper(b) => b.is_end_stream(),
             RespBody::H1(b) => b.is_end_stream(),
+            RespBody::H2(b) => b.is_end_stream(),
         }
     }
 
@@ -233,6 +246,7 @@ impl http_body::Body for RespBody {
         match self {
             RespBody::Hyper(b) => b.size_hint(),
             RespBody::H1(b) => b.size_hint(),
+            RespBody::H2(b) => b.size_hint(),
         }
     }
 }
@@ -240,7 +254,7 @@ impl http_body::Body for RespBody {
 /// A fresh connection, by what its handshake (ALPN) settled on.
 enum Fresh {
     H1(H1Conn),
-    H2(H2Sender),
+    H2(H2Conn),
     Upgrade(UpgradeSender),
 }
 
@@ -269,7 +283,7 @@ impl Pool {
     }
 
     /// A live shared HTTP/2 connection, if there is one.
-    fn live_h2(&self) -> Option<H2Sender> {
+    fn live_h2(&self) -> Option<H2Conn> {
         self.h2
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -278,7 +292,7 @@ impl Pool {
             .cloned()
     }
 
-    fn store_h2(&self, sender: &H2Sender) {
+    fn store_h2(&self, sender: &H2Conn) {
         *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender.clone());
     }
 
@@ -327,12 +341,22 @@ impl Pool {
             return Box::pin(send_upgrade(dial, req)).await;
         }
         let wants_h2 = dial.protocol != Protocol::Http1;
-        if wants_h2 && let Some(sender) = self.live_h2() {
-            let sent = send_h2(sender, dial, req).await;
-            self.forget_h2_if_gone(&sent);
-            return sent;
-        }
         let mut req = req;
+        if wants_h2 && let Some(sender) = self.live_h2() {
+            match send_h2(sender, dial, req).await {
+                // The shared connection could take no new stream (it went
+                // away, or closed, before its task noticed): nothing was
+                // sent, and a new connection to the same endpoint is safe.
+                Err(Failed {
+                    request: Some(back),
+                    ..
+                }) => req = back,
+                sent => {
+                    self.forget_h2_if_gone(&sent);
+                    return sent;
+                }
+            }
+        }
         if dial.protocol != Protocol::H2c
             && let Some(conn) = self
                 .take_h1(req.method().is_idempotent() && http_body::Body::is_end_stream(req.body()))
@@ -408,11 +432,7 @@ async fn send_hyper_h1(
     }
 }
 
-async fn send_h2(
-    mut sender: H2Sender,
-    dial: Dial<'_>,
-    req: Request<ReqBody>,
-) -> Result<Sent, Failed> {
+async fn send_h2(sender: H2Conn, dial: Dial<'_>, req: Request<ReqBody>) -> Result<Sent, Failed> {
     let scheme = if dial.protocol == Protocol::Https {
         http::uri::Scheme::HTTPS
     } else {
@@ -430,14 +450,11 @@ async fn send_h2(
             });
         }
     };
-    match sender.try_send_request(req).await {
-        Ok(response) => Ok(Sent::hyper(response)),
-        Err(mut e) => Err(Failed {
-            request: e.take_message().map(to_h1),
-            error: ClientError::Broken {
-                addr: dial.addr,
-                source: e.into_error().into(),
-            },
+    match sender.send(req, dial.addr).await {
+        Ok(response) => Ok(Sent::h2(response)),
+        Err(Failed { error, request }) => Err(Failed {
+            error,
+            request: request.map(to_h1),
         }),
     }
 }
@@ -513,9 +530,9 @@ async fn connect(dial: Dial<'_>, upgrade: bool) -> Result<Fresh, ClientError> {
                 })?
                 .map_err(|source| ClientError::Tls { addr, source })?;
             if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                handshake_http(TokioIo::new(stream), addr, true).await
+                H2Conn::handshake(stream, addr).await.map(Fresh::H2)
             } else if upgrade {
-                handshake_http(TokioIo::new(stream), addr, false).await
+                handshake_upgrade(stream, addr).await
             } else {
                 Ok(Fresh::H1(H1Conn::new(
                     h1::Stream::Tls(Box::new(stream)),
@@ -523,7 +540,7 @@ async fn connect(dial: Dial<'_>, upgrade: bool) -> Result<Fresh, ClientError> {
                 )))
             }
         }
-        (Protocol::H2c, _) if !upgrade => handshake_http(TokioIo::new(tcp), addr, true).await,
+        (Protocol::H2c, _) if !upgrade => H2Conn::handshake(tcp, addr).await.map(Fresh::H2),
         // Never fall back to plaintext for an https upstream.
         (Protocol::Https, None) => Err(ClientError::Tls {
             addr,
@@ -531,52 +548,23 @@ async fn connect(dial: Dial<'_>, upgrade: bool) -> Result<Fresh, ClientError> {
                 "no usable TLS settings for this upstream (see the load log)",
             ),
         }),
-        _ if upgrade => handshake_http(TokioIo::new(tcp), addr, false).await,
+        _ if upgrade => handshake_upgrade(tcp, addr).await,
         _ => Ok(Fresh::H1(H1Conn::new(h1::Stream::Plain(tcp), addr))),
     }
 }
 
-/// Spawns what hyper's HTTP/2 client runs beside each request (the task
-/// that waits for its response, the pipe of its body) boxed: a task's
-/// future is copied into the task and again as it ends, and a box is
-/// cheaper to copy than those futures.
-#[derive(Clone, Copy)]
-struct BoxedSpawn;
-
-impl<F> hyper::rt::Executor<F> for BoxedSpawn
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::spawn(Box::pin(fut));
-    }
-}
-
-async fn handshake_http<T>(io: TokioIo<T>, addr: SocketAddr, h2: bool) -> Result<Fresh, ClientError>
+/// hyper's HTTP/1.1 connection, for an upgrade.
+async fn handshake_upgrade<T>(io: T, addr: SocketAddr) -> Result<Fresh, ClientError>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    if h2 {
-        let (sender, conn) = http2::Builder::new(BoxedSpawn)
-            .timer(TokioTimer::new())
-            .adaptive_window(true)
-            .keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(io)
-            .await
-            .map_err(|source| ClientError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
-            }
-        });
-        return Ok(Fresh::H2(sender));
-    }
     let (sender, conn) = http1::Builder::new()
-        .handshake(io)
+        .handshake(TokioIo::new(io))
         .await
-        .map_err(|source| ClientError::Handshake { addr, source })?;
+        .map_err(|e| ClientError::Handshake {
+            addr,
+            source: e.into(),
+        })?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(%addr, error = %e, "upstream HTTP/1.1 connection ended");

@@ -29,16 +29,23 @@ pub struct H2Upstream {
 
 /// Starts the upstream; each answer is `body` (with `content-length`).
 pub async fn start(body: &'static [u8]) -> H2Upstream {
-    serve(Some(body)).await
+    serve(Some(body), false).await
 }
 
 /// An upstream that refuses every stream with RST_STREAM(REFUSED_STREAM)
 /// once its request has arrived (RFC 9113 §8.7: it processed nothing).
 pub async fn refusing() -> H2Upstream {
-    serve(None).await
+    serve(None, false).await
 }
 
-async fn serve(body: Option<&'static [u8]>) -> H2Upstream {
+/// An upstream that answers one request per connection, then goes away
+/// gracefully (GOAWAY with NO_ERROR) and keeps the connection open a
+/// while, as a server that rotates its connections does.
+pub async fn one_per_connection(body: &'static [u8]) -> H2Upstream {
+    serve(Some(body), true).await
+}
+
+async fn serve(body: Option<&'static [u8]>, rotate: bool) -> H2Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
@@ -57,6 +64,9 @@ async fn serve(body: Option<&'static [u8]>) -> H2Upstream {
                     return;
                 };
                 while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    if rotate {
+                        conn.graceful_shutdown();
+                    }
                     let seen = seen.clone();
                     tokio::spawn(async move {
                         seen.requests.fetch_add(1, Ordering::Relaxed);
@@ -83,6 +93,10 @@ async fn serve(body: Option<&'static [u8]>) -> H2Upstream {
                         tokio::task::yield_now().await;
                         let _ = send.send_data(Bytes::new(), true);
                     });
+                }
+                if rotate {
+                    // The GOAWAY is out; the connection stays a while.
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
                 }
             });
         }

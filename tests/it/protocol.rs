@@ -469,3 +469,27 @@ async fn an_upstream_that_refuses_a_body_is_answered_and_the_client_keeps_its_co
         String::from_utf8_lossy(&next)
     );
 }
+
+#[tokio::test]
+async fn an_http2_upstream_that_rotates_its_connections_loses_no_request() {
+    // One endpoint, no fallback: a request that meets the connection after
+    // its GOAWAY must go out on a new connection to the same endpoint.
+    let up = h2_upstream::one_per_connection(b"ok").await;
+    let steer = Steer::start_ready(&route_to("rot", up.addr, "h2c")).await;
+    for i in 0..5 {
+        let a = call(request("GET", &steer.url(&format!("/{i}")))).await;
+        assert_eq!(
+            (a.status, a.text()),
+            (StatusCode::OK, "ok".to_owned()),
+            "request {i}"
+        );
+    }
+    assert_eq!(up.seen.requests.load(Ordering::Relaxed), 5);
+    assert_eq!(up.seen.connections.load(Ordering::Relaxed), 5);
+    let metrics = call(request("GET", &format!("{}/metrics", steer.admin()))).await;
+    let metrics = metrics.text();
+    let retries = metrics
+        .lines()
+        .find(|l| l.starts_with("steer_retries_total{upstream=\"rot\"}"));
+    assert!(retries.is_none_or(|l| l.ends_with(" 0")), "{retries:?}");
+}

@@ -1,0 +1,336 @@
+//! steer's HTTP/2 connection to an upstream (h2c, or https when ALPN says
+//! h2), on the `h2` crate directly.
+//!
+//! hyper's HTTP/2 client puts a dispatch channel and a task between the
+//! caller and `h2`: each request crosses the channel, and its response
+//! comes back through a spawned future (about 4 % of a proxied h2c request
+//! in callgrind, BENCHMARKS.md). Here the caller's own task opens the
+//! stream and awaits the response head; only a request with a body gets a
+//! task of its own, which sends the body within the upstream's window.
+//! The connection itself runs in one task that also keeps it alive with
+//! PINGs.
+
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::{RecvStream, SendStream};
+use http::{HeaderMap, Request, Response, header};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt as _;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{ClientError, Failed, ReqBody};
+
+/// Stream and connection receive windows (hyper's client defaults).
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONN_WINDOW: u32 = 5 * 1024 * 1024;
+/// A PING this often while the connection is open; no PONG within
+/// `PONG_TIMEOUT` closes it (what hyper was set to: 20 s, 10 s).
+const PING_EVERY: Duration = Duration::from_secs(20);
+const PONG_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One HTTP/2 connection to an endpoint, shared by its requests.
+#[derive(Clone)]
+pub(crate) struct H2Conn {
+    send: SendRequest<Bytes>,
+    /// Set when the connection task ended or a request found the
+    /// connection unable to take streams (closed, or went away).
+    closed: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for H2Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Conn")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl H2Conn {
+    /// The HTTP/2 handshake over `io`, and the connection's task.
+    pub(crate) async fn handshake<T>(io: T, addr: SocketAddr) -> Result<H2Conn, ClientError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (send, mut conn) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONN_WINDOW)
+            .enable_push(false)
+            .handshake::<_, Bytes>(io)
+            .await
+            .map_err(|e| ClientError::Handshake {
+                addr,
+                source: e.into(),
+            })?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let ping = conn.ping_pong();
+        let flag = closed.clone();
+        tokio::spawn(async move {
+            let ended = tokio::select! {
+                ended = &mut conn => ended,
+                () = keep_alive(ping) => Ok(()),
+            };
+            flag.store(true, Ordering::Relaxed);
+            if let Err(e) = ended {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        Ok(H2Conn { send, closed })
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Sends `req` (HTTP/2 form: absolute URI) and awaits the response
+    /// head. The request comes back in the error when the connection could
+    /// not take a new stream (nothing was sent).
+    pub(crate) async fn send(
+        &self,
+        req: Request<ReqBody>,
+        addr: SocketAddr,
+    ) -> Result<Response<H2Body>, Failed> {
+        let broken = |e: h2::Error| ClientError::Broken {
+            addr,
+            source: Box::new(e),
+        };
+        let mut send = self.send.clone();
+        if let Err(e) = poll_fn(|cx| send.poll_ready(cx)).await {
+            self.closed.store(true, Ordering::Relaxed);
+            return Err(Failed {
+                error: broken(e),
+                request: Some(req),
+            });
+        }
+        let (mut head, body) = req.into_parts();
+        strip_connection_fields(&mut head.headers);
+        if let Some(len) = body.size_hint().exact()
+            && (len != 0 || has_payload(&head.method))
+            && !head.headers.contains_key(header::CONTENT_LENGTH)
+        {
+            head.headers.insert(header::CONTENT_LENGTH, len.into());
+        }
+        let eos = body.is_end_stream();
+        let (response, stream) = send
+            .send_request(Request::from_parts(head, ()), eos)
+            .map_err(|e| Failed {
+                error: broken(e),
+                request: None,
+            })?;
+        if !eos {
+            tokio::spawn(pump(body, stream));
+        }
+        let response = response.await.map_err(|e| Failed {
+            error: broken(e),
+            request: None,
+        })?;
+        let (head, recv) = response.into_parts();
+        let body = H2Body::new(recv, &head.headers);
+        Ok(Response::from_parts(head, body))
+    }
+}
+
+/// PINGs the peer every `PING_EVERY`; returns when a PONG is late.
+async fn keep_alive(ping: Option<h2::PingPong>) {
+    let Some(mut ping) = ping else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(PING_EVERY).await;
+        if ping.send_ping(h2::Ping::opaque()).is_err() {
+            return std::future::pending().await;
+        }
+        let pong = poll_fn(|cx| ping.poll_pong(cx));
+        match tokio::time::timeout(PONG_TIMEOUT, pong).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => {
+                tracing::debug!("upstream HTTP/2 keep-alive PING not answered; closing");
+                return;
+            }
+        }
+    }
+}
+
+/// RFC 9113 §8.2.2: connection-specific fields must not be sent; `TE`
+/// only as `trailers`. steer removes hop-by-hop fields already; this keeps
+/// a request that still has one from failing in `h2`.
+fn strip_connection_fields(headers: &mut HeaderMap) {
+    if let Some(connection) = headers.remove(header::CONNECTION)
+        && let Ok(names) = connection.to_str()
+    {
+        for name in names.split(',') {
+            headers.remove(name.trim());
+        }
+    }
+    for name in [
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::HeaderName::from_static("keep-alive"),
+        header::HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+    if headers.get(header::TE).is_some_and(|te| te != "trailers") {
+        headers.remove(header::TE);
+    }
+}
+
+/// Methods whose requests carry a body by definition, so that an empty one
+/// still gets `content-length: 0`.
+fn has_payload(method: &http::Method) -> bool {
+    matches!(method.as_str(), "POST" | "PUT" | "PATCH")
+}
+
+/// Sends the request body on the stream, each chunk within the window the
+/// upstream grants; window is asked for only once a chunk is there, so an
+/// idle body holds none of the connection's. Ends when the body does, the
+/// upstream resets the stream, or the body fails (the stream is reset).
+async fn pump(mut body: ReqBody, mut stream: SendStream<Bytes>) {
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            _ = poll_fn(|cx| stream.poll_reset(cx)) => return,
+        };
+        let frame = match frame {
+            None => {
+                let _ = stream.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "request body failed; resetting the upstream stream");
+                stream.send_reset(h2::Reason::CANCEL);
+                return;
+            }
+            Some(Ok(frame)) => frame,
+        };
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    let _ = stream.send_trailers(trailers);
+                    return;
+                }
+                continue;
+            }
+        };
+        let eos = body.is_end_stream();
+        if send_chunk(&mut stream, data, eos).await.is_err() || eos {
+            return;
+        }
+    }
+}
+
+/// Sends `data` in the pieces the window allows; `eos` ends the stream
+/// with the last one.
+async fn send_chunk(stream: &mut SendStream<Bytes>, mut data: Bytes, eos: bool) -> Result<(), ()> {
+    if data.is_empty() {
+        return if eos {
+            stream.send_data(data, true).map_err(drop)
+        } else {
+            Ok(())
+        };
+    }
+    while !data.is_empty() {
+        stream.reserve_capacity(data.len());
+        let granted = if stream.capacity() > 0 {
+            stream.capacity()
+        } else {
+            window(stream).await?
+        };
+        let part = data.split_to(granted.min(data.len()));
+        stream
+            .send_data(part, eos && data.is_empty())
+            .map_err(drop)?;
+    }
+    Ok(())
+}
+
+/// Waits for send window on the stream; fails when the stream is reset or
+/// closed.
+async fn window(stream: &mut SendStream<Bytes>) -> Result<usize, ()> {
+    poll_fn(|cx| {
+        if stream.poll_reset(cx).is_ready() {
+            return Poll::Ready(Err(()));
+        }
+        loop {
+            match ready!(stream.poll_capacity(cx)) {
+                Some(Ok(0)) => {}
+                Some(Ok(n)) => return Poll::Ready(Ok(n)),
+                Some(Err(_)) | None => return Poll::Ready(Err(())),
+            }
+        }
+    })
+    .await
+}
+
+/// An upstream's HTTP/2 response body: DATA (its window given back as it
+/// is read), then trailers. Dropped before its end, it resets the stream
+/// (`h2` sends RST_STREAM CANCEL).
+#[derive(Debug)]
+pub struct H2Body {
+    recv: RecvStream,
+    data_done: bool,
+    /// What `content-length` says is left, when it says.
+    left: Option<u64>,
+}
+
+impl H2Body {
+    fn new(recv: RecvStream, headers: &HeaderMap) -> H2Body {
+        H2Body {
+            recv,
+            data_done: false,
+            left: headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok()),
+        }
+    }
+}
+
+impl Body for H2Body {
+    type Data = Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::BoxError>>> {
+        let this = self.get_mut();
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    if let Some(left) = this.left.as_mut() {
+                        *left = left.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => this.data_done = true,
+            }
+        }
+        match ready!(this.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e.into()))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.left {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
