@@ -14,7 +14,7 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -28,11 +28,20 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{ClientError, Failed, ReqBody};
 
-/// Stream and connection receive windows (hyper's client defaults).
+/// The bounds hyper's client had by default (hyper 1.x
+/// `proto::h2::client::Config`): receive windows, the largest response
+/// header list, what may wait in steer for the upstream's window, and
+/// streams opened before the upstream's SETTINGS arrive.
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CONN_WINDOW: u32 = 5 * 1024 * 1024;
-/// A PING this often while the connection is open; no PONG within
-/// `PONG_TIMEOUT` closes it (what hyper was set to: 20 s, 10 s).
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+const MAX_FRAME: u32 = 16 * 1024;
+const MAX_SEND_BUFFER: usize = 1024 * 1024;
+const INITIAL_STREAMS: usize = 100;
+const MAX_ERROR_RESETS: usize = 1024;
+/// While requests are open, a PING this often; no PONG within
+/// `PONG_TIMEOUT` closes the connection (what hyper was set to: 20 s,
+/// 10 s, not while idle: gRPC servers punish PINGs on idle connections).
 const PING_EVERY: Duration = Duration::from_secs(20);
 const PONG_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -43,6 +52,8 @@ pub(crate) struct H2Conn {
     /// Set when the connection task ended or a request found the
     /// connection unable to take streams (closed, or went away).
     closed: Arc<AtomicBool>,
+    /// Requests whose response has not ended (or been dropped).
+    open: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for H2Conn {
@@ -62,6 +73,11 @@ impl H2Conn {
         let (send, mut conn) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONN_WINDOW)
+            .max_header_list_size(MAX_HEADER_LIST)
+            .max_frame_size(MAX_FRAME)
+            .max_send_buffer_size(MAX_SEND_BUFFER)
+            .initial_max_send_streams(INITIAL_STREAMS)
+            .max_local_error_reset_streams(Some(MAX_ERROR_RESETS))
             .enable_push(false)
             .handshake::<_, Bytes>(io)
             .await
@@ -70,19 +86,20 @@ impl H2Conn {
                 source: e.into(),
             })?;
         let closed = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(AtomicUsize::new(0));
         let ping = conn.ping_pong();
-        let flag = closed.clone();
+        let (flag, busy) = (closed.clone(), open.clone());
         tokio::spawn(async move {
             let ended = tokio::select! {
                 ended = &mut conn => ended,
-                () = keep_alive(ping) => Ok(()),
+                () = keep_alive(ping, busy) => Ok(()),
             };
             flag.store(true, Ordering::Relaxed);
             if let Err(e) = ended {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
             }
         });
-        Ok(H2Conn { send, closed })
+        Ok(H2Conn { send, closed, open })
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -118,6 +135,7 @@ impl H2Conn {
             head.headers.insert(header::CONTENT_LENGTH, len.into());
         }
         let eos = body.is_end_stream();
+        let open = Open::new(&self.open);
         let (response, stream) = send
             .send_request(Request::from_parts(head, ()), eos)
             .map_err(|e| Failed {
@@ -132,18 +150,44 @@ impl H2Conn {
             request: None,
         })?;
         let (head, recv) = response.into_parts();
-        let body = H2Body::new(recv, &head.headers);
+        let body = H2Body::new(recv, &head.headers, open);
         Ok(Response::from_parts(head, body))
     }
 }
 
-/// PINGs the peer every `PING_EVERY`; returns when a PONG is late.
-async fn keep_alive(ping: Option<h2::PingPong>) {
+/// Counts a request as open until dropped.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(count: &Arc<AtomicUsize>) -> Open {
+        count.fetch_add(1, Ordering::Relaxed);
+        Open(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Open {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Open")
+    }
+}
+
+/// PINGs the peer every `PING_EVERY` while requests are `open`; returns
+/// when a PONG is late.
+async fn keep_alive(ping: Option<h2::PingPong>, open: Arc<AtomicUsize>) {
     let Some(mut ping) = ping else {
         return std::future::pending().await;
     };
     loop {
         tokio::time::sleep(PING_EVERY).await;
+        if open.load(Ordering::Relaxed) == 0 {
+            continue;
+        }
         if ping.send_ping(h2::Ping::opaque()).is_err() {
             return std::future::pending().await;
         }
@@ -280,16 +324,18 @@ pub struct H2Body {
     data_done: bool,
     /// What `content-length` says is left, when it says.
     left: Option<u64>,
+    _open: Open,
 }
 
 impl H2Body {
-    fn new(recv: RecvStream, headers: &HeaderMap) -> H2Body {
+    fn new(recv: RecvStream, headers: &HeaderMap, open: Open) -> H2Body {
         H2Body {
             recv,
             data_done: false,
             left: headers
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse().ok()),
+            _open: open,
         }
     }
 }
