@@ -28,12 +28,17 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{ClientError, Failed, ReqBody};
 
-/// The bounds hyper's client had by default (hyper 1.x
-/// `proto::h2::client::Config`): receive windows, the largest response
-/// header list, what may wait in steer for the upstream's window, and
-/// streams opened before the upstream's SETTINGS arrive.
-const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-const CONN_WINDOW: u32 = 5 * 1024 * 1024;
+/// Receive windows. Data a client has not taken yet keeps its share of the
+/// shared connection's window until `send_timeout` resets that client's
+/// stream: with 1 MiB per stream and 16 MiB per connection, it takes 16
+/// stalled clients at once to stop the connection for everyone, and steer
+/// holds at most 16 MiB per upstream connection.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONN_WINDOW: u32 = 16 * 1024 * 1024;
+/// The other bounds hyper's client had by default (hyper 1.x
+/// `proto::h2::client::Config`): the largest response header list, what
+/// may wait in steer for the upstream's window, and streams opened before
+/// the upstream's SETTINGS arrive.
 const MAX_HEADER_LIST: u32 = 16 * 1024;
 const MAX_FRAME: u32 = 16 * 1024;
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
@@ -142,16 +147,64 @@ impl H2Conn {
                 error: broken(e),
                 request: None,
             })?;
-        if !eos {
-            tokio::spawn(pump(body, stream));
+        // A stream over the upstream's concurrency limit waits in h2 until
+        // another closes, and goes out only once opened (hyper waited the
+        // same way): if the connection ends first, nothing was sent.
+        if let Err(e) = poll_fn(|cx| send.poll_ready(cx)).await {
+            self.closed.store(true, Ordering::Relaxed);
+            return Err(Failed {
+                error: ClientError::Broken {
+                    addr,
+                    source: Box::new(NotOpened(e)),
+                },
+                request: None,
+            });
         }
+        // Dropped with this future (request_timeout) or with the response
+        // body before its end, the pump is aborted: with its last handle
+        // gone, h2 resets the stream.
+        let pump = (!eos).then(|| Pump::spawn(body, stream, Open::new(&self.open)));
         let response = response.await.map_err(|e| Failed {
             error: broken(e),
             request: None,
         })?;
         let (head, recv) = response.into_parts();
-        let body = H2Body::new(recv, &head.headers, open);
+        let body = H2Body::new(recv, &head.headers, open, pump);
         Ok(Response::from_parts(head, body))
+    }
+}
+
+/// The stream of a request never opened: the connection ended while it
+/// waited for the upstream's concurrency limit. Nothing of it was sent.
+#[derive(Debug, thiserror::Error)]
+#[error("the connection ended before the stream opened: {0}")]
+pub(crate) struct NotOpened(#[source] h2::Error);
+
+/// The task that sends a request body, aborted when dropped armed.
+struct Pump(Option<tokio::task::AbortHandle>);
+
+impl Pump {
+    fn spawn(body: ReqBody, stream: SendStream<Bytes>, open: Open) -> Pump {
+        Pump(Some(tokio::spawn(pump(body, stream, open)).abort_handle()))
+    }
+
+    /// The answer ended: the rest of the body may still go out.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for Pump {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pump")
     }
 }
 
@@ -227,17 +280,18 @@ fn strip_connection_fields(headers: &mut HeaderMap) {
     }
 }
 
-/// Methods whose requests carry a body by definition, so that an empty one
-/// still gets `content-length: 0`.
+/// Methods whose requests may carry a body, so that an empty one still
+/// gets `content-length: 0` (as hyper does: all but these four).
 fn has_payload(method: &http::Method) -> bool {
-    matches!(method.as_str(), "POST" | "PUT" | "PATCH")
+    !matches!(method.as_str(), "GET" | "HEAD" | "DELETE" | "CONNECT")
 }
 
 /// Sends the request body on the stream, each chunk within the window the
 /// upstream grants; window is asked for only once a chunk is there, so an
 /// idle body holds none of the connection's. Ends when the body does, the
 /// upstream resets the stream, or the body fails (the stream is reset).
-async fn pump(mut body: ReqBody, mut stream: SendStream<Bytes>) {
+/// `_open` keeps PINGs going while an upload is under way.
+async fn pump(mut body: ReqBody, mut stream: SendStream<Bytes>, _open: Open) {
     loop {
         let frame = tokio::select! {
             frame = body.frame() => frame,
@@ -317,25 +371,34 @@ async fn window(stream: &mut SendStream<Bytes>) -> Result<usize, ()> {
 
 /// An upstream's HTTP/2 response body: DATA (its window given back as it
 /// is read), then trailers. Dropped before its end, it resets the stream
-/// (`h2` sends RST_STREAM CANCEL).
+/// (RST_STREAM CANCEL, which `h2` sends once the body pump, aborted here,
+/// let go of it too).
 #[derive(Debug)]
 pub struct H2Body {
     recv: RecvStream,
     data_done: bool,
     /// What `content-length` says is left, when it says.
     left: Option<u64>,
+    pump: Option<Pump>,
     _open: Open,
 }
 
 impl H2Body {
-    fn new(recv: RecvStream, headers: &HeaderMap, open: Open) -> H2Body {
+    fn new(recv: RecvStream, headers: &HeaderMap, open: Open, pump: Option<Pump>) -> H2Body {
         H2Body {
             recv,
             data_done: false,
             left: headers
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse().ok()),
+            pump,
             _open: open,
+        }
+    }
+
+    fn ended(&mut self) {
+        if let Some(pump) = self.pump.as_mut() {
+            pump.disarm();
         }
     }
 }
@@ -363,8 +426,14 @@ impl Body for H2Body {
             }
         }
         match ready!(this.recv.poll_trailers(cx)) {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-            Ok(None) => Poll::Ready(None),
+            Ok(Some(trailers)) => {
+                this.ended();
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
+            Ok(None) => {
+                this.ended();
+                Poll::Ready(None)
+            }
             Err(e) => Poll::Ready(Some(Err(e.into()))),
         }
     }

@@ -96,19 +96,23 @@ pub enum ClientError {
 
 impl ClientError {
     /// True when the upstream did not process the request, so it may go
-    /// anywhere else whatever its method: it never left steer, an HTTP/2
-    /// upstream refused the stream (REFUSED_STREAM, RFC 9113 §8.7) or went
-    /// away gracefully before it (GOAWAY with NO_ERROR: h2 fails only the
-    /// streams above the GOAWAY's last-stream-id with it, and the requests
-    /// sent after it), or an HTTP/1.1 upstream closed without reading it.
+    /// anywhere else whatever its method: it never left steer (also an
+    /// HTTP/2 stream that never opened), an HTTP/2 upstream refused the
+    /// stream (REFUSED_STREAM, RFC 9113 §8.7) or went away gracefully
+    /// before it (GOAWAY with NO_ERROR: h2 fails only the streams above the
+    /// GOAWAY's last-stream-id with it, and the requests sent after it), or
+    /// an HTTP/1.1 upstream closed without reading it.
     pub fn unprocessed(&self) -> bool {
         match self {
             ClientError::Unread { .. } => true,
-            ClientError::Broken { source, .. } => h2_error(&**source).is_some_and(|e| {
-                e.is_remote()
-                    && (e.reason() == Some(h2::Reason::REFUSED_STREAM)
-                        || (e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR)))
-            }),
+            ClientError::Broken { source, .. } => {
+                source.downcast_ref::<h2conn::NotOpened>().is_some()
+                    || h2_error(&**source).is_some_and(|e| {
+                        e.is_remote()
+                            && (e.reason() == Some(h2::Reason::REFUSED_STREAM)
+                                || (e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR)))
+                    })
+            }
             other => other.not_sent(),
         }
     }

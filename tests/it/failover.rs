@@ -357,3 +357,78 @@ async fn a_post_on_a_connection_the_upstream_closes_unread_goes_to_the_fallback(
         }
     }
 }
+
+/// An h2c upstream that takes one stream at a time
+/// (`SETTINGS_MAX_CONCURRENT_STREAMS` 1), answers nothing, and drops its
+/// connection when `drop_now` is notified.
+async fn one_stream_upstream(drop_now: Arc<tokio::sync::Notify>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let drop_now = drop_now.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::Builder::new()
+                    .max_concurrent_streams(1)
+                    .handshake::<_, Bytes>(tcp)
+                    .await
+                else {
+                    return;
+                };
+                let mut held = Vec::new();
+                loop {
+                    tokio::select! {
+                        accepted = conn.accept() => match accepted {
+                            Some(Ok(stream)) => held.push(stream),
+                            _ => return,
+                        },
+                        () = drop_now.notified() => return,
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_request_whose_http2_stream_never_opened_goes_to_the_fallback() {
+    let drop_now = Arc::new(tokio::sync::Notify::new());
+    let blue = one_stream_upstream(drop_now.clone()).await;
+    let green = upstream("green").await;
+    let body = format!(
+        "{}{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\nfallback = [\"green\"]\n",
+        upstream_toml("blue", blue, "h2c").replace("protocol", "health = false\nprotocol"),
+        upstream_toml("green", green.addr(), "http1")
+    );
+    let steer = Steer::start_ready(&body).await;
+    // The first request takes blue's only stream and gets no answer.
+    let get = request("GET", &steer.url("/demo/echo"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let first = tokio::spawn(async move { send(&http1(), get).await });
+    let admin = steer.admin();
+    let in_flight = || async {
+        let v = call(request("GET", &format!("{admin}/upstreams")))
+            .await
+            .json();
+        v["upstreams"][0]["in_flight"].as_u64().unwrap_or(0)
+    };
+    eventually("the first request is in flight", || async {
+        in_flight().await == 1
+    })
+    .await;
+    // The token request waits in steer for a stream of its own.
+    let post = request("POST", &steer.url("/demo/echo"))
+        .body(Full::new(Bytes::from_static(b"token request")))
+        .unwrap();
+    let token = tokio::spawn(async move { send(&http1(), post).await });
+    eventually("both are in flight", || async { in_flight().await == 2 }).await;
+    drop_now.notify_waiters();
+    let token = token.await.unwrap();
+    // Its stream never opened: nothing of it reached blue.
+    assert_eq!(token.status, StatusCode::OK, "{}", token.text());
+    assert_eq!(token.text(), "token request");
+    // The GET was sent and broke: being idempotent, it goes again.
+    assert_eq!(first.await.unwrap().status, StatusCode::OK);
+}

@@ -493,3 +493,35 @@ async fn an_http2_upstream_that_rotates_its_connections_loses_no_request() {
         .find(|l| l.starts_with("steer_retries_total{upstream=\"rot\"}"));
     assert!(retries.is_none_or(|l| l.ends_with(" 0")), "{retries:?}");
 }
+
+#[tokio::test]
+async fn a_request_timeout_resets_the_http2_upstream_stream_of_an_unfinished_upload() {
+    let up = h2_upstream::start(b"ok").await;
+    // The tests' request_timeout is 2 s.
+    let steer = Steer::start_ready(&route_to("up", up.addr, "h2c")).await;
+    let tcp = TcpStream::connect(steer.addr()).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let req = http::Request::post(format!("http://{}/upload", steer.addr()))
+        .body(())
+        .unwrap();
+    // An upload that starts and then waits: the upstream answers only
+    // once it has the whole body.
+    let (answer, mut upload) = send.send_request(req, false).unwrap();
+    upload
+        .send_data(Bytes::from_static(b"the first part"), false)
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::GATEWAY_TIMEOUT);
+    // The upload is still open on the client's side; the upstream's stream
+    // must not wait for it.
+    eventually("the upstream stream is reset", || async {
+        up.seen.resets.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    drop(upload);
+}
