@@ -30,11 +30,13 @@ use super::{ClientError, Failed, ReqBody};
 
 /// Receive windows. Data a client has not taken yet keeps its share of the
 /// shared connection's window until `send_timeout` resets that client's
-/// stream: with 1 MiB per stream and 16 MiB per connection, it takes 16
-/// stalled clients at once to stop the connection for everyone, and steer
-/// holds at most 16 MiB per upstream connection.
-const STREAM_WINDOW: u32 = 1024 * 1024;
-const CONN_WINDOW: u32 = 16 * 1024 * 1024;
+/// stream: with 256 KiB per stream and 32 MiB per connection, it takes 128
+/// stalled streams at once (more than one client connection may open) to
+/// stop the connection for everyone, and steer holds at most 32 MiB per
+/// upstream connection. 256 KiB per round trip is ample for an upstream in
+/// the same network.
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONN_WINDOW: u32 = 32 * 1024 * 1024;
 /// The other bounds hyper's client had by default (hyper 1.x
 /// `proto::h2::client::Config`): the largest response header list, what
 /// may wait in steer for the upstream's window, and streams opened before

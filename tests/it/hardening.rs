@@ -898,3 +898,50 @@ async fn silent_admin_connections_are_capped_and_closed_at_the_head_deadline() {
             .ok();
     }
 }
+
+#[tokio::test]
+async fn clients_that_stop_reading_do_not_stall_the_shared_http2_upstream_connection() {
+    let blue = upstream("blue").await;
+    // h2c to blue: one upstream connection carries every request to it.
+    let routes = format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
+        upstream_toml("blue", blue.addr(), "h2c")
+    );
+    let steer = Steer::start_ready(&routes).await;
+    let addr = steer.addr();
+    // 40 large downloads whose client takes 64 KiB of each and no more:
+    // what the upstream sent beyond that waits in steer, holding its part
+    // of the shared connection's window until send_timeout (60 s).
+    let mut send = h2_client(addr, 65_535, 64 << 20).await;
+    let mut stalled = Vec::new();
+    for _ in 0..40 {
+        send = send.ready().await.unwrap();
+        let (resp, _) = send
+            .send_request(h2_get(addr, "/demo/bytes?n=4000000"), true)
+            .unwrap();
+        stalled.push(resp.await.unwrap().into_body());
+    }
+    // Other clients' answers from the same upstream still flow.
+    let mut other = h2_client(addr, 65_535, 1 << 20).await;
+    for i in 0..10 {
+        other = other.ready().await.unwrap();
+        let (small, _) = other
+            .send_request(h2_get(addr, "/demo/bytes?n=100000"), true)
+            .unwrap();
+        let whole = async {
+            let mut body = small.await.unwrap().into_body();
+            let mut got = 0;
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.unwrap();
+                got += chunk.len();
+                body.flow_control().release_capacity(chunk.len()).unwrap();
+            }
+            got
+        };
+        let got = tokio::time::timeout(Duration::from_secs(5), whole)
+            .await
+            .unwrap_or_else(|_| panic!("answer {i} stalled behind the clients that do not read"));
+        assert_eq!(got, 100_000);
+    }
+    drop(stalled);
+}
