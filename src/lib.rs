@@ -48,6 +48,8 @@
 //!   one (the `h2` crate); hyper's client only for upgrades.
 //! - [`table`]: the live table built from a config.
 //! - [`body`]: the request body as it arrives (hyper's or h2's).
+//! - `h2send`: sending a body on an HTTP/2 stream within the peer's
+//!   window (responses to clients, request bodies to upstreams).
 //! - [`proxy`]: the request path, head checks, header rules, error mapping,
 //!   resends, tunnels, per-route rate limits (429) and the retry budget.
 //! - [`server`]: listeners and connection serving (`park`: plain HTTP/1.1
@@ -78,6 +80,7 @@ pub mod config;
 pub mod demo;
 #[doc(hidden)]
 pub mod fuzzing;
+pub(crate) mod h2send;
 pub mod health;
 pub mod metrics;
 pub mod proxy;

@@ -23,7 +23,6 @@ use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
 use http::{HeaderMap, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{ClientError, Failed, ReqBody};
@@ -288,87 +287,11 @@ fn has_payload(method: &http::Method) -> bool {
     !matches!(method.as_str(), "GET" | "HEAD" | "DELETE" | "CONNECT")
 }
 
-/// Sends the request body on the stream, each chunk within the window the
-/// upstream grants; window is asked for only once a chunk is there, so an
-/// idle body holds none of the connection's. Ends when the body does, the
-/// upstream resets the stream, or the body fails (the stream is reset).
-/// `_open` keeps PINGs going while an upload is under way.
-async fn pump(mut body: ReqBody, mut stream: SendStream<Bytes>, _open: Open) {
-    loop {
-        let frame = tokio::select! {
-            frame = body.frame() => frame,
-            _ = poll_fn(|cx| stream.poll_reset(cx)) => return,
-        };
-        let frame = match frame {
-            None => {
-                let _ = stream.send_data(Bytes::new(), true);
-                return;
-            }
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "request body failed; resetting the upstream stream");
-                stream.send_reset(h2::Reason::CANCEL);
-                return;
-            }
-            Some(Ok(frame)) => frame,
-        };
-        let data = match frame.into_data() {
-            Ok(data) => data,
-            Err(frame) => {
-                if let Ok(trailers) = frame.into_trailers() {
-                    let _ = stream.send_trailers(trailers);
-                    return;
-                }
-                continue;
-            }
-        };
-        let eos = body.is_end_stream();
-        if send_chunk(&mut stream, data, eos).await.is_err() || eos {
-            return;
-        }
-    }
-}
-
-/// Sends `data` in the pieces the window allows; `eos` ends the stream
-/// with the last one.
-async fn send_chunk(stream: &mut SendStream<Bytes>, mut data: Bytes, eos: bool) -> Result<(), ()> {
-    if data.is_empty() {
-        return if eos {
-            stream.send_data(data, true).map_err(drop)
-        } else {
-            Ok(())
-        };
-    }
-    while !data.is_empty() {
-        stream.reserve_capacity(data.len());
-        let granted = if stream.capacity() > 0 {
-            stream.capacity()
-        } else {
-            window(stream).await?
-        };
-        let part = data.split_to(granted.min(data.len()));
-        stream
-            .send_data(part, eos && data.is_empty())
-            .map_err(drop)?;
-    }
-    Ok(())
-}
-
-/// Waits for send window on the stream; fails when the stream is reset or
-/// closed.
-async fn window(stream: &mut SendStream<Bytes>) -> Result<usize, ()> {
-    poll_fn(|cx| {
-        if stream.poll_reset(cx).is_ready() {
-            return Poll::Ready(Err(()));
-        }
-        loop {
-            match ready!(stream.poll_capacity(cx)) {
-                Some(Ok(0)) => {}
-                Some(Ok(n)) => return Poll::Ready(Ok(n)),
-                Some(Err(_)) | None => return Poll::Ready(Err(())),
-            }
-        }
-    })
-    .await
+/// Sends the request body within the window the upstream grants
+/// (`h2send`); a failing body resets the stream. `_open` keeps PINGs
+/// going while an upload is under way.
+async fn pump(body: ReqBody, mut stream: SendStream<Bytes>, _open: Open) {
+    let _ = crate::h2send::send_body(body, &mut stream, None, || {}, h2::Reason::CANCEL).await;
 }
 
 /// An upstream's HTTP/2 response body: DATA (its window given back as it

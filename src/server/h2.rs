@@ -12,7 +12,6 @@
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,7 +19,6 @@ use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::{Request, Response, header};
 use http_body::Body as _;
-use http_body_util::BodyExt as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::conn::{self, OpenGuard};
@@ -28,6 +26,7 @@ use super::h2_connect::{Handed, OnConnect};
 use super::io::StallReport;
 use super::{ClientResult, ConnCtx};
 use crate::body::Inbound;
+use crate::h2send::{self, Stop};
 use crate::proxy::{self, ProxyBody};
 
 /// Keep-alive: a PING after this long without one, and the connection is
@@ -298,104 +297,26 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// Why a response stopped before its end.
-enum Stop {
-    /// The client reset the stream or the connection went away.
-    Gone,
-    /// No window for `send_timeout`.
-    Stalled,
-}
-
 /// Sends `body` on `send`, each chunk only within the window the client
-/// grants. A stall past `send_timeout` resets the stream (CANCEL); the
-/// body, and with it the upstream side, is dropped on return either way.
-async fn pipe(mut body: ProxyBody, mut send: SendStream<Bytes>, streams: &Streams) {
-    loop {
-        let frame = tokio::select! {
-            frame = body.frame() => frame,
-            _ = poll_fn(|cx| send.poll_reset(cx)) => return,
-        };
-        let frame = match frame {
-            None => {
-                let _ = send.send_data(Bytes::new(), true);
-                return;
-            }
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "response body failed; resetting the stream");
-                send.send_reset(Reason::INTERNAL_ERROR);
-                return;
-            }
-            Some(Ok(frame)) => frame,
-        };
-        let data = match frame.into_data() {
-            Ok(data) => data,
-            Err(frame) => {
-                if let Ok(trailers) = frame.into_trailers() {
-                    let _ = send.send_trailers(trailers);
-                    return;
-                }
-                continue;
-            }
-        };
-        let eos = body.is_end_stream();
-        match send_chunk(&mut send, data, eos, streams).await {
-            Ok(()) if eos => return,
-            Ok(()) => {}
-            Err(Stop::Gone) => return,
-            Err(Stop::Stalled) => {
-                send.send_reset(Reason::CANCEL);
-                streams.stalls.stalled(
-                    "an HTTP/2 response got no flow-control window for send_timeout; stream reset",
-                );
-                streams.progress.stalled(streams.send_timeout);
-                return;
-            }
-        }
+/// grants (`h2send`). A stall past `send_timeout` resets the stream
+/// (CANCEL) and, when no stream of the connection moved either, closes the
+/// connection; the body, and with it the upstream side, is dropped on
+/// return either way.
+async fn pipe(body: ProxyBody, mut send: SendStream<Bytes>, streams: &Streams) {
+    let touch = || streams.progress.touch();
+    let sent = h2send::send_body(
+        body,
+        &mut send,
+        Some(streams.send_timeout),
+        touch,
+        Reason::INTERNAL_ERROR,
+    )
+    .await;
+    if sent == Err(Stop::Stalled) {
+        send.send_reset(Reason::CANCEL);
+        streams.stalls.stalled(
+            "an HTTP/2 response got no flow-control window for send_timeout; stream reset",
+        );
+        streams.progress.stalled(streams.send_timeout);
     }
-}
-
-async fn send_chunk(
-    send: &mut SendStream<Bytes>,
-    mut data: Bytes,
-    eos: bool,
-    streams: &Streams,
-) -> Result<(), Stop> {
-    if data.is_empty() {
-        if eos {
-            send.send_data(data, true).map_err(|_| Stop::Gone)?;
-        }
-        return Ok(());
-    }
-    while !data.is_empty() {
-        send.reserve_capacity(data.len());
-        let granted = window(send, streams.send_timeout).await?;
-        streams.progress.touch();
-        let part = data.split_to(granted.min(data.len()));
-        send.send_data(part, eos && data.is_empty())
-            .map_err(|_| Stop::Gone)?;
-    }
-    Ok(())
-}
-
-/// Waits until the stream has window to send, at most `limit`.
-async fn window(send: &mut SendStream<Bytes>, limit: Duration) -> Result<usize, Stop> {
-    if send.capacity() > 0 {
-        return Ok(send.capacity());
-    }
-    let granted = poll_fn(|cx| {
-        if send.poll_reset(cx).is_ready() {
-            return Poll::Ready(Err(Stop::Gone));
-        }
-        loop {
-            match send.poll_capacity(cx) {
-                Poll::Ready(Some(Ok(0))) => continue,
-                Poll::Ready(Some(Ok(n))) => return Poll::Ready(Ok(n)),
-                Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(Err(Stop::Gone)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-    });
-    tokio::time::timeout(limit, granted)
-        .await
-        .unwrap_or(Err(Stop::Stalled))
 }
