@@ -37,7 +37,7 @@ const MAX_HEADERS: usize = 128;
 /// How long the rest of a request body still goes to an upstream that
 /// answered before it had all of it (the client's connection stays usable
 /// only if its body is read to the end).
-const BODY_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+pub(super) const BODY_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long an upstream's close without an answer waits for the reset
 /// that says the request was not read (see [`reset_unread`]).
 const RESET_GRACE: std::time::Duration = std::time::Duration::from_millis(50);

@@ -112,28 +112,40 @@ impl H2Conn {
         self.closed.load(Ordering::Relaxed)
     }
 
-    /// Sends `req` (HTTP/2 form: absolute URI) and awaits the response
-    /// head. The request comes back in the error when the connection could
-    /// not take a new stream (nothing was sent).
+    /// Sends `req` (HTTP/2 form: absolute URI, connection-specific fields
+    /// already gone: `proxy::headers::strip_hop_by_hop`) on this handle
+    /// (the pool's clone: a clone of `h2`'s handle takes its connection
+    /// lock) and awaits the response head. The request comes back in the
+    /// error when the connection could not take a new stream (nothing was
+    /// sent). A GOAWAY marks the connection closed: the next request opens
+    /// another.
     pub(crate) async fn send(
-        &self,
+        self,
         req: Request<ReqBody>,
         addr: SocketAddr,
     ) -> Result<Response<H2Body>, Failed> {
-        let broken = |e: h2::Error| ClientError::Broken {
-            addr,
-            source: Box::new(e),
+        let H2Conn {
+            mut send,
+            closed,
+            open,
+        } = self;
+        let broken = |e: h2::Error| {
+            if e.is_go_away() {
+                closed.store(true, Ordering::Relaxed);
+            }
+            ClientError::Broken {
+                addr,
+                source: Box::new(e),
+            }
         };
-        let mut send = self.send.clone();
         if let Err(e) = poll_fn(|cx| send.poll_ready(cx)).await {
-            self.closed.store(true, Ordering::Relaxed);
+            closed.store(true, Ordering::Relaxed);
             return Err(Failed {
                 error: broken(e),
                 request: Some(req),
             });
         }
         let (mut head, body) = req.into_parts();
-        strip_connection_fields(&mut head.headers);
         if let Some(len) = body.size_hint().exact()
             && (len != 0 || has_payload(&head.method))
             && !head.headers.contains_key(header::CONTENT_LENGTH)
@@ -141,7 +153,7 @@ impl H2Conn {
             head.headers.insert(header::CONTENT_LENGTH, len.into());
         }
         let eos = body.is_end_stream();
-        let open = Open::new(&self.open);
+        let guard = Open::new(&open);
         let (response, stream) = send
             .send_request(Request::from_parts(head, ()), eos)
             .map_err(|e| Failed {
@@ -152,7 +164,7 @@ impl H2Conn {
         // another closes, and goes out only once opened (hyper waited the
         // same way): if the connection ends first, nothing was sent.
         if let Err(e) = poll_fn(|cx| send.poll_ready(cx)).await {
-            self.closed.store(true, Ordering::Relaxed);
+            closed.store(true, Ordering::Relaxed);
             return Err(Failed {
                 error: ClientError::Broken {
                     addr,
@@ -164,13 +176,13 @@ impl H2Conn {
         // Dropped with this future (request_timeout) or with the response
         // body before its end, the pump is aborted: with its last handle
         // gone, h2 resets the stream.
-        let pump = (!eos).then(|| Pump::spawn(body, stream, Open::new(&self.open)));
+        let pump = (!eos).then(|| Pump::spawn(body, stream, Open::new(&open)));
         let response = response.await.map_err(|e| Failed {
             error: broken(e),
             request: None,
         })?;
         let (head, recv) = response.into_parts();
-        let body = H2Body::new(recv, &head.headers, open, pump);
+        let body = H2Body::new(recv, &head.headers, guard, pump);
         Ok(Response::from_parts(head, body))
     }
 }
@@ -189,9 +201,19 @@ impl Pump {
         Pump(Some(tokio::spawn(pump(body, stream, open)).abort_handle()))
     }
 
-    /// The answer ended: the rest of the body may still go out.
+    /// The answer ended: the rest of the body may still go out, for
+    /// `BODY_GRACE` at most (as toward HTTP/1.1 upstreams); then the
+    /// stream is reset, so that a client that never ends its upload does
+    /// not hold the upstream stream.
     fn disarm(&mut self) {
-        self.0 = None;
+        if let Some(task) = self.0.take()
+            && !task.is_finished()
+        {
+            tokio::spawn(async move {
+                tokio::time::sleep(super::h1::BODY_GRACE).await;
+                task.abort();
+            });
+        }
     }
 }
 
@@ -257,30 +279,6 @@ async fn keep_alive(ping: Option<h2::PingPong>, open: Arc<AtomicUsize>) {
     }
 }
 
-/// RFC 9113 §8.2.2: connection-specific fields must not be sent; `TE`
-/// only as `trailers`. steer removes hop-by-hop fields already; this keeps
-/// a request that still has one from failing in `h2`.
-fn strip_connection_fields(headers: &mut HeaderMap) {
-    if let Some(connection) = headers.remove(header::CONNECTION)
-        && let Ok(names) = connection.to_str()
-    {
-        for name in names.split(',') {
-            headers.remove(name.trim());
-        }
-    }
-    for name in [
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::HeaderName::from_static("keep-alive"),
-        header::HeaderName::from_static("proxy-connection"),
-    ] {
-        headers.remove(name);
-    }
-    if headers.get(header::TE).is_some_and(|te| te != "trailers") {
-        headers.remove(header::TE);
-    }
-}
-
 /// Methods whose requests may carry a body, so that an empty one still
 /// gets `content-length: 0` (as hyper does: all but these four).
 fn has_payload(method: &http::Method) -> bool {
@@ -324,6 +322,16 @@ impl H2Body {
     fn ended(&mut self) {
         if let Some(pump) = self.pump.as_mut() {
             pump.disarm();
+        }
+    }
+}
+
+impl Drop for H2Body {
+    fn drop(&mut self) {
+        // An answer whose end was known without a last poll is complete:
+        // the upload may go on (`Pump::disarm`), not be reset.
+        if self.recv.is_end_stream() {
+            self.ended();
         }
     }
 }

@@ -300,20 +300,6 @@ impl Pool {
         *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender.clone());
     }
 
-    /// A shared HTTP/2 connection that failed a stream with a GOAWAY takes
-    /// no new ones: the next request opens another at once, instead of
-    /// waiting for hyper to notice.
-    fn forget_h2_if_gone(&self, sent: &Result<Sent, Failed>) {
-        if let Err(Failed {
-            error: ClientError::Broken { source, .. },
-            ..
-        }) = sent
-            && h2_error(&**source).is_some_and(h2::Error::is_go_away)
-        {
-            *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        }
-    }
-
     /// Opens the shared HTTP/2 connection, or waits for the request that is
     /// opening it. A waiter that finds none afterwards (that connect failed)
     /// tries once itself rather than queueing behind a dead endpoint.
@@ -355,10 +341,7 @@ impl Pool {
                     request: Some(back),
                     ..
                 }) => req = back,
-                sent => {
-                    self.forget_h2_if_gone(&sent);
-                    return sent;
-                }
+                sent => return sent,
             }
         }
         if dial.protocol != Protocol::H2c
@@ -388,11 +371,7 @@ impl Pool {
                 error,
                 request: Some(req),
             }),
-            Ok(Fresh::H2(sender)) => {
-                let sent = send_h2(sender, dial, req).await;
-                self.forget_h2_if_gone(&sent);
-                sent
-            }
+            Ok(Fresh::H2(sender)) => send_h2(sender, dial, req).await,
             Ok(Fresh::H1(conn)) => h1::send(conn, req, false).await.map(Sent::h1),
             Ok(Fresh::Upgrade(sender)) => send_hyper_h1(sender, dial, req).await,
         }

@@ -101,7 +101,6 @@ pub struct UpstreamBody {
     /// `None` only while being dropped.
     inner: Option<RespBody>,
     finished: Option<Finished>,
-    h2: bool,
     ended: bool,
     access: Option<Box<Access>>,
 }
@@ -111,11 +110,10 @@ pub struct UpstreamBody {
 const END_STREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl UpstreamBody {
-    pub(super) fn new(inner: RespBody, finished: Finished, h2: bool) -> UpstreamBody {
+    pub(super) fn new(inner: RespBody, finished: Finished) -> UpstreamBody {
         UpstreamBody {
             inner: Some(inner),
             finished: Some(finished),
-            h2,
             ended: false,
             access: None,
         }
@@ -185,7 +183,7 @@ impl Drop for UpstreamBody {
         let Some(inner) = self.inner.take() else {
             return;
         };
-        if !self.h2 {
+        if !matches!(inner, RespBody::H2(_)) {
             return;
         }
         let delivered = inner.size_hint().exact() == Some(0);

@@ -734,7 +734,6 @@ fn respond(
     if response.headers().contains_key(header::TRANSFER_ENCODING) {
         response.headers_mut().remove(header::CONTENT_LENGTH);
     }
-    let h2 = response.version() == Version::HTTP_2;
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     headers::strip_hop_by_hop(response.headers_mut(), switching);
     headers::apply_rules(response.headers_mut(), &route.spec.response_headers);
@@ -769,7 +768,7 @@ fn respond(
     let (parts, incoming) = response.into_parts();
     Ok(Response::from_parts(
         parts,
-        ProxyBody::upstream(UpstreamBody::new(incoming, finished, h2)),
+        ProxyBody::upstream(UpstreamBody::new(incoming, finished)),
     ))
 }
 

@@ -29,23 +29,37 @@ pub struct H2Upstream {
 
 /// Starts the upstream; each answer is `body` (with `content-length`).
 pub async fn start(body: &'static [u8]) -> H2Upstream {
-    serve(Some(body), false).await
+    serve(Some(body), Mode::Plain).await
 }
 
 /// An upstream that refuses every stream with RST_STREAM(REFUSED_STREAM)
 /// once its request has arrived (RFC 9113 §8.7: it processed nothing).
 pub async fn refusing() -> H2Upstream {
-    serve(None, false).await
+    serve(None, Mode::Plain).await
 }
 
 /// An upstream that answers one request per connection, then goes away
 /// gracefully (GOAWAY with NO_ERROR) and keeps the connection open a
 /// while, as a server that rotates its connections does.
 pub async fn one_per_connection(body: &'static [u8]) -> H2Upstream {
-    serve(Some(body), true).await
+    serve(Some(body), Mode::Rotate).await
 }
 
-async fn serve(body: Option<&'static [u8]>, rotate: bool) -> H2Upstream {
+/// An upstream that answers at once, before the request body, and keeps
+/// the request's stream open without reading it.
+pub async fn answering_early(body: &'static [u8]) -> H2Upstream {
+    serve(Some(body), Mode::Early).await
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Plain,
+    Rotate,
+    Early,
+}
+
+async fn serve(body: Option<&'static [u8]>, mode: Mode) -> H2Upstream {
+    let rotate = mode == Mode::Rotate;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Seen::default());
@@ -75,6 +89,14 @@ async fn serve(body: Option<&'static [u8]>, rotate: bool) -> H2Upstream {
                             return;
                         };
                         let mut recv = req.into_body();
+                        if mode == Mode::Early {
+                            let resp = http::Response::new(());
+                            if let Ok(mut send) = respond.send_response(resp, false) {
+                                let _ = send.send_data(Bytes::from_static(body), true);
+                            }
+                            // The body stays unread and the stream open.
+                            std::future::pending::<()>().await;
+                        }
                         while let Some(Ok(chunk)) = recv.data().await {
                             let _ = recv.flow_control().release_capacity(chunk.len());
                         }

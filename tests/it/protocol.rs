@@ -494,20 +494,18 @@ async fn an_http2_upstream_that_rotates_its_connections_loses_no_request() {
     assert!(retries.is_none_or(|l| l.ends_with(" 0")), "{retries:?}");
 }
 
-#[tokio::test]
-async fn a_request_timeout_resets_the_http2_upstream_stream_of_an_unfinished_upload() {
-    let up = h2_upstream::start(b"ok").await;
-    // The tests' request_timeout is 2 s.
-    let steer = Steer::start_ready(&route_to("up", up.addr, "h2c")).await;
-    let tcp = TcpStream::connect(steer.addr()).await.unwrap();
+/// An HTTP/2 POST through steer whose client sends a first part of its
+/// body and never ends it: the answer (within 10 s) and the upload.
+async fn unfinished_upload(
+    addr: SocketAddr,
+) -> (http::Response<h2::RecvStream>, h2::SendStream<Bytes>) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
     let (send, conn) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(conn);
     let mut send = send.ready().await.unwrap();
-    let req = http::Request::post(format!("http://{}/upload", steer.addr()))
+    let req = http::Request::post(format!("http://{addr}/upload"))
         .body(())
         .unwrap();
-    // An upload that starts and then waits: the upstream answers only
-    // once it has the whole body.
     let (answer, mut upload) = send.send_request(req, false).unwrap();
     upload
         .send_data(Bytes::from_static(b"the first part"), false)
@@ -516,9 +514,40 @@ async fn a_request_timeout_resets_the_http2_upstream_stream_of_an_unfinished_upl
         .await
         .expect("an answer in time")
         .unwrap();
+    (answer, upload)
+}
+
+#[tokio::test]
+async fn a_request_timeout_resets_the_http2_upstream_stream_of_an_unfinished_upload() {
+    let up = h2_upstream::start(b"ok").await;
+    // The tests' request_timeout is 2 s.
+    let steer = Steer::start_ready(&route_to("up", up.addr, "h2c")).await;
+    // An upload that starts and then waits: the upstream answers only
+    // once it has the whole body.
+    let (answer, upload) = unfinished_upload(steer.addr()).await;
     assert_eq!(answer.status(), StatusCode::GATEWAY_TIMEOUT);
     // The upload is still open on the client's side; the upstream's stream
     // must not wait for it.
+    eventually("the upstream stream is reset", || async {
+        up.seen.resets.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    drop(upload);
+}
+
+#[tokio::test]
+async fn an_upload_the_http2_upstream_answered_early_is_cut_off_after_a_grace() {
+    let up = h2_upstream::answering_early(b"ok").await;
+    let steer = Steer::start_ready(&route_to("up", up.addr, "h2c")).await;
+    // The client never ends its upload; the upstream has answered anyway.
+    let (answer, upload) = unfinished_upload(steer.addr()).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let mut body = answer.into_body();
+    while let Some(chunk) = body.data().await {
+        chunk.unwrap();
+    }
+    // steer sends the rest of an upload for 5 s at most, then resets the
+    // upstream stream.
     eventually("the upstream stream is reset", || async {
         up.seen.resets.load(Ordering::Relaxed) >= 1
     })
