@@ -5,21 +5,32 @@
 //! buffering beyond it (a stalled client holds at most one chunk per
 //! stream).
 //!
-//! One task per stream runs `proxy::handle` and then pipes the response
-//! body; the connection task accepts streams, answers keep-alive pings,
-//! closes idle connections and asks them to finish on shutdown.
+//! The connection's own task runs every stream: it accepts streams, drives
+//! each (`proxy::handle`, then piping the response body) in a
+//! `FuturesUnordered`, answers keep-alive pings, closes idle connections
+//! and asks them to finish on shutdown. No task per stream: a spawn, a
+//! wake-up across tasks and a copy of the stream's future per request are
+//! what HAProxy and nginx do not pay either; a connection's streams share
+//! one worker thread, as they do there.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+use futures_util::task::AtomicWaker;
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::{Request, Response, header};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::{Interval, Sleep};
 
 use super::conn::{self, OpenGuard};
 use super::h2_connect::{Handed, OnConnect};
@@ -113,77 +124,84 @@ where
         info,
         activity,
         serving,
-        mut finish,
+        finish,
         stalls,
         ..
     } = ctx;
     // The preface is in `io` already, so this only sends our SETTINGS;
     // bounded all the same, by the write deadline underneath.
     let mut conn = serving.h2.handshake::<_, Bytes>(io).await?;
-    let mut ping = conn.ping_pong();
-    let streams = Arc::new(Streams {
+    let streams = Streams {
         shared,
         info,
         send_timeout: serving.send_timeout,
         progress: Arc::default(),
         stalls,
-    });
+    };
     streams.progress.touch();
     let idle = serving.idle;
-    let mut tick = super::idle_tick(idle);
-    let mut keepalive = tokio::time::interval(PING_EVERY);
-    keepalive.reset();
-    let mut pong_due: Option<tokio::time::Instant> = None;
-    let mut asked = *finish.borrow();
-    if asked {
+    let mut control = Control::new(conn.ping_pong(), finish, &streams.progress, idle);
+    if control.asked {
         conn.graceful_shutdown();
     }
+    // Declared after `streams`, which they borrow: dropped first.
+    let mut running = FuturesUnordered::new();
+    let (conn_woken, control_woken) = (Woken::new(), Woken::new());
     loop {
-        let pong_wait = async {
-            match (pong_due, ping.as_mut()) {
-                (Some(due), Some(p)) => tokio::time::timeout_at(due, poll_fn(|cx| p.poll_pong(cx)))
-                    .await
-                    .map(|r| r.is_ok()),
-                _ => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            accepted = conn.accept() => match accepted {
-                Some(Ok((req, respond))) => {
-                    let open = activity.open();
-                    tokio::spawn(stream(req, respond, streams.clone(), open));
+        let event = poll_fn(|cx| {
+            loop {
+                // Streams first: the connection's poll below then writes
+                // out the frames they queued, in this same turn (queueing
+                // a frame wakes the connection).
+                while let Poll::Ready(Some(())) = running.poll_next_unpin(cx) {}
+                let Some(mut conn_cx) = conn_woken.take(cx) else {
+                    break;
+                };
+                let Poll::Ready(accepted) = conn.poll_accept(&mut conn_cx) else {
+                    break;
+                };
+                conn_woken.again();
+                // A client that opens streams faster than they are served
+                // leaves this loop through tokio's budget for its socket.
+                match accepted {
+                    Some(Ok((req, respond))) => {
+                        running.push(stream(req, respond, &streams, activity.open()));
+                    }
+                    Some(Err(e)) => return Poll::Ready(Event::Failed(e)),
+                    None => return Poll::Ready(Event::Closed),
                 }
-                Some(Err(e)) => return Err(e.into()),
-                None => return Ok(()),
-            },
-            changed = finish.changed(), if !asked => {
-                if changed.is_err() || *finish.borrow() {
-                    asked = true;
-                    conn.graceful_shutdown();
-                }
             }
-            _ = tick.tick(), if !asked => {
+            let Some(mut cx) = control_woken.take(cx) else {
+                return Poll::Pending;
+            };
+            let event = std::task::ready!(control.poll_event(&mut cx));
+            control_woken.again();
+            Poll::Ready(event)
+        })
+        .await;
+        match event {
+            Event::Failed(e) => return Err(e.into()),
+            // Every stream is closed; what is left of `running` has
+            // nothing more to send.
+            Event::Closed => return Ok(()),
+            Event::Finish => {
+                conn.graceful_shutdown();
+                // Nothing wakes the connection for its GOAWAY to go out.
+                conn_woken.again();
+            }
+            Event::Tick => {
                 if activity.idle_for(idle) {
-                    asked = true;
+                    control.asked = true;
                     tracing::debug!(peer = %streams.info.peer, "closing idle HTTP/2 connection");
                     conn.graceful_shutdown();
+                    conn_woken.again();
                 }
             }
-            _ = keepalive.tick(), if pong_due.is_none() => {
-                if let Some(p) = ping.as_mut()
-                    && p.send_ping(h2::Ping::opaque()).is_ok()
-                {
-                    pong_due = Some(tokio::time::Instant::now() + PONG_TIMEOUT);
-                }
+            Event::PongLate => {
+                tracing::debug!(peer = %streams.info.peer, "HTTP/2 keep-alive ping not answered; closing");
+                return Ok(());
             }
-            answered = pong_wait => match answered {
-                Ok(true) => pong_due = None,
-                _ => {
-                    tracing::debug!(peer = %streams.info.peer, "HTTP/2 keep-alive ping not answered; closing");
-                    return Ok(());
-                }
-            },
-            () = streams.progress.give_up.notified() => {
+            Event::GiveUp => {
                 conn.abrupt_shutdown(Reason::NO_ERROR);
                 // Lets the GOAWAY out; the write deadline bounds a client
                 // that reads nothing, this bounds the rest.
@@ -197,13 +215,161 @@ where
     }
 }
 
+/// Which part of a connection's task was woken: a turn of its loop polls
+/// only those (as `FuturesUnordered` does for the streams). Polling the
+/// connection costs a TLS read attempt and a pass over h2's state, and
+/// every stream's progress wakes the task.
+struct Woken {
+    flag: Arc<WakeFlag>,
+    waker: std::task::Waker,
+}
+
+struct WakeFlag {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl std::task::Wake for WakeFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl Woken {
+    /// Starts woken: the first turn polls everything.
+    fn new() -> Woken {
+        let flag = Arc::new(WakeFlag {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        let waker = std::task::Waker::from(flag.clone());
+        Woken { flag, waker }
+    }
+
+    /// If this part was woken since its last poll: a context whose waker
+    /// records the next wake-up. `None`: nothing to poll.
+    fn take(&self, cx: &Context<'_>) -> Option<Context<'_>> {
+        // Registered before the flag is read: a wake-up in between is seen.
+        self.flag.task.register(cx.waker());
+        self.flag
+            .woken
+            .swap(false, Ordering::AcqRel)
+            .then(|| Context::from_waker(&self.waker))
+    }
+
+    /// After the part answered Ready: poll it again next turn, its
+    /// wakers are not registered for what comes next.
+    fn again(&self) {
+        self.flag.woken.store(true, Ordering::Release);
+    }
+}
+
+/// What wakes a connection's task, besides its streams.
+enum Event {
+    Failed(h2::Error),
+    /// The connection ended after its last stream.
+    Closed,
+    /// Shutdown or a reload asks the connection to finish.
+    Finish,
+    /// Time to check whether the connection is idle.
+    Tick,
+    /// The keep-alive PING was not answered in time.
+    PongLate,
+    /// A stream stalled and no stream of the connection got window.
+    GiveUp,
+}
+
+/// The connection's timers and signals, kept across turns of its loop:
+/// polling them costs little, creating and dropping them every turn (as a
+/// `select!` over fresh futures does) cost ~5,000 instructions a request.
+struct Control {
+    /// The connection was asked to finish (shutdown or idle): no more
+    /// idle checks or finish signals.
+    asked: bool,
+    finish: Pin<Box<dyn Future<Output = ()> + Send>>,
+    give_up: Pin<Box<dyn Future<Output = ()> + Send>>,
+    tick: Interval,
+    keepalive: Interval,
+    ping: Option<h2::PingPong>,
+    pong_due: Option<Pin<Box<Sleep>>>,
+}
+
+impl Control {
+    fn new(
+        ping: Option<h2::PingPong>,
+        mut finish: watch::Receiver<bool>,
+        progress: &Arc<Progress>,
+        idle: Duration,
+    ) -> Control {
+        let asked = *finish.borrow();
+        let progress = progress.clone();
+        let mut keepalive = tokio::time::interval(PING_EVERY);
+        keepalive.reset();
+        Control {
+            asked,
+            finish: Box::pin(async move {
+                let _ = finish.wait_for(|f| *f).await;
+            }),
+            give_up: Box::pin(async move { progress.give_up.notified().await }),
+            tick: super::idle_tick(idle),
+            keepalive,
+            ping,
+            pong_due: None,
+        }
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        if self.give_up.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Event::GiveUp);
+        }
+        if !self.asked {
+            if self.finish.as_mut().poll(cx).is_ready() {
+                self.asked = true;
+                return Poll::Ready(Event::Finish);
+            }
+            if self.tick.poll_tick(cx).is_ready() {
+                return Poll::Ready(Event::Tick);
+            }
+        }
+        self.poll_keepalive(cx)
+    }
+
+    /// A PING every `PING_EVERY`; its PONG must come within `PONG_TIMEOUT`.
+    fn poll_keepalive(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        let Some(ping) = self.ping.as_mut() else {
+            return Poll::Pending;
+        };
+        loop {
+            if let Some(due) = self.pong_due.as_mut() {
+                match ping.poll_pong(cx) {
+                    Poll::Ready(Ok(_)) => self.pong_due = None,
+                    Poll::Ready(Err(_)) => return Poll::Ready(Event::PongLate),
+                    Poll::Pending if due.as_mut().poll(cx).is_ready() => {
+                        return Poll::Ready(Event::PongLate);
+                    }
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            std::task::ready!(self.keepalive.poll_tick(cx));
+            if ping.send_ping(h2::Ping::opaque()).is_ok() {
+                self.pong_due = Some(Box::pin(tokio::time::sleep(PONG_TIMEOUT)));
+            }
+        }
+    }
+}
+
 /// One stream: the request through `proxy::handle`, the response back.
 /// A client reset (RST_STREAM) drops whatever is in progress, and with it
 /// the upstream request or response.
 async fn stream(
     req: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-    streams: Arc<Streams>,
+    streams: &Streams,
     _open: OpenGuard,
 ) {
     let (mut parts, recv) = req.into_parts();
@@ -218,8 +384,8 @@ async fn stream(
         hand
     });
     let req = Request::from_parts(parts, Inbound::h2(recv, length));
-    // Boxed: the request path's future is kilobytes; inline, the stream's
-    // task would copy it on spawn and again as the task ends.
+    // Boxed: the request path's future is kilobytes; inline, each stream
+    // future would be that large from its start.
     let mut handled = Box::pin(proxy::handle(
         streams.shared.clone(),
         streams.info.clone(),
@@ -232,7 +398,7 @@ async fn stream(
     if let Some(hand) = connect
         && resp.status().is_success()
     {
-        return hand_over(resp, respond, hand, &streams).await;
+        return hand_over(resp, respond, hand, streams).await;
     }
     let (mut head, body) = resp.into_parts();
     let eos = body.is_end_stream();
@@ -246,7 +412,7 @@ async fn stream(
         return;
     };
     if !eos {
-        pipe(body, send, &streams).await;
+        pipe(body, send, streams).await;
     }
 }
 

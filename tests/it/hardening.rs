@@ -285,6 +285,34 @@ async fn idle_keep_alive_connections_are_closed_after_idle_timeout() {
 }
 
 #[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_idle_timeout_and_a_busy_one_is_not() {
+    let (_b, steer) = hardened("idle_timeout = \"300ms\"", ONE_ROUTE).await;
+    let tcp = TcpStream::connect(steer.addr()).await.unwrap();
+    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+    let ended = tokio::spawn(conn);
+    // A stream in flight for three idle timeouts keeps the connection.
+    let req = http::Request::get("http://auth.example.com/demo/slow?ms=900")
+        .body(())
+        .unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let mut body = resp.await.unwrap().into_body();
+    while let Some(chunk) = body.data().await {
+        chunk.unwrap();
+    }
+    let answered = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), ended)
+        .await
+        .expect("the idle HTTP/2 connection must be closed")
+        .unwrap()
+        .unwrap();
+    assert!(
+        answered.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        answered.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn a_slow_stream_is_not_idle() {
     // A request in flight keeps its connection open past idle_timeout.
     let (_b, steer) = hardened("idle_timeout = \"200ms\"", ONE_ROUTE).await;

@@ -241,18 +241,24 @@ async fn sigterm_lets_an_in_flight_request_finish_and_exits_0() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// Reloads `steer` with `body` listening on a new port; returns it.
+async fn move_listener(steer: &Steer, body: &str) -> std::net::SocketAddr {
+    let free = closed_port();
+    let text =
+        with_listen(body).replacen("http = \"127.0.0.1:0\"", &format!("http = \"{free}\""), 1);
+    std::fs::write(&steer.path, text).unwrap();
+    let a = call(request("POST", &format!("{}/reload", steer.admin()))).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    free
+}
+
 #[tokio::test]
 async fn a_changed_listen_address_is_bound_before_the_old_one_stops() {
     let (_b, _g, ups) = two("h2c").await;
     let body = format!("{ups}{}", routes_to("blue"));
     let steer = Steer::start_ready(&body).await;
     let old = steer.url("/x");
-    let free = closed_port();
-    let text =
-        with_listen(&body).replacen("http = \"127.0.0.1:0\"", &format!("http = \"{free}\""), 1);
-    std::fs::write(&steer.path, text).unwrap();
-    let a = call(request("POST", &format!("{}/reload", steer.admin()))).await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let free = move_listener(&steer, &body).await;
     assert_eq!(
         call(request("GET", &format!("http://{free}/x")))
             .await
@@ -265,6 +271,26 @@ async fn a_changed_listen_address_is_bound_before_the_old_one_stops() {
             .is_err()
     })
     .await;
+}
+
+#[tokio::test]
+async fn an_http2_connection_on_a_moved_listener_is_asked_to_finish() {
+    let (_b, _g, ups) = two("h2c").await;
+    let body = format!("{ups}{}", routes_to("blue"));
+    let steer = Steer::start_ready(&body).await;
+    let tcp = tokio::net::TcpStream::connect(steer.addr()).await.unwrap();
+    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
+    let ended = tokio::spawn(conn);
+    let req = http::Request::get(steer.url("/x")).body(()).unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), StatusCode::OK);
+    move_listener(&steer, &body).await;
+    // GOAWAY, then the close: well before `idle_timeout` (60 s).
+    tokio::time::timeout(std::time::Duration::from_secs(5), ended)
+        .await
+        .expect("the HTTP/2 connection must be asked to finish")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
