@@ -754,7 +754,12 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
             HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| invalid("invalid field name"))?;
         found.push((name, f.value.as_ptr() as usize - base, f.value.len()));
     }
-    let head = buf.split_to(len).freeze();
+    // Copied out, not split off: field values outlive the exchange (an
+    // HTTP/2 client's HPACK table keeps those it indexes, for as long as
+    // that client stays connected), and a slice of the read buffer would
+    // keep all 16 KiB of it, and the next exchange would need a new one.
+    let head = Bytes::copy_from_slice(&buf[..len]);
+    buf.advance(len);
     let mut headers = HeaderMap::with_capacity(found.len());
     for (name, start, len) in found {
         let value = HeaderValue::from_maybe_shared(head.slice(start..start + len))

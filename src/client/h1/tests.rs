@@ -393,3 +393,22 @@ async fn a_close_the_runtime_has_not_collected_yet_is_seen_for_a_request_that_ca
         "a closed connection was lent to a request that cannot be sent again"
     );
 }
+
+#[test]
+fn field_values_of_a_parsed_head_do_not_keep_the_read_buffer() {
+    // An HTTP/2 client's HPACK table keeps the values it indexes for as
+    // long as the client stays; they must not pin 16 KiB each.
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    buf.extend_from_slice(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok",
+    );
+    let head = parse_head(&mut buf).unwrap().unwrap();
+    assert_eq!(head.headers["content-type"], "text/plain");
+    assert_eq!(&buf[..], b"ok");
+    buf.clear();
+    assert!(
+        buf.try_reclaim(READ_CHUNK),
+        "the read buffer is shared with the head's field values"
+    );
+    drop(head);
+}
