@@ -37,6 +37,34 @@ fn tune_allocator() {
     }
 }
 
+/// On a multi-thread runtime a connection's task may run on any worker,
+/// so a buffer is often freed by a thread other than the one that
+/// allocated it. mimalloc queues such frees for the owning thread and
+/// returns those pages only when that thread next collects, which a
+/// worker that went quiet with its connections idle may never do: idle
+/// connections then kept ~30 KiB each resident (BENCHMARKS.md, Memory).
+/// A worker about to sleep collects, at most once a second.
+#[allow(unsafe_code)] // reviewed: one FFI call with a plain bool argument
+fn collect_when_parked() {
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    let now = Instant::now();
+    let due = LAST
+        .get()
+        .is_none_or(|last| now.duration_since(last) >= Duration::from_secs(1));
+    if due {
+        LAST.set(Some(now));
+        // SAFETY: mi_collect takes a plain bool and works on the calling
+        // thread's own heap; no pointers are involved.
+        unsafe {
+            libmimalloc_sys::mi_collect(true);
+        }
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "steer",
@@ -320,9 +348,11 @@ fn serve(what: Serve, workers: Option<u16>) -> ExitCode {
             .build(),
         Some(n) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(usize::from(n))
+            .on_thread_park(collect_when_parked)
             .enable_all()
             .build(),
         None => tokio::runtime::Builder::new_multi_thread()
+            .on_thread_park(collect_when_parked)
             .enable_all()
             .build(),
     };
