@@ -358,6 +358,15 @@ def table_latency(rows, title, note):
     return lines
 
 
+IDLE_KINDS = ["plain", "tls", "h2", "h2c"]
+IDLE_KINDS_TITLE = {
+    "plain": "plain HTTP/1.1",
+    "tls": "HTTP/1.1 over TLS",
+    "h2": "HTTP/2 over TLS",
+    "h2c": "h2c",
+}
+
+
 def table_idle(rows, title, note):
     lines = [f"### {title}", "", note, ""]
     lines.append(
@@ -462,6 +471,13 @@ def cmd_report(args):
         bad = [r for r in rs if r.get("rc") not in (0, None) or r.get("errors")]
         if bad:
             notes.append(f"**{len(bad)} run(s) had errors or a non-zero exit; see the raw data.**")
+        if key == "d":
+            # One table per kind of connection (plain, tls, h2).
+            for kind in sorted({r.get("kind", "plain") for r in rs}, key=IDLE_KINDS.index):
+                kr = [r for r in rs if r.get("kind", "plain") == kind]
+                out.extend(fn(kr, f"{title}: {IDLE_KINDS_TITLE[kind]}", " ".join(notes)))
+                out.append("")
+            continue
         out.extend(fn(rs, title, " ".join(notes)))
         out.append("")
     print("\n".join(out))

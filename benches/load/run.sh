@@ -2,7 +2,8 @@
 # Side-by-side load benchmark: steer vs. nginx vs. HAProxy on loopback.
 #
 #   bash benches/load/run.sh [--rounds N] [--seconds S] [--quick]
-#                            [--idle-conns N] [--scenarios a,b,c,d,e]
+#                            [--idle-conns N] [--idle-kinds plain,tls,h2]
+#                            [--scenarios a,b,c,d,e]
 #
 # One upstream (nginx, fixed 100-byte body, CPU 1) behind three proxies
 # (CPU 0, one worker/thread each, access logs on). Scenarios, each in
@@ -10,7 +11,9 @@
 #   a  HTTP/1.1 keep-alive, wrk -t1 -c50
 #   b  HTTP/2 over TLS, h2load -c50 -m10 (HTTP/1.1 upstream)
 #   c  1 connection, everything on CPU 0: added latency vs. the upstream
-#   d  idle keep-alive client connections: RSS per connection
+#   d  idle keep-alive client connections: RSS per connection, for each
+#      kind in --idle-kinds (plain HTTP/1.1 by default; tls: HTTP/1.1
+#      over TLS; h2: HTTP/2 over TLS)
 #   e  HTTP/2 over TLS in, h2c out (ZITADEL's shape), h2load -c50 -m10
 #      at /h2c/, which each proxy sends to the upstream's h2c port
 #      (nginx with grpc_pass, its only HTTP/2 upstream module)
@@ -24,15 +27,16 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 . "$HERE/upstream.sh"
 REPO="$(cd "$HERE/../.." && pwd)"
 
-ROUNDS=3 SECONDS_=10 IDLE_CONNS=8000 IDLE_HOLD=3 SCENARIOS="a,b,c,d,e"
+ROUNDS=3 SECONDS_=10 IDLE_CONNS=8000 IDLE_HOLD=3 IDLE_KINDS=plain SCENARIOS="a,b,c,d,e"
 QUICK=0 ROUNDS_SET="" SECONDS_SET=""
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS_SET="$2"; shift 2 ;;
     --seconds) SECONDS_SET="$2"; shift 2 ;;
     --quick) QUICK=1; shift ;;
     --idle-conns) IDLE_CONNS="$2"; shift 2 ;;
+    --idle-kinds) IDLE_KINDS="$2"; shift 2 ;;
     --scenarios) SCENARIOS="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 1 ;;
@@ -43,6 +47,9 @@ if [ "$QUICK" = 1 ]; then ROUNDS=1 SECONDS_=5; fi
 [ -n "$SECONDS_SET" ] && SECONDS_="$SECONDS_SET"
 case "$ROUNDS$SECONDS_$IDLE_CONNS" in *[!0-9]*) echo "run.sh: --rounds, --seconds and --idle-conns take integers" >&2; exit 1 ;; esac
 [ "$ROUNDS" -ge 1 ] && [ "$SECONDS_" -ge 1 ] || { echo "run.sh: --rounds and --seconds must be >= 1" >&2; exit 1; }
+for kind in ${IDLE_KINDS//,/ }; do
+  case "$kind" in plain|tls|h2) ;; *) echo "run.sh: --idle-kinds takes plain, tls and h2" >&2; exit 1 ;; esac
+done
 has() { case ",$SCENARIOS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
 BASE="${LOAD_BASE_PORT:-18080}"
@@ -436,17 +443,21 @@ fi
 
 # (d) idle keep-alive connections
 if has d; then
-  log "scenario d: $IDLE_CONNS idle keep-alive connections per proxy, $ROUNDS rounds, fresh proxy each time"
+  log "scenario d: $IDLE_CONNS idle keep-alive connections per proxy ($IDLE_KINDS), $ROUNDS rounds, fresh proxy each time"
+  for kind in ${IDLE_KINDS//,/ }; do
   for r in $(seq "$ROUNDS"); do
     for px in "${PROXIES[@]}"; do
       stop_proxy "$px"; start_proxy "$px"
+      port="${HTTP_PORT[$px]}"
+      case "$kind" in tls|h2) port="${TLS_PORT[$px]}" ;; esac
       curl -s -o /dev/null --max-time 2 "http://127.0.0.1:${HTTP_PORT[$px]}/"
       sleep 1
       note_noise
-      taskset -c 1 timeout -k 5 180 python3 "$HERE/idle_conns.py" --port "${HTTP_PORT[$px]}" \
+      taskset -c 1 timeout -k 5 180 python3 "$HERE/idle_conns.py" --port "$port" --kind "$kind" \
         --pid "${MAIN[$px]}" --conns "$IDLE_CONNS" --hold "$IDLE_HOLD" --deadline 120 --out "$RAW" \
-        --meta scenario=d --meta round="$r" --meta proxy="$px" --meta rustc="$(rustc_running)" || log "idle run failed for $px"
+        --meta scenario=d --meta round="$r" --meta proxy="$px" --meta rustc="$(rustc_running)" || log "idle run failed for $px ($kind)"
     done
+  done
   done
 fi
 
@@ -460,7 +471,7 @@ EOF
 {
   echo "# steer vs. nginx vs. HAProxy — load benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  echo "Command: \`bash benches/load/run.sh --rounds $ROUNDS --seconds $SECONDS_$( [ "$IDLE_CONNS" != 8000 ] && echo " --idle-conns $IDLE_CONNS")$( [ "$SCENARIOS" != a,b,c,d,e ] && echo " --scenarios $SCENARIOS")\`"
+  echo "Command: \`bash benches/load/run.sh --rounds $ROUNDS --seconds $SECONDS_$( [ "$IDLE_CONNS" != 8000 ] && echo " --idle-conns $IDLE_CONNS")$( [ "$IDLE_KINDS" != plain ] && echo " --idle-kinds $IDLE_KINDS")$( [ "$SCENARIOS" != a,b,c,d,e ] && echo " --scenarios $SCENARIOS")\`"
   echo
   echo "- steer: $("$STEER_BIN" --version) (binary built $(date -u -r "$STEER_SRC" '+%Y-%m-%d %H:%M UTC'); work tree at commit $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)), --workers $STEER_THREADS, access log on (JSON to /dev/null)"
   echo "- $(nginx -v 2>&1 | sed 's/^nginx version: //'): 1 worker, upstream keepalive $NGINX_KEEPALIVE, access log on (file, buffer=64k)"
