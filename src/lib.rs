@@ -6,7 +6,7 @@
 //! 1. [`server`] accepts, reads the first bytes under the head deadline
 //!    and serves the connection: plain HTTP/1.1 in rounds of hyper's
 //!    HTTP/1.1 connection that hand the socket back when idle
-//!    (`server::park`), HTTP/1.1 over TLS with hyper, HTTP/2 (h2c or TLS)
+//!    (`server::park`), over TLS the same, HTTP/2 (h2c or TLS)
 //!    with the `h2` crate (`server::h2`), every socket under the send
 //!    deadline (`server::io`).
 //! 2. [`proxy::handle`] loads the live [`table::Table`] once (an `ArcSwap`
@@ -52,8 +52,8 @@
 //!   window (responses to clients, request bodies to upstreams).
 //! - [`proxy`]: the request path, head checks, header rules, error mapping,
 //!   resends, tunnels, per-route rate limits (429) and the retry budget.
-//! - [`server`]: listeners and connection serving (`park`: plain HTTP/1.1
-//!   connections that give their buffers back while idle; `h2`: HTTP/2
+//! - [`server`]: listeners and connection serving (`park`: HTTP/1.1
+//!   connections, plain and TLS, that give their buffers back while idle; `h2`: HTTP/2
 //!   streams; `io`: send deadline and protocol detection;
 //!   `admin_listener`: the admin listener's bounds). Invariants:
 //!   `src/server/LIFECYCLE.md`.

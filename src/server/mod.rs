@@ -1,12 +1,11 @@
 //! Listeners and connection serving: accept, tell HTTP/1.1 from HTTP/2
 //! (ALPN, or the preface under `header_read_timeout`), serve plain
-//! HTTP/1.1 in rounds that give their buffers back when idle (`park`),
-//! HTTP/1.1 over TLS with hyper, HTTP/2 with the `h2` crate (`h2`), hand
+//! and TLS HTTP/1.1 in rounds that give their buffers back when idle
+//! (`park`), HTTP/2 with the `h2` crate (`h2`), hand
 //! each request to the proxy, and stop gracefully. Every client socket
 //! writes under `send_timeout` (`io::WriteDeadline`). Knows nothing about
 //! routing. `LIFECYCLE.md` lists what bounds a connection, and where.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -16,10 +15,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use prometheus::IntGauge;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncRead;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -35,7 +32,7 @@ pub mod handover;
 mod io;
 pub mod listeners;
 mod park;
-use crate::proxy::{self, ConnInfo, ProxyBody, Shared};
+use crate::proxy::{ConnInfo, ProxyBody, Shared};
 use io::{Prefixed, Speaks, StallReport, WriteDeadline};
 
 /// hyper's own parser limit sits above steer's `max_header_bytes` so that
@@ -272,7 +269,7 @@ async fn secure(io: ClientIo, tls: TlsListener, mut ctx: ConnCtx) -> ClientResul
     };
     match speaks {
         Speaks::Nothing => Ok(()),
-        Speaks::Http1 => serve_h1(Prefixed::new(buf.freeze(), stream), ctx).await,
+        Speaks::Http1 => park::serve(stream, buf.freeze(), ctx).await,
         Speaks::Http2 => {
             if !read_h2_start(&mut stream, &mut buf, ctx.head_deadline).await? {
                 return Ok(());
@@ -314,37 +311,6 @@ async fn drain(shared: &Shared, tracker: &conn::Tracker, finish: &watch::Sender<
 }
 
 type ClientResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-/// Serves HTTP/1.1 over TLS with hyper; hyper's `header_read_timeout`
-/// bounds each request head.
-async fn serve_h1<I>(io: I, ctx: ConnCtx) -> ClientResult
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let ConnCtx {
-        shared,
-        info,
-        activity,
-        serving,
-        finish,
-        ..
-    } = ctx;
-    let per_request = activity.clone();
-    let service = service_fn(move |req: Request<Incoming>| {
-        let shared = shared.clone();
-        let open = per_request.open();
-        let info = info.clone();
-        async move {
-            let resp = proxy::handle(shared, info, req.map(Into::into)).await;
-            Ok::<_, Infallible>(resp.map(|b| conn::Guarded::new(b, open)))
-        }
-    });
-    let conn = serving
-        .http1
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
-    drive(conn, &activity, serving.idle, Some(finish)).await
-}
 
 /// A hyper server connection that can be asked to finish.
 trait Graceful: Future<Output = hyper::Result<()>> {

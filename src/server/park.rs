@@ -1,4 +1,5 @@
-//! Plain-TCP HTTP/1.1 connections that hold no buffers while idle.
+//! HTTP/1.1 connections (plain TCP and TLS) that hold no hyper buffers
+//! while idle.
 //!
 //! hyper keeps an 8 KiB read buffer (and its write buffer and connection
 //! state) for as long as a keep-alive connection lives; with thousands of
@@ -21,6 +22,11 @@
 //!
 //! The caller has read the first bytes already (to tell HTTP/1.1 from an
 //! h2c preface); they are the first round's leftover.
+//!
+//! Over TLS the parked connection keeps its rustls session (keys and
+//! buffers, as nginx keeps OpenSSL's), and the wait for the next request
+//! first takes any plaintext rustls has already decrypted: the socket
+//! would not turn readable for bytes that already came.
 
 use std::future::Future as _;
 use std::io;
@@ -37,6 +43,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::io::Prefixed;
@@ -70,16 +77,55 @@ impl Exchange {
     }
 }
 
+/// A client stream that can be parked: its socket, to wait on, and what
+/// it holds already read.
+pub(super) trait Parkable: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    fn socket(&self) -> &TcpStream;
+
+    /// Bytes already received and decoded but not yet read (TLS
+    /// plaintext); `None` when the peer has closed.
+    fn take_buffered(&mut self) -> Option<Bytes>;
+}
+
+impl Parkable for ClientIo {
+    fn socket(&self) -> &TcpStream {
+        self.get_ref()
+    }
+
+    fn take_buffered(&mut self) -> Option<Bytes> {
+        Some(Bytes::new())
+    }
+}
+
+impl Parkable for tokio_rustls::server::TlsStream<ClientIo> {
+    fn socket(&self) -> &TcpStream {
+        self.get_ref().0.get_ref()
+    }
+
+    fn take_buffered(&mut self) -> Option<Bytes> {
+        let mut taken = BytesMut::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            match io::Read::read(&mut self.get_mut().1.reader(), &mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => taken.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(taken.freeze()),
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
 /// The socket as hyper sees it during a round: first the bytes left over
 /// from the previous round, then the stream. hyper's shutdown at the end
 /// of a round is swallowed (steer decides whether the connection goes on);
 /// after an upgrade it is real, as the tunnel's end needs it.
-struct RoundIo {
-    io: Prefixed<ClientIo>,
+struct RoundIo<S> {
+    io: Prefixed<S>,
     exchange: Arc<Exchange>,
 }
 
-impl AsyncRead for RoundIo {
+impl<S: Parkable> AsyncRead for RoundIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -89,7 +135,7 @@ impl AsyncRead for RoundIo {
     }
 }
 
-impl AsyncWrite for RoundIo {
+impl<S: Parkable> AsyncWrite for RoundIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -134,7 +180,7 @@ enum Woken {
 /// when the listener finishes, the connection has been idle for `idle`
 /// (checked at `tick`).
 async fn wait_readable(
-    stream: &ClientIo,
+    socket: &TcpStream,
     tick: &mut tokio::time::Interval,
     activity: &conn::Activity,
     idle: Duration,
@@ -146,7 +192,7 @@ async fn wait_readable(
     loop {
         tokio::select! {
             biased;
-            ready = stream.get_ref().readable() => return ready.map(|()| Woken::Readable),
+            ready = socket.readable() => return ready.map(|()| Woken::Readable),
             changed = finish.changed() => {
                 if changed.is_err() || *finish.borrow() {
                     return Ok(Woken::Close);
@@ -161,9 +207,13 @@ async fn wait_readable(
     }
 }
 
-/// Serves a plain-TCP HTTP/1.1 connection whose first bytes are `leftover`
-/// (see the module docs).
-pub(super) async fn serve(mut stream: ClientIo, mut leftover: Bytes, ctx: ConnCtx) -> ClientResult {
+/// Serves an HTTP/1.1 connection whose first bytes are `leftover` (see
+/// the module docs).
+pub(super) async fn serve<S: Parkable>(
+    mut stream: S,
+    mut leftover: Bytes,
+    ctx: ConnCtx,
+) -> ClientResult {
     let ConnCtx {
         shared,
         info,
@@ -320,7 +370,15 @@ pub(super) async fn serve(mut stream: ClientIo, mut leftover: Bytes, ctx: ConnCt
         }
         tracing::trace!(leftover = leftover.len(), "connection parked");
         if leftover.is_empty() {
-            match wait_readable(&stream, &mut tick, &activity, idle, &mut finish).await? {
+            match stream.take_buffered() {
+                None => return Ok(()),
+                Some(buffered) if !buffered.is_empty() => {
+                    leftover = buffered;
+                    continue;
+                }
+                Some(_) => {}
+            }
+            match wait_readable(stream.socket(), &mut tick, &activity, idle, &mut finish).await? {
                 Woken::Close => {
                     let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
                     return Ok(());

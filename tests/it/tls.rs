@@ -701,3 +701,68 @@ fn a_certificate_that_expires_soon_is_a_check_warning_at_its_position() {
     );
     assert_eq!(steer_check(&path, true).status.code(), Some(1));
 }
+
+/// Reads one response with a `Content-Length` body; its status.
+async fn read_response(tls: &mut Tls) -> u16 {
+    let mut buf = Vec::new();
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut chunk))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn tls_keep_alive_outlives_header_read_timeout() {
+    // Between requests an HTTP/1.1 connection over TLS waits under
+    // idle_timeout, parked (src/server/park.rs), as a plain one does; not
+    // under hyper's header timer.
+    let blue = upstream("blue").await;
+    let a = self_signed(&["auth.example.com"]);
+    let dir = tempfile::tempdir().unwrap();
+    write_pair(dir.path(), "a", &a);
+    let body = format!(
+        "[[tls.certificates]]\ncert = \"a.pem\"\nkey = \"a.key\"\n\n{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
+        upstream_toml("blue", blue.addr(), "http1")
+    );
+    let steer = Steer::start_in(
+        dir,
+        "https = \"127.0.0.1:0\"",
+        "header_read_timeout = \"200ms\"\nidle_timeout = \"10s\"",
+        &body,
+    )
+    .await;
+    let admin = steer.admin();
+    eventually("ready", || async {
+        get(&format!("{admin}/ready")).await.0 == StatusCode::OK
+    })
+    .await;
+    let mut tls = connect(steer.https_addr(), Some("auth.example.com"), &[b"http/1.1"]).await;
+    let get = b"GET / HTTP/1.1\r\nHost: auth.example.com\r\n\r\n";
+    for _ in 0..3 {
+        tls.write_all(get).await.unwrap();
+        assert_eq!(read_response(&mut tls).await, 200);
+        // Idle for longer than header_read_timeout: the behaviour under test.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    // Two requests in one write, then one after the other.
+    tls.write_all(&[&get[..], &get[..]].concat()).await.unwrap();
+    assert_eq!(read_response(&mut tls).await, 200);
+    assert_eq!(read_response(&mut tls).await, 200);
+    assert_eq!(blue.requests(), 5);
+}
