@@ -65,7 +65,7 @@ fn collect_when_parked() {
         // SAFETY: mi_collect takes a plain bool and works on the calling
         // thread's own heap; no pointers are involved.
         unsafe {
-            libmimalloc_sys::mi_collect(true);
+            libmimalloc_sys::mi_collect(false);
         }
     }
 }

@@ -14,6 +14,7 @@
 //! one worker thread, as they do there.
 
 use std::future::{Future, poll_fn};
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,9 +22,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use futures_util::task::AtomicWaker;
+use futures_util::{FutureExt as _, StreamExt as _};
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use http::{Request, Response, header};
@@ -104,7 +105,7 @@ impl Progress {
     }
 }
 
-/// What each stream task of a connection shares.
+/// What each stream of a connection shares.
 struct Streams {
     shared: Arc<crate::proxy::Shared>,
     info: crate::proxy::ConnInfo,
@@ -149,6 +150,16 @@ where
     let (conn_woken, control_woken) = (Woken::new(), Woken::new());
     loop {
         let event = poll_fn(|cx| {
+            // The timers and signals first: they are cheap, and they must
+            // not wait for the streams and the socket to leave some of the
+            // task's coop budget (a busy connection would put its GOAWAY
+            // off for as long as the load lasts).
+            if let Some(mut cx) = control_woken.take(cx)
+                && let Poll::Ready(event) = control.poll_event(&mut cx)
+            {
+                control_woken.again();
+                return Poll::Ready(event);
+            }
             loop {
                 // Streams first: the connection's poll below then writes
                 // out the frames they queued, in this same turn (queueing
@@ -161,28 +172,29 @@ where
                     break;
                 };
                 conn_woken.again();
-                // A client that opens streams faster than they are served
-                // leaves this loop through tokio's budget for its socket.
+                // The loop ends when h2 has no stream to hand over and
+                // nothing to write (or the socket's coop budget is spent).
                 match accepted {
                     Some(Ok((req, respond))) => {
-                        running.push(stream(req, respond, &streams, activity.open()));
+                        // A panic ends its own stream, as it ended its
+                        // own task when each stream had one.
+                        let served =
+                            AssertUnwindSafe(stream(req, respond, &streams, activity.open()))
+                                .catch_unwind()
+                                .map(|_| ());
+                        running.push(served);
                     }
                     Some(Err(e)) => return Poll::Ready(Event::Failed(e)),
                     None => return Poll::Ready(Event::Closed),
                 }
             }
-            let Some(mut cx) = control_woken.take(cx) else {
-                return Poll::Pending;
-            };
-            let event = std::task::ready!(control.poll_event(&mut cx));
-            control_woken.again();
-            Poll::Ready(event)
+            Poll::Pending
         })
         .await;
         match event {
             Event::Failed(e) => return Err(e.into()),
-            // Every stream is closed; what is left of `running` has
-            // nothing more to send.
+            // The connection is done (after a GOAWAY, or the client's
+            // close): streams still in `running` have nobody to answer.
             Event::Closed => return Ok(()),
             Event::Finish => {
                 conn.graceful_shutdown();

@@ -340,38 +340,6 @@ async fn an_absolute_form_target_sets_the_host_the_upstream_sees() {
     );
 }
 
-/// Reads from `s` until `count` complete responses with a `Content-Length`
-/// body have arrived (or 5 s pass); returns their status codes.
-async fn read_responses(s: &mut TcpStream, count: usize) -> Vec<u16> {
-    let mut buf = Vec::new();
-    let mut statuses = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while statuses.len() < count && Instant::now() < deadline {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-            .await
-            .expect("responses in time")
-            .unwrap();
-        assert!(n > 0, "closed after {statuses:?}");
-        buf.extend_from_slice(&chunk[..n]);
-        // Take every complete response off the front of the buffer.
-        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() < end + 4 + len {
-                break;
-            }
-            statuses.push(status_of(&head));
-            buf.drain(..end + 4 + len);
-        }
-    }
-    statuses
-}
-
 #[tokio::test]
 async fn pipelined_and_mixed_requests_share_one_plain_connection() {
     // Plain HTTP/1.1 connections are served in rounds of hyper connections

@@ -375,3 +375,41 @@ pub fn signal(child: &Child, sig: &str) {
         .unwrap();
     assert!(ok.success());
 }
+
+/// Reads from `s` until `count` complete responses with a `Content-Length`
+/// body have arrived (or 5 s pass); returns their status codes.
+pub async fn read_responses<S>(s: &mut S, count: usize) -> Vec<u16>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let mut buf = Vec::new();
+    let mut statuses = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while statuses.len() < count && std::time::Instant::now() < deadline {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(s, &mut chunk),
+        )
+        .await
+        .expect("responses in time")
+        .unwrap();
+        assert!(n > 0, "closed after {statuses:?}");
+        buf.extend_from_slice(&chunk[..n]);
+        // Take every complete response off the front of the buffer.
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() < end + 4 + len {
+                break;
+            }
+            statuses.push(head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0));
+            buf.drain(..end + 4 + len);
+        }
+    }
+    statuses
+}

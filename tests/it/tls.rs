@@ -702,31 +702,6 @@ fn a_certificate_that_expires_soon_is_a_check_warning_at_its_position() {
     assert_eq!(steer_check(&path, true).status.code(), Some(1));
 }
 
-/// Reads one response with a `Content-Length` body; its status.
-async fn read_response(tls: &mut Tls) -> u16 {
-    let mut buf = Vec::new();
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                return head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-            }
-        }
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut chunk))
-            .await
-            .expect("a response in time")
-            .unwrap();
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
 #[tokio::test]
 async fn tls_keep_alive_outlives_header_read_timeout() {
     // Between requests an HTTP/1.1 connection over TLS waits under
@@ -756,13 +731,12 @@ async fn tls_keep_alive_outlives_header_read_timeout() {
     let get = b"GET / HTTP/1.1\r\nHost: auth.example.com\r\n\r\n";
     for _ in 0..3 {
         tls.write_all(get).await.unwrap();
-        assert_eq!(read_response(&mut tls).await, 200);
+        assert_eq!(read_responses(&mut tls, 1).await, [200]);
         // Idle for longer than header_read_timeout: the behaviour under test.
         tokio::time::sleep(Duration::from_millis(600)).await;
     }
     // Two requests in one write, then one after the other.
     tls.write_all(&[&get[..], &get[..]].concat()).await.unwrap();
-    assert_eq!(read_response(&mut tls).await, 200);
-    assert_eq!(read_response(&mut tls).await, 200);
+    assert_eq!(read_responses(&mut tls, 2).await, [200, 200]);
     assert_eq!(blue.requests(), 5);
 }
