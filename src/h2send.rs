@@ -90,8 +90,10 @@ where
 
 /// Waits until the stream has window to send, at most `limit`.
 async fn window(send: &mut SendStream<Bytes>, limit: Option<Duration>) -> Result<usize, Stop> {
-    if send.capacity() > 0 {
-        return Ok(send.capacity());
+    // capacity() takes h2's connection-wide lock: once.
+    let n = send.capacity();
+    if n > 0 {
+        return Ok(n);
     }
     let granted = poll_fn(|cx| {
         if send.poll_reset(cx).is_ready() {
@@ -111,4 +113,15 @@ async fn window(send: &mut SendStream<Bytes>, limit: Option<Duration>) -> Result
             .unwrap_or(Err(Stop::Stalled)),
         None => granted.await,
     }
+}
+
+/// The `content-length` of an HTTP/2 head, if it is one number (h2
+/// checks it against the DATA frames; steer uses it to end bodies early).
+pub(crate) fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }

@@ -209,10 +209,17 @@ impl Pump {
         if let Some(task) = self.0.take()
             && !task.is_finished()
         {
-            tokio::spawn(async move {
-                tokio::time::sleep(super::h1::BODY_GRACE).await;
-                task.abort();
-            });
+            // Reached from `H2Body`'s drop, which may run off the runtime:
+            // then the stream is reset at once.
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        tokio::time::sleep(super::h1::BODY_GRACE).await;
+                        task.abort();
+                    });
+                }
+                Err(_) => task.abort(),
+            }
         }
     }
 }
@@ -311,9 +318,7 @@ impl H2Body {
         H2Body {
             recv,
             data_done: false,
-            left: headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse().ok()),
+            left: crate::h2send::content_length(headers),
             pump,
             _open: open,
         }

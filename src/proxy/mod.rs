@@ -66,8 +66,8 @@ pub struct ConnInfo {
 
 /// Serves one request. Infallible: every failure is a response.
 pub async fn handle(
-    shared: Arc<Shared>,
-    conn: ConnInfo,
+    shared: &Shared,
+    conn: &ConnInfo,
     req: Request<Inbound>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
@@ -88,9 +88,9 @@ pub async fn handle(
     shared.retry_budget.record_request();
     let mut outcome = Outcome::default();
     let (mut resp, status) = match proxy(
-        &shared,
+        shared,
         &table,
-        &conn,
+        conn,
         req,
         raw_host,
         &request_id,

@@ -385,7 +385,7 @@ async fn stream(
     _open: OpenGuard,
 ) {
     let (mut parts, recv) = req.into_parts();
-    let length = content_length(&parts.headers);
+    let length = h2send::content_length(&parts.headers);
     // RFC 8441 §4: an extended CONNECT carries `:protocol`; its stream
     // becomes a tunnel if the request path answers 2xx.
     let connect = (parts.method == http::Method::CONNECT
@@ -398,11 +398,7 @@ async fn stream(
     let req = Request::from_parts(parts, Inbound::h2(recv, length));
     // Boxed: the request path's future is kilobytes; inline, each stream
     // future would be that large from its start.
-    let mut handled = Box::pin(proxy::handle(
-        streams.shared.clone(),
-        streams.info.clone(),
-        req,
-    ));
+    let mut handled = Box::pin(proxy::handle(&streams.shared, &streams.info, req));
     let resp = tokio::select! {
         resp = &mut handled => resp,
         _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
@@ -464,15 +460,6 @@ async fn hand_over(
     if hand.send(handed).is_ok() {
         let _ = ended.await;
     }
-}
-
-fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 /// Sends `body` on `send`, each chunk only within the window the client

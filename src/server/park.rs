@@ -251,7 +251,7 @@ pub(super) async fn serve<S: Parkable>(
                     .get::<hyper::upgrade::OnUpgrade>()
                     .is_some();
                 async move {
-                    let resp = proxy::handle(shared, info, req.map(Into::into)).await;
+                    let resp = proxy::handle(&shared, &info, req.map(Into::into)).await;
                     exchange.set(SERVED);
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                         exchange.set(UPGRADED);
