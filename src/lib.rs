@@ -4,9 +4,9 @@
 //! # One request
 //!
 //! 1. [`server`] accepts, reads the first bytes under the head deadline
-//!    and serves the connection: plain HTTP/1.1 in rounds of hyper's
-//!    HTTP/1.1 connection that hand the socket back when idle
-//!    (`server::park`), over TLS the same, HTTP/2 (h2c or TLS)
+//!    and serves the connection: HTTP/1.1 (plain or TLS) on steer's own
+//!    path for requests without a body (`server::h1`), in rounds of
+//!    hyper's HTTP/1.1 connection for the rest (`server::park`), HTTP/2 (h2c or TLS)
 //!    with the `h2` crate (`server::h2`), every socket under the send
 //!    deadline (`server::io`).
 //! 2. [`proxy::handle`] loads the live [`table::Table`] once (an `ArcSwap`
@@ -47,13 +47,15 @@
 //!   upstream HTTP/1.1 connection (httparse), `client::h2conn` its HTTP/2
 //!   one (the `h2` crate); hyper's client only for upgrades.
 //! - [`table`]: the live table built from a config.
-//! - [`body`]: the request body as it arrives (hyper's or h2's).
+//! - [`body`]: the request body as it arrives (hyper's or h2's, or none).
 //! - `h2send`: sending a body on an HTTP/2 stream within the peer's
 //!   window (responses to clients, request bodies to upstreams).
 //! - [`proxy`]: the request path, head checks, header rules, error mapping,
 //!   resends, tunnels, per-route rate limits (429) and the retry budget.
-//! - [`server`]: listeners and connection serving (`park`: HTTP/1.1
-//!   connections, plain and TLS, that give their buffers back while idle; `h2`: HTTP/2
+//! - [`server`]: listeners and connection serving (`h1`: steer's own
+//!   HTTP/1.1 server path for requests without a body (httparse); `park`:
+//!   HTTP/1.1 connections, plain and TLS, between that path and hyper
+//!   rounds, holding no buffer while idle; `h2`: HTTP/2
 //!   streams; `io`: send deadline and protocol detection;
 //!   `admin_listener`: the admin listener's bounds). Invariants:
 //!   `src/server/LIFECYCLE.md`.

@@ -266,7 +266,7 @@ fn request_framing(parts: &http::request::Parts, body: &ReqBody) -> ReqFraming {
 }
 
 /// `name: value` lines.
-fn encode_fields<'a>(
+pub(crate) fn encode_fields<'a>(
     out: &mut Vec<u8>,
     fields: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
 ) {
@@ -532,6 +532,12 @@ impl Writer {
 
 /// `{len:X}\r\n`, without `core::fmt`.
 fn chunk_size_line(len: usize) -> Bytes {
+    let (line, at) = chunk_size(len);
+    Bytes::copy_from_slice(&line[at..])
+}
+
+/// A chunk's size line, `{len:X}\r\n`, as `line[at..]` (RFC 9112 §7.1).
+pub(crate) fn chunk_size(len: usize) -> ([u8; 18], usize) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut line = [0u8; 18];
     let mut at = 16;
@@ -545,7 +551,7 @@ fn chunk_size_line(len: usize) -> Bytes {
         }
     }
     line[16..].copy_from_slice(b"\r\n");
-    Bytes::copy_from_slice(&line[at..])
+    (line, at)
 }
 
 /// A parsed response head and how its body is framed.
@@ -1084,7 +1090,7 @@ fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
 
 /// One Content-Length for all its values, or `None` (RFC 9112 §6.3 item
 /// 5: differing or invalid values are an unrecoverable error).
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     let mut found = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         for part in value.to_str().ok()?.split(',') {

@@ -31,7 +31,7 @@ use crate::config::Protocol;
 use crate::tls::client::UpstreamTls;
 
 mod body;
-mod h1;
+pub(crate) mod h1;
 mod h2conn;
 mod replay;
 

@@ -1,7 +1,8 @@
 //! Listeners and connection serving: accept, tell HTTP/1.1 from HTTP/2
 //! (ALPN, or the preface under `header_read_timeout`), serve plain
-//! and TLS HTTP/1.1 in rounds that give their buffers back when idle
-//! (`park`), HTTP/2 with the `h2` crate (`h2`), hand
+//! and TLS HTTP/1.1 on steer's own path (`h1`) and in hyper rounds for
+//! what it hands over, holding no buffer when idle (`park`), HTTP/2 with
+//! the `h2` crate (`h2`), hand
 //! each request to the proxy, and stop gracefully. Every client socket
 //! writes under `send_timeout` (`io::WriteDeadline`). Knows nothing about
 //! routing. `LIFECYCLE.md` lists what bounds a connection, and where.
@@ -25,6 +26,7 @@ use crate::config::ProxySettings;
 mod admin_listener;
 mod conn;
 pub(crate) use conn::now_ms;
+mod h1;
 mod h2;
 mod h2_connect;
 pub(crate) use h2_connect::OnConnect;
@@ -70,6 +72,8 @@ pub(crate) struct Serving {
     idle: Duration,
     header_read_timeout: Duration,
     send_timeout: Duration,
+    /// The parser's ceiling for a request head (`parser_buf_size`).
+    max_head: usize,
 }
 
 impl Serving {
@@ -80,6 +84,7 @@ impl Serving {
             idle: settings.idle_timeout,
             header_read_timeout: settings.header_read_timeout,
             send_timeout: settings.send_timeout,
+            max_head: parser_buf_size(settings),
         }
     }
 }
@@ -310,7 +315,7 @@ async fn drain(shared: &Shared, tracker: &conn::Tracker, finish: &watch::Sender<
     }
 }
 
-type ClientResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+type ClientResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// A hyper server connection that can be asked to finish.
 trait Graceful: Future<Output = hyper::Result<()>> {

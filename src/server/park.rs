@@ -1,17 +1,20 @@
-//! HTTP/1.1 connections (plain TCP and TLS) that hold no hyper buffers
-//! while idle.
+//! HTTP/1.1 connections (plain TCP and TLS) that hold no buffers while
+//! idle.
 //!
-//! hyper keeps an 8 KiB read buffer (and its write buffer and connection
-//! state) for as long as a keep-alive connection lives; with thousands of
-//! idle clients that is most of steer's memory. Here a connection is served
-//! in rounds: a round is a hyper HTTP/1.1 connection over the socket, and it
-//! ends when the connection has had no request open for `PARK_AFTER` (1 s,
-//! or half of `header_read_timeout` if that is shorter): steer
-//! asks hyper to finish, swallows hyper's shutdown of the socket, and takes
-//! the socket back with any bytes hyper had read (`into_parts`). The parked
-//! connection is then only its socket and a small task, waiting for
-//! readability without a buffer; the next byte starts the next round. Busy
-//! connections stay in one round, so requests pay nothing for this.
+//! A connection is served by steer's own HTTP/1.1 path (`h1`) for as
+//! long as its requests are ones that path takes; between requests, with
+//! nothing pipelined, it holds only its socket (and over TLS its rustls
+//! session) and waits for readability without a buffer (`wait_readable`).
+//!
+//! A request the own path hands over (a body, an upgrade, a head hyper
+//! must answer; see `h1`) starts a round: a hyper HTTP/1.1 connection over
+//! the socket, with the bytes read so far first. The round ends when the
+//! connection has had no request open for `PARK_AFTER` (1 s, or half of
+//! `header_read_timeout` if that is shorter): steer asks hyper to finish,
+//! swallows hyper's shutdown of the socket, and takes the socket back
+//! with any bytes hyper had read (`into_parts`); the own path goes on
+//! from there. hyper keeps an 8 KiB read buffer, its write buffer and
+//! connection state for as long as a round lives.
 //!
 //! Only a hyper connection that is idle ends at once when asked; one in
 //! the middle of an exchange (a head arriving just then, a response still
@@ -21,7 +24,7 @@
 //! socket to that upgrade.
 //!
 //! The caller has read the first bytes already (to tell HTTP/1.1 from an
-//! h2c preface); they are the first round's leftover.
+//! h2c preface); they are where the own path starts.
 //!
 //! Over TLS the parked connection keeps its rustls session (keys and
 //! buffers, as nginx keeps OpenSSL's), and the wait for the next request
@@ -34,7 +37,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
@@ -47,7 +50,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::io::Prefixed;
-use super::{ClientIo, ClientResult, ConnCtx, conn};
+use super::{ClientIo, ClientResult, ConnCtx, conn, h1};
 use crate::proxy;
 
 /// How long a connection has no request open before its round ends and
@@ -171,7 +174,7 @@ impl<S: Parkable> AsyncWrite for RoundIo<S> {
 }
 
 /// Why the wait for the next request ended.
-enum Woken {
+pub(super) enum Woken {
     Readable,
     Close,
 }
@@ -179,7 +182,7 @@ enum Woken {
 /// Waits, holding nothing but the socket, until it is readable; `Close`
 /// when the listener finishes, the connection has been idle for `idle`
 /// (checked at `tick`).
-async fn wait_readable(
+pub(super) async fn wait_readable(
     socket: &TcpStream,
     tick: &mut tokio::time::Interval,
     activity: &conn::Activity,
@@ -207,186 +210,174 @@ async fn wait_readable(
     }
 }
 
-/// Serves an HTTP/1.1 connection whose first bytes are `leftover` (see
-/// the module docs).
+/// Serves an HTTP/1.1 connection whose first bytes are `leftover`:
+/// steer's own path (`h1`) for as long as it can, a hyper round for a
+/// request it hands over, then back (see the module docs).
 pub(super) async fn serve<S: Parkable>(
     mut stream: S,
     mut leftover: Bytes,
-    ctx: ConnCtx,
+    mut ctx: ConnCtx,
 ) -> ClientResult {
+    let mut tick = super::idle_tick(ctx.serving.idle);
+    let mut deadline = Some(ctx.head_deadline);
+    loop {
+        match super::h1::serve(&mut stream, leftover, deadline, &mut ctx, &mut tick).await? {
+            h1::Next::Closed => return Ok(()),
+            h1::Next::Hyper { leftover: handed } => leftover = handed,
+        }
+        match round(stream, leftover, &ctx).await? {
+            Round::Closed => return Ok(()),
+            Round::Parked {
+                stream: parked,
+                leftover: unread,
+            } => {
+                stream = parked;
+                leftover = unread;
+                // A head begun in the round gets a whole header_read_timeout
+                // again: each round served a request, so a trickling client
+                // is still cut off on steer's own path.
+                deadline = (!leftover.is_empty())
+                    .then(|| tokio::time::Instant::now() + ctx.serving.header_read_timeout);
+            }
+        }
+    }
+}
+
+/// How a hyper round ended.
+enum Round<S> {
+    Closed,
+    /// Idle, with the stream and the bytes hyper had read but not used.
+    Parked {
+        stream: S,
+        leftover: Bytes,
+    },
+}
+
+/// One hyper round over `stream`, `leftover` read first; it ends when it
+/// has had no request open for `park_after` (then the connection is
+/// handed back) or when hyper ends it.
+async fn round<S: Parkable>(stream: S, leftover: Bytes, ctx: &ConnCtx) -> ClientResult<Round<S>> {
     let ConnCtx {
         shared,
         info,
         activity,
         serving,
-        mut finish,
+        finish,
         ..
     } = ctx;
+    let mut finish = finish.clone();
     let (idle, header_read_timeout) = (serving.idle, serving.header_read_timeout);
-    let mut tick = super::idle_tick(idle);
     // hyper's header timer runs while a round sits idle: park well before.
     let park_after = PARK_AFTER.min(header_read_timeout / 2);
-    // Since when the bytes carried between rounds have been an incomplete
-    // request head (as seen at the end of a round): hyper's header timer
-    // restarts with each round, so the round loop also ends the connection
-    // at `partial_since + header_read_timeout`.
-    let mut partial_since: Option<Instant> = None;
-    loop {
-        let exchange = Arc::new(Exchange::default());
-        let round = {
+    let exchange = Arc::new(Exchange::default());
+    let service = {
+        let shared = shared.clone();
+        let info = info.clone();
+        let activity = activity.clone();
+        let exchange = exchange.clone();
+        service_fn(move |req: Request<Incoming>| {
             let shared = shared.clone();
             let info = info.clone();
-            let activity = activity.clone();
+            let open = activity.open();
             let exchange = exchange.clone();
-            service_fn(move |req: Request<Incoming>| {
-                let shared = shared.clone();
-                let info = info.clone();
-                let open = activity.open();
-                let exchange = exchange.clone();
-                // hyper readies an upgrade for every HTTP/1.1 request with
-                // an `Upgrade` header and keeps it when the answer is not
-                // 101; ending such a round hands the socket to nobody.
-                let asks_upgrade = req
-                    .extensions()
-                    .get::<hyper::upgrade::OnUpgrade>()
-                    .is_some();
-                async move {
-                    let resp = proxy::handle(&shared, &info, req.map(Into::into)).await;
-                    exchange.set(SERVED);
-                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        exchange.set(UPGRADED);
-                    } else if asks_upgrade {
-                        exchange.set(STALE_UPGRADE);
-                    }
-                    Ok::<Response<_>, std::convert::Infallible>(
-                        resp.map(|b| conn::Guarded::new(b, open)),
-                    )
+            // hyper readies an upgrade for every HTTP/1.1 request with
+            // an `Upgrade` header and keeps it when the answer is not
+            // 101; ending such a round hands the socket to nobody.
+            let asks_upgrade = req
+                .extensions()
+                .get::<hyper::upgrade::OnUpgrade>()
+                .is_some();
+            async move {
+                let resp = proxy::handle(&shared, &info, req.map(Into::into)).await;
+                exchange.set(SERVED);
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    exchange.set(UPGRADED);
+                } else if asks_upgrade {
+                    exchange.set(STALE_UPGRADE);
                 }
-            })
-        };
-        let io = RoundIo {
-            io: Prefixed::new(leftover, stream),
-            exchange: exchange.clone(),
-        };
-        // Boxed: while parked the task holds no space for hyper's state.
-        let mut conn = Box::new(
-            serving
-                .http1
-                .serve_connection(TokioIo::new(io), round)
-                .with_upgrades(),
-        );
-        let mut check = tokio::time::interval((park_after / 2).min(idle).max(MIN_CHECK));
-        check.reset();
-        // A new round starts because bytes came: it gets a full `park_after`
-        // before it can be parked again.
-        activity.touch();
-        // An incomplete head carried over from earlier rounds keeps its
-        // deadline (hyper's header timer restarts with each round).
-        let deadline = partial_since.map(|since| since + header_read_timeout);
-        let partial_deadline = async move {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
+                Ok::<Response<_>, std::convert::Infallible>(
+                    resp.map(|b| conn::Guarded::new(b, open)),
+                )
             }
-        };
-        tokio::pin!(partial_deadline);
-        let mut parking = false;
-        let mut closing = false;
-        let result = loop {
-            tokio::select! {
-                result = &mut *conn => break result,
-                changed = finish.changed(), if !closing => {
-                    if changed.is_err() || *finish.borrow() {
-                        closing = true;
-                        Pin::new(&mut *conn).graceful_shutdown();
-                    }
-                }
-                () = &mut partial_deadline, if deadline.is_some() && !closing && !exchange.has(SERVED) => {
+        })
+    };
+    let io = RoundIo {
+        io: Prefixed::new(leftover, stream),
+        exchange: exchange.clone(),
+    };
+    // Boxed: while parked the task holds no space for hyper's state.
+    let mut conn = Box::new(
+        serving
+            .http1
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades(),
+    );
+    let mut check = tokio::time::interval((park_after / 2).min(idle).max(MIN_CHECK));
+    check.reset();
+    // A new round starts because bytes came: it gets a full `park_after`
+    // before it can be parked again.
+    activity.touch();
+    let mut parking = false;
+    let mut closing = false;
+    let result = loop {
+        tokio::select! {
+            result = &mut *conn => break result,
+            changed = finish.changed(), if !closing => {
+                if changed.is_err() || *finish.borrow() {
                     closing = true;
-                    break Ok(());
+                    Pin::new(&mut *conn).graceful_shutdown();
                 }
-                _ = check.tick(), if !closing => {
-                    if activity.idle_for(idle) {
-                        closing = true;
-                        Pin::new(&mut *conn).graceful_shutdown();
-                    } else if activity.idle_for(park_after) && !exchange.has(STALE_UPGRADE) {
-                        // Only an idle hyper connection ends at once; one in
-                        // the middle of an exchange (a head arriving, a
-                        // response still flushing) finishes it with
-                        // keep-alive off, and is then closed, not parked.
-                        Pin::new(&mut *conn).graceful_shutdown();
-                        let polled = std::future::poll_fn(|cx| {
-                            Poll::Ready(Pin::new(&mut *conn).poll(cx))
-                        })
-                        .await;
-                        match polled {
-                            Poll::Ready(result) => {
-                                parking = true;
-                                break result;
-                            }
-                            Poll::Pending => closing = true,
+            }
+            _ = check.tick(), if !closing => {
+                if activity.idle_for(idle) {
+                    closing = true;
+                    Pin::new(&mut *conn).graceful_shutdown();
+                } else if activity.idle_for(park_after) && !exchange.has(STALE_UPGRADE) {
+                    // Only an idle hyper connection ends at once; one in
+                    // the middle of an exchange (a head arriving, a
+                    // response still flushing) finishes it with
+                    // keep-alive off, and is then closed, not parked.
+                    Pin::new(&mut *conn).graceful_shutdown();
+                    let polled = std::future::poll_fn(|cx| {
+                        Poll::Ready(Pin::new(&mut *conn).poll(cx))
+                    })
+                    .await;
+                    match polled {
+                        Poll::Ready(result) => {
+                            parking = true;
+                            break result;
                         }
+                        Poll::Pending => closing = true,
                     }
                 }
             }
-        };
-        tracing::trace!(?result, parking, closing, "round ended");
-        result?;
-        let Some(parts) = conn.into_parts() else {
-            // Upgraded: the tunnel owns the socket now (or, for an upgrade
-            // that was not granted, hyper dropped it at the round's end).
-            return Ok(());
-        };
-        let hyper::server::conn::http1::Parts { io, read_buf, .. } = parts;
-        let (unread, io) = io.into_inner().io.into_parts();
-        stream = io;
-        // Only a round that ended because steer parked it may go on: hyper
-        // ends one by itself when the client or the answer closes.
-        if !parking || closing || *finish.borrow() {
-            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
-            return Ok(());
         }
-        // Copied out, even when empty: a Bytes of hyper's read buffer pins
-        // the whole 8 KiB allocation.
-        leftover = if unread.is_empty() {
-            Bytes::copy_from_slice(&read_buf)
-        } else {
-            let mut both = BytesMut::with_capacity(read_buf.len() + unread.len());
-            both.extend_from_slice(&read_buf);
-            both.extend_from_slice(&unread);
-            both.freeze()
-        };
-        drop(read_buf);
-        let served = exchange.has(SERVED);
-        drop(exchange);
-        partial_since = match partial_since {
-            _ if leftover.is_empty() => None,
-            Some(since) if !served => Some(since),
-            _ => Some(Instant::now()),
-        };
-        if partial_since.is_some_and(|since| since.elapsed() >= header_read_timeout) {
-            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
-            return Ok(());
-        }
-        tracing::trace!(leftover = leftover.len(), "connection parked");
-        if leftover.is_empty() {
-            match stream.take_buffered() {
-                None => return Ok(()),
-                Some(buffered) if !buffered.is_empty() => {
-                    leftover = buffered;
-                    continue;
-                }
-                Some(_) => {}
-            }
-            match wait_readable(stream.socket(), &mut tick, &activity, idle, &mut finish).await? {
-                Woken::Close => {
-                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
-                    return Ok(());
-                }
-                Woken::Readable => {}
-            }
-        }
+    };
+    tracing::trace!(?result, parking, closing, "round ended");
+    result?;
+    let Some(parts) = conn.into_parts() else {
+        // Upgraded: the tunnel owns the socket now (or, for an upgrade
+        // that was not granted, hyper dropped it at the round's end).
+        return Ok(Round::Closed);
+    };
+    let hyper::server::conn::http1::Parts { io, read_buf, .. } = parts;
+    let (unread, mut stream) = io.into_inner().io.into_parts();
+    // Only a round that ended because steer parked it may go on: hyper
+    // ends one by itself when the client or the answer closes.
+    if !parking || closing || *finish.borrow() {
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+        return Ok(Round::Closed);
     }
+    // Copied out, even when empty: a Bytes of hyper's read buffer pins
+    // the whole 8 KiB allocation.
+    let mut leftover = BytesMut::with_capacity(read_buf.len() + unread.len());
+    leftover.extend_from_slice(&read_buf);
+    leftover.extend_from_slice(&unread);
+    tracing::trace!(leftover = leftover.len(), "round parked");
+    Ok(Round::Parked {
+        stream,
+        leftover: leftover.freeze(),
+    })
 }
 
 /// The HTTP/1.1 builder of a round, with the listener's settings.

@@ -941,3 +941,86 @@ async fn clients_that_stop_reading_do_not_stall_the_shared_http2_upstream_connec
     }
     drop(stalled);
 }
+
+// --- Clients that hang up (steer's own HTTP/1.1 path, src/server/h1.rs) ---
+
+/// An upstream that reads one request head, writes `answer` (maybe only
+/// part of one), then holds the connection; the receiver resolves when
+/// steer drops that connection. Routed from every path.
+async fn holding_upstream(answer: &'static [u8]) -> (Steer, tokio::sync::oneshot::Receiver<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (dropped_tx, dropped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut up, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = up.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            head.extend_from_slice(&chunk[..n]);
+        }
+        up.write_all(answer).await.unwrap();
+        // Returns when steer drops the upstream connection.
+        let _ = up.read(&mut chunk).await;
+        let _ = dropped_tx.send(());
+    });
+    let body = format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"held\"\n",
+        upstream_toml("held", addr, "http1").replace("protocol", "health = false\nprotocol")
+    );
+    (Steer::start_ready(&body).await, dropped)
+}
+
+/// Within 1 s: the tests' `request_timeout` (2 s) must not be what ends it.
+async fn upstream_dropped(dropped: tokio::sync::oneshot::Receiver<()>) {
+    tokio::time::timeout(Duration::from_secs(1), dropped)
+        .await
+        .expect("steer must drop the upstream connection of a client that left")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_while_waiting_cancels_its_upstream_request() {
+    let (steer, dropped) = holding_upstream(b"").await;
+    let mut s = TcpStream::connect(steer.addr()).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: auth.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    // Waits until steer has sent the request on, so that the client's
+    // close comes while it waits for the answer.
+    let admin = steer.admin();
+    eventually("the request reached the upstream", || async {
+        let v = call(request("GET", &format!("{admin}/upstreams")))
+            .await
+            .json();
+        v["upstreams"][0]["in_flight"] == 1
+    })
+    .await;
+    drop(s);
+    upstream_dropped(dropped).await;
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_during_a_quiet_body_releases_the_upstream() {
+    // An event stream: the head and a first chunk, then nothing for long.
+    let (steer, dropped) =
+        holding_upstream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+            .await;
+    let mut s = TcpStream::connect(steer.addr()).await.unwrap();
+    s.write_all(b"GET /events HTTP/1.1\r\nHost: auth.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while !got.windows(5).any(|w| w == b"first") {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("the first chunk in time")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    drop(s);
+    upstream_dropped(dropped).await;
+}

@@ -554,3 +554,98 @@ async fn an_upload_the_http2_upstream_answered_early_is_cut_off_after_a_grace() 
     .await;
     drop(upload);
 }
+
+/// Reads until the server closes, bounded.
+async fn read_until_closed(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("steer must close the connection")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn answers_on_one_client_connection_keep_their_framing() {
+    // steer's own HTTP/1.1 path (src/server/h1.rs) writes these heads:
+    // chunked stays chunked, HEAD and 204 carry no body, and the client's
+    // `Connection: close` ends the connection after its answer.
+    fn answer(path: &str) -> String {
+        match path {
+            "/chunked" => {
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+            }
+            "/head" => "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n",
+            "/none" => "HTTP/1.1 204 No Content\r\n\r\n",
+            _ => "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nxyz",
+        }
+        .to_owned()
+    }
+    let (addr, _, _) = raw_upstream(answer, Duration::ZERO, usize::MAX).await;
+    let steer = Steer::start_ready(&route_to("raw", addr, "http1")).await;
+    let mut s = TcpStream::connect(steer.addr()).await.unwrap();
+    let host = "Host: auth.example.com\r\n";
+    s.write_all(
+        format!(
+            "GET /chunked HTTP/1.1\r\n{host}\r\nHEAD /head HTTP/1.1\r\n{host}\r\n\
+             GET /none HTTP/1.1\r\n{host}\r\nGET /len HTTP/1.1\r\n{host}Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let all = read_until_closed(&mut s).await;
+    let answers: Vec<&str> = all.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 4, "{all}");
+    assert!(answers[0].starts_with("200 OK\r\n"), "{all}");
+    assert!(
+        answers[0].contains("transfer-encoding: chunked\r\n"),
+        "{all}"
+    );
+    assert!(
+        answers[0].ends_with("\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+        "{all}"
+    );
+    assert!(answers[1].contains("content-length: 3\r\n"), "{all}");
+    assert!(
+        answers[1].ends_with("\r\n\r\n"),
+        "a HEAD answer has no body: {all}"
+    );
+    assert!(answers[2].starts_with("204 No Content\r\n"), "{all}");
+    assert!(!answers[2].contains("content-length"), "{all}");
+    assert!(answers[3].contains("connection: close\r\n"), "{all}");
+    assert!(answers[3].ends_with("\r\n\r\nxyz"), "{all}");
+}
+
+#[tokio::test]
+async fn an_upstream_answer_cut_short_closes_the_client_connection() {
+    // The client cannot tell where a body shorter than its content-length
+    // ends: steer must close, not keep the connection for the next request.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut up, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match up.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = up
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
+                    .await;
+            });
+        }
+    });
+    let steer = Steer::start_ready(&route_to("cut", addr, "http1")).await;
+    let mut s = TcpStream::connect(steer.addr()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: auth.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let all = read_until_closed(&mut s).await;
+    assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
+    assert!(all.ends_with("\r\n\r\n01234"), "{all}");
+}

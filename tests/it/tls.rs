@@ -702,11 +702,9 @@ fn a_certificate_that_expires_soon_is_a_check_warning_at_its_position() {
     assert_eq!(steer_check(&path, true).status.code(), Some(1));
 }
 
-#[tokio::test]
-async fn tls_keep_alive_outlives_header_read_timeout() {
-    // Between requests an HTTP/1.1 connection over TLS waits under
-    // idle_timeout, parked (src/server/park.rs), as a plain one does; not
-    // under hyper's header timer.
+/// steer with an HTTPS listener (a certificate for auth.example.com) and
+/// `[proxy]` settings `proxy`, routing everything to a `blue` upstream.
+async fn https_to_blue(proxy: &str) -> (steer::demo::Deployment, Steer) {
     let blue = upstream("blue").await;
     let a = self_signed(&["auth.example.com"]);
     let dir = tempfile::tempdir().unwrap();
@@ -715,13 +713,17 @@ async fn tls_keep_alive_outlives_header_read_timeout() {
         "[[tls.certificates]]\ncert = \"a.pem\"\nkey = \"a.key\"\n\n{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
         upstream_toml("blue", blue.addr(), "http1")
     );
-    let steer = Steer::start_in(
-        dir,
-        "https = \"127.0.0.1:0\"",
-        "header_read_timeout = \"200ms\"\nidle_timeout = \"10s\"",
-        &body,
-    )
-    .await;
+    let steer = Steer::start_in(dir, "https = \"127.0.0.1:0\"", proxy, &body).await;
+    (blue, steer)
+}
+
+#[tokio::test]
+async fn tls_keep_alive_outlives_header_read_timeout() {
+    // Between requests an HTTP/1.1 connection over TLS waits under
+    // idle_timeout, parked (src/server/park.rs), as a plain one does; not
+    // under hyper's header timer.
+    let (blue, steer) =
+        https_to_blue("header_read_timeout = \"200ms\"\nidle_timeout = \"10s\"").await;
     let admin = steer.admin();
     eventually("ready", || async {
         get(&format!("{admin}/ready")).await.0 == StatusCode::OK
@@ -739,4 +741,21 @@ async fn tls_keep_alive_outlives_header_read_timeout() {
     tls.write_all(&[&get[..], &get[..]].concat()).await.unwrap();
     assert_eq!(read_responses(&mut tls, 2).await, [200, 200]);
     assert_eq!(blue.requests(), 5);
+}
+
+#[tokio::test]
+async fn a_tls_client_that_sends_nothing_after_its_handshake_is_closed_at_header_read_timeout() {
+    // ALPN chose http/1.1, so no byte was read before steer's HTTP/1.1
+    // path starts: the wait for the first request is still bounded by the
+    // connection's head deadline, not idle_timeout.
+    let (_blue, steer) =
+        https_to_blue("header_read_timeout = \"300ms\"\nidle_timeout = \"30s\"").await;
+    let mut tls = connect(steer.https_addr(), Some("auth.example.com"), &[b"http/1.1"]).await;
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out))
+        .await
+        .expect("a silent TLS client must be cut off at header_read_timeout");
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    assert!(started.elapsed() >= Duration::from_millis(200));
 }

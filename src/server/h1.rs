@@ -1,0 +1,683 @@
+//! steer's own HTTP/1.1 server path, for the common request: a head with
+//! no body and nothing that needs hyper's machinery. The head is parsed
+//! once (`httparse`) into the request the proxy sees, field values sliced
+//! from the bytes read; the response head is written into one buffer
+//! with hyper's rules (below), and the body goes out as it comes, within
+//! its framing. Between requests the connection holds no buffer: with
+//! nothing left to read it waits on its socket alone (`park`).
+//!
+//! What this path does not take goes, with every byte read so far, to a
+//! hyper round (`park`), which answers it exactly as before:
+//! - a body: `Content-Length` or `Transfer-Encoding` (without either a
+//!   request has none, RFC 9112 §6.3), and so also `Expect`;
+//! - `Upgrade` or `Connection: upgrade`, and CONNECT (tunnels);
+//! - `TE` (trailers are sent only to clients that asked, RFC 9110 §10.1.4);
+//! - HTTP/1.0 (keep-alive by `Connection: keep-alive` only);
+//! - a head `httparse` or `http` refuses, one with more than 100 fields,
+//!   or one that reaches the parser's ceiling: hyper's 400/414/431.
+//!
+//! Response heads follow hyper's server encoder (hyper 1.x
+//! `proto::h1::role`), so that a client sees the same bytes on either
+//! path: a `date` when there is none; `content-length` from the body when
+//! no framing field is set (`content-length: 0` for an empty body, except
+//! to HEAD and on 204/304); `transfer-encoding: chunked` for a body of
+//! unknown length; no body, and no framing field made up, for HEAD, 204
+//! and 304 (RFC 9110 §6.4.1); and `connection: close` added when the
+//! connection will not be kept (the client asked, or steer is finishing).
+//! One difference: an answer from an HTTP/1.0 upstream goes out as
+//! HTTP/1.1 (chunked when its length is unknown), where hyper wrote it as
+//! HTTP/1.0 and closed the connection after it.
+//!
+//! As with hyper, a client that closes its connection while its request
+//! is being answered (and has sent nothing more) cancels the request; a
+//! connection holds no buffer between requests, and every head has a
+//! deadline (`server/LIFECYCLE.md`).
+
+use std::cell::RefCell;
+use std::io;
+use std::mem::MaybeUninit;
+use std::task::Poll;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt as _;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::ConnCtx;
+use super::park::{Parkable, Woken, wait_readable};
+use crate::body::Inbound;
+use crate::client::h1::{chunk_size, content_length, encode_fields};
+use crate::proxy::{self, ProxyBody};
+
+/// The first read buffer of a request head; it grows by as much again
+/// until the head is whole or reaches the parser's ceiling.
+const READ_BUF: usize = 4096;
+/// Field slots for one head: hyper's own default limit.
+const MAX_FIELDS: usize = super::HYPER_MAX_HEADERS;
+/// Body bytes gathered into one write; a larger data frame goes out as
+/// it is.
+const COALESCE: usize = 16 * 1024;
+/// Fields the request path adds to a request before it goes upstream.
+const ADDED_FIELDS: usize = 6;
+/// Room for a typical response head.
+const HEAD_CAPACITY: usize = 512;
+
+/// How a run of requests on this path ended.
+pub(super) enum Next {
+    /// The connection is closed (or the peer is gone).
+    Closed,
+    /// A request for hyper starts at `leftover` (see the module docs).
+    Hyper { leftover: Bytes },
+}
+
+/// Serves requests on `stream` until it closes or a request needs hyper.
+/// `leftover`: bytes already read; `deadline`: when the head they begin
+/// must be whole by (`header_read_timeout` from its first byte, or the
+/// connection's head deadline).
+pub(super) async fn serve<S: Parkable>(
+    stream: &mut S,
+    leftover: Bytes,
+    mut deadline: Option<Instant>,
+    ctx: &mut ConnCtx,
+    tick: &mut tokio::time::Interval,
+) -> io::Result<Next> {
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&leftover);
+    drop(leftover);
+    loop {
+        if buf.is_empty() {
+            // Nothing pipelined: no buffer while the client thinks (the
+            // last one is freed with its request).
+            match wait_for_request(stream, deadline, ctx, tick).await? {
+                Some(read) => buf = read,
+                None => return close(stream).await,
+            }
+        }
+        let by = *deadline.get_or_insert_with(|| Instant::now() + ctx.serving.header_read_timeout);
+        let (req, asked_close) = loop {
+            match parse(&mut buf) {
+                Parsed::Own { req, close } => break (req, close),
+                Parsed::Hyper => {
+                    return Ok(Next::Hyper {
+                        leftover: buf.freeze(),
+                    });
+                }
+                Parsed::Partial if buf.len() >= ctx.serving.max_head => {
+                    return Ok(Next::Hyper {
+                        leftover: buf.freeze(),
+                    });
+                }
+                Parsed::Partial => {
+                    buf.reserve(READ_BUF);
+                    if !read_more(stream, &mut buf, by, &mut ctx.finish).await? {
+                        return close(stream).await;
+                    }
+                }
+            }
+        };
+        deadline = None;
+        let open = ctx.activity.open();
+        // As hyper does: a client that closes while its request is
+        // answered cancels it, unless it has sent more (the next request).
+        let watch = buf.is_empty();
+        // Boxed: a parked connection's task holds no room for the
+        // request path's state.
+        let kept = Box::pin(exchange(stream, ctx, req, asked_close, watch)).await?;
+        drop(open);
+        if !kept {
+            return close(stream).await;
+        }
+    }
+}
+
+/// Waits, holding no buffer, for the next request's first bytes and reads
+/// them; `None` when the connection is to close: the client left, it has
+/// been idle for `idle_timeout`, steer is finishing, or `deadline` (the
+/// connection's head deadline, before its first request) passed.
+async fn wait_for_request<S: Parkable>(
+    stream: &mut S,
+    deadline: Option<Instant>,
+    ctx: &mut ConnCtx,
+    tick: &mut tokio::time::Interval,
+) -> io::Result<Option<BytesMut>> {
+    loop {
+        match stream.take_buffered() {
+            None => return Ok(None),
+            Some(plain) if !plain.is_empty() => return Ok(Some(BytesMut::from(&plain[..]))),
+            Some(_) => {}
+        }
+        let (idle, finish) = (ctx.serving.idle, &mut ctx.finish);
+        let wait = wait_readable(stream.socket(), tick, &ctx.activity, idle, finish);
+        let woken = match deadline {
+            Some(by) => tokio::time::timeout_at(by, wait)
+                .await
+                .unwrap_or(Ok(Woken::Close))?,
+            None => wait.await?,
+        };
+        if let Woken::Close = woken {
+            return Ok(None);
+        }
+        let mut buf = BytesMut::with_capacity(READ_BUF);
+        let mut read = std::pin::pin!(stream.read_buf(&mut buf));
+        match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
+            Poll::Ready(Ok(0)) => return Ok(None),
+            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(e)) => return Err(e),
+            // A wake-up without bytes (readiness left from the last
+            // read, a TLS record without data): wait again, bufferless.
+            Poll::Pending => continue,
+        }
+        // Empty lines between requests are ignored (RFC 9112 §2.2).
+        if buf.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+            continue;
+        }
+        return Ok(Some(buf));
+    }
+}
+
+/// Resolves when the client has closed or reset its connection; stays
+/// pending once it has sent more (the next request's bytes).
+async fn client_gone(socket: &TcpStream) {
+    let mut byte = [0u8; 1];
+    if let Ok(1..) = socket.peek(&mut byte).await {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn close<S: AsyncWrite + Unpin>(stream: &mut S) -> io::Result<Next> {
+    let _ = stream.shutdown().await;
+    Ok(Next::Closed)
+}
+
+/// Reads more of a head by `by`; false when the client closed, did not
+/// finish it in time, or steer is finishing (hyper closes an unfinished
+/// head the same way, without an answer).
+async fn read_more<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    by: Instant,
+    finish: &mut tokio::sync::watch::Receiver<bool>,
+) -> io::Result<bool> {
+    tokio::select! {
+        biased;
+        read = tokio::time::timeout_at(by, stream.read_buf(buf)) => match read {
+            Ok(Ok(n)) => Ok(n > 0),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Ok(false),
+        },
+        _ = finish.wait_for(|f| *f) => Ok(false),
+    }
+}
+
+/// What the bytes at the front of a connection's buffer are.
+// Moved once, straight into the request path: boxing the request would
+// cost an allocation per request to save a copy of 270 bytes.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    Partial,
+    /// A request this path serves; `close`: the client asked for the
+    /// connection to end after it (RFC 9112 §9.6).
+    Own {
+        req: Request<Inbound>,
+        close: bool,
+    },
+    Hyper,
+}
+
+/// Parses a whole head at the front of `buf` and takes it out, when it is
+/// one this path serves (see the module docs); otherwise `buf` is left as
+/// it was.
+fn parse(buf: &mut BytesMut) -> Parsed {
+    // Uninitialised slots: no 3 KiB of empty fields written per request.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    let len = match config.parse_request_with_uninit_headers(&mut parsed, buf, &mut slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Hyper,
+    };
+    if parsed.version != Some(1) {
+        return Parsed::Hyper;
+    }
+    let Some(method) = parsed
+        .method
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+    else {
+        return Parsed::Hyper;
+    };
+    if method == Method::CONNECT {
+        return Parsed::Hyper;
+    }
+    let base = buf.as_ptr() as usize;
+    let path = parsed.path.unwrap_or_default();
+    let path_at = path.as_ptr() as usize - base..path.as_ptr() as usize - base + path.len();
+    let mut close = false;
+    // Names now; values as offsets, to slice the head once it is frozen.
+    let mut found = Vec::with_capacity(parsed.headers.len());
+    for f in parsed.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(f.name.as_bytes()) else {
+            return Parsed::Hyper;
+        };
+        match name {
+            header::CONTENT_LENGTH
+            | header::TRANSFER_ENCODING
+            | header::EXPECT
+            | header::UPGRADE
+            | header::TE => return Parsed::Hyper,
+            header::CONNECTION => {
+                for token in f.value.split(|b| *b == b',') {
+                    let token = token.trim_ascii();
+                    if token.eq_ignore_ascii_case(b"upgrade") {
+                        return Parsed::Hyper;
+                    }
+                    close |= token.eq_ignore_ascii_case(b"close");
+                }
+            }
+            _ => {}
+        }
+        let at = f.value.as_ptr() as usize - base;
+        found.push((name, at..at + f.value.len()));
+    }
+    let head = buf.split_to(len).freeze();
+    let Some(req) = build(&head, method, path_at, found) else {
+        // Back as it was, for hyper to answer.
+        let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+        whole.extend_from_slice(&head);
+        whole.extend_from_slice(buf);
+        *buf = whole;
+        return Parsed::Hyper;
+    };
+    Parsed::Own { req, close }
+}
+
+/// The request of a parsed head; `None` for a target or value `http`
+/// refuses (as hyper does: a 400 or 414).
+fn build(
+    head: &Bytes,
+    method: Method,
+    path: std::ops::Range<usize>,
+    found: Vec<(HeaderName, std::ops::Range<usize>)>,
+) -> Option<Request<Inbound>> {
+    let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
+    // Room for the fields the request path adds (X-Forwarded-*, the
+    // request id) without growing the map.
+    let mut headers = HeaderMap::with_capacity(found.len() + ADDED_FIELDS);
+    for (name, at) in found {
+        headers.append(name, HeaderValue::from_maybe_shared(head.slice(at)).ok()?);
+    }
+    let mut req = Request::new(Inbound::Empty);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Some(req)
+}
+
+/// How a response body goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// Exactly this many bytes (none for HEAD, 204 and 304).
+    Length(u64),
+    Chunked,
+}
+
+/// What the body says of its length, as hyper's encoder asks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyLen {
+    /// Ended already.
+    Empty,
+    Known(u64),
+    Unknown,
+}
+
+fn body_len(body: &ProxyBody) -> BodyLen {
+    if body.is_end_stream() {
+        return BodyLen::Empty;
+    }
+    match body.size_hint().exact() {
+        Some(n) => BodyLen::Known(n),
+        None => BodyLen::Unknown,
+    }
+}
+
+/// One request through the proxy and its answer back; false when the
+/// connection must close after it.
+/// `watch`: whether a client that closes cancels the exchange (see
+/// `client_gone`).
+async fn exchange<S: Parkable>(
+    stream: &mut S,
+    ctx: &ConnCtx,
+    req: Request<Inbound>,
+    asked_close: bool,
+    watch: bool,
+) -> io::Result<bool> {
+    let head_only = req.method() == Method::HEAD;
+    let resp = tokio::select! {
+        biased;
+        resp = proxy::handle(&ctx.shared, &ctx.info, req) => resp,
+        () = client_gone(stream.socket()), if watch => return Ok(false),
+    };
+    let keep_alive = !asked_close && !*ctx.finish.borrow();
+    respond(stream, resp, head_only, keep_alive, watch).await
+}
+
+/// Writes the response; false when the connection must close after it
+/// (asked for, or the body did not end as framed).
+async fn respond<S: Parkable>(
+    stream: &mut S,
+    resp: Response<ProxyBody>,
+    head_only: bool,
+    keep_alive: bool,
+    watch: bool,
+) -> io::Result<bool> {
+    let (mut parts, mut body) = resp.into_parts();
+    let mut out = Vec::with_capacity(HEAD_CAPACITY);
+    let len = body_len(&body);
+    let Some((framing, last)) = encode_head(&mut out, &mut parts, len, head_only, keep_alive)
+    else {
+        return Ok(false);
+    };
+    drop(parts);
+    let whole = send_body(stream, &mut out, &mut body, framing, watch).await?;
+    Ok(whole && !last)
+}
+
+/// The response head, by hyper's rules (see the module docs): how the
+/// body goes out, and whether the connection ends after it. `None` when
+/// the head cannot be written (a Content-Length that is not one number:
+/// hyper closes without an answer).
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &mut http::response::Parts,
+    len: BodyLen,
+    head_only: bool,
+    keep_alive: bool,
+) -> Option<(Framing, bool)> {
+    let (mut len, mut last) = (len, !keep_alive);
+    if parts.status.is_informational() {
+        // No interim answer can be final (RFC 9110 §15.2); hyper sends 500.
+        parts.status = StatusCode::INTERNAL_SERVER_ERROR;
+        parts.headers.clear();
+        (len, last) = (BodyLen::Empty, true);
+    }
+    let status = parts.status;
+    if last {
+        let close = HeaderValue::from_static("close");
+        match parts.headers.entry(header::CONNECTION) {
+            header::Entry::Occupied(mut e) => {
+                if !e.iter().any(|v| has_token(v, b"close")) {
+                    e.append(close);
+                }
+            }
+            header::Entry::Vacant(e) => {
+                e.insert(close);
+            }
+        }
+    }
+    // RFC 9110 §6.4.1: no content in answers to HEAD, nor in 204 and 304.
+    let no_length = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+    let has_body = !head_only && !no_length;
+    if status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut framing = None;
+    let mut dated = false;
+    // The fields hyper joins into one line, while their values come (a
+    // name's values are adjacent in a HeaderMap's iteration).
+    let mut joining: Option<&HeaderName> = None;
+    let mut te_chunked = false;
+    for (name, value) in parts.headers.iter() {
+        if joining.is_some_and(|j| j == name) {
+            out.truncate(out.len() - 2);
+            out.extend_from_slice(b", ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+            te_chunked = is_chunked(value);
+            continue;
+        }
+        end_join(out, &mut joining, te_chunked);
+        match *name {
+            header::CONTENT_LENGTH => {
+                if framing.is_some() {
+                    continue;
+                }
+                let n = match len {
+                    BodyLen::Known(n) => n,
+                    BodyLen::Unknown => content_length(&parts.headers)?,
+                    // hyper trusts the body: an empty one is `0` (below),
+                    // but an answer to HEAD keeps the length it names.
+                    BodyLen::Empty if head_only => 0,
+                    BodyLen::Empty => continue,
+                };
+                encode_fields(out, std::iter::once((name, value)));
+                framing = Some(Framing::Length(n));
+                // Its other values: skipped, as hyper does.
+                joining = None;
+            }
+            header::TRANSFER_ENCODING if has_body && framing.is_none() => {
+                encode_fields(out, std::iter::once((name, value)));
+                te_chunked = is_chunked(value);
+                joining = Some(name);
+                framing = Some(Framing::Chunked);
+            }
+            header::TRANSFER_ENCODING => {}
+            header::TRAILER if !has_body => {}
+            header::CONNECTION | header::TRAILER => {
+                encode_fields(out, std::iter::once((name, value)));
+                joining = Some(name);
+            }
+            _ => {
+                dated |= name == header::DATE;
+                encode_fields(out, std::iter::once((name, value)));
+            }
+        }
+        if name == header::CONNECTION {
+            last |= parts
+                .headers
+                .get_all(name)
+                .iter()
+                .any(|v| has_token(v, b"close"));
+        }
+    }
+    end_join(out, &mut joining, te_chunked);
+    let framing = match framing {
+        _ if !has_body => Framing::Length(0),
+        Some(framing) => framing,
+        None => match len {
+            BodyLen::Unknown => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                Framing::Chunked
+            }
+            BodyLen::Empty | BodyLen::Known(0) => {
+                out.extend_from_slice(b"content-length: 0\r\n");
+                Framing::Length(0)
+            }
+            BodyLen::Known(n) => {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                out.extend_from_slice(b"\r\n");
+                Framing::Length(n)
+            }
+        },
+    };
+    // An answer to HEAD without a framing field names the length the body
+    // would have had (hyper's rule; 204 and 304 never name one).
+    if let BodyLen::Known(n @ 1..) = len
+        && head_only
+        && !no_length
+        && !parts.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !dated {
+        out.extend_from_slice(b"date: ");
+        http_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Some((framing, last))
+}
+
+/// Ends a joined line; `transfer-encoding` gets the coding hyper applies
+/// when its last one is not `chunked`.
+fn end_join(out: &mut Vec<u8>, joining: &mut Option<&HeaderName>, te_chunked: bool) {
+    if joining.take() == Some(&header::TRANSFER_ENCODING) && !te_chunked {
+        out.truncate(out.len() - 2);
+        out.extend_from_slice(b", chunked\r\n");
+    }
+}
+
+/// Whether a `transfer-encoding` value's last coding is `chunked`.
+fn is_chunked(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .rsplit(|b| *b == b',')
+        .next()
+        .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+fn has_token(value: &HeaderValue, token: &[u8]) -> bool {
+    value
+        .as_bytes()
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Sends the body after the head waiting in `out`, gathering what is
+/// ready into one write; false when it did not end as framed (it failed,
+/// or its length was not the one announced): the client cannot tell where
+/// the answer ends, so the connection closes.
+async fn send_body<S: Parkable>(
+    stream: &mut S,
+    out: &mut Vec<u8>,
+    body: &mut ProxyBody,
+    framing: Framing,
+    watch: bool,
+) -> io::Result<bool> {
+    let mut left = match framing {
+        // HEAD, 204, 304 or empty: whatever the body holds stays unsent.
+        Framing::Length(0) => return flush(stream, out).await.map(|()| true),
+        Framing::Length(n) => Some(n),
+        Framing::Chunked => None,
+    };
+    loop {
+        let frame = match body.frame().now_or_never() {
+            Some(frame) => frame,
+            None => {
+                // Nothing more ready: what is gathered goes out first.
+                flush(stream, out).await?;
+                // A long poll or event stream may send nothing for long:
+                // a client that left ends it now, not at the next write.
+                tokio::select! {
+                    biased;
+                    frame = body.frame() => frame,
+                    () = client_gone(stream.socket()), if watch => return Ok(false),
+                }
+            }
+        };
+        let mut data = match frame {
+            None => break,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                // Trailers: clients that asked for them (TE) go to hyper.
+                Err(_) => continue,
+            },
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "response body failed; closing the client connection");
+                flush(stream, out).await?;
+                return Ok(false);
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        match &mut left {
+            Some(n) => {
+                let too_long = data.len() as u64 > *n;
+                if too_long {
+                    data.truncate(usize::try_from(*n).unwrap_or(usize::MAX));
+                }
+                *n -= data.len() as u64;
+                put(stream, out, &data).await?;
+                if too_long {
+                    flush(stream, out).await?;
+                    return Ok(false);
+                }
+            }
+            None => {
+                let (line, at) = chunk_size(data.len());
+                out.extend_from_slice(&line[at..]);
+                put(stream, out, &data).await?;
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    if left.is_none() {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    flush(stream, out).await?;
+    Ok(left.is_none_or(|n| n == 0))
+}
+
+/// Adds `data` to what goes out next; a large piece is written as it is,
+/// after what was gathered.
+async fn put<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    out: &mut Vec<u8>,
+    data: &Bytes,
+) -> io::Result<()> {
+    if out.len() + data.len() <= COALESCE {
+        out.extend_from_slice(data);
+        return Ok(());
+    }
+    stream.write_all(out).await?;
+    out.clear();
+    stream.write_all(data).await
+}
+
+async fn flush<S: AsyncWrite + Unpin>(stream: &mut S, out: &mut Vec<u8>) -> io::Result<()> {
+    if !out.is_empty() {
+        stream.write_all(out).await?;
+        out.clear();
+    }
+    stream.flush().await
+}
+
+/// The `date` field's value (RFC 9110 §6.6.1), formatted once a second per
+/// thread.
+fn http_date(out: &mut Vec<u8>) {
+    const LEN: usize = 29; // "Sun, 06 Nov 1994 08:49:37 GMT"
+    thread_local! {
+        static CACHED: RefCell<(u64, [u8; LEN])> = const { RefCell::new((u64::MAX, [0; LEN])) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHED.with_borrow_mut(|(at, text)| {
+        if *at != secs {
+            let formatted = httpdate::fmt_http_date(now);
+            if formatted.len() == LEN {
+                text.copy_from_slice(formatted.as_bytes());
+                *at = secs;
+            }
+        }
+        out.extend_from_slice(text);
+    });
+}
+
+#[cfg(test)]
+mod tests;
