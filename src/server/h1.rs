@@ -92,8 +92,9 @@ pub(super) async fn serve<S: Parkable>(
     drop(leftover);
     loop {
         if buf.is_empty() {
-            // Nothing pipelined: no buffer while the client thinks (the
-            // last one is freed with its request).
+            // Nothing pipelined: no buffer while the client thinks (what
+            // is left of it after the request's head is freed here).
+            drop(std::mem::take(&mut buf));
             match wait_for_request(stream, deadline, ctx, tick).await? {
                 Some(read) => buf = read,
                 None => return close(stream).await,
