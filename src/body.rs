@@ -1,5 +1,5 @@
 //! A request body as it arrives from a client: hyper's body for HTTP/1.1
-//! connections, an h2 stream for HTTP/2 connections (which steer serves
+//! connections (or the bytes read with the head, on steer's own path), an h2 stream for HTTP/2 connections (which steer serves
 //! with the `h2` crate itself, see `server::h2`). The request path sees one
 //! type either way.
 
@@ -16,8 +16,12 @@ use crate::BoxError;
 pub enum Inbound {
     Http1(Incoming),
     Http2(H2Body),
-    /// No body (a request steer made up, e.g. in tests and fuzzing).
+    /// No body: an HTTP/1.1 request without one on steer's own path
+    /// (`server::h1`), or one steer made up (tests, fuzzing).
     Empty,
+    /// A whole `Content-Length` body read with its head (`server::h1`);
+    /// `None` once taken.
+    Buffered(Option<Bytes>),
 }
 
 impl Inbound {
@@ -94,6 +98,7 @@ impl Body for Inbound {
             Inbound::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             Inbound::Http2(b) => b.poll(cx),
             Inbound::Empty => Poll::Ready(None),
+            Inbound::Buffered(b) => Poll::Ready(b.take().map(|data| Ok(Frame::data(data)))),
         }
     }
 
@@ -102,6 +107,7 @@ impl Body for Inbound {
             Inbound::Http1(b) => b.is_end_stream(),
             Inbound::Http2(b) => b.recv.is_end_stream(),
             Inbound::Empty => true,
+            Inbound::Buffered(b) => b.is_none(),
         }
     }
 
@@ -113,6 +119,7 @@ impl Body for Inbound {
                 None => SizeHint::default(),
             },
             Inbound::Empty => SizeHint::with_exact(0),
+            Inbound::Buffered(b) => SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! 1. [`server`] accepts, reads the first bytes under the head deadline
 //!    and serves the connection: HTTP/1.1 (plain or TLS) on steer's own
-//!    path for requests without a body (`server::h1`), in rounds of
+//!    path for requests without a body or with one read whole with the
+//!    head (`server::h1`), in rounds of
 //!    hyper's HTTP/1.1 connection for the rest (`server::park`), HTTP/2 (h2c or TLS)
 //!    with the `h2` crate (`server::h2`), every socket under the send
 //!    deadline (`server::io`).
@@ -53,7 +54,8 @@
 //! - [`proxy`]: the request path, head checks, header rules, error mapping,
 //!   resends, tunnels, per-route rate limits (429) and the retry budget.
 //! - [`server`]: listeners and connection serving (`h1`: steer's own
-//!   HTTP/1.1 server path for requests without a body (httparse); `park`:
+//!   HTTP/1.1 server path for requests without a body or with one read
+//!   whole with the head (httparse); `park`:
 //!   HTTP/1.1 connections, plain and TLS, between that path and hyper
 //!   rounds, holding no buffer while idle; `h2`: HTTP/2
 //!   streams; `io`: send deadline and protocol detection;

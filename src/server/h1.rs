@@ -6,10 +6,14 @@
 //! its framing. Between requests the connection holds no buffer: with
 //! nothing left to read it waits on its socket alone (`park`).
 //!
-//! What this path does not take goes, with every byte read so far, to a
-//! hyper round (`park`), which answers it exactly as before:
-//! - a body: `Content-Length` or `Transfer-Encoding` (without either a
-//!   request has none, RFC 9112 §6.3), and so also `Expect`;
+//! A request with a body takes this path only when it is framed by one
+//! `Content-Length` that is a plain number and the whole body came with
+//! the head (a login form, a token request): it goes upstream from
+//! memory, with no more reads and so no more waits. What this path does
+//! not take goes, with every byte read so far, to a hyper round (`park`),
+//! which answers it exactly as before:
+//! - any other body: `Transfer-Encoding`, several or odd `Content-Length`
+//!   values, a body still on its way; and `Expect`;
 //! - `Upgrade` or `Connection: upgrade`, and CONNECT (tunnels);
 //! - `TE` (trailers are sent only to clients that asked, RFC 9110 §10.1.4);
 //! - HTTP/1.0 (keep-alive by `Connection: keep-alive` only);
@@ -260,6 +264,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     let path = parsed.path.unwrap_or_default();
     let path_at = path.as_ptr() as usize - base..path.as_ptr() as usize - base + path.len();
     let mut close = false;
+    let mut body_len = None;
     // Names now; values as offsets, to slice the head once it is frozen.
     let mut found = Vec::with_capacity(parsed.headers.len());
     for f in parsed.headers.iter() {
@@ -267,11 +272,15 @@ fn parse(buf: &mut BytesMut) -> Parsed {
             return Parsed::Hyper;
         };
         match name {
-            header::CONTENT_LENGTH
-            | header::TRANSFER_ENCODING
-            | header::EXPECT
-            | header::UPGRADE
-            | header::TE => return Parsed::Hyper,
+            header::CONTENT_LENGTH => match (body_len, plain_length(f.value)) {
+                (None, Some(n)) => body_len = Some(n),
+                // Several, or not one plain number (RFC 9112 §6.3):
+                // hyper's rules decide.
+                _ => return Parsed::Hyper,
+            },
+            header::TRANSFER_ENCODING | header::EXPECT | header::UPGRADE | header::TE => {
+                return Parsed::Hyper;
+            }
             header::CONNECTION => {
                 for token in f.value.split(|b| *b == b',') {
                     let token = token.trim_ascii();
@@ -286,8 +295,14 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         let at = f.value.as_ptr() as usize - base;
         found.push((name, at..at + f.value.len()));
     }
+    let body_len = match body_len.map(usize::try_from) {
+        None => 0,
+        // Only a body that is all here already: no reads, no waits.
+        Some(Ok(n)) if n <= buf.len() - len => n,
+        Some(_) => return Parsed::Hyper,
+    };
     let head = buf.split_to(len).freeze();
-    let Some(req) = build(&head, method, path_at, found) else {
+    let Some(mut req) = build(&head, method, path_at, found) else {
         // Back as it was, for hyper to answer.
         let mut whole = BytesMut::with_capacity(head.len() + buf.len());
         whole.extend_from_slice(&head);
@@ -295,6 +310,9 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         *buf = whole;
         return Parsed::Hyper;
     };
+    if body_len > 0 {
+        *req.body_mut() = Inbound::Buffered(Some(buf.split_to(body_len).freeze()));
+    }
     Parsed::Own { req, close }
 }
 
@@ -319,6 +337,15 @@ fn build(
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
     Some(req)
+}
+
+/// A `Content-Length` value that is one plain decimal number (no sign, no
+/// list, no spaces: anything else is left to hyper's rules).
+fn plain_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// How a response body goes out.

@@ -649,3 +649,25 @@ async fn an_upstream_answer_cut_short_closes_the_client_connection() {
     assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
     assert!(all.ends_with("\r\n\r\n01234"), "{all}");
 }
+
+#[tokio::test]
+async fn a_form_post_that_came_whole_is_forwarded_whole_and_the_connection_goes_on() {
+    // steer's own HTTP/1.1 path takes a Content-Length body that arrived
+    // with its head (src/server/h1.rs); the GET after it is answered on
+    // the same connection.
+    let (blue, steer) = single("http1").await;
+    let mut s = TcpStream::connect(steer.addr()).await.unwrap();
+    s.write_all(
+        b"POST /demo/echo HTTP/1.1\r\nHost: auth.example.com\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 11\r\n\r\na=1&b=2&c=3\
+          GET /demo/echo HTTP/1.1\r\nHost: auth.example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let all = read_until_closed(&mut s).await;
+    let answers: Vec<&str> = all.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 2, "{all}");
+    assert!(answers[0].starts_with("200 OK\r\n"), "{all}");
+    assert!(answers[0].ends_with("\r\n\r\na=1&b=2&c=3"), "{all}");
+    assert!(answers[1].starts_with("200 OK\r\n"), "{all}");
+    assert_eq!(blue.requests(), 2);
+}

@@ -32,6 +32,26 @@ fn a_plain_get_is_taken_and_what_follows_stays() {
 }
 
 #[test]
+fn a_body_that_came_with_its_head_is_taken_with_it() {
+    let (p, rest) = parsed(b"POST /t HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /n");
+    let Parsed::Own { req, .. } = p else {
+        panic!("not taken");
+    };
+    assert_eq!(req.headers()["content-length"], "5");
+    let body = futures_util::FutureExt::now_or_never(req.into_body().collect())
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"hello");
+    assert_eq!(&rest[..], b"GET /n");
+    let (p, _) = parsed(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    let Parsed::Own { req, .. } = p else {
+        panic!("not taken");
+    };
+    assert!(http_body::Body::is_end_stream(req.body()));
+}
+
+#[test]
 fn connection_close_is_noted() {
     let (p, _) = parsed(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Close\r\n\r\n");
     assert!(matches!(p, Parsed::Own { close: true, .. }));
@@ -46,8 +66,13 @@ fn a_partial_head_waits_for_more() {
 
 #[test]
 fn what_needs_hyper_goes_to_hyper_with_every_byte() {
-    let cases: [&[u8]; 10] = [
-        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab",
+    let cases: [&[u8]; 14] = [
+        // A body still on its way, or framed in any way but one number.
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nab",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2, 2\r\n\r\nab",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +2\r\n\r\nab",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\nab",
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
