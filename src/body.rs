@@ -123,3 +123,67 @@ impl Body for Inbound {
         }
     }
 }
+
+/// A `Content-Length` value: a plain decimal number (RFC 9110 §8.6), with
+/// no sign, list or spaces; `None` for anything else or an overflow.
+pub(crate) fn length_value(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// One Content-Length for all of a head's values (a list of equal values
+/// is one), or `None`: absent, or differing or invalid values (RFC 9112
+/// §6.3 item 5: an unrecoverable error).
+pub(crate) fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    let mut found = None;
+    for value in headers.get_all(http::header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let n = length_value(part.trim_ascii())?;
+            if found.is_some_and(|f| f != n) {
+                return None;
+            }
+            found = Some(n);
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderMap;
+    use http::header::CONTENT_LENGTH;
+
+    use super::{content_length, length_value};
+
+    fn head(values: &[&'static str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(CONTENT_LENGTH, http::HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn content_length_is_one_plain_number_for_all_values() {
+        assert_eq!(content_length(&head(&["5"])), Some(5));
+        assert_eq!(content_length(&head(&["5, 5"])), Some(5));
+        assert_eq!(content_length(&head(&["5", "5"])), Some(5));
+        assert_eq!(content_length(&head(&["005"])), Some(5));
+        for bad in [
+            &["5", "6"][..],
+            &["5, 6"],
+            &["+5"],
+            &[""],
+            &["5 5"],
+            &["-1"],
+            &["99999999999999999999"],
+        ] {
+            assert_eq!(content_length(&head(bad)), None, "{bad:?}");
+        }
+        assert_eq!(content_length(&HeaderMap::new()), None);
+        assert_eq!(length_value(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(length_value(b" 5"), None);
+    }
+}

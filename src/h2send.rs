@@ -114,14 +114,3 @@ async fn window(send: &mut SendStream<Bytes>, limit: Option<Duration>) -> Result
         None => granted.await,
     }
 }
-
-/// The `content-length` of an HTTP/2 head, if it is one number (h2
-/// checks it against the DATA frames; steer uses it to end bodies early).
-pub(crate) fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
-}

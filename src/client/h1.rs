@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 
 use super::{ClientError, Failed, ReqBody};
 use crate::BoxError;
+use crate::body::content_length;
 
 /// Largest response head (status line and fields) steer reads.
 const MAX_HEAD: usize = 64 * 1024;
@@ -1086,26 +1087,6 @@ fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.rsplit(',').next())
         .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
-}
-
-/// One Content-Length for all its values, or `None` (RFC 9112 §6.3 item
-/// 5: differing or invalid values are an unrecoverable error).
-pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut found = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.to_str().ok()?.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let n: u64 = part.parse().ok()?;
-            if found.is_some_and(|f| f != n) {
-                return None;
-            }
-            found = Some(n);
-        }
-    }
-    found
 }
 
 impl Drop for H1Body {

@@ -318,7 +318,7 @@ impl H2Body {
         H2Body {
             recv,
             data_done: false,
-            left: crate::h2send::content_length(headers),
+            left: crate::body::content_length(headers),
             pump,
             _open: open,
         }

@@ -491,14 +491,10 @@ fn prepare(
     headers::apply_rules(&mut parts.headers, &route.spec.request_headers);
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
     let aim = aim(&parts, route, hop, first.1)?;
-    if let Some(max) = route.spec.max_body {
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max) {
-            return Err(ProxyError::BodyTooLarge);
-        }
+    if let Some(max) = route.spec.max_body
+        && crate::body::content_length(&parts.headers).is_some_and(|n| n > max)
+    {
+        return Err(ProxyError::BodyTooLarge);
     }
     let empty_body = body.is_end_stream();
     let fault = Arc::new(Fault::default());

@@ -56,7 +56,8 @@ use tokio::time::Instant;
 use super::ConnCtx;
 use super::park::{Parkable, Woken, wait_readable};
 use crate::body::Inbound;
-use crate::client::h1::{chunk_size, content_length, encode_fields};
+use crate::body::{content_length, length_value};
+use crate::client::h1::{chunk_size, encode_fields};
 use crate::proxy::{self, ProxyBody};
 
 /// The first read buffer of a request head; it grows by as much again
@@ -272,7 +273,7 @@ fn parse(buf: &mut BytesMut) -> Parsed {
             return Parsed::Hyper;
         };
         match name {
-            header::CONTENT_LENGTH => match (body_len, plain_length(f.value)) {
+            header::CONTENT_LENGTH => match (body_len, length_value(f.value)) {
                 (None, Some(n)) => body_len = Some(n),
                 // Several, or not one plain number (RFC 9112 §6.3):
                 // hyper's rules decide.
@@ -337,15 +338,6 @@ fn build(
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
     Some(req)
-}
-
-/// A `Content-Length` value that is one plain decimal number (no sign, no
-/// list, no spaces: anything else is left to hyper's rules).
-fn plain_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// How a response body goes out.

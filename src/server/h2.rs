@@ -385,7 +385,7 @@ async fn stream(
     _open: OpenGuard,
 ) {
     let (mut parts, recv) = req.into_parts();
-    let length = h2send::content_length(&parts.headers);
+    let length = crate::body::content_length(&parts.headers);
     // RFC 8441 §4: an extended CONNECT carries `:protocol`; its stream
     // becomes a tunnel if the request path answers 2xx.
     let connect = (parts.method == http::Method::CONNECT
