@@ -25,7 +25,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// RSS follows what is in use soon after connections go idle (and give
 /// their buffers back, `server::park`). Purging at once (0, steer's
 /// setting before) gave pages back that the next request touched again:
-/// 0.24 minor page faults per request under load and 16 % more CPU per
+/// 0.24 minor page faults per request under load and 19 % more CPU per
 /// request on HTTP/1.1 (BENCHMARKS.md). `MIMALLOC_PURGE_DELAY` still
 /// overrides it.
 const PURGE_DELAY_MS: std::os::raw::c_long = 100;

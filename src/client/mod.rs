@@ -117,6 +117,14 @@ impl ClientError {
         }
     }
 
+    /// True when a new connection (not a pooled one) was reset with the
+    /// request unread: unprocessed, but an endpoint, or a balancer in
+    /// front of it, that does this to every request must still leave the
+    /// rotation (`proxy::blame`).
+    pub fn reset_when_new(&self) -> bool {
+        matches!(self, ClientError::Unread { reused: false, .. })
+    }
+
     /// True when nothing took the connection: the endpoint is down.
     pub fn endpoint_down(&self) -> bool {
         matches!(

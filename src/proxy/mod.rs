@@ -697,7 +697,7 @@ fn blame(
     let health = upstream.health.as_ref();
     if error.endpoint_down() {
         endpoint.record_passive_failure(health, &error.to_string(), true);
-    } else if !unprocessed || matches!(error, ClientError::Unread { reused: false, .. }) {
+    } else if !unprocessed || error.reset_when_new() {
         endpoint.record_passive_failure(health, &error.to_string(), false);
     }
 }

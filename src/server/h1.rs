@@ -43,18 +43,17 @@ use std::mem::MaybeUninit;
 use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf as _, Bytes, BytesMut};
 use futures_util::FutureExt as _;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::ConnCtx;
-use super::park::{Parkable, Woken, wait_readable};
+use super::park::{Parkable, Peer, Woken, wait_readable};
 use crate::body::Inbound;
 use crate::body::{content_length, length_value};
 use crate::client::h1::{chunk_size, encode_fields};
@@ -96,6 +95,13 @@ pub(super) async fn serve<S: Parkable>(
     buf.extend_from_slice(&leftover);
     drop(leftover);
     loop {
+        // Empty lines between requests are ignored (RFC 9112 §2.2): some
+        // clients send one after a POST body.
+        let blank = buf
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        buf.advance(blank);
         if buf.is_empty() {
             // Nothing pipelined: no buffer while the client thinks (what
             // is left of it after the request's head is freed here).
@@ -189,9 +195,8 @@ async fn wait_for_request<S: Parkable>(
 
 /// Resolves when the client has closed or reset its connection; stays
 /// pending once it has sent more (the next request's bytes).
-async fn client_gone(socket: &TcpStream) {
-    let mut byte = [0u8; 1];
-    if let Ok(1..) = socket.peek(&mut byte).await {
+async fn client_gone<S: Parkable>(stream: &mut S) {
+    if let Peer::Sent = std::future::poll_fn(|cx| stream.poll_peer(cx)).await {
         std::future::pending::<()>().await;
     }
 }
@@ -262,7 +267,9 @@ fn parse(buf: &mut BytesMut) -> Parsed {
         return Parsed::Hyper;
     }
     let base = buf.as_ptr() as usize;
-    let path = parsed.path.unwrap_or_default();
+    let Some(path) = parsed.path else {
+        return Parsed::Hyper;
+    };
     let path_at = path.as_ptr() as usize - base..path.as_ptr() as usize - base + path.len();
     let mut close = false;
     let mut body_len = None;
@@ -382,7 +389,7 @@ async fn exchange<S: Parkable>(
     let resp = tokio::select! {
         biased;
         resp = proxy::handle(&ctx.shared, &ctx.info, req) => resp,
-        () = client_gone(stream.socket()), if watch => return Ok(false),
+        () = client_gone(stream), if watch => return Ok(false),
     };
     let keep_alive = !asked_close && !*ctx.finish.borrow();
     respond(stream, resp, head_only, keep_alive, watch).await
@@ -606,7 +613,7 @@ async fn send_body<S: Parkable>(
                 tokio::select! {
                     biased;
                     frame = body.frame() => frame,
-                    () = client_gone(stream.socket()), if watch => return Ok(false),
+                    () = client_gone(stream), if watch => return Ok(false),
                 }
             }
         };

@@ -6,8 +6,8 @@
 //! nothing pipelined, it holds only its socket (and over TLS its rustls
 //! session) and waits for readability without a buffer (`wait_readable`).
 //!
-//! A request the own path hands over (a body, an upgrade, a head hyper
-//! must answer; see `h1`) starts a round: a hyper HTTP/1.1 connection over
+//! A request the own path hands over (a body that did not arrive whole
+//! with its head, an upgrade, a head hyper must answer; see `h1`) starts a round: a hyper HTTP/1.1 connection over
 //! the socket, with the bytes read so far first. The round ends when the
 //! connection has had no request open for `PARK_AFTER` (1 s, or half of
 //! `header_read_timeout` if that is shorter): steer asks hyper to finish,
@@ -88,6 +88,18 @@ pub(super) trait Parkable: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Bytes already received and decoded but not yet read (TLS
     /// plaintext); `None` when the peer has closed.
     fn take_buffered(&mut self) -> Option<Bytes>;
+
+    /// While a request is answered: whether the client has closed (or
+    /// reset) its connection, or has sent more. Consumes nothing a later
+    /// read would need.
+    fn poll_peer(&mut self, cx: &mut Context<'_>) -> Poll<Peer>;
+}
+
+/// What a client did while its request was answered.
+pub(super) enum Peer {
+    Closed,
+    /// Sent more: the next request (pipelined).
+    Sent,
 }
 
 impl Parkable for ClientIo {
@@ -97,6 +109,24 @@ impl Parkable for ClientIo {
 
     fn take_buffered(&mut self) -> Option<Bytes> {
         Some(Bytes::new())
+    }
+
+    fn poll_peer(&mut self, cx: &mut Context<'_>) -> Poll<Peer> {
+        let mut byte = [0u8; 1];
+        let mut peeked = ReadBuf::new(&mut byte);
+        match std::task::ready!(self.get_ref().poll_peek(cx, &mut peeked)) {
+            Ok(1..) => Poll::Ready(Peer::Sent),
+            Ok(0) | Err(_) => Poll::Ready(Peer::Closed),
+        }
+    }
+}
+
+/// `TcpStream::try_read` as `io::Read`, for rustls's `read_tls`.
+struct TryRead<'a>(&'a TcpStream);
+
+impl io::Read for TryRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
     }
 }
 
@@ -114,6 +144,35 @@ impl Parkable for tokio_rustls::server::TlsStream<ClientIo> {
                 Ok(n) => taken.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(taken.freeze()),
                 Err(_) => return None,
+            }
+        }
+    }
+
+    /// Through rustls: a client that sends `close_notify` before its FIN
+    /// leaves bytes on the socket that a peek would take for more data.
+    fn poll_peer(&mut self, cx: &mut Context<'_>) -> Poll<Peer> {
+        let (io, session) = self.get_mut();
+        let socket = io.get_ref();
+        loop {
+            match session.process_new_packets() {
+                Err(_) => return Poll::Ready(Peer::Closed),
+                Ok(state) if state.plaintext_bytes_to_read() > 0 => return Poll::Ready(Peer::Sent),
+                Ok(state) if state.peer_has_closed() => return Poll::Ready(Peer::Closed),
+                Ok(_) => {}
+            }
+            if !session.wants_read() {
+                // Its buffer is full of what comes next.
+                return Poll::Ready(Peer::Sent);
+            }
+            if std::task::ready!(socket.poll_read_ready(cx)).is_err() {
+                return Poll::Ready(Peer::Closed);
+            }
+            match session.read_tls(&mut TryRead(socket)) {
+                Ok(0) => return Poll::Ready(Peer::Closed),
+                Ok(_) => {}
+                // Readiness was stale; the next poll waits for more.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Poll::Ready(Peer::Closed),
             }
         }
     }

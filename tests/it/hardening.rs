@@ -342,9 +342,10 @@ async fn an_absolute_form_target_sets_the_host_the_upstream_sees() {
 
 #[tokio::test]
 async fn pipelined_and_mixed_requests_share_one_plain_connection() {
-    // Plain HTTP/1.1 connections are served in rounds of hyper connections
-    // that end when idle (src/server/park.rs): pipelined requests, requests
-    // with bodies, and requests after an idle gap must all be answered.
+    // Plain HTTP/1.1 connections are served by steer's own path and, for
+    // what it hands over, by hyper rounds that end when idle
+    // (src/server/h1.rs, park.rs): pipelined requests, requests with
+    // bodies, and requests after an idle gap must all be answered.
     let (blue, steer) = hardened("", ONE_ROUTE).await;
     let mut s = TcpStream::connect(steer.addr()).await.unwrap();
     let get = "GET /a HTTP/1.1\r\nHost: auth.example.com\r\n\r\n";
@@ -367,7 +368,8 @@ async fn pipelined_and_mixed_requests_share_one_plain_connection() {
 #[tokio::test]
 async fn plain_keep_alive_outlives_header_read_timeout() {
     // Between requests a plain HTTP/1.1 connection waits under idle_timeout,
-    // not header_read_timeout (hyper's timer only runs within a round).
+    // not header_read_timeout (a head deadline starts with a head's first
+    // byte; hyper's timer only runs within a round).
     let (_b, steer) = hardened(
         "header_read_timeout = \"200ms\"\nidle_timeout = \"10s\"",
         ONE_ROUTE,
@@ -944,27 +946,14 @@ async fn clients_that_stop_reading_do_not_stall_the_shared_http2_upstream_connec
 
 // --- Clients that hang up (steer's own HTTP/1.1 path, src/server/h1.rs) ---
 
-/// An upstream that reads one request head, writes `answer` (maybe only
-/// part of one), then holds the connection; the receiver resolves when
-/// steer drops that connection. Routed from every path.
-async fn holding_upstream(answer: &'static [u8]) -> (Steer, tokio::sync::oneshot::Receiver<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (dropped_tx, dropped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let (mut up, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = up.read(&mut chunk).await.unwrap();
-            assert!(n > 0);
-            head.extend_from_slice(&chunk[..n]);
-        }
-        up.write_all(answer).await.unwrap();
-        // Returns when steer drops the upstream connection.
-        let _ = up.read(&mut chunk).await;
-        let _ = dropped_tx.send(());
-    });
+/// An event stream's start: the head and a first chunk, then nothing.
+const QUIET_STREAM: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n";
+
+/// steer routing everything to a `holding_upstream` that writes `answer`.
+async fn holding_upstream_steer(
+    answer: &'static [u8],
+) -> (Steer, tokio::sync::oneshot::Receiver<()>) {
+    let (addr, dropped) = holding_upstream(answer).await;
     let body = format!(
         "{}[[routes]]\nname = \"r\"\nupstream = \"held\"\n",
         upstream_toml("held", addr, "http1").replace("protocol", "health = false\nprotocol")
@@ -972,17 +961,9 @@ async fn holding_upstream(answer: &'static [u8]) -> (Steer, tokio::sync::oneshot
     (Steer::start_ready(&body).await, dropped)
 }
 
-/// Within 1 s: the tests' `request_timeout` (2 s) must not be what ends it.
-async fn upstream_dropped(dropped: tokio::sync::oneshot::Receiver<()>) {
-    tokio::time::timeout(Duration::from_secs(1), dropped)
-        .await
-        .expect("steer must drop the upstream connection of a client that left")
-        .unwrap();
-}
-
 #[tokio::test]
 async fn a_client_that_hangs_up_while_waiting_cancels_its_upstream_request() {
-    let (steer, dropped) = holding_upstream(b"").await;
+    let (steer, dropped) = holding_upstream_steer(b"").await;
     let mut s = TcpStream::connect(steer.addr()).await.unwrap();
     s.write_all(b"GET /slow HTTP/1.1\r\nHost: auth.example.com\r\n\r\n")
         .await
@@ -1004,9 +985,7 @@ async fn a_client_that_hangs_up_while_waiting_cancels_its_upstream_request() {
 #[tokio::test]
 async fn a_client_that_hangs_up_during_a_quiet_body_releases_the_upstream() {
     // An event stream: the head and a first chunk, then nothing for long.
-    let (steer, dropped) =
-        holding_upstream(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
-            .await;
+    let (steer, dropped) = holding_upstream_steer(QUIET_STREAM).await;
     let mut s = TcpStream::connect(steer.addr()).await.unwrap();
     s.write_all(b"GET /events HTTP/1.1\r\nHost: auth.example.com\r\n\r\n")
         .await
@@ -1023,4 +1002,54 @@ async fn a_client_that_hangs_up_during_a_quiet_body_releases_the_upstream() {
     }
     drop(s);
     upstream_dropped(dropped).await;
+}
+
+#[tokio::test]
+async fn a_connection_moves_between_steers_path_and_hyper_without_losing_a_byte() {
+    // A body still on its way goes to a hyper round with every byte read so
+    // far; after park_after (200 ms here) idle, the connection is handed
+    // back to steer's own path (src/server/park.rs).
+    let (blue, steer) = hardened("header_read_timeout = \"400ms\"", ONE_ROUTE).await;
+    let mut s = TcpStream::connect(steer.addr()).await.unwrap();
+    let get = "GET /a HTTP/1.1\r\nHost: auth.example.com\r\n\r\n";
+    s.write_all(get.as_bytes()).await.unwrap();
+    assert_eq!(read_responses(&mut s, 1).await, [200]);
+    s.write_all(
+        b"POST /demo/echo HTTP/1.1\r\nHost: auth.example.com\r\nContent-Length: 5\r\n\r\nhe",
+    )
+    .await
+    .unwrap();
+    // Paced: a body in two writes is the behaviour under test.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(format!("llo{get}").as_bytes()).await.unwrap();
+    assert_eq!(read_responses(&mut s, 2).await, [200, 200]);
+    // Idle past park_after: back on steer's path, two pipelined requests.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.write_all(format!("{get}{get}").as_bytes()).await.unwrap();
+    assert_eq!(read_responses(&mut s, 2).await, [200, 200]);
+    assert_eq!(blue.requests(), 5);
+}
+
+#[tokio::test]
+async fn an_empty_line_after_a_post_does_not_start_a_head_deadline() {
+    // RFC 9112 §2.2: some clients send CRLF after a POST body. The
+    // connection then waits under idle_timeout like any other.
+    let (_b, steer) = hardened(
+        "header_read_timeout = \"300ms\"\nidle_timeout = \"10s\"",
+        ONE_ROUTE,
+    )
+    .await;
+    let mut s = TcpStream::connect(steer.addr()).await.unwrap();
+    s.write_all(
+        b"POST /demo/echo HTTP/1.1\r\nHost: auth.example.com\r\nContent-Length: 5\r\n\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_responses(&mut s, 1).await, [200]);
+    // Idle for longer than header_read_timeout: the behaviour under test.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: auth.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_responses(&mut s, 1).await, [200]);
 }

@@ -413,3 +413,39 @@ where
     }
     statuses
 }
+
+/// An upstream that reads one request head, writes `answer` (maybe only
+/// part of one), then holds the connection; the receiver resolves when
+/// steer drops that connection.
+pub async fn holding_upstream(
+    answer: &'static [u8],
+) -> (SocketAddr, tokio::sync::oneshot::Receiver<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (dropped_tx, dropped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut up, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = up.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            head.extend_from_slice(&chunk[..n]);
+        }
+        up.write_all(answer).await.unwrap();
+        // Returns when steer drops the upstream connection.
+        let _ = up.read(&mut chunk).await;
+        let _ = dropped_tx.send(());
+    });
+    (addr, dropped)
+}
+
+/// Waits (1 s at most) for `holding_upstream`'s connection to be dropped:
+/// the tests' `request_timeout` (2 s) must not be what ends it.
+pub async fn upstream_dropped(dropped: tokio::sync::oneshot::Receiver<()>) {
+    tokio::time::timeout(Duration::from_secs(1), dropped)
+        .await
+        .expect("steer must drop the upstream connection of a client that left")
+        .unwrap();
+}

@@ -703,17 +703,21 @@ fn a_certificate_that_expires_soon_is_a_check_warning_at_its_position() {
 }
 
 /// steer with an HTTPS listener (a certificate for auth.example.com) and
-/// `[proxy]` settings `proxy`, routing everything to a `blue` upstream.
-async fn https_to_blue(proxy: &str) -> (steer::demo::Deployment, Steer) {
-    let blue = upstream("blue").await;
+/// `[proxy]` settings `proxy`, routing everything to the upstream
+/// `upstream` that `upstreams` (TOML) defines.
+async fn https_steer(proxy: &str, upstreams: &str, upstream: &str) -> Steer {
     let a = self_signed(&["auth.example.com"]);
     let dir = tempfile::tempdir().unwrap();
     write_pair(dir.path(), "a", &a);
     let body = format!(
-        "[[tls.certificates]]\ncert = \"a.pem\"\nkey = \"a.key\"\n\n{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
-        upstream_toml("blue", blue.addr(), "http1")
+        "[[tls.certificates]]\ncert = \"a.pem\"\nkey = \"a.key\"\n\n{upstreams}[[routes]]\nname = \"r\"\nupstream = \"{upstream}\"\n"
     );
-    let steer = Steer::start_in(dir, "https = \"127.0.0.1:0\"", proxy, &body).await;
+    Steer::start_in(dir, "https = \"127.0.0.1:0\"", proxy, &body).await
+}
+
+async fn https_to_blue(proxy: &str) -> (steer::demo::Deployment, Steer) {
+    let blue = upstream("blue").await;
+    let steer = https_steer(proxy, &upstream_toml("blue", blue.addr(), "http1"), "blue").await;
     (blue, steer)
 }
 
@@ -750,12 +754,36 @@ async fn a_tls_client_that_sends_nothing_after_its_handshake_is_closed_at_header
     // connection's head deadline, not idle_timeout.
     let (_blue, steer) =
         https_to_blue("header_read_timeout = \"300ms\"\nidle_timeout = \"30s\"").await;
-    let mut tls = connect(steer.https_addr(), Some("auth.example.com"), &[b"http/1.1"]).await;
     let started = std::time::Instant::now();
+    let mut tls = connect(steer.https_addr(), Some("auth.example.com"), &[b"http/1.1"]).await;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out))
         .await
         .expect("a silent TLS client must be cut off at header_read_timeout");
     assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
     assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn a_tls_client_that_says_close_notify_while_waiting_cancels_its_upstream_request() {
+    // A polite TLS client sends close_notify before its FIN: those bytes
+    // are not a next request (src/server/park.rs, `poll_peer`).
+    let (addr, dropped) = holding_upstream(b"").await;
+    let upstreams =
+        upstream_toml("held", addr, "http1").replace("protocol", "health = false\nprotocol");
+    let steer = https_steer("", &upstreams, "held").await;
+    let mut tls = connect(steer.https_addr(), Some("auth.example.com"), &[b"http/1.1"]).await;
+    tls.write_all(b"GET /slow HTTP/1.1\r\nHost: auth.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let admin = steer.admin();
+    eventually("the request reached the upstream", || async {
+        let v = call(request("GET", &format!("{admin}/upstreams")))
+            .await
+            .json();
+        v["upstreams"][0]["in_flight"] == 1
+    })
+    .await;
+    tls.shutdown().await.unwrap();
+    upstream_dropped(dropped).await;
 }

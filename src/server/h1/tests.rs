@@ -66,7 +66,7 @@ fn a_partial_head_waits_for_more() {
 
 #[test]
 fn what_needs_hyper_goes_to_hyper_with_every_byte() {
-    let cases: [&[u8]; 14] = [
+    let cases: [&[u8]; 15] = [
         // A body still on its way, or framed in any way but one number.
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nab",
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab",
@@ -82,6 +82,9 @@ fn what_needs_hyper_goes_to_hyper_with_every_byte() {
         b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
         b"GET / HTTP/1.1\r\nHo st: x\r\n\r\n",
         b"GET /\x7f HTTP/1.1\r\nHost: x\r\n\r\n",
+        // httparse takes it, `http` refuses the target: the head is put
+        // back as it was.
+        b"GET /\xff HTTP/1.1\r\nHost: x\r\n\r\n",
     ];
     for case in cases {
         let (p, rest) = parsed(case);
@@ -238,6 +241,22 @@ async fn response_heads_are_the_bytes_hyper_writes() {
             Empty,
         ),
         case("GET", true, 204, &[], Empty),
+        case("GET", true, 204, &[("content-length", "5")], Known(5)),
+        case(
+            "GET",
+            true,
+            204,
+            &[("transfer-encoding", "chunked")],
+            Unknown,
+        ),
+        case("GET", true, 304, &[], Known(5)),
+        case(
+            "GET",
+            true,
+            200,
+            &[("transfer-encoding", "chunked")],
+            Known(3),
+        ),
         case(
             "GET",
             true,
