@@ -31,7 +31,9 @@ use crate::config::Protocol;
 use crate::tls::client::UpstreamTls;
 
 mod body;
-pub(crate) mod h1;
+mod h1;
+// HTTP/1.1 wire helpers the server side (`server::h1`) writes with too.
+pub(crate) use h1::{chunk_size, encode_fields};
 mod h2conn;
 mod replay;
 

@@ -56,7 +56,7 @@ use super::ConnCtx;
 use super::park::{Parkable, Peer, Woken, wait_readable};
 use crate::body::Inbound;
 use crate::body::{content_length, length_value};
-use crate::client::h1::{chunk_size, encode_fields};
+use crate::client::{chunk_size, encode_fields};
 use crate::proxy::{self, ProxyBody};
 
 /// The first read buffer of a request head; it grows by as much again
@@ -434,39 +434,97 @@ fn encode_head(
         parts.headers.clear();
         (len, last) = (BodyLen::Empty, true);
     }
-    let status = parts.status;
     if last {
-        let close = HeaderValue::from_static("close");
-        match parts.headers.entry(header::CONNECTION) {
-            header::Entry::Occupied(mut e) => {
-                if !e.iter().any(|v| has_token(v, b"close")) {
-                    e.append(close);
-                }
-            }
-            header::Entry::Vacant(e) => {
-                e.insert(close);
-            }
-        }
+        add_close(&mut parts.headers);
     }
     // RFC 9110 §6.4.1: no content in answers to HEAD, nor in 204 and 304.
-    let no_length = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+    let no_length = matches!(
+        parts.status,
+        StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+    );
     let has_body = !head_only && !no_length;
-    if status == StatusCode::OK {
-        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-    } else {
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+    status_line(out, parts.status);
+    let fields = encode_response_fields(out, &parts.headers, len, head_only, has_body)?;
+    let framing = match fields.framing {
+        _ if !has_body => Framing::Length(0),
+        Some(framing) => framing,
+        None => implicit_framing(out, len),
+    };
+    // An answer to HEAD without a framing field names the length the body
+    // would have had (hyper's rule; 204 and 304 never name one).
+    if let BodyLen::Known(n @ 1..) = len
+        && head_only
+        && !no_length
+        && !parts.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        put_length(out, n);
+    }
+    if !fields.dated {
+        out.extend_from_slice(b"date: ");
+        http_date(out);
         out.extend_from_slice(b"\r\n");
     }
-    let mut framing = None;
-    let mut dated = false;
-    // The fields hyper joins into one line, while their values come (a
-    // name's values are adjacent in a HeaderMap's iteration).
+    out.extend_from_slice(b"\r\n");
+    Some((framing, last || fields.close))
+}
+
+/// `connection: close`, unless a `close` is there already.
+fn add_close(headers: &mut HeaderMap) {
+    let close = HeaderValue::from_static("close");
+    match headers.entry(header::CONNECTION) {
+        header::Entry::Occupied(mut e) => {
+            if !e.iter().any(|v| has_token(v, b"close")) {
+                e.append(close);
+            }
+        }
+        header::Entry::Vacant(e) => {
+            e.insert(close);
+        }
+    }
+}
+
+fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+    if status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        return;
+    }
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What a response's fields said, as they were written.
+struct Fields {
+    /// The framing a `content-length` or `transfer-encoding` set.
+    framing: Option<Framing>,
+    dated: bool,
+    /// `connection: close` was among them.
+    close: bool,
+}
+
+/// The fields as hyper writes them: `connection`, `transfer-encoding` and
+/// `trailer` joined into one line each, the first `content-length` only
+/// (and none for an empty body, except to HEAD), no framing field where
+/// no body may follow. `None`: a Content-Length that is not one number.
+fn encode_response_fields(
+    out: &mut Vec<u8>,
+    headers: &HeaderMap,
+    len: BodyLen,
+    head_only: bool,
+    has_body: bool,
+) -> Option<Fields> {
+    let mut fields = Fields {
+        framing: None,
+        dated: false,
+        close: false,
+    };
+    // The field being joined (a name's values are adjacent in a
+    // HeaderMap's iteration).
     let mut joining: Option<&HeaderName> = None;
     let mut te_chunked = false;
-    for (name, value) in parts.headers.iter() {
+    for (name, value) in headers.iter() {
         if joining.is_some_and(|j| j == name) {
             out.truncate(out.len() - 2);
             out.extend_from_slice(b", ");
@@ -478,86 +536,66 @@ fn encode_head(
         end_join(out, &mut joining, te_chunked);
         match *name {
             header::CONTENT_LENGTH => {
-                if framing.is_some() {
+                if fields.framing.is_some() {
                     continue;
                 }
                 let n = match len {
                     BodyLen::Known(n) => n,
-                    BodyLen::Unknown => content_length(&parts.headers)?,
+                    BodyLen::Unknown => content_length(headers)?,
                     // hyper trusts the body: an empty one is `0` (below),
                     // but an answer to HEAD keeps the length it names.
                     BodyLen::Empty if head_only => 0,
                     BodyLen::Empty => continue,
                 };
                 encode_fields(out, std::iter::once((name, value)));
-                framing = Some(Framing::Length(n));
-                // Its other values: skipped, as hyper does.
-                joining = None;
+                fields.framing = Some(Framing::Length(n));
             }
-            header::TRANSFER_ENCODING if has_body && framing.is_none() => {
+            header::TRANSFER_ENCODING if has_body && fields.framing.is_none() => {
                 encode_fields(out, std::iter::once((name, value)));
                 te_chunked = is_chunked(value);
                 joining = Some(name);
-                framing = Some(Framing::Chunked);
+                fields.framing = Some(Framing::Chunked);
             }
             header::TRANSFER_ENCODING => {}
             header::TRAILER if !has_body => {}
             header::CONNECTION | header::TRAILER => {
+                fields.close |= name == header::CONNECTION
+                    && headers.get_all(name).iter().any(|v| has_token(v, b"close"));
                 encode_fields(out, std::iter::once((name, value)));
                 joining = Some(name);
             }
             _ => {
-                dated |= name == header::DATE;
+                fields.dated |= name == header::DATE;
                 encode_fields(out, std::iter::once((name, value)));
             }
         }
-        if name == header::CONNECTION {
-            last |= parts
-                .headers
-                .get_all(name)
-                .iter()
-                .any(|v| has_token(v, b"close"));
-        }
     }
     end_join(out, &mut joining, te_chunked);
-    let framing = match framing {
-        _ if !has_body => Framing::Length(0),
-        Some(framing) => framing,
-        None => match len {
-            BodyLen::Unknown => {
-                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-                Framing::Chunked
-            }
-            BodyLen::Empty | BodyLen::Known(0) => {
-                out.extend_from_slice(b"content-length: 0\r\n");
-                Framing::Length(0)
-            }
-            BodyLen::Known(n) => {
-                out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-                out.extend_from_slice(b"\r\n");
-                Framing::Length(n)
-            }
-        },
-    };
-    // An answer to HEAD without a framing field names the length the body
-    // would have had (hyper's rule; 204 and 304 never name one).
-    if let BodyLen::Known(n @ 1..) = len
-        && head_only
-        && !no_length
-        && !parts.headers.contains_key(header::CONTENT_LENGTH)
-    {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-        out.extend_from_slice(b"\r\n");
+    Some(fields)
+}
+
+/// The framing field hyper adds when the fields set none.
+fn implicit_framing(out: &mut Vec<u8>, len: BodyLen) -> Framing {
+    match len {
+        BodyLen::Unknown => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            Framing::Chunked
+        }
+        BodyLen::Empty | BodyLen::Known(0) => {
+            out.extend_from_slice(b"content-length: 0\r\n");
+            Framing::Length(0)
+        }
+        BodyLen::Known(n) => {
+            put_length(out, n);
+            Framing::Length(n)
+        }
     }
-    if !dated {
-        out.extend_from_slice(b"date: ");
-        http_date(out);
-        out.extend_from_slice(b"\r\n");
-    }
+}
+
+fn put_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
     out.extend_from_slice(b"\r\n");
-    Some((framing, last))
 }
 
 /// Ends a joined line; `transfer-encoding` gets the coding hyper applies
