@@ -16,34 +16,12 @@ set -euo pipefail
 [ $# -ge 3 ] || { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 A="$(realpath "$1")"; B="$(realpath "$2")"; ROUNDS="$3"; shift 3
 [ $# -gt 0 ] || set -- --h1 -c 50 -n 150000
-work="$(mktemp -d)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=benches/load/one_route.sh
+. "$(dirname "$0")/one_route.sh"
 stat_field() { awk -v f="$2" '{print $f}' "/proc/$1/stat"; }
 
-taskset -c 1 "$B" demo-upstream up 127.0.0.1:0 >"$work/up.addr" 2>/dev/null &
-pids+=($!)
-for _ in $(seq 100); do [ -s "$work/up.addr" ] && break; sleep 0.1; done
-http="$(free_port)"; admin="$(free_port)"
-cat >"$work/routes.toml" <<EOF
-[listen]
-http = "127.0.0.1:$http"
-admin = "127.0.0.1:$admin"
-
-[log]
-access = false
-
-[upstreams.up]
-endpoints = ["$(head -1 "$work/up.addr")"]
-protocol = "${PROTO:-http1}"
-health = false
-
-[[routes]]
-name = "r"
-upstream = "up"
-EOF
+start_upstream taskset -c 1 "$B"
+write_routes
 url="http://127.0.0.1:$http/demo/bytes?n=64"
 tck="$(getconf CLK_TCK)"
 for r in $(seq "$ROUNDS"); do
@@ -51,7 +29,7 @@ for r in $(seq "$ROUNDS"); do
     bin="$A"; [ "$which" = B ] && bin="$B"
     taskset -c 0 "$bin" run --config "$work/routes.toml" --workers 1 >/dev/null 2>&1 &
     pid=$!
-    for _ in $(seq 100); do curl -fs "http://127.0.0.1:$admin/ready" >/dev/null 2>&1 && break; sleep 0.1; done
+    wait_ready
     taskset -c 1 h2load "$@" -n 5000 "$url" >/dev/null
     cpu0=$(( $(stat_field "$pid" 14) + $(stat_field "$pid" 15) )); user0=$(stat_field "$pid" 14); flt0=$(stat_field "$pid" 10)
     out="$(taskset -c 1 h2load "$@" "$url")"

@@ -14,37 +14,16 @@ LIMIT_KIB="${LIMIT_KIB:-4.5}"
 STEER="${1:-target/release/steer}"
 [ -x "$STEER" ] || cargo build --release --locked
 STEER="$(realpath "$STEER")"
-work="$(mktemp -d)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=benches/load/one_route.sh
+. benches/load/one_route.sh
 ulimit -n 8192 2>/dev/null || true
 
-"$STEER" demo-upstream up 127.0.0.1:0 >"$work/up.addr" 2>/dev/null &
-pids+=($!)
-for _ in $(seq 100); do [ -s "$work/up.addr" ] && break; sleep 0.1; done
-http="$(free_port)"; admin="$(free_port)"
-cat >"$work/routes.toml" <<EOT
-[listen]
-http = "127.0.0.1:$http"
-admin = "127.0.0.1:$admin"
-
-[log]
-access = false
-
-[upstreams.up]
-endpoints = ["$(head -1 "$work/up.addr")"]
-health = false
-
-[[routes]]
-name = "r"
-upstream = "up"
-EOT
+start_upstream "$STEER"
+write_routes
 "$STEER" run --config "$work/routes.toml" --workers 1 >"$work/steer.log" 2>&1 &
 pid=$!
 pids+=($pid)
-for _ in $(seq 100); do curl -fs "http://127.0.0.1:$admin/ready" >/dev/null 2>&1 && break; sleep 0.1; done
+wait_ready
 python3 benches/load/idle_conns.py --port "$http" --pid "$pid" --conns 2000 --hold 3 \
   --kind plain --meta proxy=steer --meta round=1 --out "$work/idle.jsonl" >/dev/null
 python3 - "$work/idle.jsonl" "$LIMIT_KIB" <<'PY'
