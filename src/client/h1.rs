@@ -304,11 +304,7 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: ReqFram
     match framing {
         ReqFraming::Empty => {}
         ReqFraming::EmptyZero => out.extend_from_slice(b"content-length: 0\r\n"),
-        ReqFraming::Length { n } => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
+        ReqFraming::Length { n } => put_length(out, n),
         ReqFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
@@ -529,6 +525,13 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// `content-length: n\r\n`, without `core::fmt`.
+pub(crate) fn put_length(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// `{len:X}\r\n`, without `core::fmt`.
@@ -1079,7 +1082,7 @@ fn settle(framing: &mut Framing, buf: &mut BytesMut) -> io::Result<()> {
     Ok(())
 }
 
-fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
+pub(crate) fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()

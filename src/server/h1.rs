@@ -56,7 +56,8 @@ use super::ConnCtx;
 use super::park::{Parkable, Peer, Woken, wait_readable};
 use crate::body::Inbound;
 use crate::body::{content_length, length_value};
-use crate::client::{chunk_size, encode_fields};
+use crate::client::{chunk_size, encode_fields, last_coding_is_chunked, put_length};
+use crate::proxy::headers::connection_has;
 use crate::proxy::{self, ProxyBody};
 
 /// The first read buffer of a request head; it grows by as much again
@@ -107,7 +108,12 @@ pub(super) async fn serve<S: Parkable>(
             // is left of it after the request's head is freed here).
             drop(std::mem::take(&mut buf));
             match wait_for_request(stream, deadline, ctx, tick).await? {
-                Some(read) => buf = read,
+                // Empty lines again? They are dropped above, and the wait
+                // goes on without a buffer.
+                Some(read) => {
+                    buf = read;
+                    continue;
+                }
                 None => return close(stream).await,
             }
         }
@@ -184,10 +190,6 @@ async fn wait_for_request<S: Parkable>(
             // A wake-up without bytes (readiness left from the last
             // read, a TLS record without data): wait again, bufferless.
             Poll::Pending => continue,
-        }
-        // Empty lines between requests are ignored (RFC 9112 §2.2).
-        if buf.iter().all(|b| matches!(b, b'\r' | b'\n')) {
-            continue;
         }
         return Ok(Some(buf));
     }
@@ -470,16 +472,8 @@ fn encode_head(
 
 /// `connection: close`, unless a `close` is there already.
 fn add_close(headers: &mut HeaderMap) {
-    let close = HeaderValue::from_static("close");
-    match headers.entry(header::CONNECTION) {
-        header::Entry::Occupied(mut e) => {
-            if !e.iter().any(|v| has_token(v, b"close")) {
-                e.append(close);
-            }
-        }
-        header::Entry::Vacant(e) => {
-            e.insert(close);
-        }
+    if !connection_has(headers, "close") {
+        headers.append(header::CONNECTION, HeaderValue::from_static("close"));
     }
 }
 
@@ -523,17 +517,15 @@ fn encode_response_fields(
     // The field being joined (a name's values are adjacent in a
     // HeaderMap's iteration).
     let mut joining: Option<&HeaderName> = None;
-    let mut te_chunked = false;
     for (name, value) in headers.iter() {
         if joining.is_some_and(|j| j == name) {
             out.truncate(out.len() - 2);
             out.extend_from_slice(b", ");
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
-            te_chunked = is_chunked(value);
             continue;
         }
-        end_join(out, &mut joining, te_chunked);
+        end_join(out, &mut joining, headers);
         match *name {
             header::CONTENT_LENGTH => {
                 if fields.framing.is_some() {
@@ -552,15 +544,13 @@ fn encode_response_fields(
             }
             header::TRANSFER_ENCODING if has_body && fields.framing.is_none() => {
                 encode_fields(out, std::iter::once((name, value)));
-                te_chunked = is_chunked(value);
                 joining = Some(name);
                 fields.framing = Some(Framing::Chunked);
             }
             header::TRANSFER_ENCODING => {}
             header::TRAILER if !has_body => {}
             header::CONNECTION | header::TRAILER => {
-                fields.close |= name == header::CONNECTION
-                    && headers.get_all(name).iter().any(|v| has_token(v, b"close"));
+                fields.close |= name == header::CONNECTION && connection_has(headers, "close");
                 encode_fields(out, std::iter::once((name, value)));
                 joining = Some(name);
             }
@@ -570,7 +560,7 @@ fn encode_response_fields(
             }
         }
     }
-    end_join(out, &mut joining, te_chunked);
+    end_join(out, &mut joining, headers);
     Some(fields)
 }
 
@@ -592,35 +582,13 @@ fn implicit_framing(out: &mut Vec<u8>, len: BodyLen) -> Framing {
     }
 }
 
-fn put_length(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(b"content-length: ");
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-    out.extend_from_slice(b"\r\n");
-}
-
 /// Ends a joined line; `transfer-encoding` gets the coding hyper applies
 /// when its last one is not `chunked`.
-fn end_join(out: &mut Vec<u8>, joining: &mut Option<&HeaderName>, te_chunked: bool) {
-    if joining.take() == Some(&header::TRANSFER_ENCODING) && !te_chunked {
+fn end_join(out: &mut Vec<u8>, joining: &mut Option<&HeaderName>, headers: &HeaderMap) {
+    if joining.take() == Some(&header::TRANSFER_ENCODING) && !last_coding_is_chunked(headers) {
         out.truncate(out.len() - 2);
         out.extend_from_slice(b", chunked\r\n");
     }
-}
-
-/// Whether a `transfer-encoding` value's last coding is `chunked`.
-fn is_chunked(value: &HeaderValue) -> bool {
-    value
-        .as_bytes()
-        .rsplit(|b| *b == b',')
-        .next()
-        .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-}
-
-fn has_token(value: &HeaderValue, token: &[u8]) -> bool {
-    value
-        .as_bytes()
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Sends the body after the head waiting in `out`, gathering what is

@@ -508,13 +508,7 @@ fn bytes_route(addr: std::net::SocketAddr) -> String {
 
 /// Waits until the first upstream has no request in flight.
 async fn released(admin: &str) {
-    eventually("the upstream request was released", || async {
-        let v = call(request("GET", &format!("{admin}/upstreams")))
-            .await
-            .json();
-        v["upstreams"][0]["in_flight"] == 0
-    })
-    .await;
+    in_flight_becomes(admin, 0, "the upstream request was released").await;
 }
 
 #[tokio::test]
@@ -971,13 +965,7 @@ async fn a_client_that_hangs_up_while_waiting_cancels_its_upstream_request() {
     // Waits until steer has sent the request on, so that the client's
     // close comes while it waits for the answer.
     let admin = steer.admin();
-    eventually("the request reached the upstream", || async {
-        let v = call(request("GET", &format!("{admin}/upstreams")))
-            .await
-            .json();
-        v["upstreams"][0]["in_flight"] == 1
-    })
-    .await;
+    in_flight_becomes(&admin, 1, "the request reached the upstream").await;
     drop(s);
     upstream_dropped(dropped).await;
 }

@@ -449,3 +449,15 @@ pub async fn upstream_dropped(dropped: tokio::sync::oneshot::Receiver<()>) {
         .expect("steer must drop the upstream connection of a client that left")
         .unwrap();
 }
+
+/// Waits until the first upstream of `/upstreams` has `n` requests in
+/// flight.
+pub async fn in_flight_becomes(admin: &str, n: u64, what: &str) {
+    eventually(what, || async {
+        let v = call(request("GET", &format!("{admin}/upstreams")))
+            .await
+            .json();
+        v["upstreams"][0]["in_flight"] == n
+    })
+    .await;
+}

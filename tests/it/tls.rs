@@ -777,13 +777,7 @@ async fn a_tls_client_that_says_close_notify_while_waiting_cancels_its_upstream_
         .await
         .unwrap();
     let admin = steer.admin();
-    eventually("the request reached the upstream", || async {
-        let v = call(request("GET", &format!("{admin}/upstreams")))
-            .await
-            .json();
-        v["upstreams"][0]["in_flight"] == 1
-    })
-    .await;
+    in_flight_becomes(&admin, 1, "the request reached the upstream").await;
     tls.shutdown().await.unwrap();
     upstream_dropped(dropped).await;
 }
