@@ -127,10 +127,14 @@ impl Body for Inbound {
 /// A `Content-Length` value: a plain decimal number (RFC 9110 §8.6), with
 /// no sign, list or spaces; `None` for anything else or an overflow.
 pub(crate) fn length_value(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+    if value.is_empty() {
         return None;
     }
-    std::str::from_utf8(value).ok()?.parse().ok()
+    value.iter().try_fold(0u64, |n, &b| {
+        let digit = b.wrapping_sub(b'0');
+        (digit <= 9).then_some(())?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// One Content-Length for all of a head's values (a list of equal values

@@ -354,15 +354,16 @@ fn serve(what: Serve, workers: Option<u16>) -> ExitCode {
         Some(1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(usize::from(n))
-            .on_thread_park(collect_when_parked)
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Builder::new_multi_thread()
-            .on_thread_park(collect_when_parked)
-            .enable_all()
-            .build(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = n {
+                builder.worker_threads(usize::from(n));
+            }
+            builder
+                .on_thread_park(collect_when_parked)
+                .enable_all()
+                .build()
+        }
     };
     let runtime = match built {
         Ok(rt) => rt,

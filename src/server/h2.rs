@@ -142,12 +142,12 @@ where
     streams.progress.touch();
     let idle = serving.idle;
     let mut control = Control::new(conn.ping_pong(), finish, &streams.progress, idle);
+    let (conn_woken, control_woken) = (Woken::new(), Woken::new());
     if control.asked {
-        conn.graceful_shutdown();
+        ask_to_finish(&mut conn, &conn_woken);
     }
     // Declared after `streams`, which they borrow: dropped first.
     let mut running = FuturesUnordered::new();
-    let (conn_woken, control_woken) = (Woken::new(), Woken::new());
     loop {
         let event = poll_fn(|cx| {
             // The timers and signals first: they are cheap, and they must
@@ -196,17 +196,12 @@ where
             // The connection is done (after a GOAWAY, or the client's
             // close): streams still in `running` have nobody to answer.
             Event::Closed => return Ok(()),
-            Event::Finish => {
-                conn.graceful_shutdown();
-                // Nothing wakes the connection for its GOAWAY to go out.
-                conn_woken.again();
-            }
+            Event::Finish => ask_to_finish(&mut conn, &conn_woken),
             Event::Tick => {
                 if activity.idle_for(idle) {
                     control.asked = true;
                     tracing::debug!(peer = %streams.info.peer, "closing idle HTTP/2 connection");
-                    conn.graceful_shutdown();
-                    conn_woken.again();
+                    ask_to_finish(&mut conn, &conn_woken);
                 }
             }
             Event::PongLate => {
@@ -250,6 +245,17 @@ impl std::task::Wake for WakeFlag {
         self.woken.store(true, Ordering::Release);
         self.task.wake();
     }
+}
+
+/// Asks the connection to finish (GOAWAY). Asked outside its own poll,
+/// nothing would wake it for the GOAWAY to go out: `woken` marks it for
+/// the next turn.
+fn ask_to_finish<I>(conn: &mut h2::server::Connection<I, Bytes>, woken: &Woken)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    conn.graceful_shutdown();
+    woken.again();
 }
 
 impl Woken {
@@ -398,10 +404,13 @@ async fn stream(
     let req = Request::from_parts(parts, Inbound::h2(recv, length));
     // Boxed: the request path's future is kilobytes; inline, each stream
     // future would be that large from its start.
-    let mut handled = Box::pin(proxy::handle(&streams.shared, &streams.info, req));
-    let resp = tokio::select! {
-        resp = &mut handled => resp,
-        _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
+    // Freed when it has answered, not kept while the body or a tunnel runs.
+    let resp = {
+        let handled = Box::pin(proxy::handle(&streams.shared, &streams.info, req));
+        tokio::select! {
+            resp = handled => resp,
+            _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
+        }
     };
     if let Some(hand) = connect
         && resp.status().is_success()
