@@ -40,7 +40,6 @@
 use std::cell::RefCell;
 use std::io;
 use std::mem::MaybeUninit;
-use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf as _, Bytes, BytesMut};
@@ -53,7 +52,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::time::Instant;
 
 use super::ConnCtx;
-use super::park::{Parkable, Peer, Woken, wait_readable};
+use super::park::{Parkable, Peer};
 use crate::body::Inbound;
 use crate::body::{content_length, length_value};
 use crate::client::{chunk_size, encode_fields, last_coding_is_chunked, put_length};
@@ -62,7 +61,7 @@ use crate::proxy::{self, ProxyBody};
 
 /// The first read buffer of a request head; it grows by as much again
 /// until the head is whole or reaches the parser's ceiling.
-const READ_BUF: usize = 4096;
+pub(super) const READ_BUF: usize = 4096;
 /// Field slots for one head: hyper's own default limit.
 const MAX_FIELDS: usize = super::HYPER_MAX_HEADERS;
 /// Body bytes gathered into one write; a larger data frame goes out as
@@ -75,26 +74,26 @@ const HEAD_CAPACITY: usize = 512;
 
 /// How a run of requests on this path ended.
 pub(super) enum Next {
+    /// Every byte read is answered: the connection waits for the next
+    /// request holding nothing but its socket (`park::wait_for_request`).
+    Idle,
     /// The connection is closed (or the peer is gone).
     Closed,
     /// A request for hyper starts at `leftover` (see the module docs).
     Hyper { leftover: Bytes },
 }
 
-/// Serves requests on `stream` until it closes or a request needs hyper.
-/// `leftover`: bytes already read; `deadline`: when the head they begin
-/// must be whole by (`header_read_timeout` from its first byte, or the
-/// connection's head deadline).
+/// Serves the requests in `buf` (with more read for a head that is not
+/// whole) until none is left, the connection closes or a request needs
+/// hyper. `deadline`: when the head `buf` begins must be whole by
+/// (`header_read_timeout` from its first byte, or the connection's head
+/// deadline); `None` once a request was read.
 pub(super) async fn serve<S: Parkable>(
     stream: &mut S,
-    leftover: Bytes,
-    mut deadline: Option<Instant>,
+    mut buf: BytesMut,
+    deadline: &mut Option<Instant>,
     ctx: &mut ConnCtx,
-    tick: &mut tokio::time::Interval,
 ) -> io::Result<Next> {
-    let mut buf = BytesMut::new();
-    buf.extend_from_slice(&leftover);
-    drop(leftover);
     loop {
         // Empty lines between requests are ignored (RFC 9112 §2.2): some
         // clients send one after a POST body.
@@ -104,18 +103,9 @@ pub(super) async fn serve<S: Parkable>(
             .count();
         buf.advance(blank);
         if buf.is_empty() {
-            // Nothing pipelined: no buffer while the client thinks (what
-            // is left of it after the request's head is freed here).
-            drop(std::mem::take(&mut buf));
-            match wait_for_request(stream, deadline, ctx, tick).await? {
-                // Empty lines again? They are dropped above, and the wait
-                // goes on without a buffer.
-                Some(read) => {
-                    buf = read;
-                    continue;
-                }
-                None => return close(stream).await,
-            }
+            // Nothing pipelined: what is left of the buffer goes with
+            // this future, before the wait.
+            return Ok(Next::Idle);
         }
         let by = *deadline.get_or_insert_with(|| Instant::now() + ctx.serving.header_read_timeout);
         let (req, asked_close) = loop {
@@ -139,59 +129,16 @@ pub(super) async fn serve<S: Parkable>(
                 }
             }
         };
-        deadline = None;
+        *deadline = None;
         let open = ctx.activity.open();
         // As hyper does: a client that closes while its request is
         // answered cancels it, unless it has sent more (the next request).
         let watch = buf.is_empty();
-        // Boxed: a parked connection's task holds no room for the
-        // request path's state.
-        let kept = Box::pin(exchange(stream, ctx, req, asked_close, watch)).await?;
+        let kept = exchange(stream, ctx, req, asked_close, watch).await?;
         drop(open);
         if !kept {
             return close(stream).await;
         }
-    }
-}
-
-/// Waits, holding no buffer, for the next request's first bytes and reads
-/// them; `None` when the connection is to close: the client left, it has
-/// been idle for `idle_timeout`, steer is finishing, or `deadline` (the
-/// connection's head deadline, before its first request) passed.
-async fn wait_for_request<S: Parkable>(
-    stream: &mut S,
-    deadline: Option<Instant>,
-    ctx: &mut ConnCtx,
-    tick: &mut tokio::time::Interval,
-) -> io::Result<Option<BytesMut>> {
-    loop {
-        match stream.take_buffered() {
-            None => return Ok(None),
-            Some(plain) if !plain.is_empty() => return Ok(Some(BytesMut::from(&plain[..]))),
-            Some(_) => {}
-        }
-        let (idle, finish) = (ctx.serving.idle, &mut ctx.finish);
-        let wait = wait_readable(stream.socket(), tick, &ctx.activity, idle, finish);
-        let woken = match deadline {
-            Some(by) => tokio::time::timeout_at(by, wait)
-                .await
-                .unwrap_or(Ok(Woken::Close))?,
-            None => wait.await?,
-        };
-        if let Woken::Close = woken {
-            return Ok(None);
-        }
-        let mut buf = BytesMut::with_capacity(READ_BUF);
-        let mut read = std::pin::pin!(stream.read_buf(&mut buf));
-        match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
-            Poll::Ready(Ok(0)) => return Ok(None),
-            Poll::Ready(Ok(_)) => {}
-            Poll::Ready(Err(e)) => return Err(e),
-            // A wake-up without bytes (readiness left from the last
-            // read, a TLS record without data): wait again, bufferless.
-            Poll::Pending => continue,
-        }
-        return Ok(Some(buf));
     }
 }
 
@@ -203,7 +150,7 @@ async fn client_gone<S: Parkable>(stream: &mut S) {
     }
 }
 
-async fn close<S: AsyncWrite + Unpin>(stream: &mut S) -> io::Result<Next> {
+pub(super) async fn close<S: AsyncWrite + Unpin>(stream: &mut S) -> io::Result<Next> {
     let _ = stream.shutdown().await;
     Ok(Next::Closed)
 }

@@ -180,12 +180,19 @@ pub async fn serve_proxy(
                 finish,
                 stalls,
             };
-            // Boxed: the task then holds a pointer, not the largest of the
-            // futures inline (a TLS session is kilobytes), which is what
-            // an idle connection costs.
-            let result = match tls {
-                None => Box::pin(plain(io, ctx)).await,
-                Some(tls) => Box::pin(secure(io, tls, ctx)).await,
+            // Two boxes, one after the other: the start (sniff, TLS
+            // handshake) is freed before the connection is served, and the
+            // task holds a pointer to what serves it, not the largest of
+            // these inline. Between requests this is what a connection
+            // costs.
+            let started = match tls {
+                None => Box::pin(start_plain(io, ctx)).await,
+                Some(tls) => Box::pin(start_tls(io, tls, ctx)).await,
+            };
+            let result = match started {
+                Ok(Some(serving)) => serving.await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "client connection ended with an error");
@@ -198,34 +205,49 @@ pub async fn serve_proxy(
     drain(&shared, &tracker, &finish).await;
 }
 
+/// What serves a connection once it is known what it speaks; `None` when
+/// it is to close before that (`start_plain`, `start_tls`).
+///
+/// Started by value, from the start phase's result: a future keeps its
+/// arguments for as long as it lives, so each layer of async functions
+/// that passes the stream and context on would hold a copy of them.
+type Started = Option<futures_util::future::BoxFuture<'static, ClientResult>>;
+
+fn serve<I: park::Parkable>(io: I, buf: BytesMut, ctx: ConnCtx, speaks: Speaks) -> Started {
+    match speaks {
+        Speaks::Nothing => None,
+        Speaks::Http1 => Some(Box::pin(park::serve(io, buf, ctx))),
+        Speaks::Http2 => Some(Box::pin(serve_h2(io, buf, ctx))),
+    }
+}
+
 /// A plain-TCP connection: HTTP/2 by its preface (h2c prior knowledge),
 /// else HTTP/1.1 in rounds (`park`). A client that sends nothing at all
 /// is bounded like one that sends a partial head (or by `idle_timeout`
 /// if shorter).
-async fn plain(mut io: ClientIo, mut ctx: ConnCtx) -> ClientResult {
+async fn start_plain(mut io: ClientIo, ctx: ConnCtx) -> ClientResult<Started> {
     let first = ctx
         .head_deadline
         .min(tokio::time::Instant::now() + ctx.serving.idle);
     let mut buf = BytesMut::new();
+    let mut finish = ctx.finish.clone();
     let speaks = tokio::select! {
         biased;
         speaks = tokio::time::timeout_at(first, io::sniff(&mut io, &mut buf)) => match speaks {
             Ok(speaks) => speaks?,
-            Err(_) => return Ok(()),
+            Err(_) => return Ok(None),
         },
-        () = async { let _ = ctx.finish.wait_for(|f| *f).await; } => return Ok(()),
+        () = async { let _ = finish.wait_for(|f| *f).await; } => return Ok(None),
     };
-    match speaks {
-        Speaks::Nothing => Ok(()),
-        Speaks::Http1 => park::serve(io, buf.freeze(), ctx).await,
-        Speaks::Http2 => {
-            if !read_h2_start(&mut io, &mut buf, ctx.head_deadline).await? {
-                return Ok(());
-            }
-            // Boxed: a plain connection's task holds no space for it.
-            Box::pin(h2::serve(Prefixed::new(buf.freeze(), io), ctx)).await
-        }
+    Ok(serve(io, buf, ctx, speaks))
+}
+
+/// HTTP/2 once the preface and the first frame are in.
+async fn serve_h2<I: park::Parkable>(mut io: I, mut buf: BytesMut, ctx: ConnCtx) -> ClientResult {
+    if !read_h2_start(&mut io, &mut buf, ctx.head_deadline).await? {
+        return Ok(());
     }
+    h2::serve(Prefixed::new(buf.freeze(), io), ctx).await
 }
 
 /// Reads the client's first HTTP/2 frame by `deadline`; false when the
@@ -244,15 +266,17 @@ async fn read_h2_start<I: AsyncRead + Unpin>(
 /// A TLS connection: the handshake under `tls_handshake_timeout`, then
 /// HTTP/2 or HTTP/1.1 as ALPN says (by the preface when the client named
 /// no protocol).
-async fn secure(io: ClientIo, tls: TlsListener, mut ctx: ConnCtx) -> ClientResult {
+///
+/// The session is boxed: it is kilobytes, and a stream passed by value
+/// is copied at each move (and kept by each future it passed through).
+async fn start_tls(io: ClientIo, tls: TlsListener, mut ctx: ConnCtx) -> ClientResult<Started> {
     // Per handshake: a reload or a changed client CA swaps the config.
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.store.server_config());
-    let stream = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(io)).await {
-        Ok(Ok(stream)) => stream,
+    let mut stream = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(io)).await {
+        Ok(Ok(stream)) => Box::new(stream),
         Ok(Err(e)) => return Err(format!("TLS handshake failed: {e}").into()),
         Err(_) => return Err("TLS handshake timed out".into()),
     };
-    let mut stream = stream;
     let session = stream.get_ref().1;
     if let Some(sni) = session.server_name() {
         ctx.info.tls_names = Some(tls.store.current().names_for(sni));
@@ -269,19 +293,10 @@ async fn secure(io: ClientIo, tls: TlsListener, mut ctx: ConnCtx) -> ClientResul
             .await
         {
             Ok(speaks) => speaks?,
-            Err(_) => return Ok(()),
+            Err(_) => return Ok(None),
         },
     };
-    match speaks {
-        Speaks::Nothing => Ok(()),
-        Speaks::Http1 => park::serve(stream, buf.freeze(), ctx).await,
-        Speaks::Http2 => {
-            if !read_h2_start(&mut stream, &mut buf, ctx.head_deadline).await? {
-                return Ok(());
-            }
-            h2::serve(Prefixed::new(buf.freeze(), stream), ctx).await
-        }
-    }
+    Ok(serve(stream, buf, ctx, speaks))
 }
 
 /// After the accept loop: keep-alive grace, then

@@ -121,6 +121,20 @@ impl Parkable for ClientIo {
     }
 }
 
+impl<P: Parkable> Parkable for Box<P> {
+    fn socket(&self) -> &TcpStream {
+        (**self).socket()
+    }
+
+    fn take_buffered(&mut self) -> Option<Bytes> {
+        (**self).take_buffered()
+    }
+
+    fn poll_peer(&mut self, cx: &mut Context<'_>) -> Poll<Peer> {
+        (**self).poll_peer(cx)
+    }
+}
+
 /// `TcpStream::try_read` as `io::Read`, for rustls's `read_tls`.
 struct TryRead<'a>(&'a TcpStream);
 
@@ -269,33 +283,91 @@ pub(super) async fn wait_readable(
     }
 }
 
-/// Serves an HTTP/1.1 connection whose first bytes are `leftover`:
+/// Waits, holding no buffer, for the next request's first bytes and reads
+/// them; `None` when the connection is to close: the client left, it has
+/// been idle for `idle_timeout`, steer is finishing, or `deadline` (the
+/// connection's head deadline, before its first request) passed.
+async fn wait_for_request<S: Parkable>(
+    stream: &mut S,
+    deadline: Option<tokio::time::Instant>,
+    ctx: &mut ConnCtx,
+    tick: &mut tokio::time::Interval,
+) -> io::Result<Option<BytesMut>> {
+    loop {
+        match stream.take_buffered() {
+            None => return Ok(None),
+            Some(plain) if !plain.is_empty() => return Ok(Some(BytesMut::from(&plain[..]))),
+            Some(_) => {}
+        }
+        let (idle, finish) = (ctx.serving.idle, &mut ctx.finish);
+        let wait = wait_readable(stream.socket(), tick, &ctx.activity, idle, finish);
+        let woken = match deadline {
+            Some(by) => tokio::time::timeout_at(by, wait)
+                .await
+                .unwrap_or(Ok(Woken::Close))?,
+            None => wait.await?,
+        };
+        if let Woken::Close = woken {
+            return Ok(None);
+        }
+        let mut buf = BytesMut::with_capacity(h1::READ_BUF);
+        let mut read = std::pin::pin!(tokio::io::AsyncReadExt::read_buf(stream, &mut buf));
+        match std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await {
+            Poll::Ready(Ok(0)) => return Ok(None),
+            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(e)) => return Err(e),
+            // A wake-up without bytes (readiness left from the last
+            // read, a TLS record without data): wait again, bufferless.
+            Poll::Pending => continue,
+        }
+        return Ok(Some(buf));
+    }
+}
+
+/// Serves an HTTP/1.1 connection whose first bytes are `pending`:
 /// steer's own path (`h1`) for as long as it can, a hyper round for a
 /// request it hands over, then back (see the module docs).
+///
+/// Both are boxed, one allocation per request (or run of pipelined
+/// requests) or round: between requests the task holds only the socket,
+/// the connection's context and the wait, not room for the request
+/// path's state.
 pub(super) async fn serve<S: Parkable>(
     mut stream: S,
-    mut leftover: Bytes,
+    mut pending: BytesMut,
     mut ctx: ConnCtx,
 ) -> ClientResult {
     let mut tick = super::idle_tick(ctx.serving.idle);
     let mut deadline = Some(ctx.head_deadline);
     loop {
-        match super::h1::serve(&mut stream, leftover, deadline, &mut ctx, &mut tick).await? {
-            h1::Next::Closed => return Ok(()),
-            h1::Next::Hyper { leftover: handed } => leftover = handed,
+        if pending.is_empty() {
+            match wait_for_request(&mut stream, deadline, &mut ctx, &mut tick).await? {
+                Some(read) => pending = read,
+                None => {
+                    h1::close(&mut stream).await?;
+                    return Ok(());
+                }
+            }
         }
-        match round(stream, leftover, &ctx).await? {
+        let taken = std::mem::take(&mut pending);
+        let served = Box::pin(h1::serve(&mut stream, taken, &mut deadline, &mut ctx));
+        let handed = match served.await? {
+            h1::Next::Idle => continue,
+            h1::Next::Closed => return Ok(()),
+            h1::Next::Hyper { leftover } => leftover,
+        };
+        match Box::pin(round(stream, handed, &ctx)).await? {
             Round::Closed => return Ok(()),
             Round::Parked {
                 stream: parked,
                 leftover: unread,
             } => {
                 stream = parked;
-                leftover = unread;
+                pending = unread;
                 // A head begun in the round gets a whole header_read_timeout
                 // again: each round served a request, so a trickling client
                 // is still cut off on steer's own path.
-                deadline = (!leftover.is_empty())
+                deadline = (!pending.is_empty())
                     .then(|| tokio::time::Instant::now() + ctx.serving.header_read_timeout);
             }
         }
@@ -308,7 +380,7 @@ enum Round<S> {
     /// Idle, with the stream and the bytes hyper had read but not used.
     Parked {
         stream: S,
-        leftover: Bytes,
+        leftover: BytesMut,
     },
 }
 
@@ -433,10 +505,7 @@ async fn round<S: Parkable>(stream: S, leftover: Bytes, ctx: &ConnCtx) -> Client
     leftover.extend_from_slice(&read_buf);
     leftover.extend_from_slice(&unread);
     tracing::trace!(leftover = leftover.len(), "round parked");
-    Ok(Round::Parked {
-        stream,
-        leftover: leftover.freeze(),
-    })
+    Ok(Round::Parked { stream, leftover })
 }
 
 /// The HTTP/1.1 builder of a round, with the listener's settings.
