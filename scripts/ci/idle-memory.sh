@@ -5,16 +5,17 @@
 # them open minus RSS before, over the count). A fresh steer per kind.
 #
 #   kind   limit  measured  what an idle connection holds
-#   plain  3.0    2.2-2.3   its task, the boxed HTTP/1.1 serve future
+#   plain  2.0    1.7       its task, the boxed HTTP/1.1 serve future
 #                           (socket, context, the wait), the socket's
-#                           registration; no buffer (src/server/h1.rs,
-#                           LIFECYCLE.md item 17). 3.5 when the request
-#                           path's state was kept inline, 5.0 with hyper's
-#                           path, 7.6 when the read buffer was kept.
-#   tls    12.0   9.9       the same and the rustls session (boxed once).
+#                           registration and timer; no buffer
+#                           (src/server/park.rs, LIFECYCLE.md item 17).
+#                           3.5 when the request path's state was kept
+#                           inline, 5.0 with hyper's path, 7.6 when the
+#                           read buffer was kept.
+#   tls    11.0   9.5       the same and the rustls session (boxed once).
 #                           17.4 when the session was copied into each
 #                           future it passed through.
-#   h2     36.0   32-33     the h2 crate's connection and its codec
+#   h2     36.0   33        the h2 crate's connection and its codec
 #                           buffers. 37.8 with the start state kept.
 #
 #   bash scripts/ci/idle-memory.sh [STEER_BINARY]
@@ -23,7 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 STEER="${1:-target/release/steer}"
 KINDS="${KINDS:-plain tls h2}"
-declare -A LIMIT_KIB=([plain]=3.0 [tls]=12.0 [h2]=36.0)
+declare -A LIMIT_KIB=([plain]=2.0 [tls]=11.0 [h2]=36.0)
 [ -x "$STEER" ] || cargo build --release --locked
 STEER="$(realpath "$STEER")"
 # shellcheck source=benches/load/one_route.sh

@@ -31,7 +31,7 @@
 //! first takes any plaintext rustls has already decrypted: the socket
 //! would not turn readable for bytes that already came.
 
-use std::future::Future as _;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -268,13 +268,17 @@ pub(super) async fn wait_readable(
     loop {
         tokio::select! {
             biased;
-            ready = socket.readable() => return ready.map(|()| Woken::Readable),
+            // The socket's own waker slot, not a waiter in this future:
+            // nothing else reads it while the connection is parked.
+            ready = std::future::poll_fn(|cx| socket.poll_read_ready(cx)) => {
+                return ready.map(|()| Woken::Readable);
+            }
             changed = finish.changed() => {
                 if changed.is_err() || *finish.borrow() {
                     return Ok(Woken::Close);
                 }
             }
-            _ = tick.tick() => {
+            _ = std::future::poll_fn(|cx| tick.poll_tick(cx)) => {
                 if activity.idle_for(idle) {
                     return Ok(Woken::Close);
                 }
@@ -302,7 +306,10 @@ async fn wait_for_request<S: Parkable>(
         let (idle, finish) = (ctx.serving.idle, &mut ctx.finish);
         let wait = wait_readable(stream.socket(), tick, &ctx.activity, idle, finish);
         let woken = match deadline {
-            Some(by) => tokio::time::timeout_at(by, wait)
+            // Boxed: only a connection's first request waits with a
+            // deadline, and the timer is then not part of what every
+            // parked connection holds.
+            Some(by) => Box::pin(tokio::time::timeout_at(by, wait))
                 .await
                 .unwrap_or(Ok(Woken::Close))?,
             None => wait.await?,
@@ -332,44 +339,47 @@ async fn wait_for_request<S: Parkable>(
 /// requests) or round: between requests the task holds only the socket,
 /// the connection's context and the wait, not room for the request
 /// path's state.
-pub(super) async fn serve<S: Parkable>(
+///
+/// Not an `async fn`: that keeps its arguments (the stream, the context)
+/// apart from the locals they are moved into, a second copy for the
+/// connection's life; an `async move` block uses what it captured.
+#[allow(clippy::manual_async_fn)]
+pub(super) fn serve<S: Parkable>(
     mut stream: S,
     mut pending: BytesMut,
     mut ctx: ConnCtx,
-) -> ClientResult {
-    let mut tick = super::idle_tick(ctx.serving.idle);
-    let mut deadline = Some(ctx.head_deadline);
-    loop {
-        if pending.is_empty() {
-            match wait_for_request(&mut stream, deadline, &mut ctx, &mut tick).await? {
-                Some(read) => pending = read,
-                None => {
-                    h1::close(&mut stream).await?;
-                    return Ok(());
+) -> impl Future<Output = ClientResult> + Send {
+    async move {
+        let mut tick = super::idle_tick(ctx.serving.idle);
+        let mut deadline = Some(ctx.head_deadline);
+        loop {
+            if pending.is_empty() {
+                match wait_for_request(&mut stream, deadline, &mut ctx, &mut tick).await? {
+                    Some(read) => pending = read,
+                    None => {
+                        h1::close(&mut stream).await?;
+                        return Ok(());
+                    }
                 }
             }
-        }
-        let taken = std::mem::take(&mut pending);
-        let served = Box::pin(h1::serve(&mut stream, taken, &mut deadline, &mut ctx));
-        let handed = match served.await? {
-            h1::Next::Idle => continue,
-            h1::Next::Closed => return Ok(()),
-            h1::Next::Hyper { leftover } => leftover,
-        };
-        match Box::pin(round(stream, handed, &ctx)).await? {
-            Round::Closed => return Ok(()),
-            Round::Parked {
-                stream: parked,
-                leftover: unread,
-            } => {
-                stream = parked;
-                pending = unread;
-                // A head begun in the round gets a whole header_read_timeout
-                // again: each round served a request, so a trickling client
-                // is still cut off on steer's own path.
-                deadline = (!pending.is_empty())
-                    .then(|| tokio::time::Instant::now() + ctx.serving.header_read_timeout);
-            }
+            let taken = std::mem::take(&mut pending);
+            let served = Box::pin(h1::serve(&mut stream, taken, &mut deadline, &mut ctx));
+            let handed = match served.await? {
+                h1::Next::Idle => continue,
+                h1::Next::Closed => return Ok(()),
+                h1::Next::Hyper { leftover } => leftover,
+            };
+            let (parked, unread) = match Box::pin(round(stream, handed, &ctx)).await? {
+                Round::Closed => return Ok(()),
+                Round::Parked { stream, leftover } => (stream, leftover),
+            };
+            stream = parked;
+            pending = unread;
+            // A head begun in the round gets a whole header_read_timeout
+            // again: each round served a request, so a trickling client is
+            // still cut off on steer's own path.
+            deadline = (!pending.is_empty())
+                .then(|| tokio::time::Instant::now() + ctx.serving.header_read_timeout);
         }
     }
 }
