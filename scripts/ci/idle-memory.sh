@@ -19,12 +19,13 @@
 #                           buffers. 37.8 with the start state kept.
 #
 #   bash scripts/ci/idle-memory.sh [STEER_BINARY]
-#   KINDS="plain tls" to measure some kinds only.
+#   KINDS="plain tls" to measure some kinds only; LIMIT_PLAIN_KIB,
+#   LIMIT_TLS_KIB, LIMIT_H2_KIB to change a limit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 STEER="${1:-target/release/steer}"
 KINDS="${KINDS:-plain tls h2}"
-declare -A LIMIT_KIB=([plain]=2.0 [tls]=11.0 [h2]=36.0)
+declare -A LIMIT_KIB=([plain]=${LIMIT_PLAIN_KIB:-2.0} [tls]=${LIMIT_TLS_KIB:-11.0} [h2]=${LIMIT_H2_KIB:-36.0})
 [ -x "$STEER" ] || cargo build --release --locked
 STEER="$(realpath "$STEER")"
 # shellcheck source=benches/load/one_route.sh

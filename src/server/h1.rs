@@ -75,7 +75,7 @@ const HEAD_CAPACITY: usize = 512;
 /// How a run of requests on this path ended.
 pub(super) enum Next {
     /// Every byte read is answered: the connection waits for the next
-    /// request holding nothing but its socket (`park::wait_for_request`).
+    /// request with no buffer and no request state (`park::serve`).
     Idle,
     /// The connection is closed (or the peer is gone).
     Closed,
@@ -150,7 +150,7 @@ async fn client_gone<S: Parkable>(stream: &mut S) {
     }
 }
 
-pub(super) async fn close<S: AsyncWrite + Unpin>(stream: &mut S) -> io::Result<Next> {
+async fn close<S: AsyncWrite + Unpin>(stream: &mut S) -> io::Result<Next> {
     let _ = stream.shutdown().await;
     Ok(Next::Closed)
 }

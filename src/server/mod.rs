@@ -190,7 +190,7 @@ pub async fn serve_proxy(
                 Some(tls) => Box::pin(start_tls(io, tls, ctx)).await,
             };
             let result = match started {
-                Ok(Some(serving)) => serving.await,
+                Ok(Some(server)) => server.await,
                 Ok(None) => Ok(()),
                 Err(e) => Err(e),
             };
@@ -207,13 +207,13 @@ pub async fn serve_proxy(
 
 /// What serves a connection once it is known what it speaks; `None` when
 /// it is to close before that (`start_plain`, `start_tls`).
-///
-/// Started by value, from the start phase's result: a future keeps its
-/// arguments for as long as it lives, so each layer of async functions
-/// that passes the stream and context on would hold a copy of them.
 type Started = Option<futures_util::future::BoxFuture<'static, ClientResult>>;
 
-fn serve<I: park::Parkable>(io: I, buf: BytesMut, ctx: ConnCtx, speaks: Speaks) -> Started {
+/// The future that serves a started connection, boxed and begun from the
+/// start phase's result: a future keeps its arguments for as long as it
+/// lives, so each layer of async functions that passed the stream and
+/// context on would hold a copy of them.
+fn server_for<I: park::Parkable>(io: I, buf: BytesMut, ctx: ConnCtx, speaks: Speaks) -> Started {
     match speaks {
         Speaks::Nothing => None,
         Speaks::Http1 => Some(Box::pin(park::serve(io, buf, ctx))),
@@ -225,12 +225,12 @@ fn serve<I: park::Parkable>(io: I, buf: BytesMut, ctx: ConnCtx, speaks: Speaks) 
 /// else HTTP/1.1 in rounds (`park`). A client that sends nothing at all
 /// is bounded like one that sends a partial head (or by `idle_timeout`
 /// if shorter).
-async fn start_plain(mut io: ClientIo, ctx: ConnCtx) -> ClientResult<Started> {
+async fn start_plain(mut io: ClientIo, mut ctx: ConnCtx) -> ClientResult<Started> {
     let first = ctx
         .head_deadline
         .min(tokio::time::Instant::now() + ctx.serving.idle);
     let mut buf = BytesMut::new();
-    let mut finish = ctx.finish.clone();
+    let finish = &mut ctx.finish;
     let speaks = tokio::select! {
         biased;
         speaks = tokio::time::timeout_at(first, io::sniff(&mut io, &mut buf)) => match speaks {
@@ -239,15 +239,23 @@ async fn start_plain(mut io: ClientIo, ctx: ConnCtx) -> ClientResult<Started> {
         },
         () = async { let _ = finish.wait_for(|f| *f).await; } => return Ok(None),
     };
-    Ok(serve(io, buf, ctx, speaks))
+    Ok(server_for(io, buf, ctx, speaks))
 }
 
-/// HTTP/2 once the preface and the first frame are in.
-async fn serve_h2<I: park::Parkable>(mut io: I, mut buf: BytesMut, ctx: ConnCtx) -> ClientResult {
-    if !read_h2_start(&mut io, &mut buf, ctx.head_deadline).await? {
-        return Ok(());
+/// HTTP/2 once the preface and the first frame are in. Not an `async fn`
+/// for the reason `park::serve` gives.
+#[allow(clippy::manual_async_fn)]
+fn serve_h2<I: park::Parkable>(
+    mut io: I,
+    mut buf: BytesMut,
+    ctx: ConnCtx,
+) -> impl Future<Output = ClientResult> + Send {
+    async move {
+        if !read_h2_start(&mut io, &mut buf, ctx.head_deadline).await? {
+            return Ok(());
+        }
+        h2::serve(Prefixed::new(buf.freeze(), io), ctx).await
     }
-    h2::serve(Prefixed::new(buf.freeze(), io), ctx).await
 }
 
 /// Reads the client's first HTTP/2 frame by `deadline`; false when the
@@ -296,7 +304,7 @@ async fn start_tls(io: ClientIo, tls: TlsListener, mut ctx: ConnCtx) -> ClientRe
             Err(_) => return Ok(None),
         },
     };
-    Ok(serve(stream, buf, ctx, speaks))
+    Ok(server_for(stream, buf, ctx, speaks))
 }
 
 /// After the accept loop: keep-alive grace, then

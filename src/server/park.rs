@@ -1,20 +1,22 @@
 //! HTTP/1.1 connections (plain TCP and TLS) that hold no buffers while
 //! idle.
 //!
-//! A connection is served by steer's own HTTP/1.1 path (`h1`) for as
-//! long as its requests are ones that path takes; between requests, with
-//! nothing pipelined, it holds only its socket (and over TLS its rustls
-//! session) and waits for readability without a buffer (`wait_readable`).
+//! `serve` owns the connection: it waits for a request's first bytes
+//! (`wait_for_request`, holding the socket, the connection's context and
+//! the wait alone), then serves what was read on steer's own HTTP/1.1
+//! path (`h1::serve`, in a box of its own, freed when every byte read is
+//! answered), and waits again.
 //!
 //! A request the own path hands over (a body that did not arrive whole
-//! with its head, an upgrade, a head hyper must answer; see `h1`) starts a round: a hyper HTTP/1.1 connection over
-//! the socket, with the bytes read so far first. The round ends when the
-//! connection has had no request open for `PARK_AFTER` (1 s, or half of
-//! `header_read_timeout` if that is shorter): steer asks hyper to finish,
-//! swallows hyper's shutdown of the socket, and takes the socket back
-//! with any bytes hyper had read (`into_parts`); the own path goes on
-//! from there. hyper keeps an 8 KiB read buffer, its write buffer and
-//! connection state for as long as a round lives.
+//! with its head, an upgrade, a head hyper must answer; see `h1`) starts
+//! a round: a hyper HTTP/1.1 connection over the socket, with the bytes
+//! read so far first. The round ends when the connection has had no
+//! request open for `PARK_AFTER` (1 s, or half of `header_read_timeout`
+//! if that is shorter): steer asks hyper to finish, swallows hyper's
+//! shutdown of the socket, and takes the socket back with any bytes hyper
+//! had read (`into_parts`); the own path goes on from there. hyper keeps
+//! an 8 KiB read buffer, its write buffer and connection state for as
+//! long as a round lives.
 //!
 //! Only a hyper connection that is idle ends at once when asked; one in
 //! the middle of an exchange (a head arriving just then, a response still
@@ -23,8 +25,8 @@
 //! upgrade that was not granted is not parked at all: hyper would hand the
 //! socket to that upgrade.
 //!
-//! The caller has read the first bytes already (to tell HTTP/1.1 from an
-//! h2c preface); they are where the own path starts.
+//! The caller may have read the first bytes already (to tell HTTP/1.1
+//! from an h2c preface); they are where the own path starts.
 //!
 //! Over TLS the parked connection keeps its rustls session (keys and
 //! buffers, as nginx keeps OpenSSL's), and the wait for the next request
@@ -247,7 +249,7 @@ impl<S: Parkable> AsyncWrite for RoundIo<S> {
 }
 
 /// Why the wait for the next request ended.
-pub(super) enum Woken {
+enum Woken {
     Readable,
     Close,
 }
@@ -255,7 +257,7 @@ pub(super) enum Woken {
 /// Waits, holding nothing but the socket, until it is readable; `Close`
 /// when the listener finishes, the connection has been idle for `idle`
 /// (checked at `tick`).
-pub(super) async fn wait_readable(
+async fn wait_readable(
     socket: &TcpStream,
     tick: &mut tokio::time::Interval,
     activity: &conn::Activity,
@@ -306,8 +308,8 @@ async fn wait_for_request<S: Parkable>(
         let (idle, finish) = (ctx.serving.idle, &mut ctx.finish);
         let wait = wait_readable(stream.socket(), tick, &ctx.activity, idle, finish);
         let woken = match deadline {
-            // Boxed: only a connection's first request waits with a
-            // deadline, and the timer is then not part of what every
+            // Boxed: only a wait before a connection's first request has
+            // a deadline, and its timer is then no part of what every
             // parked connection holds.
             Some(by) => Box::pin(tokio::time::timeout_at(by, wait))
                 .await
@@ -331,9 +333,10 @@ async fn wait_for_request<S: Parkable>(
     }
 }
 
-/// Serves an HTTP/1.1 connection whose first bytes are `pending`:
-/// steer's own path (`h1`) for as long as it can, a hyper round for a
-/// request it hands over, then back (see the module docs).
+/// Serves an HTTP/1.1 connection, `pending` read already (nothing when
+/// TLS's ALPN said HTTP/1.1): steer's own path (`h1`) for as long as it
+/// can, a hyper round for a request it hands over, then back (see the
+/// module docs).
 ///
 /// Both are boxed, one allocation per request (or run of pipelined
 /// requests) or round: between requests the task holds only the socket,
@@ -342,7 +345,8 @@ async fn wait_for_request<S: Parkable>(
 ///
 /// Not an `async fn`: that keeps its arguments (the stream, the context)
 /// apart from the locals they are moved into, a second copy for the
-/// connection's life; an `async move` block uses what it captured.
+/// connection's life; an `async move` block uses what it captured
+/// (rust-lang/rust#62958).
 #[allow(clippy::manual_async_fn)]
 pub(super) fn serve<S: Parkable>(
     mut stream: S,
@@ -357,7 +361,7 @@ pub(super) fn serve<S: Parkable>(
                 match wait_for_request(&mut stream, deadline, &mut ctx, &mut tick).await? {
                     Some(read) => pending = read,
                     None => {
-                        h1::close(&mut stream).await?;
+                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
                         return Ok(());
                     }
                 }
@@ -377,9 +381,10 @@ pub(super) fn serve<S: Parkable>(
             pending = unread;
             // A head begun in the round gets a whole header_read_timeout
             // again: each round served a request, so a trickling client is
-            // still cut off on steer's own path.
-            deadline = (!pending.is_empty())
-                .then(|| tokio::time::Instant::now() + ctx.serving.header_read_timeout);
+            // still cut off on steer's own path. Empty lines after a body
+            // begin no head (RFC 9112 §2.2): the wait is under idle_timeout.
+            let begun = pending.iter().any(|b| !matches!(b, b'\r' | b'\n'));
+            deadline = begun.then(|| tokio::time::Instant::now() + ctx.serving.header_read_timeout);
         }
     }
 }

@@ -1041,3 +1041,31 @@ async fn an_empty_line_after_a_post_does_not_start_a_head_deadline() {
         .unwrap();
     assert_eq!(read_responses(&mut s, 1).await, [200]);
 }
+
+#[tokio::test]
+async fn an_empty_line_left_by_a_hyper_round_does_not_start_a_head_deadline() {
+    // As above, for a POST whose body did not come with its head (more
+    // than the first 4 KiB read): hyper serves it, and the CRLF after the
+    // body is what the round leaves when the connection is parked.
+    let (_b, steer) = hardened(
+        "header_read_timeout = \"300ms\"\nidle_timeout = \"10s\"",
+        ONE_ROUTE,
+    )
+    .await;
+    let mut s = TcpStream::connect(steer.addr()).await.unwrap();
+    let body = vec![b'a'; 5000];
+    let mut post =
+        b"POST /demo/echo HTTP/1.1\r\nHost: auth.example.com\r\nContent-Length: 5000\r\n\r\n"
+            .to_vec();
+    post.extend_from_slice(&body);
+    post.extend_from_slice(b"\r\n");
+    s.write_all(&post).await.unwrap();
+    assert_eq!(read_responses(&mut s, 1).await, [200]);
+    // Parked (after 150 ms without a request), then idle for longer than
+    // header_read_timeout: the behaviour under test.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: auth.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_responses(&mut s, 1).await, [200]);
+}
