@@ -417,47 +417,22 @@ async fn round<S: Parkable>(stream: S, leftover: Bytes, ctx: &ConnCtx) -> Client
     let park_after = PARK_AFTER.min(header_read_timeout / 2);
     let exchange = Arc::new(Exchange::default());
     let service = {
-        let shared = shared.clone();
-        let info = info.clone();
-        let activity = activity.clone();
-        let exchange = exchange.clone();
+        let (shared, info) = (shared.clone(), info.clone());
+        let (activity, exchange) = (activity.clone(), exchange.clone());
         service_fn(move |req: Request<Incoming>| {
-            let shared = shared.clone();
-            let info = info.clone();
             let open = activity.open();
-            let exchange = exchange.clone();
-            // hyper readies an upgrade for every HTTP/1.1 request with
-            // an `Upgrade` header and keeps it when the answer is not
-            // 101; ending such a round hands the socket to nobody.
-            let asks_upgrade = req
-                .extensions()
-                .get::<hyper::upgrade::OnUpgrade>()
-                .is_some();
-            async move {
-                let resp = proxy::handle(&shared, &info, req.map(Into::into)).await;
-                exchange.set(SERVED);
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    exchange.set(UPGRADED);
-                } else if asks_upgrade {
-                    exchange.set(STALE_UPGRADE);
-                }
-                Ok::<Response<_>, std::convert::Infallible>(
-                    resp.map(|b| conn::Guarded::new(b, open)),
-                )
-            }
+            round_request(shared.clone(), info.clone(), exchange.clone(), req, open)
         })
     };
     let io = RoundIo {
         io: Prefixed::new(leftover, stream),
         exchange: exchange.clone(),
     };
-    // Boxed: while parked the task holds no space for hyper's state.
-    let mut conn = Box::new(
-        serving
-            .http1
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades(),
-    );
+    // Inline: the round itself is boxed (`serve`).
+    let mut conn = serving
+        .http1
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     let mut check = tokio::time::interval((park_after / 2).min(idle).max(MIN_CHECK));
     check.reset();
     // A new round starts because bytes came: it gets a full `park_after`
@@ -467,25 +442,25 @@ async fn round<S: Parkable>(stream: S, leftover: Bytes, ctx: &ConnCtx) -> Client
     let mut closing = false;
     let result = loop {
         tokio::select! {
-            result = &mut *conn => break result,
+            result = &mut conn => break result,
             changed = finish.changed(), if !closing => {
                 if changed.is_err() || *finish.borrow() {
                     closing = true;
-                    Pin::new(&mut *conn).graceful_shutdown();
+                    Pin::new(&mut conn).graceful_shutdown();
                 }
             }
             _ = check.tick(), if !closing => {
                 if activity.idle_for(idle) {
                     closing = true;
-                    Pin::new(&mut *conn).graceful_shutdown();
+                    Pin::new(&mut conn).graceful_shutdown();
                 } else if activity.idle_for(park_after) && !exchange.has(STALE_UPGRADE) {
                     // Only an idle hyper connection ends at once; one in
                     // the middle of an exchange (a head arriving, a
                     // response still flushing) finishes it with
                     // keep-alive off, and is then closed, not parked.
-                    Pin::new(&mut *conn).graceful_shutdown();
+                    Pin::new(&mut conn).graceful_shutdown();
                     let polled = std::future::poll_fn(|cx| {
-                        Poll::Ready(Pin::new(&mut *conn).poll(cx))
+                        Poll::Ready(Pin::new(&mut conn).poll(cx))
                     })
                     .await;
                     match polled {
@@ -501,16 +476,52 @@ async fn round<S: Parkable>(stream: S, leftover: Bytes, ctx: &ConnCtx) -> Client
     };
     tracing::trace!(?result, parking, closing, "round ended");
     result?;
-    let Some(parts) = conn.into_parts() else {
+    let go_on = parking && !closing && !*finish.borrow();
+    take_back(conn.into_parts(), go_on).await
+}
+
+/// One request of a round through the proxy; notes in `exchange` what the
+/// round's end must know.
+async fn round_request(
+    shared: Arc<proxy::Shared>,
+    info: proxy::ConnInfo,
+    exchange: Arc<Exchange>,
+    req: Request<Incoming>,
+    open: conn::OpenGuard,
+) -> Result<Response<conn::Guarded>, std::convert::Infallible> {
+    // hyper readies an upgrade for every HTTP/1.1 request with an
+    // `Upgrade` header and keeps it when the answer is not 101; ending
+    // such a round hands the socket to nobody.
+    let asks_upgrade = req
+        .extensions()
+        .get::<hyper::upgrade::OnUpgrade>()
+        .is_some();
+    let resp = proxy::handle(&shared, &info, req.map(Into::into)).await;
+    exchange.set(SERVED);
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        exchange.set(UPGRADED);
+    } else if asks_upgrade {
+        exchange.set(STALE_UPGRADE);
+    }
+    Ok(resp.map(|b| conn::Guarded::new(b, open)))
+}
+
+/// The end of a round: the socket back with the bytes hyper read but did
+/// not use, when `go_on` (steer parked an idle round); otherwise closed.
+async fn take_back<S: Parkable, F>(
+    parts: Option<http1::Parts<TokioIo<RoundIo<S>>, F>>,
+    go_on: bool,
+) -> ClientResult<Round<S>> {
+    let Some(parts) = parts else {
         // Upgraded: the tunnel owns the socket now (or, for an upgrade
         // that was not granted, hyper dropped it at the round's end).
         return Ok(Round::Closed);
     };
-    let hyper::server::conn::http1::Parts { io, read_buf, .. } = parts;
+    let http1::Parts { io, read_buf, .. } = parts;
     let (unread, mut stream) = io.into_inner().io.into_parts();
     // Only a round that ended because steer parked it may go on: hyper
     // ends one by itself when the client or the answer closes.
-    if !parking || closing || *finish.borrow() {
+    if !go_on {
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
         return Ok(Round::Closed);
     }
