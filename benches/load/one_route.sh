@@ -1,10 +1,15 @@
-# Sourced by benches/load/ab.sh and scripts/ci/idle-memory.sh: a scratch
-# directory and background processes cleaned up at exit, a `steer
-# demo-upstream`, and a steer config with one route to it.
+# Sourced by benches/load/ab.sh, scripts/ci/idle-memory.sh and
+# scripts/ci/instructions.sh: a scratch directory and background
+# processes cleaned up at exit, a `steer demo-upstream`, and a steer
+# config with one route to it.
 
 work="$(mktemp -d)"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+# KEEP=1 keeps $work (callgrind output, logs) for a look afterwards.
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -n "${KEEP:-}" ] || rm -rf "$work"
+}
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -18,16 +23,32 @@ start_upstream() {
 }
 
 # write_routes: $work/routes.toml, listeners on free ports ($http,
-# $admin), no access log, one route to $up over ${PROTO:-http1}.
+# $admin), no access log, one route to $up over ${PROTO:-http1}. With
+# TLS=1 also an HTTPS listener ($https) with a self-signed certificate
+# for localhost (needs openssl).
 write_routes() {
   http="$(free_port)"; admin="$(free_port)"
+  local https_listener="" certificates=""
+  if [ "${TLS:-0}" = 1 ]; then
+    https="$(free_port)"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+      -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+      -keyout "$work/key.pem" -out "$work/cert.pem" >/dev/null 2>&1
+    https_listener="https = \"127.0.0.1:$https\""
+    certificates="[[tls.certificates]]
+cert = \"$work/cert.pem\"
+key = \"$work/key.pem\""
+  fi
   cat >"$work/routes.toml" <<EOT
 [listen]
 http = "127.0.0.1:$http"
+$https_listener
 admin = "127.0.0.1:$admin"
 
 [log]
 access = false
+
+$certificates
 
 [upstreams.up]
 endpoints = ["$up"]

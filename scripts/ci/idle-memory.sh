@@ -32,18 +32,7 @@ STEER="$(realpath "$STEER")"
 . benches/load/one_route.sh
 ulimit -n 8192 2>/dev/null || true
 start_upstream "$STEER"
-write_routes
-https="$(free_port)"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj /CN=localhost -addext subjectAltName=DNS:localhost \
-  -keyout "$work/key.pem" -out "$work/cert.pem" >/dev/null 2>&1
-sed -i "s|^http = .*|&\nhttps = \"127.0.0.1:$https\"|" "$work/routes.toml"
-cat >>"$work/routes.toml" <<EOT
-
-[[tls.certificates]]
-cert = "$work/cert.pem"
-key = "$work/key.pem"
-EOT
+TLS=1 write_routes
 
 failed=0
 for kind in $KINDS; do

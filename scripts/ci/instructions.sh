@@ -38,59 +38,23 @@ if ! need valgrind || ! need h2load; then
 fi
 [ -x target/release/steer ] || cargo build --release --locked
 STEER="${STEER:-$PWD/target/release/steer}"
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -n "${KEEP:-}" ] || rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=benches/load/one_route.sh
+. benches/load/one_route.sh
 
 # The upstream (not measured): one demo deployment.
-"$STEER" demo-upstream up 127.0.0.1:0 >"$work/up.addr" 2>/dev/null &
-pids+=($!)
-for _ in $(seq 100); do [ -s "$work/up.addr" ] && break; sleep 0.1; done
-UP="$(head -1 "$work/up.addr")"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj /CN=bench.example.com -addext subjectAltName=DNS:bench.example.com \
-  -keyout "$work/key.pem" -out "$work/cert.pem" >/dev/null 2>&1
+start_upstream "$STEER"
 
 # One scenario: steer under callgrind, warmed up, counters zeroed, N
 # requests, counters dumped; prints instructions per request.
 measure() {
   local name="$1" protocol="$2" scheme="$3"
-  local http admin dir out
-  http="$(free_port)"; admin="$(free_port)"
-  dir="$work/$name"; mkdir -p "$dir"
-  local listen="http = \"127.0.0.1:$http\""
-  local tls=""
-  if [ "$scheme" = https ]; then
-    listen="https = \"127.0.0.1:$http\""
-    tls="[[tls.certificates]]
-cert = \"$work/cert.pem\"
-key = \"$work/key.pem\""
-  fi
-  cat >"$dir/routes.toml" <<EOF
-[listen]
-$listen
-admin = "127.0.0.1:$admin"
-
-[log]
-access = false
-
-$tls
-
-[upstreams.up]
-endpoints = ["$UP"]
-protocol = "$protocol"
-health = false
-
-[[routes]]
-name = "r"
-upstream = "up"
-EOF
+  local dir="$work/$name" tls=0 port
+  mkdir -p "$dir"
+  [ "$scheme" = https ] && tls=1
+  TLS="$tls" PROTO="$protocol" write_routes
+  mv "$work/routes.toml" "$dir/routes.toml"
+  port="$http"
+  [ "$scheme" = https ] && port="$https"
   valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
     "$STEER" run --config "$dir/routes.toml" --workers 1 --log-format json \
     >/dev/null 2>"$dir/stderr" &
@@ -100,7 +64,7 @@ EOF
     curl -fs "http://127.0.0.1:$admin/ready" >/dev/null 2>&1 && break
     sleep 0.1
   done
-  local url="$scheme://127.0.0.1:$http/demo/bytes?n=64"
+  local url="$scheme://127.0.0.1:$port/demo/bytes?n=64"
   local flags=()
   [ "$scheme" = http ] && flags+=(--h1)
   h2load "${flags[@]}" -c 1 -n 300 "$url" >/dev/null
