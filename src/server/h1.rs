@@ -107,25 +107,25 @@ pub(super) async fn serve<S: Parkable>(
             // this future, before the wait.
             return Ok(Next::Idle);
         }
-        let by = *deadline.get_or_insert_with(|| Instant::now() + ctx.serving.header_read_timeout);
         let (req, asked_close) = loop {
             match parse(&mut buf) {
                 Parsed::Own { req, close } => break (req, close),
-                Parsed::Hyper => {
-                    return Ok(Next::Hyper {
-                        leftover: buf.freeze(),
-                    });
-                }
-                Parsed::Partial if buf.len() >= ctx.serving.max_head => {
-                    return Ok(Next::Hyper {
-                        leftover: buf.freeze(),
-                    });
-                }
-                Parsed::Partial => {
+                Parsed::Partial if buf.len() < ctx.serving.max_head => {
+                    // From the head's first byte (the time of this first
+                    // parse), or the connection's, before its first request.
+                    let by = *deadline
+                        .get_or_insert_with(|| Instant::now() + ctx.serving.header_read_timeout);
                     buf.reserve(READ_BUF);
                     if !read_more(stream, &mut buf, by, &mut ctx.finish).await? {
                         return close(stream).await;
                     }
+                }
+                // What this path does not take, and a head at the parser's
+                // ceiling: hyper answers them (its 431 for the latter).
+                Parsed::Partial | Parsed::Hyper => {
+                    return Ok(Next::Hyper {
+                        leftover: buf.freeze(),
+                    });
                 }
             }
         };

@@ -65,12 +65,11 @@ const MIN_CHECK: Duration = Duration::from_millis(20);
 #[derive(Debug, Default)]
 struct Exchange(AtomicU8);
 
-/// A request was answered in this round.
-const SERVED: u8 = 1;
 /// An answer was `101`: hyper hands the socket to the upgrade.
-const UPGRADED: u8 = 2;
-/// A request asked for an upgrade that was not granted (see `serve`).
-const STALE_UPGRADE: u8 = 4;
+const UPGRADED: u8 = 1;
+/// A request asked for an upgrade that was not granted (see
+/// `round_request`).
+const STALE_UPGRADE: u8 = 2;
 
 impl Exchange {
     fn set(&self, bit: u8) {
@@ -89,7 +88,7 @@ pub(super) trait Parkable: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 
     /// Bytes already received and decoded but not yet read (TLS
     /// plaintext); `None` when the peer has closed.
-    fn take_buffered(&mut self) -> Option<Bytes>;
+    fn take_buffered(&mut self) -> Option<BytesMut>;
 
     /// While a request is answered: whether the client has closed (or
     /// reset) its connection, or has sent more. Consumes nothing a later
@@ -109,8 +108,8 @@ impl Parkable for ClientIo {
         self.get_ref()
     }
 
-    fn take_buffered(&mut self) -> Option<Bytes> {
-        Some(Bytes::new())
+    fn take_buffered(&mut self) -> Option<BytesMut> {
+        Some(BytesMut::new())
     }
 
     fn poll_peer(&mut self, cx: &mut Context<'_>) -> Poll<Peer> {
@@ -128,7 +127,7 @@ impl<P: Parkable> Parkable for Box<P> {
         (**self).socket()
     }
 
-    fn take_buffered(&mut self) -> Option<Bytes> {
+    fn take_buffered(&mut self) -> Option<BytesMut> {
         (**self).take_buffered()
     }
 
@@ -151,14 +150,14 @@ impl Parkable for tokio_rustls::server::TlsStream<ClientIo> {
         self.get_ref().0.get_ref()
     }
 
-    fn take_buffered(&mut self) -> Option<Bytes> {
+    fn take_buffered(&mut self) -> Option<BytesMut> {
         let mut taken = BytesMut::new();
         let mut chunk = [0u8; 1024];
         loop {
             match io::Read::read(&mut self.get_mut().1.reader(), &mut chunk) {
                 Ok(0) => return None,
                 Ok(n) => taken.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(taken.freeze()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(taken),
                 Err(_) => return None,
             }
         }
@@ -194,8 +193,8 @@ impl Parkable for tokio_rustls::server::TlsStream<ClientIo> {
     }
 }
 
-/// The socket as hyper sees it during a round: first the bytes left over
-/// from the previous round, then the stream. hyper's shutdown at the end
+/// The socket as hyper sees it during a round: first the bytes steer's
+/// own path read but did not serve, then the stream. hyper's shutdown at the end
 /// of a round is swallowed (steer decides whether the connection goes on);
 /// after an upgrade it is real, as the tunnel's end needs it.
 struct RoundIo<S> {
@@ -302,7 +301,7 @@ async fn wait_for_request<S: Parkable>(
     loop {
         match stream.take_buffered() {
             None => return Ok(None),
-            Some(plain) if !plain.is_empty() => return Ok(Some(BytesMut::from(&plain[..]))),
+            Some(plain) if !plain.is_empty() => return Ok(Some(plain)),
             Some(_) => {}
         }
         let (idle, finish) = (ctx.serving.idle, &mut ctx.finish);
@@ -380,11 +379,11 @@ pub(super) fn serve<S: Parkable>(
             stream = parked;
             pending = unread;
             // A head begun in the round gets a whole header_read_timeout
-            // again: each round served a request, so a trickling client is
-            // still cut off on steer's own path. Empty lines after a body
-            // begin no head (RFC 9112 §2.2): the wait is under idle_timeout.
-            let begun = pending.iter().any(|b| !matches!(b, b'\r' | b'\n'));
-            deadline = begun.then(|| tokio::time::Instant::now() + ctx.serving.header_read_timeout);
+            // again, from its first byte that is not an empty line
+            // (RFC 9112 §2.2), as h1::serve starts every head's deadline:
+            // each round served a request, so a trickling client is still
+            // cut off on steer's own path.
+            deadline = None;
         }
     }
 }
@@ -476,7 +475,7 @@ async fn round<S: Parkable>(stream: S, leftover: Bytes, ctx: &ConnCtx) -> Client
     };
     tracing::trace!(?result, parking, closing, "round ended");
     result?;
-    let go_on = parking && !closing && !*finish.borrow();
+    let go_on = parking && !*finish.borrow();
     take_back(conn.into_parts(), go_on).await
 }
 
@@ -497,7 +496,6 @@ async fn round_request(
         .get::<hyper::upgrade::OnUpgrade>()
         .is_some();
     let resp = proxy::handle(&shared, &info, req.map(Into::into)).await;
-    exchange.set(SERVED);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         exchange.set(UPGRADED);
     } else if asks_upgrade {

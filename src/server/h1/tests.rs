@@ -116,6 +116,9 @@ struct Case {
     len: BodyLen,
 }
 
+/// A head that says its body is chunked.
+const CHUNKED: &[(&str, &str)] = &[("transfer-encoding", "chunked")];
+
 fn case(
     method: &'static str,
     keep_alive: bool,
@@ -233,30 +236,12 @@ async fn response_heads_are_the_bytes_hyper_writes() {
         case("HEAD", true, 200, &[("content-length", "7")], Empty),
         case("HEAD", true, 200, &[], Unknown),
         case("HEAD", true, 200, &[], Known(0)),
-        case(
-            "HEAD",
-            true,
-            200,
-            &[("transfer-encoding", "chunked")],
-            Empty,
-        ),
+        case("HEAD", true, 200, CHUNKED, Empty),
         case("GET", true, 204, &[], Empty),
         case("GET", true, 204, &[("content-length", "5")], Known(5)),
-        case(
-            "GET",
-            true,
-            204,
-            &[("transfer-encoding", "chunked")],
-            Unknown,
-        ),
+        case("GET", true, 204, CHUNKED, Unknown),
         case("GET", true, 304, &[], Known(5)),
-        case(
-            "GET",
-            true,
-            200,
-            &[("transfer-encoding", "chunked")],
-            Known(3),
-        ),
+        case("GET", true, 200, CHUNKED, Known(3)),
         case(
             "GET",
             true,
