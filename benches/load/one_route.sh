@@ -20,6 +20,7 @@ start_upstream() {
   pids+=($!)
   for _ in $(seq 100); do [ -s "$work/up.addr" ] && break; sleep 0.1; done
   up="$(head -1 "$work/up.addr")"
+  [ -n "$up" ] || { echo "steer demo-upstream did not start" >&2; exit 1; }
 }
 
 # write_routes: $work/routes.toml, listeners on free ports ($http,
@@ -45,6 +46,11 @@ http = "127.0.0.1:$http"
 $https_listener
 admin = "127.0.0.1:$admin"
 
+# Stopped at once: nothing waits for traffic when a run ends.
+[proxy]
+shutdown_delay = "0s"
+drain_timeout = "0s"
+
 [log]
 access = false
 
@@ -61,7 +67,13 @@ upstream = "up"
 EOT
 }
 
-# wait_ready: until steer's admin API says ready (10 s at most).
+# wait_ready [TRIES]: until steer's admin API says ready, polled every
+# 0.1 s, TRIES times (100: 10 s); fails the script when it never is.
 wait_ready() {
-  for _ in $(seq 100); do curl -fs "http://127.0.0.1:$admin/ready" >/dev/null 2>&1 && return; sleep 0.1; done
+  for _ in $(seq "${1:-100}"); do
+    curl -fs --max-time 1 "http://127.0.0.1:$admin/ready" >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+  echo "steer did not become ready on 127.0.0.1:$admin" >&2
+  exit 1
 }

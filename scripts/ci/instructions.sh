@@ -60,10 +60,7 @@ measure() {
     >/dev/null 2>"$dir/stderr" &
   local pid=$!
   pids+=("$pid")
-  for _ in $(seq 600); do
-    curl -fs "http://127.0.0.1:$admin/ready" >/dev/null 2>&1 && break
-    sleep 0.1
-  done
+  wait_ready 600 # valgrind starts slowly
   local url="$scheme://127.0.0.1:$port/demo/bytes?n=64"
   local flags=()
   [ "$scheme" = http ] && flags+=(--h1)
