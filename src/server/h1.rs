@@ -192,108 +192,109 @@ enum Parsed {
 
 /// Parses a whole head at the front of `buf` and takes it out, when it is
 /// one this path serves (see the module docs); otherwise `buf` is left as
-/// it was.
+/// it was. The bytes are frozen once: the target and field values are
+/// slices of them, with no list of offsets between the parse and the map.
 fn parse(buf: &mut BytesMut) -> Parsed {
+    let bytes = std::mem::take(buf).freeze();
+    match parse_frozen(&bytes) {
+        Some(Ok((mut req, close, head_len, body_len))) => {
+            let end = head_len + body_len;
+            if body_len > 0 {
+                *req.body_mut() = Inbound::Buffered(Some(bytes.slice(head_len..end)));
+            }
+            // Pipelined bytes, if any, in a buffer of their own.
+            *buf = BytesMut::from(&bytes[end..]);
+            Parsed::Own { req, close }
+        }
+        // Back as it was: the only handle on these bytes, so not copied.
+        Some(Err(())) => {
+            *buf = BytesMut::from(bytes);
+            Parsed::Hyper
+        }
+        None => {
+            *buf = BytesMut::from(bytes);
+            Parsed::Partial
+        }
+    }
+}
+
+/// A head at the front of `bytes`, with `close` (the client asked for the
+/// connection to end after it, RFC 9112 §9.6), the head's length and the
+/// body's; `Err` for one this path hands to hyper, `None` when not whole.
+#[allow(clippy::type_complexity)]
+fn parse_frozen(bytes: &Bytes) -> Option<Result<(Request<Inbound>, bool, usize, usize), ()>> {
     // Uninitialised slots: no 3 KiB of empty fields written per request.
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut parsed = httparse::Request::new(&mut []);
     let config = httparse::ParserConfig::default();
-    let len = match config.parse_request_with_uninit_headers(&mut parsed, buf, &mut slots) {
+    let len = match config.parse_request_with_uninit_headers(&mut parsed, bytes, &mut slots) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Hyper,
+        Ok(httparse::Status::Partial) => return None,
+        Err(_) => return Some(Err(())),
     };
+    Some(own_request(bytes, &parsed, len))
+}
+
+/// The request of a parsed head, when this path serves it (see the module
+/// docs); `Err` also for a target or value `http` refuses (as hyper does:
+/// a 400 or 414).
+fn own_request(
+    bytes: &Bytes,
+    parsed: &httparse::Request<'_, '_>,
+    len: usize,
+) -> Result<(Request<Inbound>, bool, usize, usize), ()> {
     if parsed.version != Some(1) {
-        return Parsed::Hyper;
+        return Err(());
     }
-    let Some(method) = parsed
-        .method
-        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
-    else {
-        return Parsed::Hyper;
-    };
+    let method = Method::from_bytes(parsed.method.ok_or(())?.as_bytes()).map_err(|_| ())?;
     if method == Method::CONNECT {
-        return Parsed::Hyper;
+        return Err(());
     }
-    let base = buf.as_ptr() as usize;
-    let Some(path) = parsed.path else {
-        return Parsed::Hyper;
-    };
-    let path_at = path.as_ptr() as usize - base..path.as_ptr() as usize - base + path.len();
+    let uri = Uri::from_maybe_shared(bytes.slice_ref(parsed.path.ok_or(())?.as_bytes()))
+        .map_err(|_| ())?;
     let mut close = false;
     let mut body_len = None;
-    // Names now; values as offsets, to slice the head once it is frozen.
-    let mut found = Vec::with_capacity(parsed.headers.len());
+    // Room for the fields the request path adds (X-Forwarded-*, the
+    // request id) without growing the map.
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + ADDED_FIELDS);
     for f in parsed.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(f.name.as_bytes()) else {
-            return Parsed::Hyper;
-        };
+        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| ())?;
         match name {
             header::CONTENT_LENGTH => match (body_len, length_value(f.value)) {
                 (None, Some(n)) => body_len = Some(n),
                 // Several, or not one plain number (RFC 9112 §6.3):
                 // hyper's rules decide.
-                _ => return Parsed::Hyper,
+                _ => return Err(()),
             },
             header::TRANSFER_ENCODING | header::EXPECT | header::UPGRADE | header::TE => {
-                return Parsed::Hyper;
+                return Err(());
             }
             header::CONNECTION => {
                 for token in f.value.split(|b| *b == b',') {
                     let token = token.trim_ascii();
                     if token.eq_ignore_ascii_case(b"upgrade") {
-                        return Parsed::Hyper;
+                        return Err(());
                     }
                     close |= token.eq_ignore_ascii_case(b"close");
                 }
             }
             _ => {}
         }
-        let at = f.value.as_ptr() as usize - base;
-        found.push((name, at..at + f.value.len()));
+        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(f.value)).map_err(|_| ())?;
+        headers.append(name, value);
     }
     let body_len = match body_len.map(usize::try_from) {
         None => 0,
         // Only a body that is all here already: no reads, no waits.
-        Some(Ok(n)) if n <= buf.len() - len => n,
-        Some(_) => return Parsed::Hyper,
+        Some(Ok(n)) if n <= bytes.len() - len => n,
+        Some(_) => return Err(()),
     };
-    let head = buf.split_to(len).freeze();
-    let Some(mut req) = build(&head, method, path_at, found) else {
-        // Back as it was, for hyper to answer.
-        let mut whole = BytesMut::with_capacity(head.len() + buf.len());
-        whole.extend_from_slice(&head);
-        whole.extend_from_slice(buf);
-        *buf = whole;
-        return Parsed::Hyper;
-    };
-    if body_len > 0 {
-        *req.body_mut() = Inbound::Buffered(Some(buf.split_to(body_len).freeze()));
-    }
-    Parsed::Own { req, close }
-}
-
-/// The request of a parsed head; `None` for a target or value `http`
-/// refuses (as hyper does: a 400 or 414).
-fn build(
-    head: &Bytes,
-    method: Method,
-    path: std::ops::Range<usize>,
-    found: Vec<(HeaderName, std::ops::Range<usize>)>,
-) -> Option<Request<Inbound>> {
-    let uri = Uri::from_maybe_shared(head.slice(path)).ok()?;
-    // Room for the fields the request path adds (X-Forwarded-*, the
-    // request id) without growing the map.
-    let mut headers = HeaderMap::with_capacity(found.len() + ADDED_FIELDS);
-    for (name, at) in found {
-        headers.append(name, HeaderValue::from_maybe_shared(head.slice(at)).ok()?);
-    }
     let mut req = Request::new(Inbound::Empty);
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
-    Some(req)
+    Ok((req, close, len, body_len))
 }
 
 /// How a response body goes out.
