@@ -527,6 +527,53 @@ impl Writer {
     }
 }
 
+/// A field name as HTTP/1.1 sent it. The names nearly every head carries
+/// are found by length and first and last letter, then compared once;
+/// `HeaderName::from_bytes` (a lower-casing pass and a search of all
+/// standard names, ~150 instructions a name) reads the rest. Names are
+/// case-insensitive (RFC 9110 §5.1): any spelling of one matches.
+pub(crate) fn field_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    match common_name(raw) {
+        Some(name) => Ok(name),
+        None => HeaderName::from_bytes(raw),
+    }
+}
+
+fn common_name(raw: &[u8]) -> Option<HeaderName> {
+    const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    let (first, last) = (raw.first()? | 0x20, raw.last()? | 0x20);
+    let known = match (raw.len(), first, last) {
+        (4, b'h', b't') => header::HOST,
+        (4, b'd', b'e') => header::DATE,
+        (4, b'e', b'g') => header::ETAG,
+        (4, b'v', b'y') => header::VARY,
+        (6, b'a', b't') => header::ACCEPT,
+        (6, b'c', b'e') => header::COOKIE,
+        (6, b's', b'r') => header::SERVER,
+        (6, b'o', b'n') => header::ORIGIN,
+        (7, b'r', b'r') => header::REFERER,
+        (8, b'l', b'n') => header::LOCATION,
+        (10, b'c', b'n') => header::CONNECTION,
+        (10, b'u', b't') => header::USER_AGENT,
+        (10, b's', b'e') => header::SET_COOKIE,
+        (12, b'c', b'e') => header::CONTENT_TYPE,
+        (12, b'x', b'd') => X_REQUEST_ID,
+        (13, b'c', b'l') => header::CACHE_CONTROL,
+        (13, b'a', b'n') => header::AUTHORIZATION,
+        (13, b'l', b'd') => header::LAST_MODIFIED,
+        (14, b'c', b'h') => header::CONTENT_LENGTH,
+        (15, b'a', b'g') => header::ACCEPT_ENCODING,
+        (15, b'a', b'e') => header::ACCEPT_LANGUAGE,
+        (15, b'x', b'r') => X_FORWARDED_FOR,
+        (16, b'c', b'g') => header::CONTENT_ENCODING,
+        (17, b't', b'g') => header::TRANSFER_ENCODING,
+        _ => return None,
+    };
+    let name = known.as_str().as_bytes();
+    (raw == name || raw.eq_ignore_ascii_case(name)).then_some(known)
+}
+
 /// `content-length: n\r\n`, without `core::fmt`.
 pub(crate) fn put_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");
@@ -756,26 +803,22 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    // Names now; values as offsets, to slice the head once it is frozen.
-    let base = buf.as_ptr() as usize;
-    let mut found = Vec::with_capacity(parsed.headers.len());
-    for f in parsed.headers.iter() {
-        let name =
-            HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| invalid("invalid field name"))?;
-        found.push((name, f.value.as_ptr() as usize - base, f.value.len()));
-    }
     // Copied out, not split off: field values outlive the exchange (an
     // HTTP/2 client's HPACK table keeps those it indexes, for as long as
     // that client stays connected), and a slice of the read buffer would
     // keep all 16 KiB of it, and the next exchange would need a new one.
+    // Values are sliced from the copy at their offsets in `buf`.
     let head = Bytes::copy_from_slice(&buf[..len]);
-    buf.advance(len);
-    let mut headers = HeaderMap::with_capacity(found.len());
-    for (name, start, len) in found {
-        let value = HeaderValue::from_maybe_shared(head.slice(start..start + len))
+    let base = buf.as_ptr() as usize;
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    for f in parsed.headers.iter() {
+        let name = field_name(f.name.as_bytes()).map_err(|_| invalid("invalid field name"))?;
+        let start = f.value.as_ptr() as usize - base;
+        let value = HeaderValue::from_maybe_shared(head.slice(start..start + f.value.len()))
             .map_err(|_| invalid("invalid field value"))?;
         headers.append(name, value);
     }
+    buf.advance(len);
     Ok(Some(Head {
         status,
         version,
@@ -1048,7 +1091,7 @@ fn chunked(
                     let mut trailers = HeaderMap::with_capacity(fields.len());
                     for f in fields.iter() {
                         if let (Ok(name), Ok(value)) = (
-                            HeaderName::from_bytes(f.name.as_bytes()),
+                            field_name(f.name.as_bytes()),
                             HeaderValue::from_bytes(f.value),
                         ) {
                             trailers.append(name, value);

@@ -55,7 +55,7 @@ use super::ConnCtx;
 use super::park::{Parkable, Peer};
 use crate::body::Inbound;
 use crate::body::{content_length, length_value};
-use crate::client::{chunk_size, encode_fields, last_coding_is_chunked, put_length};
+use crate::client::{chunk_size, encode_fields, field_name, last_coding_is_chunked, put_length};
 use crate::proxy::headers::connection_has;
 use crate::proxy::{self, ProxyBody};
 
@@ -258,7 +258,7 @@ fn own_request(
     // request id) without growing the map.
     let mut headers = HeaderMap::with_capacity(parsed.headers.len() + ADDED_FIELDS);
     for f in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| ())?;
+        let name = field_name(f.name.as_bytes()).map_err(|_| ())?;
         match name {
             header::CONTENT_LENGTH => match (body_len, length_value(f.value)) {
                 (None, Some(n)) => body_len = Some(n),

@@ -412,3 +412,62 @@ fn field_values_of_a_parsed_head_do_not_keep_the_read_buffer() {
     );
     drop(head);
 }
+
+#[test]
+fn common_field_names_are_found_in_any_spelling_and_others_are_not() {
+    let common = [
+        "host",
+        "date",
+        "etag",
+        "vary",
+        "accept",
+        "cookie",
+        "server",
+        "origin",
+        "referer",
+        "location",
+        "connection",
+        "user-agent",
+        "set-cookie",
+        "content-type",
+        "x-request-id",
+        "cache-control",
+        "authorization",
+        "last-modified",
+        "content-length",
+        "accept-encoding",
+        "accept-language",
+        "x-forwarded-for",
+        "content-encoding",
+        "transfer-encoding",
+    ];
+    for name in common {
+        let title: String = name
+            .split('-')
+            .map(|w| w[..1].to_ascii_uppercase() + &w[1..])
+            .collect::<Vec<_>>()
+            .join("-");
+        for spelling in [name.to_owned(), title, name.to_ascii_uppercase()] {
+            let found = common_name(spelling.as_bytes());
+            assert_eq!(found.as_ref().map(|n| n.as_str()), Some(name), "{spelling}");
+        }
+    }
+    // Same length and first and last letter as a common name, or not a
+    // valid name at all: left to HeaderName::from_bytes.
+    for other in [
+        "hoot",
+        "x-served-by",
+        "content-tape",
+        "ho\0t",
+        "",
+        "h",
+        "accept-charset",
+    ] {
+        assert!(common_name(other.as_bytes()).is_none(), "{other:?}");
+        assert_eq!(
+            field_name(other.as_bytes()).ok(),
+            HeaderName::from_bytes(other.as_bytes()).ok(),
+            "{other:?}"
+        );
+    }
+}
