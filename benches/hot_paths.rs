@@ -87,7 +87,7 @@ fn headers_forwarding(c: &mut Criterion) {
         trusted: false,
         via: steer::config::ClientIpHeader::XForwardedFor,
         tls: true,
-        host: Some("auth.example.com"),
+        host: Some(&HeaderValue::from_static("auth.example.com")),
     };
     c.bench_function("headers_forwarding", |b| {
         b.iter_batched(

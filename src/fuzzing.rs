@@ -144,7 +144,7 @@ pub fn forwarding_headers(data: &[u8]) {
         trusted,
         via: crate::config::ClientIpHeader::XForwardedFor,
         tls: false,
-        host: Some("auth.example.com"),
+        host: Some(&HeaderValue::from_static("auth.example.com")),
     };
     headers::apply_forwarding(&mut h, &hop);
     if !trusted {

@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -189,8 +189,9 @@ pub struct Hop<'a> {
     /// The forwarding header a trusted peer sets (`client_ip_header`).
     pub via: ClientIpHeader,
     pub tls: bool,
-    /// The client's Host / `:authority`, as sent.
-    pub host: Option<&'a str>,
+    /// The client's Host / `:authority`, as sent (visible ASCII: checked
+    /// by `proxy::request::client_host`).
+    pub host: Option<&'a HeaderValue>,
 }
 
 /// Forwarding-header hygiene and the headers steer adds.
@@ -233,16 +234,17 @@ pub fn apply_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
         (hop.trusted && hop.via == ClientIpHeader::Forwarded && has(FWD_FORWARDED))
             .then(|| ForwardedChain::read(headers));
     let peer = IpText::new(hop.peer);
-    let peer = peer.as_str();
+    let peer = peer.as_bytes();
+    let host_text = hop.host.and_then(|v| v.to_str().ok());
     let previous = match &from_forwarded {
         Some(chain) => chain.fors.clone(),
         None => has(FWD_XFF)
             .then(|| join_values(headers, &X_FORWARDED_FOR))
             .flatten(),
     };
-    let xff = match previous {
-        Some(prev) => value(format!("{prev}, {peer}").into()),
-        None => value(Bytes::copy_from_slice(peer.as_bytes())),
+    let xff = match &previous {
+        Some(prev) => exact_value(&[prev.as_bytes(), b", ", peer]),
+        None => exact_value(&[peer]),
     };
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
@@ -268,72 +270,85 @@ pub fn apply_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
             trusted_value(FWD_XFP, &X_FORWARDED_PROTO).map_or(Cow::Borrowed(own_proto), Cow::Owned),
             trusted_value(FWD_XFH, &X_FORWARDED_HOST)
                 .map(Cow::Owned)
-                .or_else(|| hop.host.map(Cow::Borrowed)),
+                .or_else(|| host_text.map(Cow::Borrowed)),
         )
     } else {
-        (Cow::Borrowed(own_proto), hop.host.map(Cow::Borrowed))
+        (Cow::Borrowed(own_proto), host_text.map(Cow::Borrowed))
     };
-    let (xfp, xfh) = match &from_forwarded {
-        Some(chain) => (
-            chain.proto.as_deref().unwrap_or(own_proto),
-            chain.host.as_deref().or(hop.host),
-        ),
-        None => (own_proto, hop.host),
-    };
-    if !has(FWD_XFP)
-        && let Some(v) = value(Bytes::copy_from_slice(xfp.as_bytes()))
-    {
-        headers.insert(X_FORWARDED_PROTO, v);
+    // X-Forwarded-Proto and -Host: what a trusted Forwarded chain says,
+    // else this hop's scheme and the client's own Host value (shared).
+    let chain = from_forwarded.as_ref();
+    if !has(FWD_XFP) {
+        let xfp = match chain.and_then(|c| c.proto.as_deref()) {
+            Some(proto) => HeaderValue::from_str(proto).ok(),
+            None => Some(HeaderValue::from_static(own_proto)),
+        };
+        if let Some(v) = xfp {
+            headers.insert(X_FORWARDED_PROTO, v);
+        }
     }
-    if let Some(host) = xfh
-        && !has(FWD_XFH)
-        && let Some(v) = value(Bytes::copy_from_slice(host.as_bytes()))
-    {
-        headers.insert(X_FORWARDED_HOST, v);
+    if !has(FWD_XFH) {
+        let xfh = match chain.and_then(|c| c.host.as_deref()) {
+            Some(host) => HeaderValue::from_str(host).ok(),
+            None => hop.host.cloned(),
+        };
+        if let Some(v) = xfh {
+            headers.insert(X_FORWARDED_HOST, v);
+        }
     }
     let proto = if is_token(&proto) { &proto } else { own_proto };
     let previous = has(FWD_FORWARDED)
         .then(|| join_values(headers, &header::FORWARDED))
         .flatten();
-    let mut element = BytesMut::with_capacity(
-        previous.as_ref().map_or(0, |p| p.len() + 2)
-            + 40
-            + fwd_host.as_ref().map_or(0, |h| h.len()),
-    );
-    if let Some(prev) = &previous {
-        element.extend_from_slice(prev.as_bytes());
-        element.extend_from_slice(b", ");
-    }
-    element.extend_from_slice(b"for=");
-    match hop.peer {
-        IpAddr::V4(_) => element.extend_from_slice(peer.as_bytes()),
-        IpAddr::V6(_) => {
-            element.extend_from_slice(b"\"[");
-            element.extend_from_slice(peer.as_bytes());
-            element.extend_from_slice(b"]\"");
-        }
-    }
-    element.extend_from_slice(b";proto=");
-    element.extend_from_slice(proto.as_bytes());
-    match fwd_host {
-        Some(host) if is_token(&host) => {
-            element.extend_from_slice(b";host=");
-            element.extend_from_slice(host.as_bytes());
-        }
-        Some(host) => {
-            element.extend_from_slice(b";host=\"");
-            if host.contains(['"', '\\']) {
-                element.extend(host.bytes().filter(|b| !matches!(b, b'"' | b'\\')));
-            } else {
-                element.extend_from_slice(host.as_bytes());
-            }
-            element.extend_from_slice(b"\"");
-        }
-        None => {}
-    }
-    if let Some(v) = value(element.freeze()) {
+    let (prev, sep): (&[u8], &[u8]) = match &previous {
+        Some(p) => (p.as_bytes(), b", "),
+        None => (b"", b""),
+    };
+    let (ip_open, ip_close): (&[u8], &[u8]) = match hop.peer {
+        IpAddr::V4(_) => (b"", b""),
+        IpAddr::V6(_) => (b"\"[", b"]\""),
+    };
+    // A host that is no token is quoted, any `"` or `\` in it dropped.
+    let (host_open, host, host_close): (&[u8], Cow<'_, [u8]>, &[u8]) = match &fwd_host {
+        Some(host) if is_token(host) => (b";host=", Cow::Borrowed(host.as_bytes()), b""),
+        Some(host) if host.contains(['"', '\\']) => (
+            b";host=\"",
+            Cow::Owned(
+                host.bytes()
+                    .filter(|b| !matches!(b, b'"' | b'\\'))
+                    .collect(),
+            ),
+            b"\"",
+        ),
+        Some(host) => (b";host=\"", Cow::Borrowed(host.as_bytes()), b"\""),
+        None => (b"", Cow::Borrowed(b""), b""),
+    };
+    let element = exact_value(&[
+        prev,
+        sep,
+        b"for=",
+        ip_open,
+        peer,
+        ip_close,
+        b";proto=",
+        proto.as_bytes(),
+        host_open,
+        &host,
+        host_close,
+    ]);
+    if let Some(v) = element {
         headers.insert(header::FORWARDED, v);
     }
+}
+
+/// `pieces` joined as a header value, in one allocation of exactly its
+/// length: `Bytes` from a `Vec` with room to spare allocates a second time.
+fn exact_value(pieces: &[&[u8]]) -> Option<HeaderValue> {
+    let mut out = Vec::with_capacity(pieces.iter().map(|p| p.len()).sum());
+    for piece in pieces {
+        out.extend_from_slice(piece);
+    }
+    HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
 }
 
 /// What a trusted proxy's `Forwarded` says: the `for=` addresses in order
@@ -452,7 +467,11 @@ impl IpText {
     }
 
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+        std::str::from_utf8(self.as_bytes()).unwrap_or("")
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
@@ -476,11 +495,6 @@ fn join_values(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
         }
     }
     out
-}
-
-/// A header value from bytes steer built (validated, not copied again).
-fn value(bytes: Bytes) -> Option<HeaderValue> {
-    HeaderValue::from_maybe_shared(bytes).ok()
 }
 
 /// A route's `request_headers` / `response_headers`: removes first, then sets.

@@ -154,7 +154,7 @@ async fn proxy(
     table: &Table,
     conn: &ConnInfo,
     mut req: Request<Inbound>,
-    raw_host: Result<Option<String>, ProxyError>,
+    raw_host: Result<Option<HeaderValue>, ProxyError>,
     request_id: &HeaderValue,
     outcome: &mut Outcome,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -182,7 +182,10 @@ async fn proxy(
         websocket_connect(table, &mut req)?;
     }
     let raw_host = raw_host?;
-    let host = raw_host.as_deref().map(routing::normalize_host);
+    let host = raw_host
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .map(routing::normalize_host);
     // RFC 9110 §15.5.20: a host the connection's certificate does not
     // cover was meant for another connection (HTTP/2 reuse); 421 makes
     // the client open a new one.
@@ -234,7 +237,7 @@ async fn proxy(
         trusted,
         via: table.proxy.client_ip_header,
         tls: conn.tls,
-        host: raw_host.as_deref(),
+        host: raw_host.as_ref(),
     };
     forward(
         shared,
@@ -554,7 +557,7 @@ fn aim(
     let invalid = |_| ProxyError::BadRequest("invalid authority");
     let host = match hop.host {
         Some(h) if parts.uri.authority().is_some() || !parts.headers.contains_key(header::HOST) => {
-            Some(HeaderValue::from_str(h).map_err(invalid)?)
+            Some(h.clone())
         }
         Some(_) => None,
         None => Some(

@@ -18,13 +18,17 @@ use super::ProxyError;
 ///   `:authority`: 400 (RFC 9113 §8.3.1).
 /// - HTTP/1.1 absolute-form: the target's authority wins over `Host`
 ///   (RFC 9112 §3.2.2), so `hosts` conditions cannot be sidestepped.
-pub(crate) fn client_host<B>(req: &Request<B>) -> Result<Option<String>, ProxyError> {
+///
+/// The host comes back as a field value, so that what is forwarded (the
+/// upstream's Host, `X-Forwarded-Host`) is the same bytes, shared, not
+/// copied; its text is visible ASCII (`valid_authority`).
+pub(crate) fn client_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, ProxyError> {
     let mut fields = req.headers().get_all(header::HOST).iter();
-    let host = fields.next();
+    let field = fields.next();
     if fields.next().is_some() {
         return Err(ProxyError::BadRequest("more than one Host field"));
     }
-    let host = host
+    let host = field
         .map(|v| {
             v.to_str()
                 .map_err(|_| ProxyError::BadRequest("Host is not valid text"))
@@ -32,10 +36,9 @@ pub(crate) fn client_host<B>(req: &Request<B>) -> Result<Option<String>, ProxyEr
         .transpose()?;
     if let Some(authority) = req.uri().authority() {
         let authority = authority.as_str();
+        let invalid = ProxyError::BadRequest("the request's authority is not a valid host[:port]");
         if !valid_authority(authority) {
-            return Err(ProxyError::BadRequest(
-                "the request's authority is not a valid host[:port]",
-            ));
+            return Err(invalid);
         }
         if req.version() == Version::HTTP_2
             && let Some(h) = host
@@ -43,15 +46,17 @@ pub(crate) fn client_host<B>(req: &Request<B>) -> Result<Option<String>, ProxyEr
         {
             return Err(ProxyError::BadRequest("Host does not match :authority"));
         }
-        return Ok(Some(authority.to_owned()));
+        return HeaderValue::from_str(authority)
+            .map(Some)
+            .map_err(|_| invalid);
     }
-    match host {
-        None if req.version() == Version::HTTP_11 => {
+    match (field, host) {
+        (None, _) if req.version() == Version::HTTP_11 => {
             Err(ProxyError::BadRequest("HTTP/1.1 request without Host"))
         }
-        None => Ok(None),
-        Some(h) if valid_authority(h) => Ok(Some(h.to_owned())),
-        Some(_) => Err(ProxyError::BadRequest("Host is not a valid host[:port]")),
+        (Some(field), Some(h)) if valid_authority(h) => Ok(Some(field.clone())),
+        (Some(_), _) => Err(ProxyError::BadRequest("Host is not a valid host[:port]")),
+        (None, _) => Ok(None),
     }
 }
 
@@ -233,13 +238,13 @@ mod tests {
         let r = req(Version::HTTP_2, "https://a.example/", &["b.example"]);
         assert!(client_host(&r).is_err());
         let r = req(Version::HTTP_2, "https://a.example/", &["A.example"]);
-        assert_eq!(client_host(&r).unwrap().as_deref(), Some("a.example"));
+        assert_eq!(client_host(&r).unwrap().unwrap(), "a.example");
     }
 
     #[test]
     fn absolute_form_authority_wins_over_host() {
         let r = req(Version::HTTP_11, "http://a.example/x", &["b.example"]);
-        assert_eq!(client_host(&r).unwrap().as_deref(), Some("a.example"));
+        assert_eq!(client_host(&r).unwrap().unwrap(), "a.example");
     }
 
     #[test]

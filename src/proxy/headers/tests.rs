@@ -8,13 +8,15 @@ fn map(pairs: &[(&'static str, &str)]) -> HeaderMap {
     h
 }
 
+static AUTH: HeaderValue = HeaderValue::from_static("auth.example.com");
+
 fn hop(trusted: bool) -> Hop<'static> {
     Hop {
         peer: "192.0.2.7".parse().unwrap(),
         trusted,
         via: crate::config::ClientIpHeader::XForwardedFor,
         tls: false,
-        host: Some("auth.example.com"),
+        host: Some(&AUTH),
     }
 }
 
@@ -106,7 +108,7 @@ fn forwarded_element_follows_a_trusted_load_balancers_scheme_and_host() {
         trusted: true,
         via: crate::config::ClientIpHeader::XForwardedFor,
         tls: false,
-        host: Some("steer.internal:8080"),
+        host: Some(&HeaderValue::from_static("steer.internal:8080")),
     };
     apply_forwarding(&mut h, &hop);
     assert_eq!(
@@ -124,7 +126,7 @@ fn forwarded_quotes_ipv6_and_ported_hosts() {
         trusted: false,
         via: crate::config::ClientIpHeader::XForwardedFor,
         tls: true,
-        host: Some("auth.example.com:8443"),
+        host: Some(&HeaderValue::from_static("auth.example.com:8443")),
     };
     apply_forwarding(&mut h, &hop);
     assert_eq!(
