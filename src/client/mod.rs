@@ -336,6 +336,12 @@ impl Pool {
     /// HTTP/2, http1 upstreams HTTP/1.1, https upstreams what ALPN settles;
     /// upgrades always go over HTTP/1.1. When the request never left steer
     /// the error hands it back, so it can go elsewhere with its body intact.
+    ///
+    /// Only the common request, on a pooled HTTP/1.1 connection, is
+    /// awaited in place; every other way is boxed. This future is part of
+    /// every future above it (the retry loop, the request path, the
+    /// connection's), each moved whole at least once a request: its size
+    /// is paid several times over, a box once.
     pub async fn send(&self, dial: Dial<'_>, req: Request<ReqBody>) -> Result<Sent, Failed> {
         if req.headers().contains_key(header::UPGRADE) {
             return Box::pin(send_upgrade(dial, req)).await;
@@ -343,7 +349,7 @@ impl Pool {
         let wants_h2 = dial.protocol != Protocol::Http1;
         let mut req = req;
         if wants_h2 && let Some(sender) = self.live_h2() {
-            match send_h2(sender, dial, req).await {
+            match Box::pin(send_h2(sender, dial, req)).await {
                 // The shared connection could take no new stream (it went
                 // away, or closed, before its task noticed): nothing was
                 // sent, and a new connection to the same endpoint is safe.
@@ -368,13 +374,23 @@ impl Pool {
                 other => return other.map(Sent::h1),
             }
         }
-        // Boxed: a connect (TCP, TLS handshake, HTTP handshake) is kilobytes
-        // of future state that every request would otherwise carry and copy.
+        Box::pin(self.send_fresh(dial, wants_h2, req)).await
+    }
+
+    /// Sends `req` on a new connection (a connect is kilobytes of future
+    /// state: TCP, TLS handshake, HTTP handshake), or on the shared
+    /// HTTP/2 connection another request opened meanwhile.
+    async fn send_fresh(
+        &self,
+        dial: Dial<'_>,
+        wants_h2: bool,
+        req: Request<ReqBody>,
+    ) -> Result<Sent, Failed> {
         let fresh = if wants_h2 {
             // h2c, or https where ALPN may settle on h2: one shared connection.
-            Box::pin(self.shared_h2(dial)).await
+            self.shared_h2(dial).await
         } else {
-            Box::pin(connect(dial, false)).await
+            connect(dial, false).await
         };
         match fresh {
             Err(error) => Err(Failed {
