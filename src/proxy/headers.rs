@@ -12,17 +12,51 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{ClientIpHeader, HeaderRules};
 
+/// Header names each field of a message is looked up in. Most fields are
+/// in no set: their length, one bit per length, turns them away before
+/// any name is compared.
+pub(crate) struct NameSet<const N: usize> {
+    names: [HeaderName; N],
+    lengths: u32,
+}
+
+/// A `NameSet` of lower-case names shorter than 32 bytes (a longer one
+/// does not compile: the shift overflows).
+macro_rules! name_set {
+    ($($name:literal),* $(,)?) => {
+        NameSet {
+            names: [$(HeaderName::from_static($name)),*],
+            lengths: 0 $(| 1 << $name.len())*,
+        }
+    };
+}
+
+impl<const N: usize> NameSet<N> {
+    /// `name`'s index in the set.
+    fn position(&self, name: &HeaderName) -> Option<usize> {
+        let len = name.as_str().len();
+        if len >= 32 || self.lengths & (1 << len) == 0 {
+            return None;
+        }
+        self.names.iter().position(|n| n == name)
+    }
+
+    fn contains(&self, name: &HeaderName) -> bool {
+        self.position(name).is_some()
+    }
+}
+
 /// Forwarding headers removed from clients that are not trusted proxies.
-static FORWARDING_NAMES: [HeaderName; 9] = [
-    header::FORWARDED,
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-real-ip"),
-    HeaderName::from_static("x-zitadel-forwarded"),
-    HeaderName::from_static("x-zitadel-instance-host"),
-    HeaderName::from_static("x-zitadel-public-host"),
+static FORWARDING_NAMES: NameSet<9> = name_set![
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-real-ip",
+    "x-zitadel-forwarded",
+    "x-zitadel-instance-host",
+    "x-zitadel-public-host",
 ];
 
 const FWD_FORWARDED: usize = 0;
@@ -33,15 +67,15 @@ const FWD_XFP: usize = 3;
 const X_FORWARDED_FAMILY: u32 = 0b11_1110;
 
 /// RFC 9110 §7.6.1 hop-by-hop fields, plus the legacy `proxy-connection`.
-static HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
+static HOP_BY_HOP: NameSet<8> = name_set![
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
 ];
 const HOP_CONNECTION: usize = 0;
 const HOP_TE: usize = 5;
@@ -106,7 +140,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let mut present = 0u32;
     let mut has_upgrade = false;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+        if let Some(i) = HOP_BY_HOP.position(name) {
             present |= 1 << i;
         } else if name == header::UPGRADE {
             has_upgrade = true;
@@ -141,7 +175,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             }
         }
     }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+    for (i, name) in HOP_BY_HOP.names.iter().enumerate() {
         if i != HOP_CONNECTION && present & (1 << i) != 0 {
             headers.remove(name);
         }
@@ -206,7 +240,7 @@ pub fn apply_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
     // FORWARDING_NAMES: one pass instead of a hashed lookup per name.
     let mut present = 0u32;
     for name in headers.keys() {
-        if let Some(i) = FORWARDING_NAMES.iter().position(|h| h == name) {
+        if let Some(i) = FORWARDING_NAMES.position(name) {
             present |= 1 << i;
         }
     }
@@ -220,7 +254,7 @@ pub fn apply_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
             (true, ClientIpHeader::Forwarded) => X_FORWARDED_FAMILY,
         };
     if forged != 0 {
-        for (i, name) in FORWARDING_NAMES.iter().enumerate() {
+        for (i, name) in FORWARDING_NAMES.names.iter().enumerate() {
             if forged & (1 << i) != 0 {
                 headers.remove(name);
             }
@@ -475,11 +509,27 @@ impl IpText {
     }
 }
 
-/// RFC 7230 token characters: such a value needs no quotes in `Forwarded`.
+/// RFC 9110 §5.6.2 token characters: such a value needs no quotes in
+/// `Forwarded`.
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    static TOKEN: [bool; 256] = byte_class(b"!#$%&'*+-.^_`|~");
+    !s.is_empty() && s.bytes().all(|b| TOKEN[usize::from(b)])
+}
+
+/// A table of the bytes that are ASCII letters, digits or in `extra`.
+pub(crate) const fn byte_class(extra: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    table
 }
 
 fn join_values(headers: &HeaderMap, name: &HeaderName) -> Option<String> {

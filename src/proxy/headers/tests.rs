@@ -264,3 +264,27 @@ fn socket_text_matches_display() {
         assert_eq!(IpText::socket(addr).as_str(), addr.to_string());
     }
 }
+
+#[test]
+fn name_sets_find_their_names_as_parsed_and_no_others() {
+    fn check<const N: usize>(set: &NameSet<N>, others: &[&str]) {
+        for (i, name) in set.names.iter().enumerate() {
+            let parsed = HeaderName::from_bytes(name.as_str().to_ascii_uppercase().as_bytes());
+            assert_eq!(set.position(&parsed.unwrap()), Some(i), "{name}");
+        }
+        for other in others {
+            let other = HeaderName::from_bytes(other.as_bytes()).unwrap();
+            assert_eq!(set.position(&other), None, "{other}");
+        }
+    }
+    // Same lengths as names in the sets, and common names.
+    let others = [
+        "user-agent",
+        "accept-encoding",
+        "upgrade",
+        "host",
+        "x-forwarded-prot",
+    ];
+    check(&HOP_BY_HOP, &others);
+    check(&FORWARDING_NAMES, &others);
+}
