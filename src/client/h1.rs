@@ -610,6 +610,17 @@ struct Head {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+    framing: FramingFields,
+}
+
+/// Which of the fields that decide a body's framing (RFC 9112 §6.3) a
+/// head has, noted as it is parsed: `H1Body::new` looks up only those it
+/// has, not each of them in the map.
+#[derive(Debug, Default, Clone, Copy)]
+struct FramingFields {
+    connection: bool,
+    transfer_encoding: bool,
+    content_length: bool,
 }
 
 /// Sends `req` on `conn` (`reused`: it carried an exchange before) and
@@ -811,8 +822,15 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
     let head = Bytes::copy_from_slice(&buf[..len]);
     let base = buf.as_ptr() as usize;
     let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    let mut framing = FramingFields::default();
     for f in parsed.headers.iter() {
         let name = field_name(f.name.as_bytes()).map_err(|_| invalid("invalid field name"))?;
+        match name {
+            header::CONNECTION => framing.connection = true,
+            header::TRANSFER_ENCODING => framing.transfer_encoding = true,
+            header::CONTENT_LENGTH => framing.content_length = true,
+            _ => {}
+        }
         let start = f.value.as_ptr() as usize - base;
         let value = HeaderValue::from_maybe_shared(head.slice(start..start + f.value.len()))
             .map_err(|_| invalid("invalid field value"))?;
@@ -823,6 +841,7 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
         status,
         version,
         headers,
+        framing,
     }))
 }
 
@@ -872,22 +891,22 @@ impl H1Body {
         method: &Method,
         head: &Head,
     ) -> Result<H1Body, &'static str> {
-        let headers = &head.headers;
+        let (headers, has) = (&head.headers, head.framing);
         // An upstream that answered before it had the whole request may
         // close the connection once its answer is out (hyper's server does
         // when its handler left the body unread): not reused.
         let mut reusable = head.version == Version::HTTP_11
             && writer.is_none()
-            && !crate::proxy::headers::connection_has(headers, "close");
+            && !(has.connection && crate::proxy::headers::connection_has(headers, "close"));
         let framing = if *method == Method::HEAD
             || head.status == StatusCode::NO_CONTENT
             || head.status == StatusCode::NOT_MODIFIED
         {
             Framing::Length(0)
-        } else if headers.contains_key(header::TRANSFER_ENCODING) {
+        } else if has.transfer_encoding {
             // With both, chunked wins and the connection is not trusted with
             // another message (§6.3 item 3).
-            if headers.contains_key(header::CONTENT_LENGTH) {
+            if has.content_length {
                 reusable = false;
             }
             if last_coding_is_chunked(headers) {
@@ -896,7 +915,7 @@ impl H1Body {
                 reusable = false;
                 Framing::Close
             }
-        } else if headers.contains_key(header::CONTENT_LENGTH) {
+        } else if has.content_length {
             Framing::Length(
                 content_length(headers).ok_or("invalid content-length in the response")?,
             )

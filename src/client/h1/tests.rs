@@ -140,10 +140,11 @@ async fn interim_answers_are_skipped() {
 
 #[tokio::test]
 async fn connections_that_cannot_carry_another_exchange_do_not_come_back() {
-    let cases: [(&'static [u8], &[u8]); 4] = [
+    let cases: [(&'static [u8], &[u8]); 5] = [
         // Bytes after the announced body (response-queue poisoning).
         (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n", b"ok"),
         (b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok", b"ok"),
+        (b"HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 2\r\n\r\nok", b"ok"),
         // Both framings: chunked wins (RFC 9112 §6.3).
         (
             b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
