@@ -24,9 +24,9 @@ start_upstream() {
 }
 
 # write_routes: $work/routes.toml, listeners on free ports ($http,
-# $admin), no access log, one route to $up over ${PROTO:-http1}. With
-# TLS=1 also an HTTPS listener ($https) with a self-signed certificate
-# for localhost (needs openssl).
+# $admin), one route to $up over ${PROTO:-http1}, no access log (with
+# ACCESS=1 the JSON access log). With TLS=1 also an HTTPS listener
+# ($https) with a self-signed certificate for localhost (needs openssl).
 write_routes() {
   http="$(free_port)"; admin="$(free_port)"
   local https_listener="" certificates=""
@@ -52,7 +52,7 @@ shutdown_delay = "0s"
 drain_timeout = "0s"
 
 [log]
-access = false
+access = $([ "${ACCESS:-0}" = 1 ] && echo true || echo false)
 
 $certificates
 

@@ -11,6 +11,8 @@
 #   http1      HTTP/1.1 in, HTTP/1.1 out
 #   h2-tls     HTTP/2 over TLS in, HTTP/1.1 out
 #   h2-tls-h2c HTTP/2 over TLS in, h2c out (ZITADEL's shape)
+#   http1-log  http1 with the JSON access log on (as benches/load/run.sh
+#              runs every proxy)
 #
 # Usage: scripts/ci/instructions.sh [--update] [--requests N]
 #   --update   write the measured counts as the new baseline
@@ -51,7 +53,7 @@ measure() {
   local dir="$work/$name" tls=0 port
   mkdir -p "$dir"
   [ "$scheme" = https ] && tls=1
-  TLS="$tls" PROTO="$protocol" write_routes
+  ACCESS="${ACCESS:-0}" TLS="$tls" PROTO="$protocol" write_routes
   mv "$work/routes.toml" "$dir/routes.toml"
   port="$http"
   [ "$scheme" = https ] && port="$https"
@@ -80,6 +82,7 @@ declare -A now
 now[http1]="$(measure http1 http1 http)"
 now[h2-tls]="$(measure h2-tls http1 https)"
 now[h2-tls-h2c]="$(measure h2-tls-h2c h2c https)"
+now[http1-log]="$(ACCESS=1 measure http1-log http1 http)"
 
 if [ "$UPDATE" = 1 ]; then
   {
@@ -87,7 +90,7 @@ if [ "$UPDATE" = 1 ]; then
     echo "# requests over one connection, callgrind on target/release/steer"
     echo "# --workers 1). CI fails when a scenario exceeds its line by more"
     echo "# than $THRESHOLD_PERCENT %. Update with: scripts/ci/instructions.sh --update"
-    for s in http1 h2-tls h2-tls-h2c; do echo "$s ${now[$s]}"; done
+    for s in http1 h2-tls h2-tls-h2c http1-log; do echo "$s ${now[$s]}"; done
   } >"$BASELINE"
   echo "instructions: baseline written to $BASELINE"
   cat "$BASELINE"
