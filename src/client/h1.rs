@@ -629,49 +629,57 @@ struct FramingFields {
 /// have acted on it), or when it is idempotent, took no body frame, and a
 /// reused connection closed before any byte of an answer (RFC 9112 §9.3.1:
 /// the upstream closed an idle connection as the request went out).
-pub(super) async fn send(
+#[allow(clippy::manual_async_fn)]
+pub(super) fn send(
     mut conn: H1Conn,
     req: Request<ReqBody>,
     reused: bool,
-) -> Result<Response<H1Body>, Failed> {
-    let (parts, body) = req.into_parts();
-    let framing = request_framing(&parts, &body);
-    // One allocation for most heads; it is handed to the writer as is.
-    let mut head = Vec::with_capacity(HEAD_CAPACITY);
-    encode_head(&mut head, &parts, framing);
-    let mut writer = Writer::new(Bytes::from(head), body, framing);
-    let mut read_any = false;
-    let got = poll_fn(|cx| {
-        if !writer.failed
-            && let Poll::Ready(Err(e)) = writer.poll_progress(cx, &mut conn.io)
-            && writer.head_left > 0
-        {
-            return Poll::Ready(Err(e));
-        }
-        // Once the head is out, a failed write is not the end: an upstream
-        // that refuses a body (413, 401) answers, then stops reading.
-        poll_head(&mut conn, cx, &mut read_any)
-    })
-    .await;
-    let addr = conn.addr;
-    let head = match got {
-        Ok(head) => head,
-        Err(e) => {
-            let closed_early = reused
-                && !read_any
-                && parts.method.is_idempotent()
-                && matches!(
-                    e.kind(),
-                    io::ErrorKind::UnexpectedEof
-                        | io::ErrorKind::ConnectionReset
-                        | io::ErrorKind::BrokenPipe
-                );
-            let back = (!writer.polled && (writer.head_left > 0 || closed_early))
-                .then(|| writer.body.take().unwrap_or_else(ReqBody::empty))
-                .map(|body| Request::from_parts(parts, body));
-            let whole_at_once = writer.done && writer.writes == 1 && writer.written <= UNREAD_MAX;
-            let error =
-                if back.is_none() && !read_any && whole_at_once && reset_unread(&conn, &e).await {
+) -> impl Future<Output = Result<Response<H1Body>, Failed>> {
+    async move {
+        let (parts, body) = req.into_parts();
+        let framing = request_framing(&parts, &body);
+        // One allocation for most heads; it is handed to the writer as is.
+        let mut head = Vec::with_capacity(HEAD_CAPACITY);
+        encode_head(&mut head, &parts, framing);
+        let mut writer = Writer::new(Bytes::from(head), body, framing);
+        let mut read_any = false;
+        let got = poll_fn(|cx| {
+            if !writer.failed
+                && let Poll::Ready(Err(e)) = writer.poll_progress(cx, &mut conn.io)
+                && writer.head_left > 0
+            {
+                return Poll::Ready(Err(e));
+            }
+            // Once the head is out, a failed write is not the end: an upstream
+            // that refuses a body (413, 401) answers, then stops reading.
+            poll_head(&mut conn, cx, &mut read_any)
+        })
+        .await;
+        let addr = conn.addr;
+        let head = match got {
+            Ok(head) => head,
+            Err(e) => {
+                let closed_early = reused
+                    && !read_any
+                    && parts.method.is_idempotent()
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::UnexpectedEof
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::BrokenPipe
+                    );
+                let back = (!writer.polled && (writer.head_left > 0 || closed_early))
+                    .then(|| writer.body.take().unwrap_or_else(ReqBody::empty))
+                    .map(|body| Request::from_parts(parts, body));
+                let whole_at_once =
+                    writer.done && writer.writes == 1 && writer.written <= UNREAD_MAX;
+                // Boxed: only a failed exchange waits here, and its timer would
+                // otherwise be part of every request's future.
+                let error = if back.is_none()
+                    && !read_any
+                    && whole_at_once
+                    && Box::pin(reset_unread(&conn, &e)).await
+                {
                     ClientError::Unread {
                         addr,
                         reused,
@@ -683,25 +691,26 @@ pub(super) async fn send(
                         source: Box::new(e),
                     }
                 };
-            return Err(Failed {
-                error,
-                request: back,
-            });
-        }
-    };
-    let writer = (!writer.done).then(|| Box::new(writer));
-    let body = H1Body::new(conn, writer, &parts.method, &head).map_err(|reason| Failed {
-        error: ClientError::Broken {
-            addr,
-            source: reason.into(),
-        },
-        request: None,
-    })?;
-    let mut resp = Response::new(body);
-    *resp.status_mut() = head.status;
-    *resp.version_mut() = head.version;
-    *resp.headers_mut() = head.headers;
-    Ok(resp)
+                return Err(Failed {
+                    error,
+                    request: back,
+                });
+            }
+        };
+        let writer = (!writer.done).then(|| Box::new(writer));
+        let body = H1Body::new(conn, writer, &parts.method, &head).map_err(|reason| Failed {
+            error: ClientError::Broken {
+                addr,
+                source: reason.into(),
+            },
+            request: None,
+        })?;
+        let mut resp = Response::new(body);
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        Ok(resp)
+    }
 }
 
 /// Whether the upstream's application closed the connection with bytes of

@@ -342,39 +342,47 @@ impl Pool {
     /// every future above it (the retry loop, the request path, the
     /// connection's), each moved whole at least once a request: its size
     /// is paid several times over, a box once.
-    pub async fn send(&self, dial: Dial<'_>, req: Request<ReqBody>) -> Result<Sent, Failed> {
-        if req.headers().contains_key(header::UPGRADE) {
-            return Box::pin(send_upgrade(dial, req)).await;
-        }
-        let wants_h2 = dial.protocol != Protocol::Http1;
-        let mut req = req;
-        if wants_h2 && let Some(sender) = self.live_h2() {
-            match Box::pin(send_h2(sender, dial, req)).await {
-                // The shared connection could take no new stream (it went
-                // away, or closed, before its task noticed): nothing was
-                // sent, and a new connection to the same endpoint is safe.
-                Err(Failed {
-                    request: Some(back),
-                    ..
-                }) => req = back,
-                sent => return sent,
+    #[allow(clippy::manual_async_fn)]
+    pub fn send<'a>(
+        &'a self,
+        dial: Dial<'a>,
+        req: Request<ReqBody>,
+    ) -> impl Future<Output = Result<Sent, Failed>> + Send + 'a {
+        async move {
+            if req.headers().contains_key(header::UPGRADE) {
+                return Box::pin(send_upgrade(dial, req)).await;
             }
-        }
-        if dial.protocol != Protocol::H2c
-            && let Some(conn) = self
-                .take_h1(req.method().is_idempotent() && http_body::Body::is_end_stream(req.body()))
-        {
-            match h1::send(conn, req, true).await {
-                // The idle connection died before our request went out (the
-                // upstream closed it): a fresh one is safe.
-                Err(Failed {
-                    request: Some(back),
-                    error: ClientError::Broken { .. },
-                }) => req = back,
-                other => return other.map(Sent::h1),
+            let wants_h2 = dial.protocol != Protocol::Http1;
+            let mut req = req;
+            if wants_h2 && let Some(sender) = self.live_h2() {
+                match Box::pin(send_h2(sender, dial, req)).await {
+                    // The shared connection could take no new stream (it went
+                    // away, or closed, before its task noticed): nothing was
+                    // sent, and a new connection to the same endpoint is safe.
+                    Err(Failed {
+                        request: Some(back),
+                        ..
+                    }) => req = back,
+                    sent => return sent,
+                }
             }
+            if dial.protocol != Protocol::H2c
+                && let Some(conn) = self.take_h1(
+                    req.method().is_idempotent() && http_body::Body::is_end_stream(req.body()),
+                )
+            {
+                match h1::send(conn, req, true).await {
+                    // The idle connection died before our request went out (the
+                    // upstream closed it): a fresh one is safe.
+                    Err(Failed {
+                        request: Some(back),
+                        error: ClientError::Broken { .. },
+                    }) => req = back,
+                    other => return other.map(Sent::h1),
+                }
+            }
+            Box::pin(self.send_fresh(dial, wants_h2, req)).await
         }
-        Box::pin(self.send_fresh(dial, wants_h2, req)).await
     }
 
     /// Sends `req` on a new connection (a connect is kilobytes of future

@@ -65,78 +65,87 @@ pub struct ConnInfo {
 }
 
 /// Serves one request. Infallible: every failure is a response.
-pub async fn handle(
-    shared: &Shared,
-    conn: &ConnInfo,
+///
+/// This and the request path's other steps (`proxy`, `forward`) are not
+/// `async fn`s: an `async fn` keeps its arguments apart from the locals
+/// they are moved into (rust-lang/rust#62958), a second copy of the
+/// request in each step's future; an `async move` block uses what it
+/// captured.
+#[allow(clippy::manual_async_fn)]
+pub fn handle<'a>(
+    shared: &'a Shared,
+    conn: &'a ConnInfo,
     req: Request<Inbound>,
-) -> Response<ProxyBody> {
-    let started = Instant::now();
-    let table = shared.live.load_full();
-    let request_id = headers::request_id(req.headers());
-    let expects = Expects::of(&req);
-    // Parsed once: the access log and routing both need it.
-    let raw_host = request::client_host(&req);
-    // What the access log needs of the request, taken before it moves on.
-    let logged = table.log.access.then(|| {
-        (
-            req.method().clone(),
-            req.uri().clone(),
-            req.headers().get(header::HOST).cloned(),
-            access::trace_id(req.headers()),
+) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
+    async move {
+        let started = Instant::now();
+        let table = shared.live.load_full();
+        let request_id = headers::request_id(req.headers());
+        let expects = Expects::of(&req);
+        // Parsed once: the access log and routing both need it.
+        let raw_host = request::client_host(&req);
+        // What the access log needs of the request, taken before it moves on.
+        let logged = table.log.access.then(|| {
+            (
+                req.method().clone(),
+                req.uri().clone(),
+                req.headers().get(header::HOST).cloned(),
+                access::trace_id(req.headers()),
+            )
+        });
+        shared.retry_budget.record_request();
+        let mut outcome = Outcome::default();
+        let (mut resp, status) = match proxy(
+            shared,
+            &table,
+            conn,
+            req,
+            raw_host,
+            &request_id,
+            &mut outcome,
         )
-    });
-    shared.retry_budget.record_request();
-    let mut outcome = Outcome::default();
-    let (mut resp, status) = match proxy(
-        shared,
-        &table,
-        conn,
-        req,
-        raw_host,
-        &request_id,
-        &mut outcome,
-    )
-    .await
-    {
-        Ok(mut resp) => {
-            resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
-            let status = resp.status().as_u16();
-            (resp, status)
+        .await
+        {
+            Ok(mut resp) => {
+                resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
+                let status = resp.status().as_u16();
+                (resp, status)
+            }
+            // error_response sets the request id itself. Metrics and the
+            // access log count the status the error stands for, also when a
+            // gRPC client gets it as a grpc-status on a 200.
+            Err(err) => (
+                error_response(&err, &request_id, expects),
+                err.status().as_u16(),
+            ),
+        };
+        if expects.http1
+            && conn.closing.load(std::sync::atomic::Ordering::Relaxed)
+            && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        // error_response sets the request id itself. Metrics and the
-        // access log count the status the error stands for, also when a
-        // gRPC client gets it as a grpc-status on a 200.
-        Err(err) => (
-            error_response(&err, &request_id, expects),
-            err.status().as_u16(),
-        ),
-    };
-    if expects.http1
-        && conn.closing.load(std::sync::atomic::Ordering::Relaxed)
-        && resp.status() != StatusCode::SWITCHING_PROTOCOLS
-    {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        table
+            .metrics
+            .record(outcome.route, outcome.upstream, status, started.elapsed());
+        if let Some((method, uri, host, trace_id)) = logged {
+            // Written when the body ends (or right away for steer's own answers).
+            resp.body_mut().attach_access(Box::new(Access {
+                table,
+                start: started,
+                method,
+                uri,
+                host,
+                request_id,
+                trace_id,
+                outcome,
+                status,
+                bytes: 0,
+            }));
+        }
+        resp
     }
-    table
-        .metrics
-        .record(outcome.route, outcome.upstream, status, started.elapsed());
-    if let Some((method, uri, host, trace_id)) = logged {
-        // Written when the body ends (or right away for steer's own answers).
-        resp.body_mut().attach_access(Box::new(Access {
-            table,
-            start: started,
-            method,
-            uri,
-            host,
-            request_id,
-            trace_id,
-            outcome,
-            status,
-            bytes: 0,
-        }));
-    }
-    resp
 }
 
 /// Which route, upstream and endpoint a request used (metrics and logs).
@@ -149,107 +158,110 @@ pub(crate) struct Outcome {
     pub(crate) retries: u32,
 }
 
-async fn proxy(
-    shared: &Shared,
-    table: &Table,
-    conn: &ConnInfo,
+#[allow(clippy::manual_async_fn)]
+fn proxy<'a>(
+    shared: &'a Shared,
+    table: &'a Table,
+    conn: &'a ConnInfo,
     mut req: Request<Inbound>,
     raw_host: Result<Option<HeaderValue>, ProxyError>,
-    request_id: &HeaderValue,
-    outcome: &mut Outcome,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    check_limits(table, &req)?;
-    if req.version() < Version::HTTP_2 {
-        request::check_framing(req.headers())?;
-    }
-    // Gone before routing too: no condition or rate-limit key sees them.
-    if !table.proxy.underscores_in_headers {
-        request::drop_underscored(req.headers_mut());
-    }
-    // Only steer says which certificate a client proved it holds (Envoy's
-    // `sanitize_set`): a client's own copy is gone before routing, so a
-    // header condition on it sees only what the handshake verified.
-    let xfcc = crate::tls::X_FORWARDED_CLIENT_CERT;
-    match &conn.client_cert {
-        Some(cert) => {
-            req.headers_mut().insert(xfcc, cert.clone());
+    request_id: &'a HeaderValue,
+    outcome: &'a mut Outcome,
+) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + 'a {
+    async move {
+        check_limits(table, &req)?;
+        if req.version() < Version::HTTP_2 {
+            request::check_framing(req.headers())?;
         }
-        None => {
-            req.headers_mut().remove(xfcc);
+        // Gone before routing too: no condition or rate-limit key sees them.
+        if !table.proxy.underscores_in_headers {
+            request::drop_underscored(req.headers_mut());
         }
-    }
-    if req.method() == http::Method::CONNECT {
-        websocket_connect(table, &mut req)?;
-    }
-    let raw_host = raw_host?;
-    let host = raw_host
-        .as_ref()
-        .and_then(|v| v.to_str().ok())
-        .map(routing::normalize_host);
-    // RFC 9110 §15.5.20: a host the connection's certificate does not
-    // cover was meant for another connection (HTTP/2 reuse); 421 makes
-    // the client open a new one.
-    if let (Some(names), Some(h)) = (&conn.tls_names, host.as_deref())
-        && !request::covered(names, h)
-    {
-        return Err(ProxyError::Misdirected);
-    }
-    let trusted = routing::client_ip_trusted(conn.peer.ip(), &table.proxy.trusted_proxies);
-    let client_ip = routing::resolve_client_ip(
-        conn.peer.ip(),
-        req.headers(),
-        &table.proxy.trusted_proxies,
-        table.proxy.client_ip_header,
-    );
-    outcome.client_ip = Some(client_ip);
-    let view = RequestView {
-        method: req.method(),
-        host: host.as_deref(),
-        path: req.uri().path(),
-        query: req.uri().query(),
-        headers: req.headers(),
-        client_ip,
-    };
-    let route = table.routes.select(&view).ok_or(ProxyError::NoRoute)?;
-    outcome.route = Some(route.index);
-    if let Some(limiter) = table.limiters.get(route.index).and_then(Option::as_ref) {
-        let ip_text;
-        let key = match &limiter.spec.key {
-            crate::config::RateKey::ClientIp => {
-                ip_text = headers::IpText::new(client_ip);
-                ip_text.as_str()
+        // Only steer says which certificate a client proved it holds (Envoy's
+        // `sanitize_set`): a client's own copy is gone before routing, so a
+        // header condition on it sees only what the handshake verified.
+        let xfcc = crate::tls::X_FORWARDED_CLIENT_CERT;
+        match &conn.client_cert {
+            Some(cert) => {
+                req.headers_mut().insert(xfcc, cert.clone());
             }
-            crate::config::RateKey::Header(h) => req
-                .headers()
-                .get(h)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(""),
-        };
-        if let ratelimit::Verdict::Limit(secs) = limiter.check(key, Instant::now()) {
-            shared.metrics.rate_limited(&route.spec.name);
-            return Err(ProxyError::TooManyRequests(secs));
+            None => {
+                req.headers_mut().remove(xfcc);
+            }
         }
+        if req.method() == http::Method::CONNECT {
+            websocket_connect(table, &mut req)?;
+        }
+        let raw_host = raw_host?;
+        let host = raw_host
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .map(routing::normalize_host);
+        // RFC 9110 §15.5.20: a host the connection's certificate does not
+        // cover was meant for another connection (HTTP/2 reuse); 421 makes
+        // the client open a new one.
+        if let (Some(names), Some(h)) = (&conn.tls_names, host.as_deref())
+            && !request::covered(names, h)
+        {
+            return Err(ProxyError::Misdirected);
+        }
+        let trusted = routing::client_ip_trusted(conn.peer.ip(), &table.proxy.trusted_proxies);
+        let client_ip = routing::resolve_client_ip(
+            conn.peer.ip(),
+            req.headers(),
+            &table.proxy.trusted_proxies,
+            table.proxy.client_ip_header,
+        );
+        outcome.client_ip = Some(client_ip);
+        let view = RequestView {
+            method: req.method(),
+            host: host.as_deref(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+            client_ip,
+        };
+        let route = table.routes.select(&view).ok_or(ProxyError::NoRoute)?;
+        outcome.route = Some(route.index);
+        if let Some(limiter) = table.limiters.get(route.index).and_then(Option::as_ref) {
+            let ip_text;
+            let key = match &limiter.spec.key {
+                crate::config::RateKey::ClientIp => {
+                    ip_text = headers::IpText::new(client_ip);
+                    ip_text.as_str()
+                }
+                crate::config::RateKey::Header(h) => req
+                    .headers()
+                    .get(h)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(""),
+            };
+            if let ratelimit::Verdict::Limit(secs) = limiter.check(key, Instant::now()) {
+                shared.metrics.rate_limited(&route.spec.name);
+                return Err(ProxyError::TooManyRequests(secs));
+            }
+        }
+        let (upstream_index, endpoint) = choose(table, route, &[])?;
+        outcome.upstream = Some(upstream_index);
+        let hop = Hop {
+            peer: conn.peer.ip(),
+            trusted,
+            via: table.proxy.client_ip_header,
+            tls: conn.tls,
+            host: raw_host.as_ref(),
+        };
+        forward(
+            shared,
+            table,
+            route,
+            (upstream_index, endpoint),
+            req,
+            &hop,
+            request_id,
+            outcome,
+        )
+        .await
     }
-    let (upstream_index, endpoint) = choose(table, route, &[])?;
-    outcome.upstream = Some(upstream_index);
-    let hop = Hop {
-        peer: conn.peer.ip(),
-        trusted,
-        via: table.proxy.client_ip_header,
-        tls: conn.tls,
-        host: raw_host.as_ref(),
-    };
-    forward(
-        shared,
-        table,
-        route,
-        (upstream_index, endpoint),
-        req,
-        &hop,
-        request_id,
-        outcome,
-    )
-    .await
 }
 
 /// RFC 8441: an extended CONNECT for a WebSocket goes on as the GET that
@@ -442,7 +454,10 @@ struct Prepared {
     client_upgrade: Option<ClientUpgrade>,
     fault: Arc<Fault>,
     /// Set when there is somewhere else to send the request.
-    resend: Option<resend::Resend>,
+    /// Boxed: a copy of the head is ~230 bytes that the retry loop's
+    /// future (copied whole into each future above it) would otherwise
+    /// hold for every request, also those with nowhere else to go.
+    resend: Option<Box<resend::Resend>>,
 }
 
 /// Rewrites the head (hop-by-hop, cookies, upgrade, forwarding
@@ -521,7 +536,7 @@ fn prepare(
         (ReqBody::Client(source), None)
     };
     let request = Request::from_parts(parts, body);
-    let resend = elsewhere.then(|| resend::Resend::new(&request, kept));
+    let resend = elsewhere.then(|| Box::new(resend::Resend::new(&request, kept)));
     Ok(Prepared {
         request,
         aim,
@@ -572,87 +587,89 @@ fn aim(
 
 /// Sends the request to `first`, and on a failure that allows it, again
 /// elsewhere (`resend`), within `request_timeout` and the retry budget.
-#[allow(clippy::too_many_arguments)]
-async fn forward(
-    shared: &Shared,
-    table: &Table,
-    route: &Route,
-    first: (usize, &Arc<Endpoint>),
+#[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+fn forward<'a>(
+    shared: &'a Shared,
+    table: &'a Table,
+    route: &'a Route,
+    first: (usize, &'a Arc<Endpoint>),
     req: Request<Inbound>,
-    hop: &Hop<'_>,
-    request_id: &HeaderValue,
-    outcome: &mut Outcome,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let Prepared {
-        mut request,
-        aim,
-        client_upgrade,
-        fault,
-        resend,
-    } = prepare(table, route, first, req, hop, request_id)?;
-    let deadline = tokio::time::Instant::now() + table.proxy.request_timeout;
-    let (mut upstream_index, mut endpoint) = first;
-    let mut tried: Vec<Arc<Endpoint>> = Vec::new();
-    let mut retries = 0;
-    loop {
-        let upstream = &table.upstreams[upstream_index];
-        outcome.upstream = Some(upstream_index);
-        outcome.endpoint = Some(endpoint.addr);
-        aim.apply(&mut request);
-        let guard = InFlight::new(endpoint.clone());
-        let send = endpoint
-            .pool
-            .send(endpoint.dial(table.proxy.connect_timeout), request);
-        let failed = match tokio::time::timeout_at(deadline, send).await {
-            Err(_) => {
-                ramp_attempt(shared, table, route, upstream_index, true);
-                return Err(ProxyError::Timeout(table.proxy.request_timeout));
-            }
-            Ok(Ok(sent)) => {
-                let server_error = sent.response.status().is_server_error();
-                ramp_attempt(shared, table, route, upstream_index, server_error);
-                if upstream.health.is_none() {
-                    endpoint.record_passive_success();
+    hop: &'a Hop<'a>,
+    request_id: &'a HeaderValue,
+    outcome: &'a mut Outcome,
+) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> + 'a {
+    async move {
+        let Prepared {
+            mut request,
+            aim,
+            client_upgrade,
+            fault,
+            resend,
+        } = prepare(table, route, first, req, hop, request_id)?;
+        let deadline = tokio::time::Instant::now() + table.proxy.request_timeout;
+        let (mut upstream_index, mut endpoint) = first;
+        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+        let mut retries = 0;
+        loop {
+            let upstream = &table.upstreams[upstream_index];
+            outcome.upstream = Some(upstream_index);
+            outcome.endpoint = Some(endpoint.addr);
+            aim.apply(&mut request);
+            let guard = InFlight::new(endpoint.clone());
+            let send = endpoint
+                .pool
+                .send(endpoint.dial(table.proxy.connect_timeout), request);
+            let failed = match tokio::time::timeout_at(deadline, send).await {
+                Err(_) => {
+                    ramp_attempt(shared, table, route, upstream_index, true);
+                    return Err(ProxyError::Timeout(table.proxy.request_timeout));
                 }
-                let finished = Finished {
-                    guard,
-                    request: fault,
-                    resets: table.metrics.stream_resets(upstream_index),
-                };
-                return respond(sent, table, route, client_upgrade, finished);
+                Ok(Ok(sent)) => {
+                    let server_error = sent.response.status().is_server_error();
+                    ramp_attempt(shared, table, route, upstream_index, server_error);
+                    if upstream.health.is_none() {
+                        endpoint.record_passive_success();
+                    }
+                    let finished = Finished {
+                        guard,
+                        request: fault,
+                        resets: table.metrics.stream_resets(upstream_index),
+                    };
+                    return respond(sent, table, route, client_upgrade, finished);
+                }
+                Ok(Err(failed)) => failed,
+            };
+            drop(guard);
+            // The client's side failed (our max_body, or a malformed body):
+            // not the upstream's fault, and nothing to retry.
+            if fault.too_large() {
+                return Err(ProxyError::BodyTooLarge);
             }
-            Ok(Err(failed)) => failed,
-        };
-        drop(guard);
-        // The client's side failed (our max_body, or a malformed body):
-        // not the upstream's fault, and nothing to retry.
-        if fault.too_large() {
-            return Err(ProxyError::BodyTooLarge);
-        }
-        if fault.malformed() {
-            return Err(ProxyError::BadRequest("malformed request body"));
-        }
-        ramp_attempt(shared, table, route, upstream_index, true);
-        let error = failed.error;
-        let unprocessed = failed.request.is_some() || error.unprocessed();
-        blame(endpoint, upstream, &error, unprocessed);
-        tracing::debug!(request_id = ?request_id, endpoint = %endpoint.addr, error = %error, unprocessed, "upstream attempt failed");
-        tried.push(endpoint.clone());
-        let again = failed
-            .request
-            .or_else(|| resend.as_ref()?.again(unprocessed));
-        let limit = if unprocessed { MAX_RETRIES } else { 1 };
-        let next = resend::next_target(table, route, upstream_index, &tried);
-        match (again, next) {
-            (Some(req), Some(next)) if retries < limit && shared.retry_budget.try_retry() => {
-                retries += 1;
-                outcome.retries = retries;
-                shared.metrics.retries(&upstream.name).inc();
-                request = req;
-                (upstream_index, endpoint) = next;
+            if fault.malformed() {
+                return Err(ProxyError::BadRequest("malformed request body"));
             }
-            _ if error.not_sent() => return Err(ProxyError::Connect(error)),
-            _ => return Err(ProxyError::Broken(error)),
+            ramp_attempt(shared, table, route, upstream_index, true);
+            let error = failed.error;
+            let unprocessed = failed.request.is_some() || error.unprocessed();
+            blame(endpoint, upstream, &error, unprocessed);
+            tracing::debug!(request_id = ?request_id, endpoint = %endpoint.addr, error = %error, unprocessed, "upstream attempt failed");
+            tried.push(endpoint.clone());
+            let again = failed
+                .request
+                .or_else(|| resend.as_ref()?.again(unprocessed));
+            let limit = if unprocessed { MAX_RETRIES } else { 1 };
+            let next = resend::next_target(table, route, upstream_index, &tried);
+            match (again, next) {
+                (Some(req), Some(next)) if retries < limit && shared.retry_budget.try_retry() => {
+                    retries += 1;
+                    outcome.retries = retries;
+                    shared.metrics.retries(&upstream.name).inc();
+                    request = req;
+                    (upstream_index, endpoint) = next;
+                }
+                _ if error.not_sent() => return Err(ProxyError::Connect(error)),
+                _ => return Err(ProxyError::Broken(error)),
+            }
         }
     }
 }

@@ -328,42 +328,48 @@ fn body_len(body: &ProxyBody) -> BodyLen {
 /// connection must close after it.
 /// `watch`: whether a client that closes cancels the exchange (see
 /// `client_gone`).
-async fn exchange<S: Parkable>(
-    stream: &mut S,
-    ctx: &ConnCtx,
+#[allow(clippy::manual_async_fn)]
+fn exchange<'a, S: Parkable>(
+    stream: &'a mut S,
+    ctx: &'a ConnCtx,
     req: Request<Inbound>,
     asked_close: bool,
     watch: bool,
-) -> io::Result<bool> {
-    let head_only = req.method() == Method::HEAD;
-    let resp = tokio::select! {
-        biased;
-        resp = proxy::handle(&ctx.shared, &ctx.info, req) => resp,
-        () = client_gone(stream), if watch => return Ok(false),
-    };
-    let keep_alive = !asked_close && !*ctx.finish.borrow();
-    respond(stream, resp, head_only, keep_alive, watch).await
+) -> impl Future<Output = io::Result<bool>> + 'a {
+    async move {
+        let head_only = req.method() == Method::HEAD;
+        let resp = tokio::select! {
+            biased;
+            resp = proxy::handle(&ctx.shared, &ctx.info, req) => resp,
+            () = client_gone(stream), if watch => return Ok(false),
+        };
+        let keep_alive = !asked_close && !*ctx.finish.borrow();
+        respond(stream, resp, head_only, keep_alive, watch).await
+    }
 }
 
 /// Writes the response; false when the connection must close after it
 /// (asked for, or the body did not end as framed).
-async fn respond<S: Parkable>(
+#[allow(clippy::manual_async_fn)]
+fn respond<S: Parkable>(
     stream: &mut S,
     resp: Response<ProxyBody>,
     head_only: bool,
     keep_alive: bool,
     watch: bool,
-) -> io::Result<bool> {
-    let (mut parts, mut body) = resp.into_parts();
-    let mut out = Vec::with_capacity(HEAD_CAPACITY);
-    let len = body_len(&body);
-    let Some((framing, last)) = encode_head(&mut out, &mut parts, len, head_only, keep_alive)
-    else {
-        return Ok(false);
-    };
-    drop(parts);
-    let whole = send_body(stream, &mut out, &mut body, framing, watch).await?;
-    Ok(whole && !last)
+) -> impl Future<Output = io::Result<bool>> {
+    async move {
+        let (mut parts, mut body) = resp.into_parts();
+        let mut out = Vec::with_capacity(HEAD_CAPACITY);
+        let len = body_len(&body);
+        let Some((framing, last)) = encode_head(&mut out, &mut parts, len, head_only, keep_alive)
+        else {
+            return Ok(false);
+        };
+        drop(parts);
+        let whole = send_body(stream, &mut out, &mut body, framing, watch).await?;
+        Ok(whole && !last)
+    }
 }
 
 /// The response head, by hyper's rules (see the module docs): how the
