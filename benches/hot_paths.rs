@@ -82,12 +82,13 @@ fn headers_forwarding(c: &mut Criterion) {
     ] {
         base.insert(k, HeaderValue::from_static(v));
     }
+    let host = HeaderValue::from_static("auth.example.com");
     let hop = Hop {
         peer: [192, 0, 2, 7].into(),
         trusted: false,
         via: steer::config::ClientIpHeader::XForwardedFor,
         tls: true,
-        host: Some(&HeaderValue::from_static("auth.example.com")),
+        host: Some(&host),
     };
     c.bench_function("headers_forwarding", |b| {
         b.iter_batched(

@@ -380,6 +380,7 @@ mod tests {
             l.str("path", "/a?b=\"c\"");
             l.bytes("request_id", b"id-\xff");
             l.bytes("host", b"auth.example.com:8443");
+            l.bytes("ascii", b"a\"b\\c\x01");
             l.u64("status", 200);
             l.millis("duration_ms", Duration::from_micros(12_045));
             l.millis("fast", Duration::from_micros(7));
@@ -393,6 +394,7 @@ mod tests {
         assert_eq!(v["path"], "/a?b=\"c\"");
         assert_eq!(v["request_id"], "id-\u{fffd}");
         assert_eq!(v["host"], "auth.example.com:8443");
+        assert_eq!(v["ascii"], "a\"b\\c\u{1}");
         assert_eq!(v["status"], 200);
         assert_eq!(v["duration_ms"], 12.045);
         assert_eq!(v["fast"], 0.007);

@@ -139,12 +139,13 @@ pub fn forwarding_headers(data: &[u8]) {
     let mut h = headers_from(f.get(1..).unwrap_or(&[]));
     let upgrade = headers::allowed_upgrade(&h, &["websocket".to_owned()]).is_some();
     headers::strip_hop_by_hop(&mut h, upgrade);
+    let host = HeaderValue::from_static("auth.example.com");
     let hop = Hop {
         peer: IpAddr::from([192, 0, 2, 7]),
         trusted,
         via: crate::config::ClientIpHeader::XForwardedFor,
         tls: false,
-        host: Some(&HeaderValue::from_static("auth.example.com")),
+        host: Some(&host),
     };
     headers::apply_forwarding(&mut h, &hop);
     if !trusted {

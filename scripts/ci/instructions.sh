@@ -79,9 +79,9 @@ measure() {
 }
 
 declare -A now
-now[http1]="$(measure http1 http1 http)"
-now[h2-tls]="$(measure h2-tls http1 https)"
-now[h2-tls-h2c]="$(measure h2-tls-h2c h2c https)"
+now[http1]="$(ACCESS=0 measure http1 http1 http)"
+now[h2-tls]="$(ACCESS=0 measure h2-tls http1 https)"
+now[h2-tls-h2c]="$(ACCESS=0 measure h2-tls-h2c h2c https)"
 now[http1-log]="$(ACCESS=1 measure http1-log http1 http)"
 
 if [ "$UPDATE" = 1 ]; then

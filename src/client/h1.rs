@@ -528,7 +528,7 @@ impl Writer {
 }
 
 /// A field name as HTTP/1.1 sent it. The names nearly every head carries
-/// are found by length and first and last letter, then compared once;
+/// are found by length and first and last letter, then compared with it;
 /// `HeaderName::from_bytes` (a lower-casing pass and a search of all
 /// standard names, ~150 instructions a name) reads the rest. Names are
 /// case-insensitive (RFC 9110 §5.1): any spelling of one matches.

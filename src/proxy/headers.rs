@@ -12,21 +12,24 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{ClientIpHeader, HeaderRules};
 
-/// Header names each field of a message is looked up in. Most fields are
-/// in no set: their length, one bit per length, turns them away before
-/// any name is compared.
+/// Header names each field of a message is looked up in. A field whose
+/// length no name of the set has (`host`, `accept`, `cookie` and most
+/// others) is turned away by one bit test before any name is compared.
 pub(crate) struct NameSet<const N: usize> {
     names: [HeaderName; N],
     lengths: u32,
 }
 
 /// A `NameSet` of lower-case names shorter than 32 bytes (a longer one
-/// does not compile: the shift overflows).
+/// does not compile).
 macro_rules! name_set {
     ($($name:literal),* $(,)?) => {
         NameSet {
             names: [$(HeaderName::from_static($name)),*],
-            lengths: 0 $(| 1 << $name.len())*,
+            lengths: 0 $(| {
+                const { assert!($name.len() < 32, "a NameSet name is 32 bytes or longer") };
+                1 << $name.len()
+            })*,
         }
     };
 }

@@ -19,9 +19,10 @@ use super::ProxyError;
 /// - HTTP/1.1 absolute-form: the target's authority wins over `Host`
 ///   (RFC 9112 §3.2.2), so `hosts` conditions cannot be sidestepped.
 ///
-/// The host comes back as a field value, so that what is forwarded (the
-/// upstream's Host, `X-Forwarded-Host`) is the same bytes, shared, not
-/// copied; its text is visible ASCII (`valid_authority`).
+/// The host comes back as a field value, so that `X-Forwarded-Host`, and
+/// the upstream's Host when steer sets one (an authority, or no Host),
+/// share its bytes instead of copying them; its text is visible ASCII
+/// (`valid_authority`).
 pub(crate) fn client_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, ProxyError> {
     let mut fields = req.headers().get_all(header::HOST).iter();
     let field = fields.next();

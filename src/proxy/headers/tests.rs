@@ -103,12 +103,13 @@ fn forwarded_element_follows_a_trusted_load_balancers_scheme_and_host() {
         ("x-forwarded-proto", "https"),
         ("x-forwarded-host", "auth.example.com"),
     ]);
+    let host = HeaderValue::from_static("steer.internal:8080");
     let hop = Hop {
         peer: "10.0.0.2".parse().unwrap(),
         trusted: true,
         via: crate::config::ClientIpHeader::XForwardedFor,
         tls: false,
-        host: Some(&HeaderValue::from_static("steer.internal:8080")),
+        host: Some(&host),
     };
     apply_forwarding(&mut h, &hop);
     assert_eq!(
@@ -121,12 +122,13 @@ fn forwarded_element_follows_a_trusted_load_balancers_scheme_and_host() {
 #[test]
 fn forwarded_quotes_ipv6_and_ported_hosts() {
     let mut h = HeaderMap::new();
+    let host = HeaderValue::from_static("auth.example.com:8443");
     let hop = Hop {
         peer: "2001:db8::1".parse().unwrap(),
         trusted: false,
         via: crate::config::ClientIpHeader::XForwardedFor,
         tls: true,
-        host: Some(&HeaderValue::from_static("auth.example.com:8443")),
+        host: Some(&host),
     };
     apply_forwarding(&mut h, &hop);
     assert_eq!(
@@ -277,13 +279,16 @@ fn name_sets_find_their_names_as_parsed_and_no_others() {
             assert_eq!(set.position(&other), None, "{other}");
         }
     }
-    // Same lengths as names in the sets, and common names.
+    // Same lengths as names in the sets, common names, and names too long
+    // for the length test's bits.
     let others = [
         "user-agent",
         "accept-encoding",
         "upgrade",
         "host",
         "x-forwarded-prot",
+        "x-a-field-name-of-thirty-two-byt",
+        "x-a-field-name-of-forty-bytes-or-longer",
     ];
     check(&HOP_BY_HOP, &others);
     check(&FORWARDING_NAMES, &others);
