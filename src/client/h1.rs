@@ -540,8 +540,7 @@ pub(crate) fn field_name(raw: &[u8]) -> Result<HeaderName, http::header::Invalid
 }
 
 fn common_name(raw: &[u8]) -> Option<HeaderName> {
-    const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-    const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    use crate::proxy::headers::{X_FORWARDED_FOR, X_REQUEST_ID};
     let (first, last) = (raw.first()? | 0x20, raw.last()? | 0x20);
     let known = match (raw.len(), first, last) {
         (4, b'h', b't') => header::HOST,

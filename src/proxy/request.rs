@@ -51,13 +51,14 @@ pub(crate) fn client_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, Pr
             .map(Some)
             .map_err(|_| invalid);
     }
-    match (field, host) {
-        (None, _) if req.version() == Version::HTTP_11 => {
+    // `host` is the field's text: both or neither.
+    match host {
+        Some(h) if valid_authority(h) => Ok(field.cloned()),
+        Some(_) => Err(ProxyError::BadRequest("Host is not a valid host[:port]")),
+        None if req.version() == Version::HTTP_11 => {
             Err(ProxyError::BadRequest("HTTP/1.1 request without Host"))
         }
-        (Some(field), Some(h)) if valid_authority(h) => Ok(Some(field.clone())),
-        (Some(_), _) => Err(ProxyError::BadRequest("Host is not a valid host[:port]")),
-        (None, _) => Ok(None),
+        None => Ok(None),
     }
 }
 
@@ -92,11 +93,9 @@ pub(crate) fn valid_authority(s: &str) -> bool {
 /// `_`, `~`.
 static NAME_BYTE: [bool; 256] = super::headers::byte_class(b"-._~");
 
-/// 1-65535 in at most five digits.
+/// 1-65535 in at most five plain digits.
 fn valid_port(port: &[u8]) -> bool {
-    (1..=5).contains(&port.len())
-        && port.iter().all(u8::is_ascii_digit)
-        && (1..=65_535).contains(&port.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')))
+    port.len() <= 5 && crate::body::length_value(port).is_some_and(|n| (1..=65_535).contains(&n))
 }
 
 /// Request framing: `Transfer-Encoding` other than exactly `chunked`

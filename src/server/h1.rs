@@ -197,7 +197,12 @@ enum Parsed {
 fn parse(buf: &mut BytesMut) -> Parsed {
     let bytes = std::mem::take(buf).freeze();
     match parse_frozen(&bytes) {
-        Some(Ok((mut req, close, head_len, body_len))) => {
+        Some(Ok(Own {
+            mut req,
+            close,
+            head_len,
+            body_len,
+        })) => {
             let end = head_len + body_len;
             if body_len > 0 {
                 *req.body_mut() = Inbound::Buffered(Some(bytes.slice(head_len..end)));
@@ -218,11 +223,18 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     }
 }
 
-/// A head at the front of `bytes`, with `close` (the client asked for the
-/// connection to end after it, RFC 9112 §9.6), the head's length and the
-/// body's; `Err` for one this path hands to hyper, `None` when not whole.
-#[allow(clippy::type_complexity)]
-fn parse_frozen(bytes: &Bytes) -> Option<Result<(Request<Inbound>, bool, usize, usize), ()>> {
+/// A request this path serves, as parsed from the front of the bytes.
+struct Own {
+    req: Request<Inbound>,
+    /// The client asked for the connection to end after it (RFC 9112 §9.6).
+    close: bool,
+    head_len: usize,
+    body_len: usize,
+}
+
+/// The request whose head is at the front of `bytes`; `Err` for one this
+/// path hands to hyper, `None` when the head is not whole.
+fn parse_frozen(bytes: &Bytes) -> Option<Result<Own, ()>> {
     // Uninitialised slots: no 3 KiB of empty fields written per request.
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut parsed = httparse::Request::new(&mut []);
@@ -238,11 +250,7 @@ fn parse_frozen(bytes: &Bytes) -> Option<Result<(Request<Inbound>, bool, usize, 
 /// The request of a parsed head, when this path serves it (see the module
 /// docs); `Err` also for a target or value `http` refuses (as hyper does:
 /// a 400 or 414).
-fn own_request(
-    bytes: &Bytes,
-    parsed: &httparse::Request<'_, '_>,
-    len: usize,
-) -> Result<(Request<Inbound>, bool, usize, usize), ()> {
+fn own_request(bytes: &Bytes, parsed: &httparse::Request<'_, '_>, len: usize) -> Result<Own, ()> {
     if parsed.version != Some(1) {
         return Err(());
     }
@@ -294,7 +302,12 @@ fn own_request(
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
-    Ok((req, close, len, body_len))
+    Ok(Own {
+        req,
+        close,
+        head_len: len,
+        body_len,
+    })
 }
 
 /// How a response body goes out.
