@@ -37,7 +37,7 @@ for r in $(seq "$ROUNDS"); do
     n="$(echo "$out" | sed -n 's/^requests: \([0-9]*\) total.*/\1/p')"
     rps="$(echo "$out" | sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p')"
     python3 -c "print(f'round $r $which cpu_us_per_req={($cpu1-$cpu0)/$tck*1e6/$n:.2f} user_us_per_req={($user1-$user0)/$tck*1e6/$n:.2f} minflt_per_req={($flt1-$flt0)/$n:.3f} req_s=$rps')"
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+    stop "$pid"
   done
 done | tee "$work/rounds"
 awk '{split($4,c,"="); split($5,u,"="); s[$3]+=c[2]; su[$3]+=u[2]; n[$3]++}

@@ -11,6 +11,14 @@ cleanup() {
   [ -n "${KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
+# stop PID [SECONDS]: SIGTERM, up to SECONDS (5) to exit, then SIGKILL;
+# reaps it.
+stop() {
+  kill "$1" 2>/dev/null || true
+  for _ in $(seq $(( ${2:-5} * 10 ))); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start_upstream CMD...: runs `CMD demo-upstream up 127.0.0.1:0` in the

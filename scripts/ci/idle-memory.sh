@@ -61,7 +61,6 @@ print(f"idle {kind}: {kib:.2f} KiB per connection (limit {limit}), "
 if kib > limit:
     sys.exit(f"idle-memory {kind}: {kib:.2f} KiB per idle connection is above {limit}")
 PY
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
+  stop "$pid"
 done
 exit "$failed"

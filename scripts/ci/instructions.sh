@@ -71,7 +71,7 @@ measure() {
   h2load "${flags[@]}" -c 1 -n "$REQUESTS" "$url" >"$dir/h2load" 
   grep -q " 0 failed, 0 errored" "$dir/h2load" || { cat "$dir/h2load" >&2; exit 1; }
   callgrind_control -d "$pid" >/dev/null
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  stop "$pid" 60 # valgrind writes its last profile as steer exits
   # The dump after -z holds the load window only.
   local total
   total="$(cat "$dir"/callgrind.out* | sed -n 's/^summary: \([0-9]*\).*/\1/p' | sort -n | tail -1)"
