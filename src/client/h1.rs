@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use super::{ClientError, Failed, ReqBody};
 use crate::BoxError;
 use crate::body::content_length;
+use crate::proxy::headers::HopFields;
 
 /// Largest response head (status line and fields) steer reads.
 const MAX_HEAD: usize = 64 * 1024;
@@ -282,7 +283,12 @@ pub(crate) fn encode_fields<'a>(
 /// The request head in HTTP/1.1 form: origin-form target, the fields as
 /// they are (names lower-case), and steer's own framing field, the only
 /// one that goes out.
-fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: ReqFraming) {
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::request::Parts,
+    fields: Option<&HopFields>,
+    framing: ReqFraming,
+) {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -301,6 +307,9 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, framing: ReqFram
             .iter()
             .filter(|(n, _)| *n != header::TRANSFER_ENCODING && *n != header::CONTENT_LENGTH),
     );
+    if let Some(fields) = fields {
+        fields.write(out);
+    }
     match framing {
         ReqFraming::Empty => {}
         ReqFraming::EmptyZero => out.extend_from_slice(b"content-length: 0\r\n"),
@@ -632,14 +641,15 @@ struct FramingFields {
 pub(super) fn send(
     mut conn: H1Conn,
     req: Request<ReqBody>,
+    fields: Option<&HopFields>,
     reused: bool,
 ) -> impl Future<Output = Result<Response<H1Body>, Failed>> {
+    let (parts, body) = req.into_parts();
+    let framing = request_framing(&parts, &body);
+    // One allocation for most heads; it is handed to the writer as is.
+    let mut head = Vec::with_capacity(HEAD_CAPACITY);
+    encode_head(&mut head, &parts, fields, framing);
     async move {
-        let (parts, body) = req.into_parts();
-        let framing = request_framing(&parts, &body);
-        // One allocation for most heads; it is handed to the writer as is.
-        let mut head = Vec::with_capacity(HEAD_CAPACITY);
-        encode_head(&mut head, &parts, framing);
         let mut writer = Writer::new(Bytes::from(head), body, framing);
         let mut read_any = false;
         let got = poll_fn(|cx| {

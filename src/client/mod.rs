@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::config::Protocol;
+use crate::proxy::headers::HopFields;
 use crate::tls::client::UpstreamTls;
 
 mod body;
@@ -336,6 +337,9 @@ impl Pool {
     /// HTTP/2, http1 upstreams HTTP/1.1, https upstreams what ALPN settles;
     /// upgrades always go over HTTP/1.1. When the request never left steer
     /// the error hands it back, so it can go elsewhere with its body intact.
+    /// `fields`, the forwarding fields not in its map, go into an HTTP/1.1
+    /// head as it is written; every other way, and a request handed back,
+    /// gets them in its map.
     ///
     /// Only the common request, on a pooled HTTP/1.1 connection, is
     /// awaited in place; every other way is boxed. This future is part of
@@ -343,18 +347,40 @@ impl Pool {
     /// connection's), each moved whole at least once a request: its size
     /// is paid several times over, a box once.
     #[allow(clippy::manual_async_fn)]
-    pub fn send<'a>(
+    pub(crate) fn send<'a>(
         &'a self,
         dial: Dial<'a>,
         req: Request<ReqBody>,
+        fields: Option<HopFields>,
     ) -> impl Future<Output = Result<Sent, Failed>> + Send + 'a {
         async move {
+            let mut fields = fields;
+            let sent = self.send_with(dial, req, &mut fields).await;
+            sent.map_err(|mut failed| {
+                if let (Some(req), Some(fields)) = (&mut failed.request, fields) {
+                    fields.insert(req.headers_mut());
+                }
+                failed
+            })
+        }
+    }
+
+    #[allow(clippy::manual_async_fn)]
+    fn send_with<'a>(
+        &'a self,
+        dial: Dial<'a>,
+        req: Request<ReqBody>,
+        fields: &'a mut Option<HopFields>,
+    ) -> impl Future<Output = Result<Sent, Failed>> + Send + 'a {
+        async move {
+            let mut req = req;
             if req.headers().contains_key(header::UPGRADE) {
+                into_map(&mut req, fields);
                 return Box::pin(send_upgrade(dial, req)).await;
             }
             let wants_h2 = dial.protocol != Protocol::Http1;
-            let mut req = req;
             if wants_h2 && let Some(sender) = self.live_h2() {
+                into_map(&mut req, fields);
                 match Box::pin(send_h2(sender, dial, req)).await {
                     // The shared connection could take no new stream (it went
                     // away, or closed, before its task noticed): nothing was
@@ -371,7 +397,7 @@ impl Pool {
                     req.method().is_idempotent() && http_body::Body::is_end_stream(req.body()),
                 )
             {
-                match h1::send(conn, req, true).await {
+                match h1::send(conn, req, fields.as_ref(), true).await {
                     // The idle connection died before our request went out (the
                     // upstream closed it): a fresh one is safe.
                     Err(Failed {
@@ -381,7 +407,7 @@ impl Pool {
                     other => return other.map(Sent::h1),
                 }
             }
-            Box::pin(self.send_fresh(dial, wants_h2, req)).await
+            Box::pin(self.send_fresh(dial, wants_h2, req, fields)).await
         }
     }
 
@@ -392,7 +418,8 @@ impl Pool {
         &self,
         dial: Dial<'_>,
         wants_h2: bool,
-        req: Request<ReqBody>,
+        mut req: Request<ReqBody>,
+        fields: &mut Option<HopFields>,
     ) -> Result<Sent, Failed> {
         let fresh = if wants_h2 {
             // h2c, or https where ALPN may settle on h2: one shared connection.
@@ -405,10 +432,26 @@ impl Pool {
                 error,
                 request: Some(req),
             }),
-            Ok(Fresh::H2(sender)) => send_h2(sender, dial, req).await,
-            Ok(Fresh::H1(conn)) => h1::send(conn, req, false).await.map(Sent::h1),
-            Ok(Fresh::Upgrade(sender)) => send_hyper_h1(sender, dial, req).await,
+            Ok(Fresh::H2(sender)) => {
+                into_map(&mut req, fields);
+                send_h2(sender, dial, req).await
+            }
+            Ok(Fresh::H1(conn)) => h1::send(conn, req, fields.as_ref(), false)
+                .await
+                .map(Sent::h1),
+            Ok(Fresh::Upgrade(sender)) => {
+                into_map(&mut req, fields);
+                send_hyper_h1(sender, dial, req).await
+            }
         }
+    }
+}
+
+/// The forwarding fields into the request's map, for a way that sends
+/// the map as it is.
+fn into_map(req: &mut Request<ReqBody>, fields: &mut Option<HopFields>) {
+    if let Some(fields) = fields.take() {
+        fields.insert(req.headers_mut());
     }
 }
 

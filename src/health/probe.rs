@@ -158,7 +158,7 @@ async fn exchange(
 ) -> Result<(http::response::Parts, http_body_util::Collected<Bytes>), (Option<u16>, String)> {
     let sent = endpoint
         .pool
-        .send(endpoint.dial(timeout), req)
+        .send(endpoint.dial(timeout), req, None)
         .await
         .map_err(|f| (None, f.error.to_string()))?;
     let (parts, mut body) = sent.response.into_parts();

@@ -239,6 +239,17 @@ pub struct Hop<'a> {
 /// saw the original request); `Forwarded` gets an element for this hop
 /// appended, so its left-most element stays the original client's.
 pub fn apply_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
+    if let Some(fields) = forwarding(headers, hop) {
+        fields.insert(headers);
+    }
+}
+
+/// `apply_forwarding`, except that when the request carries none of the
+/// fields steer sets (what an untrusted peer sent is gone by then, and a
+/// trusted one set none), those fields depend on the hop alone and come
+/// back unwritten: an HTTP/1.1 upstream head gets them written straight
+/// in (`HopFields::write`), with no map insert and no value built.
+pub(crate) fn forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) -> Option<HopFields> {
     // Which forwarding headers the request has, by index in
     // FORWARDING_NAMES: one pass instead of a hashed lookup per name.
     let mut present = 0u32;
@@ -264,6 +275,14 @@ pub fn apply_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
         }
         present &= !forged;
     }
+    const SET_BY_STEER: u32 = 1 << FWD_FORWARDED | 1 << FWD_XFF | 1 << FWD_XFH | 1 << FWD_XFP;
+    if present & SET_BY_STEER == 0 {
+        return Some(HopFields {
+            peer: hop.peer,
+            tls: hop.tls,
+            host: hop.host.cloned(),
+        });
+    }
     let has = |i: usize| present & (1 << i) != 0;
     // Behind a proxy that sets only Forwarded, X-Forwarded-* are steer's to
     // write, from what Forwarded says.
@@ -286,7 +305,7 @@ pub fn apply_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    let own_proto = if hop.tls { "https" } else { "http" };
+    let own_proto = own_proto(hop.tls);
     // A trusted proxy in front that speaks only X-Forwarded-* (most load
     // balancers) saw the original scheme and host; the Forwarded element
     // steer starts must say the same, or ZITADEL, which reads the left-most
@@ -337,16 +356,39 @@ pub fn apply_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
     let previous = has(FWD_FORWARDED)
         .then(|| join_values(headers, &header::FORWARDED))
         .flatten();
-    let (prev, sep): (&[u8], &[u8]) = match &previous {
-        Some(p) => (p.as_bytes(), b", "),
+    let element = forwarded_value(
+        previous.as_deref().map(str::as_bytes),
+        (hop.peer, peer),
+        proto,
+        fwd_host.as_deref(),
+        exact_value,
+    );
+    if let Some(v) = element {
+        headers.insert(header::FORWARDED, v);
+    }
+    None
+}
+
+/// The `Forwarded` value with this hop's element after `prev` (the
+/// elements before it, joined), as the pieces of one value, handed to
+/// `with`. A host that is no token is quoted, any `"` or `\` in it
+/// dropped (RFC 7239 §4: a quoted-string).
+fn forwarded_value<R>(
+    prev: Option<&[u8]>,
+    (peer, peer_text): (IpAddr, &[u8]),
+    proto: &str,
+    host: Option<&str>,
+    with: impl FnOnce(&[&[u8]]) -> R,
+) -> R {
+    let (prev, sep): (&[u8], &[u8]) = match prev {
+        Some(p) => (p, b", "),
         None => (b"", b""),
     };
-    let (ip_open, ip_close): (&[u8], &[u8]) = match hop.peer {
+    let (ip_open, ip_close): (&[u8], &[u8]) = match peer {
         IpAddr::V4(_) => (b"", b""),
         IpAddr::V6(_) => (b"\"[", b"]\""),
     };
-    // A host that is no token is quoted, any `"` or `\` in it dropped.
-    let (host_open, host, host_close): (&[u8], Cow<'_, [u8]>, &[u8]) = match &fwd_host {
+    let (host_open, host, host_close): (&[u8], Cow<'_, [u8]>, &[u8]) = match host {
         Some(host) if is_token(host) => (b";host=", Cow::Borrowed(host.as_bytes()), b""),
         Some(host) if host.contains(['"', '\\']) => (
             b";host=\"",
@@ -360,22 +402,83 @@ pub fn apply_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
         Some(host) => (b";host=\"", Cow::Borrowed(host.as_bytes()), b"\""),
         None => (b"", Cow::Borrowed(b""), b""),
     };
-    let element = exact_value(&[
+    with(&[
         prev,
         sep,
         b"for=",
         ip_open,
-        peer,
+        peer_text,
         ip_close,
         b";proto=",
         proto.as_bytes(),
         host_open,
         &host,
         host_close,
-    ]);
-    if let Some(v) = element {
-        headers.insert(header::FORWARDED, v);
+    ])
+}
+
+/// The forwarding fields of a hop whose request carried none of them
+/// (`forwarding`): `X-Forwarded-For` the peer, `X-Forwarded-Proto` this
+/// hop's scheme, `X-Forwarded-Host` the client's Host, and a `Forwarded`
+/// element of the three. Every byte of them is checked already: an
+/// address steer formats, a static scheme, and a Host that a
+/// `HeaderValue` holds (no CR, LF or NUL), so an HTTP/1.1 head can take
+/// them as they are.
+#[derive(Debug, Clone)]
+pub(crate) struct HopFields {
+    peer: IpAddr,
+    tls: bool,
+    host: Option<HeaderValue>,
+}
+
+impl HopFields {
+    /// Into a header map, as `apply_forwarding` does: for an HTTP/2 or
+    /// hyper upstream, a route rule that names one of them, a resend.
+    pub(crate) fn insert(self, headers: &mut HeaderMap) {
+        let peer = IpText::new(self.peer);
+        let proto = own_proto(self.tls);
+        let host = self.host.as_ref().and_then(|v| v.to_str().ok());
+        let forwarded =
+            forwarded_value(None, (self.peer, peer.as_bytes()), proto, host, exact_value);
+        if let Some(v) = exact_value(&[peer.as_bytes()]) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        if let Some(host) = self.host {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+        if let Some(v) = forwarded {
+            headers.insert(header::FORWARDED, v);
+        }
     }
+
+    /// As `name: value` lines of an HTTP/1.1 head, the same bytes `insert`
+    /// puts in a map.
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        let line = |out: &mut Vec<u8>, name: &HeaderName, value: &[&[u8]]| {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            for piece in value {
+                out.extend_from_slice(piece);
+            }
+            out.extend_from_slice(b"\r\n");
+        };
+        let peer = IpText::new(self.peer);
+        let proto = own_proto(self.tls);
+        line(out, &X_FORWARDED_FOR, &[peer.as_bytes()]);
+        line(out, &X_FORWARDED_PROTO, &[proto.as_bytes()]);
+        if let Some(host) = &self.host {
+            line(out, &X_FORWARDED_HOST, &[host.as_bytes()]);
+        }
+        let host = self.host.as_ref().and_then(|v| v.to_str().ok());
+        forwarded_value(None, (self.peer, peer.as_bytes()), proto, host, |value| {
+            line(out, &header::FORWARDED, value)
+        });
+    }
+}
+
+fn own_proto(tls: bool) -> &'static str {
+    if tls { "https" } else { "http" }
 }
 
 /// `pieces` joined as a header value, in one allocation of exactly its
@@ -548,6 +651,12 @@ fn join_values(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
         }
     }
     out
+}
+
+/// Whether `rules` set or remove a forwarding field.
+pub(crate) fn names_forwarding(rules: &HeaderRules) -> bool {
+    let mut names = rules.remove.iter().chain(rules.set.iter().map(|(n, _)| n));
+    names.any(|n| FORWARDING_NAMES.contains(n))
 }
 
 /// A route's `request_headers` / `response_headers`: removes first, then sets.

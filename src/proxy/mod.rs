@@ -25,7 +25,7 @@ use access::Access;
 use body::{ClientUpgrade, UpstreamBody};
 pub use body::{ProxyBody, open_tunnels};
 pub use errors::{Expects, ProxyError, error_response};
-use headers::{Hop, X_REQUEST_ID};
+use headers::{Hop, HopFields, X_REQUEST_ID};
 pub(crate) use request::drop_underscored;
 pub use retry::RetryBudget;
 
@@ -450,6 +450,9 @@ const MAX_RETRIES: u32 = 2;
 /// wrapped, and what a retry needs.
 struct Prepared {
     request: Request<ReqBody>,
+    /// The forwarding fields, when they go out with the head rather than
+    /// in its map (`headers::forwarding`).
+    fields: Option<HopFields>,
     aim: Aim,
     client_upgrade: Option<ClientUpgrade>,
     fault: Arc<Fault>,
@@ -505,8 +508,16 @@ fn prepare(
     if matches!(client_upgrade, Some(ClientUpgrade::H2(..))) {
         headers::websocket_handshake(&mut parts.headers);
     }
-    headers::apply_forwarding(&mut parts.headers, hop);
-    headers::apply_rules(&mut parts.headers, &route.spec.request_headers);
+    let mut fields = headers::forwarding(&mut parts.headers, hop);
+    // A rule that names one of them applies to them: into the map first.
+    // So does an upgrade, which goes out through hyper.
+    let rules = &route.spec.request_headers;
+    if (upgrade || headers::names_forwarding(rules))
+        && let Some(f) = fields.take()
+    {
+        f.insert(&mut parts.headers);
+    }
+    headers::apply_rules(&mut parts.headers, rules);
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
     let aim = aim(&parts, route, hop, first.1)?;
     if let Some(max) = route.spec.max_body
@@ -536,9 +547,10 @@ fn prepare(
         (ReqBody::Client(source), None)
     };
     let request = Request::from_parts(parts, body);
-    let resend = elsewhere.then(|| Box::new(resend::Resend::new(&request, kept)));
+    let resend = elsewhere.then(|| Box::new(resend::Resend::new(&request, fields.clone(), kept)));
     Ok(Prepared {
         request,
+        fields,
         aim,
         client_upgrade,
         fault,
@@ -601,6 +613,7 @@ fn forward<'a>(
     async move {
         let Prepared {
             mut request,
+            mut fields,
             aim,
             client_upgrade,
             fault,
@@ -616,9 +629,11 @@ fn forward<'a>(
             outcome.endpoint = Some(endpoint.addr);
             aim.apply(&mut request);
             let guard = InFlight::new(endpoint.clone());
-            let send = endpoint
-                .pool
-                .send(endpoint.dial(table.proxy.connect_timeout), request);
+            let send = endpoint.pool.send(
+                endpoint.dial(table.proxy.connect_timeout),
+                request,
+                fields.take(),
+            );
             let failed = match tokio::time::timeout_at(deadline, send).await {
                 Err(_) => {
                     ramp_attempt(shared, table, route, upstream_index, true);

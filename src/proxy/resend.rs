@@ -17,6 +17,7 @@ use std::sync::Arc;
 use http::Request;
 
 use super::choose;
+use super::headers::HopFields;
 use crate::client::{Replay, ReqBody};
 use crate::routing::Route;
 use crate::table::Table;
@@ -25,18 +26,28 @@ use crate::upstream::Endpoint;
 /// What a request needs to be sent again: its head, and its kept body.
 pub(super) struct Resend {
     head: Request<()>,
+    /// The forwarding fields not in `head`'s map (`headers::forwarding`).
+    fields: Option<HopFields>,
     /// `None`: a bodiless request.
     body: Option<Arc<Replay>>,
 }
 
 impl Resend {
-    pub(super) fn new(head: &Request<ReqBody>, body: Option<Arc<Replay>>) -> Resend {
+    pub(super) fn new(
+        head: &Request<ReqBody>,
+        fields: Option<HopFields>,
+        body: Option<Arc<Replay>>,
+    ) -> Resend {
         let mut copy = Request::new(());
         *copy.method_mut() = head.method().clone();
         *copy.uri_mut() = head.uri().clone();
         *copy.version_mut() = head.version();
         *copy.headers_mut() = head.headers().clone();
-        Resend { head: copy, body }
+        Resend {
+            head: copy,
+            fields,
+            body,
+        }
     }
 
     /// The request again, if a failure that left it `unprocessed` (or not)
@@ -53,6 +64,9 @@ impl Resend {
         *req.uri_mut() = self.head.uri().clone();
         *req.version_mut() = self.head.version();
         *req.headers_mut() = self.head.headers().clone();
+        if let Some(fields) = &self.fields {
+            fields.clone().insert(req.headers_mut());
+        }
         Some(req)
     }
 }

@@ -64,3 +64,30 @@ fn every_error_maps_to_its_status_and_names_the_request_id() {
         assert_eq!(resp.headers()["x-request-id"], "req-123");
     }
 }
+
+/// A request sent again carries the forwarding fields its first attempt
+/// wrote into the head rather than the map.
+#[test]
+fn a_resend_carries_the_forwarding_fields_the_head_left_out_of_the_map() {
+    let host = HeaderValue::from_static("auth.example.com");
+    let hop = Hop {
+        peer: "192.0.2.7".parse().unwrap(),
+        trusted: false,
+        via: crate::config::ClientIpHeader::XForwardedFor,
+        tls: true,
+        host: Some(&host),
+    };
+    let mut first = Request::new(ReqBody::empty());
+    let fields = headers::forwarding(first.headers_mut(), &hop);
+    assert!(fields.is_some() && first.headers().is_empty());
+    let kept = resend::Resend::new(&first, fields, None);
+    let again = kept.again(true).expect("an unprocessed GET goes again");
+    let h = again.headers();
+    assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["x-forwarded-host"], "auth.example.com");
+    assert_eq!(
+        h["forwarded"],
+        "for=192.0.2.7;proto=https;host=auth.example.com"
+    );
+}

@@ -298,6 +298,39 @@ response_headers = { set = { "strict-transport-security" = "max-age=31536000" },
     assert!(!a.headers.contains_key("x-served-by"));
 }
 
+/// A route's rules apply to the forwarding fields steer adds, as to any
+/// other: removed or set, each goes out once or not at all.
+#[tokio::test]
+async fn header_rules_apply_to_the_forwarding_fields_steer_adds() {
+    let routes = r#"
+[[routes]]
+name = "r"
+upstream = "blue"
+request_headers = { set = { "x-forwarded-proto" = "https" }, remove = ["x-forwarded-host"] }
+"#;
+    for protocol in ["http1", "h2c"] {
+        let (_b, _g, steer) = blue_green(routes, protocol).await;
+        let a = call(request("GET", &steer.url("/")).header("host", "auth.example.com")).await;
+        let h = &a.json()["headers"];
+        assert_eq!(
+            h["x-forwarded-proto"],
+            serde_json::json!(["https"]),
+            "{protocol}: {h}"
+        );
+        assert!(h["x-forwarded-host"].is_null(), "{protocol}: {h}");
+        assert_eq!(
+            h["x-forwarded-for"],
+            serde_json::json!(["127.0.0.1"]),
+            "{protocol}: {h}"
+        );
+        assert_eq!(
+            h["forwarded"],
+            serde_json::json!(["for=127.0.0.1;proto=http;host=auth.example.com"]),
+            "{protocol}: {h}"
+        );
+    }
+}
+
 async fn error_case(steer: &Steer, req: http::request::Builder, status: u16, cause: &str) {
     let a = call(req.header("x-request-id", "err-test-1")).await;
     assert_eq!(a.status.as_u16(), status, "{}", a.text());

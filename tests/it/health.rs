@@ -200,6 +200,16 @@ async fn retries_on_connect_failure_hide_a_dead_endpoint_from_get_and_post() {
         let a = call(request(method, &steer.url("/x"))).await;
         assert_eq!(a.status, StatusCode::OK, "{method}: {}", a.text());
         assert_eq!(a.deployment(), "live");
+        // The attempt at the dead endpoint handed the request back: it
+        // goes again with its forwarding fields, once each.
+        let h = &a.json()["headers"];
+        assert_eq!(
+            h["x-forwarded-for"],
+            serde_json::json!(["127.0.0.1"]),
+            "{h}"
+        );
+        assert_eq!(h["x-forwarded-proto"], serde_json::json!(["http"]), "{h}");
+        assert_eq!(h["forwarded"].as_array().map(Vec::len), Some(1), "{h}");
     }
     let metrics = call(request("GET", &format!("{}/metrics", steer.admin())))
         .await

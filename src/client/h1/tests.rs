@@ -98,7 +98,9 @@ async fn a_content_length_answer_is_read_and_the_connection_comes_back() {
         false,
     )
     .await;
-    let resp = send(conn(addr).await, get("/a?b=c"), false).await.unwrap();
+    let resp = send(conn(addr).await, get("/a?b=c"), None, false)
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let values: Vec<_> = resp.headers().get_all("x-a").iter().collect();
     assert_eq!(values, ["1", "2"]);
@@ -117,7 +119,7 @@ async fn chunked_answers_with_extensions_and_trailers_are_decoded() {
         false,
     )
     .await;
-    let resp = send(conn(addr).await, get("/"), false).await.unwrap();
+    let resp = send(conn(addr).await, get("/"), None, false).await.unwrap();
     let (bytes, trailers, reused) = read_all(resp).await;
     assert_eq!(bytes, b"hello world");
     assert_eq!(trailers.unwrap()["grpc-status"], "0");
@@ -132,7 +134,7 @@ async fn interim_answers_are_skipped() {
         false,
     )
     .await;
-    let resp = send(conn(addr).await, get("/"), false).await.unwrap();
+    let resp = send(conn(addr).await, get("/"), None, false).await.unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert!(resp.body().is_end_stream());
     assert_eq!(read_all(resp).await, (Vec::new(), None, true));
@@ -158,7 +160,7 @@ async fn connections_that_cannot_carry_another_exchange_do_not_come_back() {
     ];
     for (answer, body) in cases {
         let (addr, _) = upstream(answer, false).await;
-        let resp = send(conn(addr).await, get("/"), false).await.unwrap();
+        let resp = send(conn(addr).await, get("/"), None, false).await.unwrap();
         let (bytes, _, reused) = read_all(resp).await;
         assert_eq!(bytes, body, "{}", String::from_utf8_lossy(answer));
         assert!(!reused, "{}", String::from_utf8_lossy(answer));
@@ -168,7 +170,7 @@ async fn connections_that_cannot_carry_another_exchange_do_not_come_back() {
 #[tokio::test]
 async fn a_body_until_close_ends_with_the_connection() {
     let (addr, _) = upstream(b"HTTP/1.1 200 OK\r\n\r\nall of it", true).await;
-    let resp = send(conn(addr).await, get("/"), false).await.unwrap();
+    let resp = send(conn(addr).await, get("/"), None, false).await.unwrap();
     assert_eq!(read_all(resp).await, (b"all of it".to_vec(), None, false));
 }
 
@@ -177,7 +179,7 @@ async fn a_head_answer_has_no_body_whatever_its_content_length() {
     let (addr, _) = upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n", false).await;
     let mut req = get("/");
     *req.method_mut() = Method::HEAD;
-    let resp = send(conn(addr).await, req, false).await.unwrap();
+    let resp = send(conn(addr).await, req, None, false).await.unwrap();
     assert!(resp.body().is_end_stream());
     assert_eq!(read_all(resp).await, (Vec::new(), None, true));
 }
@@ -188,7 +190,7 @@ async fn a_request_body_of_known_size_goes_with_its_content_length() {
     let req = Request::post("/")
         .body(ReqBody::full(Bytes::from_static(b"abc")))
         .unwrap();
-    send(conn(addr).await, req, false).await.unwrap();
+    send(conn(addr).await, req, None, false).await.unwrap();
     let seen = String::from_utf8(seen.await.unwrap()).unwrap();
     assert_eq!(seen, "POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc");
 
@@ -198,7 +200,7 @@ async fn a_request_body_of_known_size_goes_with_its_content_length() {
         .header("content-length", "+3")
         .body(ReqBody::full(Bytes::from_static(b"abc")))
         .unwrap();
-    send(conn(addr).await, req, false).await.unwrap();
+    send(conn(addr).await, req, None, false).await.unwrap();
     let seen = String::from_utf8(seen.await.unwrap()).unwrap();
     assert_eq!(seen, "POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc");
 
@@ -218,7 +220,9 @@ async fn malformed_answers_are_errors_not_panics() {
     ];
     for answer in cases {
         let (addr, _) = upstream(answer, true).await;
-        let err = send(conn(addr).await, get("/"), false).await.unwrap_err();
+        let err = send(conn(addr).await, get("/"), None, false)
+            .await
+            .unwrap_err();
         assert!(
             matches!(err.error, ClientError::Broken { .. }),
             "{}: {}",
@@ -235,7 +239,7 @@ async fn malformed_answers_are_errors_not_panics() {
     ];
     for answer in bodies {
         let (addr, _) = upstream(answer, true).await;
-        let resp = send(conn(addr).await, get("/"), false).await.unwrap();
+        let resp = send(conn(addr).await, get("/"), None, false).await.unwrap();
         let got = resp.into_body().collect().await;
         assert!(got.is_err(), "{}", String::from_utf8_lossy(answer));
     }
@@ -254,7 +258,7 @@ async fn becomes_unusable(conn: &mut H1Conn, never_seen: &str) {
 #[tokio::test]
 async fn an_idle_connection_the_upstream_closed_is_not_usable() {
     let (addr, _) = upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", true).await;
-    let resp = send(conn(addr).await, get("/"), false).await.unwrap();
+    let resp = send(conn(addr).await, get("/"), None, false).await.unwrap();
     let mut body = resp.into_body();
     assert!(body.frame().await.is_none());
     let mut conn = body.take_conn().unwrap();
@@ -319,7 +323,7 @@ async fn late_bytes_rustls_holds_make_a_tls_connection_unusable() {
         .await
         .unwrap();
     let conn = H1Conn::new(Stream::Tls(Box::new(tls)), addr);
-    let resp = send(conn, get("/"), false).await.unwrap();
+    let resp = send(conn, get("/"), None, false).await.unwrap();
     let mut body = resp.into_body();
     let mut got = 0;
     while let Some(frame) = body.frame().await {
@@ -353,7 +357,7 @@ async fn an_idle_connection_the_upstream_wrote_to_is_not_usable() {
             .unwrap();
         let _ = s.read(&mut chunk).await;
     });
-    let resp = send(conn(addr).await, get("/"), false).await.unwrap();
+    let resp = send(conn(addr).await, get("/"), None, false).await.unwrap();
     let mut body = resp.into_body();
     assert!(body.frame().await.is_none());
     let mut conn = body.take_conn().unwrap();
@@ -385,7 +389,7 @@ async fn a_close_the_runtime_has_not_collected_yet_is_seen_for_a_request_that_ca
         drop(s);
         let _ = closed_tx.send(());
     });
-    let resp = send(conn(addr).await, get("/"), false).await.unwrap();
+    let resp = send(conn(addr).await, get("/"), None, false).await.unwrap();
     let mut body = resp.into_body();
     assert!(body.frame().await.is_none());
     let mut conn = body.take_conn().unwrap();

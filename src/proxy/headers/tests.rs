@@ -293,3 +293,79 @@ fn name_sets_find_their_names_as_parsed_and_no_others() {
     check(&HOP_BY_HOP, &others);
     check(&FORWARDING_NAMES, &others);
 }
+
+/// The lines `HopFields::write` puts in an HTTP/1.1 head are, field for
+/// field and byte for byte, what `apply_forwarding` puts in a map: an
+/// HTTP/1.1 upstream and any other see the same forwarding fields.
+#[test]
+fn hop_fields_written_into_a_head_are_those_put_in_a_map() {
+    let forged = [
+        ("x-forwarded-for", "6.6.6.6"),
+        ("forwarded", "for=6.6.6.6"),
+        ("x-real-ip", "6.6.6.6"),
+    ];
+    let hosts = [
+        Some("auth.example.com"),
+        Some("auth.example.com:8443"),
+        Some("[2001:db8::1]:443"),
+        Some("we\"ird\\host"),
+        None,
+    ];
+    let peers = ["192.0.2.7", "2001:db8::7", "::ffff:192.0.2.8"];
+    let mut cases = 0;
+    for ((peer, host), (tls, trusted)) in peers
+        .iter()
+        .flat_map(|p| hosts.iter().map(move |h| (p, h)))
+        .flat_map(|ph| [(false, false), (true, false), (false, true)].map(|t| (ph, t)))
+    {
+        let host = host.map(HeaderValue::from_static);
+        let hop = Hop {
+            peer: peer.parse().unwrap(),
+            trusted,
+            via: crate::config::ClientIpHeader::XForwardedFor,
+            tls,
+            host: host.as_ref(),
+        };
+        // What an untrusted client sends is dropped either way; a trusted
+        // one that sets none leaves steer's fields to the hop alone.
+        let sent = if trusted { &[][..] } else { &forged[..] };
+        let mut expected = map(sent);
+        apply_forwarding(&mut expected, &hop);
+        let mut h = map(sent);
+        let fields = forwarding(&mut h, &hop).expect("the hop's own fields");
+        let mut head = Vec::new();
+        fields.write(&mut head);
+        let text = String::from_utf8(head).unwrap();
+        let written: Vec<(&str, &str)> = text
+            .strip_suffix("\r\n")
+            .unwrap()
+            .split("\r\n")
+            .map(|line| line.split_once(": ").unwrap())
+            .collect();
+        for (name, value) in &written {
+            assert!(!h.contains_key(*name), "{name} both in the map and written");
+            assert_eq!(expected.get_all(*name).iter().collect::<Vec<_>>(), [value]);
+        }
+        for name in ["x-forwarded-for", "x-forwarded-proto", "forwarded"] {
+            assert!(
+                written.iter().any(|(n, _)| *n == name),
+                "{name} missing: {text}"
+            );
+        }
+        fields.insert(&mut h);
+        assert_eq!(h, expected, "{text}");
+        cases += 1;
+    }
+    assert_eq!(cases, 45);
+}
+
+#[test]
+fn a_trusted_proxys_own_fields_are_built_on_in_the_map() {
+    let mut h = map(&[("x-forwarded-for", "203.0.113.9")]);
+    assert!(forwarding(&mut h, &hop(true)).is_none());
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 192.0.2.7");
+    assert_eq!(
+        h["forwarded"],
+        "for=192.0.2.7;proto=http;host=auth.example.com"
+    );
+}
