@@ -25,6 +25,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=benches/load/upstream.sh
 . "$HERE/upstream.sh"
+# shellcheck source=benches/load/proxy_conf.sh
+. "$HERE/proxy_conf.sh"
 REPO="$(cd "$HERE/../.." && pwd)"
 
 ROUNDS=3 SECONDS_=10 IDLE_CONNS=8000 IDLE_HOLD=3 IDLE_KINDS=plain SCENARIOS="a,b,c,d,e"
@@ -190,21 +192,11 @@ http {
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_set_header X-Forwarded-Host \$host;
-      proxy_set_header Forwarded "for=\$remote_addr;proto=\$scheme;host=\$host";
-      proxy_set_header X-Request-ID \$request_id;
-      add_header X-Request-ID \$request_id always;
+$(nginx_forwarding proxy)
     }
     location /h2c/ {
       grpc_pass grpc://up_h2c;
-      grpc_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      grpc_set_header X-Forwarded-Proto \$scheme;
-      grpc_set_header X-Forwarded-Host \$host;
-      grpc_set_header Forwarded "for=\$remote_addr;proto=\$scheme;host=\$host";
-      grpc_set_header X-Request-ID \$request_id;
-      add_header X-Request-ID \$request_id always;
+$(nginx_forwarding grpc)
     }
   }
 }
@@ -229,14 +221,7 @@ defaults
 frontend fe
   bind 127.0.0.1:${HTTP_PORT[haproxy]}
   bind 127.0.0.1:${TLS_PORT[haproxy]} ssl crt $WORK/haproxy.pem alpn h2,http/1.1
-  option forwardfor
-  http-request set-header X-Forwarded-Proto https if { ssl_fc }
-  http-request set-header X-Forwarded-Proto http if !{ ssl_fc }
-  http-request set-header X-Forwarded-Host %[req.hdr(host)]
-  http-request set-header Forwarded "for=%[src];proto=%[req.hdr(x-forwarded-proto)];host=%[req.hdr(host)]"
-  unique-id-format %[uuid()]
-  unique-id-header X-Request-ID
-  http-after-response set-header X-Request-ID %[unique-id]
+$(haproxy_forwarding)
   use_backend be_h2c if { path_beg /h2c/ }
   default_backend be
 backend be

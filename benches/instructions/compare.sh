@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, steer against nginx and HAProxy, each
+# under callgrind with one worker: the same requests (h2load, one
+# connection, one request at a time) to the same upstream (`steer
+# demo-upstream`, a 64-byte answer). User-space instructions only: the
+# kernel's share (sockets, loopback) is not counted, and differs little
+# between the three (benches/load/run.sh measures it as system CPU).
+# Unlike CPU time on this shared machine, the counts repeat within ~1 %.
+#
+# Scenarios (as scripts/ci/instructions.sh):
+#   http1      HTTP/1.1 in, HTTP/1.1 out
+#   h2-tls     HTTP/2 over TLS in, HTTP/1.1 out
+#   h2-tls-h2c HTTP/2 over TLS in, h2c out (nginx: grpc_pass, its only
+#              HTTP/2 upstream module)
+# Every proxy sets the same forwarding fields and X-Request-ID, access
+# logs off (as benches/load/run.sh configures them, without the log).
+#
+# Usage: benches/instructions/compare.sh [--requests N]
+# Needs valgrind, h2load, nginx and haproxy (apt-get install valgrind
+# nghttp2-client nginx haproxy) and target/release/steer.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+REQUESTS=3000
+[ "${1:-}" = --requests ] && REQUESTS="$2"
+for tool in valgrind callgrind_control h2load nginx haproxy openssl; do
+  command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] \
+    || { echo "compare.sh needs $tool" >&2; exit 2; }
+done
+STEER="${STEER:-$PWD/target/release/steer}"
+[ -x "$STEER" ] || { echo "build first: cargo build --release --locked" >&2; exit 2; }
+# shellcheck source=benches/load/one_route.sh
+. benches/load/one_route.sh
+# shellcheck source=benches/load/proxy_conf.sh
+. benches/load/proxy_conf.sh
+start_upstream "$STEER"
+
+# count NAME URL [H2LOAD FLAGS]: the process under callgrind as NAME
+# ($pid): warm up, zero the counters, send $REQUESTS requests, dump;
+# prints instructions per request.
+count() {
+  local name="$1" url="$2"
+  shift 2
+  h2load "$@" -c 1 -n 300 "$url" >/dev/null
+  callgrind_control -z "$pid" >/dev/null
+  h2load "$@" -c 1 -n "$REQUESTS" "$url" >"$work/$name.h2load"
+  grep -q " 0 failed, 0 errored" "$work/$name.h2load" || { cat "$work/$name.h2load" >&2; exit 1; }
+  rm -f "$work/$name.out".*
+  callgrind_control -d "$pid" >/dev/null
+  # Dumps go to NAME.out.1, .2, ...: the one after the zeroing holds the
+  # load alone. Its last line is written last.
+  for _ in $(seq 100); do
+    grep -qs '^totals:' "$work/$name.out".* && break
+    sleep 0.1
+  done
+  local total
+  total="$(cat "$work/$name.out".* | sed -n 's/^summary: \([0-9]*\).*/\1/p' | sort -n | tail -1)"
+  echo $(( total / REQUESTS ))
+}
+
+# wait_http URL: until it answers, valgrind starting slowly (60 s).
+wait_http() {
+  for _ in $(seq 600); do curl -kfs -o /dev/null --max-time 1 "$1" && return; sleep 0.1; done
+  echo "no answer from $1" >&2
+  exit 1
+}
+
+# callgrind_on NAME CMD...: CMD under callgrind, counters dumped to
+# $work/NAME.out; sets $pid.
+callgrind_on() {
+  local name="$1"
+  shift
+  valgrind --tool=callgrind --callgrind-out-file="$work/$name.out" "$@" \
+    >"$work/$name.stdout" 2>"$work/$name.stderr" &
+  pid=$!
+  pids+=("$pid")
+}
+
+declare -A result
+path="/demo/bytes?n=64"
+
+# steer: one instance per scenario, as scripts/ci/instructions.sh.
+steer_scenario() {  # scenario proto scheme
+  local scenario="$1" proto="$2" scheme="$3" port
+  TLS=1 PROTO="$proto" ACCESS=0 write_routes
+  callgrind_on "steer-$scenario" "$STEER" run --config "$work/routes.toml" --workers 1
+  wait_ready 600
+  port="$http"
+  [ "$scheme" = https ] && port="$https"
+  local flags=()
+  [ "$scheme" = http ] && flags=(--h1)
+  result[steer,$scenario]="$(count "steer-$scenario" "$scheme://127.0.0.1:$port$path" "${flags[@]}")"
+  stop "$pid" 60
+}
+steer_scenario http1 http1 http
+steer_scenario h2-tls http1 https
+steer_scenario h2-tls-h2c h2c https
+
+# nginx and HAProxy: one process each; port A: HTTP/1.1 and TLS to the
+# HTTP/1.1 upstream; port B: TLS to the same upstream over h2c.
+cat "$work/cert.pem" "$work/key.pem" >"$work/haproxy.pem"
+ng_http="$(free_port)"; ng_tls="$(free_port)"; ng_h2c="$(free_port)"
+mkdir -p "$work/nginx/tmp"
+cat >"$work/nginx/nginx.conf" <<EOT
+master_process off;
+daemon off;
+worker_processes 1;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 1000; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  client_body_temp_path $work/nginx/tmp;
+  proxy_temp_path $work/nginx/tmp;
+  fastcgi_temp_path $work/nginx/tmp;
+  uwsgi_temp_path $work/nginx/tmp;
+  scgi_temp_path $work/nginx/tmp;
+  ssl_certificate $work/cert.pem;
+  ssl_certificate_key $work/key.pem;
+  upstream up { server $up; keepalive 64; keepalive_requests 10000000; }
+  server {
+    listen 127.0.0.1:$ng_http;
+    listen 127.0.0.1:$ng_tls ssl http2;
+    location / {
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+$(nginx_forwarding proxy)
+    }
+  }
+  server {
+    listen 127.0.0.1:$ng_h2c ssl http2;
+    location / {
+      grpc_pass grpc://up;
+$(nginx_forwarding grpc)
+    }
+  }
+}
+EOT
+callgrind_on nginx nginx -p "$work/nginx/" -e "$work/nginx/error.log" -c "$work/nginx/nginx.conf"
+wait_http "http://127.0.0.1:$ng_http$path"
+result[nginx,http1]="$(count nginx "http://127.0.0.1:$ng_http$path" --h1)"
+result[nginx,h2-tls]="$(count nginx "https://127.0.0.1:$ng_tls$path")"
+result[nginx,h2-tls-h2c]="$(count nginx "https://127.0.0.1:$ng_h2c$path")"
+stop "$pid" 60
+
+hp_http="$(free_port)"; hp_tls="$(free_port)"; hp_h2c="$(free_port)"
+cat >"$work/haproxy.cfg" <<EOT
+global
+  nbthread 1
+  maxconn 1000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend fe
+  bind 127.0.0.1:$hp_http
+  bind 127.0.0.1:$hp_tls ssl crt $work/haproxy.pem alpn h2,http/1.1
+  bind 127.0.0.1:$hp_h2c ssl crt $work/haproxy.pem alpn h2,http/1.1
+$(haproxy_forwarding)
+  use_backend be_h2c if { dst_port $hp_h2c }
+  default_backend be
+backend be
+  http-reuse always
+  server up $up
+backend be_h2c
+  http-reuse always
+  server up_h2c $up proto h2
+EOT
+callgrind_on haproxy haproxy -db -f "$work/haproxy.cfg"
+wait_http "http://127.0.0.1:$hp_http$path"
+result[haproxy,http1]="$(count haproxy "http://127.0.0.1:$hp_http$path" --h1)"
+result[haproxy,h2-tls]="$(count haproxy "https://127.0.0.1:$hp_tls$path")"
+result[haproxy,h2-tls-h2c]="$(count haproxy "https://127.0.0.1:$hp_h2c$path")"
+stop "$pid" 60
+
+printf '%-12s %10s %10s %10s %14s %14s\n' scenario steer nginx haproxy steer/nginx steer/haproxy
+for s in http1 h2-tls h2-tls-h2c; do
+  st="${result[steer,$s]}"; ng="${result[nginx,$s]}"; hp="${result[haproxy,$s]}"
+  printf '%-12s %10s %10s %10s %14s %14s\n' "$s" "$st" "$ng" "$hp" \
+    "$(python3 -c "print(f'{$st / $ng:.2f}x')")" "$(python3 -c "print(f'{$st / $hp:.2f}x')")"
+done
