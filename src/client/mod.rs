@@ -354,33 +354,14 @@ impl Pool {
         fields: Option<HopFields>,
     ) -> impl Future<Output = Result<Sent, Failed>> + Send + 'a {
         async move {
-            let mut fields = fields;
-            let sent = self.send_with(dial, req, &mut fields).await;
-            sent.map_err(|mut failed| {
-                if let (Some(req), Some(fields)) = (&mut failed.request, fields) {
-                    fields.insert(req.headers_mut());
-                }
-                failed
-            })
-        }
-    }
-
-    #[allow(clippy::manual_async_fn)]
-    fn send_with<'a>(
-        &'a self,
-        dial: Dial<'a>,
-        req: Request<ReqBody>,
-        fields: &'a mut Option<HopFields>,
-    ) -> impl Future<Output = Result<Sent, Failed>> + Send + 'a {
-        async move {
-            let mut req = req;
+            let (mut req, mut fields) = (req, fields);
             if req.headers().contains_key(header::UPGRADE) {
-                into_map(&mut req, fields);
+                into_map(&mut req, &mut fields);
                 return Box::pin(send_upgrade(dial, req)).await;
             }
             let wants_h2 = dial.protocol != Protocol::Http1;
             if wants_h2 && let Some(sender) = self.live_h2() {
-                into_map(&mut req, fields);
+                into_map(&mut req, &mut fields);
                 match Box::pin(send_h2(sender, dial, req)).await {
                     // The shared connection could take no new stream (it went
                     // away, or closed, before its task noticed): nothing was
@@ -404,7 +385,7 @@ impl Pool {
                         request: Some(back),
                         error: ClientError::Broken { .. },
                     }) => req = back,
-                    other => return other.map(Sent::h1),
+                    other => return other.map(Sent::h1).map_err(|f| hand_back(f, fields)),
                 }
             }
             Box::pin(self.send_fresh(dial, wants_h2, req, fields)).await
@@ -419,7 +400,7 @@ impl Pool {
         dial: Dial<'_>,
         wants_h2: bool,
         mut req: Request<ReqBody>,
-        fields: &mut Option<HopFields>,
+        mut fields: Option<HopFields>,
     ) -> Result<Sent, Failed> {
         let fresh = if wants_h2 {
             // h2c, or https where ALPN may settle on h2: one shared connection.
@@ -428,19 +409,23 @@ impl Pool {
             connect(dial, false).await
         };
         match fresh {
-            Err(error) => Err(Failed {
-                error,
-                request: Some(req),
-            }),
+            Err(error) => Err(hand_back(
+                Failed {
+                    error,
+                    request: Some(req),
+                },
+                fields,
+            )),
             Ok(Fresh::H2(sender)) => {
-                into_map(&mut req, fields);
+                into_map(&mut req, &mut fields);
                 send_h2(sender, dial, req).await
             }
             Ok(Fresh::H1(conn)) => h1::send(conn, req, fields.as_ref(), false)
                 .await
-                .map(Sent::h1),
+                .map(Sent::h1)
+                .map_err(|f| hand_back(f, fields)),
             Ok(Fresh::Upgrade(sender)) => {
-                into_map(&mut req, fields);
+                into_map(&mut req, &mut fields);
                 send_hyper_h1(sender, dial, req).await
             }
         }
@@ -453,6 +438,15 @@ fn into_map(req: &mut Request<ReqBody>, fields: &mut Option<HopFields>) {
     if let Some(fields) = fields.take() {
         fields.insert(req.headers_mut());
     }
+}
+
+/// A request handed back goes elsewhere with its forwarding fields in
+/// its map: what sends it next sends the map.
+fn hand_back(mut failed: Failed, mut fields: Option<HopFields>) -> Failed {
+    if let Some(req) = &mut failed.request {
+        into_map(req, &mut fields);
+    }
+    failed
 }
 
 /// An upgrade (WebSocket) on a fresh hyper HTTP/1.1 connection, which
