@@ -519,6 +519,13 @@ fn to_h2(
     scheme: http::uri::Scheme,
     addr: SocketAddr,
 ) -> Result<Request<ReqBody>, &'static str> {
+    // Already in HTTP/2 form: `proxy::Aim` for an h2c upstream.
+    if req.version() == Version::HTTP_2
+        && req.uri().scheme() == Some(&scheme)
+        && req.uri().authority().is_some()
+    {
+        return Ok(req);
+    }
     // From parts: the path and query go on as they are (shared bytes), only
     // the authority is parsed; no URI text is built and parsed again.
     let authority = match req.headers_mut().remove(header::HOST) {

@@ -31,7 +31,7 @@ pub use retry::RetryBudget;
 
 use crate::body::Inbound;
 use crate::client::{ClientError, Fault, Replay, ReqBody, Source};
-use crate::config::Target;
+use crate::config::{Protocol, Target};
 use crate::metrics::Metrics;
 use crate::routing::{self, RequestView, Route};
 use crate::server::OnConnect;
@@ -427,13 +427,32 @@ struct Aim {
     /// The Host to set: the request's authority when it had one (HTTP/2,
     /// absolute-form), else none (the client's Host stays).
     host: Option<HeaderValue>,
+    /// That authority as parsed, unless the request is an upgrade (which
+    /// goes out in HTTP/1.1 form whatever the upstream).
+    authority: Option<http::uri::Authority>,
     path_and_query: http::uri::PathAndQuery,
 }
 
 impl Aim {
-    /// Puts the request in HTTP/1.1 form (origin-form URI, Host header);
-    /// the client turns it into HTTP/2 form when the connection is h2.
-    fn apply(&self, req: &mut Request<ReqBody>) {
+    /// Puts the request in the form its upstream takes. For an h2c
+    /// upstream, HTTP/2 form (`:authority` the request's own, no Host)
+    /// when the request had an authority: no Host inserted here for the
+    /// client to take out and parse again. Else HTTP/1.1 form (origin-form
+    /// URI, Host header), which the client turns into HTTP/2 form when the
+    /// connection is h2.
+    fn apply(&self, req: &mut Request<ReqBody>, h2c: bool) {
+        if h2c && let Some(authority) = &self.authority {
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(http::uri::Scheme::HTTP);
+            uri.authority = Some(authority.clone());
+            uri.path_and_query = Some(self.path_and_query.clone());
+            if let Ok(uri) = Uri::from_parts(uri) {
+                req.headers_mut().remove(header::HOST);
+                *req.uri_mut() = uri;
+                *req.version_mut() = Version::HTTP_2;
+                return;
+            }
+        }
         if let Some(host) = &self.host {
             req.headers_mut().insert(header::HOST, host.clone());
         }
@@ -519,7 +538,7 @@ fn prepare(
     }
     headers::apply_rules(&mut parts.headers, rules);
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
-    let aim = aim(&parts, route, hop, first.1)?;
+    let aim = aim(&parts, route, hop, first.1, upgrade)?;
     if let Some(max) = route.spec.max_body
         && crate::body::content_length(&parts.headers).is_some_and(|n| n > max)
     {
@@ -568,6 +587,7 @@ fn aim(
     route: &Route,
     hop: &Hop<'_>,
     first: &Arc<Endpoint>,
+    upgrade: bool,
 ) -> Result<Aim, ProxyError> {
     // Without a rewrite the client's path and query go on as they are (a
     // cheap clone of shared bytes); only strip_prefix builds a new one.
@@ -593,6 +613,7 @@ fn aim(
     };
     Ok(Aim {
         host,
+        authority: (!upgrade).then(|| parts.uri.authority().cloned()).flatten(),
         path_and_query,
     })
 }
@@ -627,7 +648,7 @@ fn forward<'a>(
             let upstream = &table.upstreams[upstream_index];
             outcome.upstream = Some(upstream_index);
             outcome.endpoint = Some(endpoint.addr);
-            aim.apply(&mut request);
+            aim.apply(&mut request, endpoint.protocol == Protocol::H2c);
             let guard = InFlight::new(endpoint.clone());
             let send = endpoint.pool.send(
                 endpoint.dial(table.proxy.connect_timeout),

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
@@ -209,6 +210,41 @@ async fn host_becomes_authority_for_h2c_upstreams() {
     let v = echo.json();
     assert_eq!(v["version"], "HTTP/2.0");
     assert_eq!(v["authority"], "auth.example.com:8443");
+}
+
+/// A request with an authority of its own (HTTP/2's `:authority`, an
+/// absolute-form target) reaches an h2c upstream with that authority, the
+/// rewritten path and no Host field beside it.
+#[tokio::test]
+async fn a_requests_own_authority_reaches_an_h2c_upstream() {
+    let routes = "[[routes]]\nname = \"r\"\nupstream = \"blue\"\nstrip_prefix = \"/api\"\n";
+    let (_b, _g, steer) = blue_green(routes, "h2c").await;
+    let a = send(
+        &h2c(),
+        request("GET", &steer.url("/api/x?y=1"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    let v = a.json();
+    assert_eq!(v["version"], "HTTP/2.0", "{v}");
+    assert_eq!(v["authority"], steer.addr().to_string(), "{v}");
+    assert_eq!(
+        (v["path"].as_str(), v["query"].as_str()),
+        (Some("/x"), Some("y=1"))
+    );
+    assert!(v["headers"]["host"].is_null(), "{v}");
+    let mut s = tokio::net::TcpStream::connect(steer.addr()).await.unwrap();
+    s.write_all(b"GET http://auth.example.com/api/z HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(v["authority"], "auth.example.com", "{v}");
+    assert_eq!(v["path"], "/z", "{v}");
+    assert!(v["headers"]["host"].is_null(), "{v}");
 }
 
 #[tokio::test]
