@@ -89,6 +89,7 @@ fn headers_forwarding(c: &mut Criterion) {
         via: steer::config::ClientIpHeader::XForwardedFor,
         tls: true,
         host: Some(&host),
+        cache: None,
     };
     c.bench_function("headers_forwarding", |b| {
         b.iter_batched(

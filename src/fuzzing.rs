@@ -146,6 +146,7 @@ pub fn forwarding_headers(data: &[u8]) {
         via: crate::config::ClientIpHeader::XForwardedFor,
         tls: false,
         host: Some(&host),
+        cache: None,
     };
     headers::apply_forwarding(&mut h, &hop);
     if !trusted {

@@ -25,7 +25,7 @@ use access::Access;
 use body::{ClientUpgrade, UpstreamBody};
 pub use body::{ProxyBody, open_tunnels};
 pub use errors::{Expects, ProxyError, error_response};
-use headers::{Hop, HopFields, X_REQUEST_ID};
+use headers::{Hop, HopCache, HopFields, X_REQUEST_ID};
 pub(crate) use request::drop_underscored;
 pub use retry::RetryBudget;
 
@@ -62,6 +62,8 @@ pub struct ConnInfo {
     /// Over TLS with a verified client certificate: its
     /// `X-Forwarded-Client-Cert` value.
     pub client_cert: Option<HeaderValue>,
+    /// An HTTP/2 connection's forwarding values, shared by its streams.
+    pub hop_cache: Option<Arc<HopCache>>,
 }
 
 /// Serves one request. Infallible: every failure is a response.
@@ -249,6 +251,7 @@ fn proxy<'a>(
             via: table.proxy.client_ip_header,
             tls: conn.tls,
             host: raw_host.as_ref(),
+            cache: conn.hop_cache.as_deref(),
         };
         forward(
             shared,

@@ -76,6 +76,7 @@ fn a_resend_carries_the_forwarding_fields_the_head_left_out_of_the_map() {
         via: crate::config::ClientIpHeader::XForwardedFor,
         tls: true,
         host: Some(&host),
+        cache: None,
     };
     let mut first = Request::new(ReqBody::empty());
     let fields = headers::forwarding(first.headers_mut(), &hop);

@@ -122,13 +122,14 @@ where
 {
     let ConnCtx {
         shared,
-        info,
+        mut info,
         activity,
         serving,
         finish,
         stalls,
         ..
     } = ctx;
+    info.hop_cache = Some(Arc::default());
     // The preface is in `io` already, so this only sends our SETTINGS;
     // bounded all the same, by the write deadline underneath.
     let mut conn = serving.h2.handshake::<_, Bytes>(io).await?;

@@ -173,6 +173,7 @@ pub async fn serve_proxy(
                     closing,
                     tls_names: None,
                     client_cert: None,
+                    hop_cache: None,
                 },
                 activity,
                 head_deadline: tokio::time::Instant::now() + serving.header_read_timeout,

@@ -17,6 +17,7 @@ fn hop(trusted: bool) -> Hop<'static> {
         via: crate::config::ClientIpHeader::XForwardedFor,
         tls: false,
         host: Some(&AUTH),
+        cache: None,
     }
 }
 
@@ -110,6 +111,7 @@ fn forwarded_element_follows_a_trusted_load_balancers_scheme_and_host() {
         via: crate::config::ClientIpHeader::XForwardedFor,
         tls: false,
         host: Some(&host),
+        cache: None,
     };
     apply_forwarding(&mut h, &hop);
     assert_eq!(
@@ -129,6 +131,7 @@ fn forwarded_quotes_ipv6_and_ported_hosts() {
         via: crate::config::ClientIpHeader::XForwardedFor,
         tls: true,
         host: Some(&host),
+        cache: None,
     };
     apply_forwarding(&mut h, &hop);
     assert_eq!(
@@ -296,9 +299,13 @@ fn name_sets_find_their_names_as_parsed_and_no_others() {
 
 /// The lines `HopFields::write` puts in an HTTP/1.1 head are, field for
 /// field and byte for byte, what `apply_forwarding` puts in a map: an
-/// HTTP/1.1 upstream and any other see the same forwarding fields.
+/// HTTP/1.1 upstream and any other see the same forwarding fields. The
+/// same through a connection's `HopCache`, as it first builds and then
+/// reuses the values, one cache across hops that differ in peer, scheme
+/// or Host: a value kept for one is never given to another.
 #[test]
 fn hop_fields_written_into_a_head_are_those_put_in_a_map() {
+    let cache = HopCache::default();
     let forged = [
         ("x-forwarded-for", "6.6.6.6"),
         ("forwarded", "for=6.6.6.6"),
@@ -325,38 +332,52 @@ fn hop_fields_written_into_a_head_are_those_put_in_a_map() {
             via: crate::config::ClientIpHeader::XForwardedFor,
             tls,
             host: host.as_ref(),
+            cache: None,
         };
         // What an untrusted client sends is dropped either way; a trusted
         // one that sets none leaves steer's fields to the hop alone.
         let sent = if trusted { &[][..] } else { &forged[..] };
         let mut expected = map(sent);
         apply_forwarding(&mut expected, &hop);
-        let mut h = map(sent);
-        let fields = forwarding(&mut h, &hop).expect("the hop's own fields");
-        let mut head = Vec::new();
-        fields.write(&mut head);
-        let text = String::from_utf8(head).unwrap();
-        let written: Vec<(&str, &str)> = text
-            .strip_suffix("\r\n")
-            .unwrap()
-            .split("\r\n")
-            .map(|line| line.split_once(": ").unwrap())
-            .collect();
-        for (name, value) in &written {
-            assert!(!h.contains_key(*name), "{name} both in the map and written");
-            assert_eq!(expected.get_all(*name).iter().collect::<Vec<_>>(), [value]);
+        let cached = Hop {
+            cache: Some(&cache),
+            ..hop
+        };
+        for hop in [hop, cached, cached] {
+            let mut h = map(sent);
+            let fields = forwarding(&mut h, &hop).expect("the hop's own fields");
+            assert_eq!(fields.built.is_some(), hop.cache.is_some());
+            assert_written_as_in(fields, h, &expected);
         }
-        for name in ["x-forwarded-for", "x-forwarded-proto", "forwarded"] {
-            assert!(
-                written.iter().any(|(n, _)| *n == name),
-                "{name} missing: {text}"
-            );
-        }
-        fields.insert(&mut h);
-        assert_eq!(h, expected, "{text}");
         cases += 1;
     }
     assert_eq!(cases, 45);
+}
+
+/// `fields` written into a head and inserted into `h` (the request's map
+/// after `forwarding`) give the fields of `expected`.
+fn assert_written_as_in(fields: HopFields, mut h: HeaderMap, expected: &HeaderMap) {
+    let mut head = Vec::new();
+    fields.write(&mut head);
+    let text = String::from_utf8(head).unwrap();
+    let written: Vec<(&str, &str)> = text
+        .strip_suffix("\r\n")
+        .unwrap()
+        .split("\r\n")
+        .map(|line| line.split_once(": ").unwrap())
+        .collect();
+    for (name, value) in &written {
+        assert!(!h.contains_key(*name), "{name} both in the map and written");
+        assert_eq!(expected.get_all(*name).iter().collect::<Vec<_>>(), [value]);
+    }
+    for name in ["x-forwarded-for", "x-forwarded-proto", "forwarded"] {
+        assert!(
+            written.iter().any(|(n, _)| *n == name),
+            "{name} missing: {text}"
+        );
+    }
+    fields.insert(&mut h);
+    assert_eq!(&h, expected, "{text}");
 }
 
 #[test]
