@@ -333,7 +333,8 @@ impl Pool {
         Ok(fresh)
     }
 
-    /// Sends `req` (HTTP/1.1 form) to the endpoint. h2c upstreams get
+    /// Sends `req` (HTTP/1.1 form, or HTTP/2 form for an h2c endpoint:
+    /// `proxy::Aim`) to the endpoint. h2c upstreams get
     /// HTTP/2, http1 upstreams HTTP/1.1, https upstreams what ALPN settles;
     /// upgrades always go over HTTP/1.1. When the request never left steer
     /// the error hands it back, so it can go elsewhere with its body intact.
@@ -532,7 +533,10 @@ fn to_h2(
         Some(h) => {
             http::uri::Authority::from_maybe_shared(bytes::Bytes::copy_from_slice(h.as_bytes()))
         }
-        None => addr.to_string().parse(),
+        None => match req.uri().authority() {
+            Some(own) => Ok(own.clone()),
+            None => addr.to_string().parse(),
+        },
     }
     .map_err(|_| "Host is not a valid authority")?;
     let mut parts = std::mem::take(req.uri_mut()).into_parts();

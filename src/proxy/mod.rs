@@ -425,13 +425,14 @@ fn upstream_uri(
 
 /// Where a prepared request goes: the client's authority and the path and
 /// query after rewriting. Re-aiming at another upstream (a retry, possibly
-/// a fallback with another protocol) only changes URI form and version.
+/// a fallback with another protocol) changes only the URI form, the
+/// version and whether the authority travels as Host or `:authority`.
 struct Aim {
     /// The Host to set: the request's authority when it had one (HTTP/2,
     /// absolute-form), else none (the client's Host stays).
     host: Option<HeaderValue>,
-    /// That authority as parsed, unless the request is an upgrade (which
-    /// goes out in HTTP/1.1 form whatever the upstream).
+    /// That authority as parsed, unless the request is an upgrade
+    /// (`own_authority`).
     authority: Option<http::uri::Authority>,
     path_and_query: http::uri::PathAndQuery,
 }
@@ -616,9 +617,18 @@ fn aim(
     };
     Ok(Aim {
         host,
-        authority: (!upgrade).then(|| parts.uri.authority().cloned()).flatten(),
+        authority: own_authority(parts, upgrade),
         path_and_query,
     })
+}
+
+/// The request's own authority (HTTP/2, absolute-form), for an h2c
+/// upstream's `:authority`; none for an upgrade, which goes out in
+/// HTTP/1.1 form through hyper whatever the upstream: one the client
+/// asked for, or an `Upgrade` field a route rule set.
+fn own_authority(parts: &http::request::Parts, upgrade: bool) -> Option<http::uri::Authority> {
+    let own = parts.uri.authority().filter(|_| !upgrade)?;
+    (!parts.headers.contains_key(header::UPGRADE)).then(|| own.clone())
 }
 
 /// Sends the request to `first`, and on a failure that allows it, again

@@ -92,3 +92,38 @@ fn a_resend_carries_the_forwarding_fields_the_head_left_out_of_the_map() {
         "for=192.0.2.7;proto=https;host=auth.example.com"
     );
 }
+
+/// An h2c upstream gets a request's own authority as `:authority`, with
+/// no Host beside it; an upgrade (asked for, or an `Upgrade` a route rule
+/// set) keeps HTTP/1.1 form for hyper; another upstream gets the Host.
+#[test]
+fn an_h2c_upstream_gets_the_requests_own_authority_and_no_host() {
+    let (mut parts, ()) = Request::get("https://auth.example.com/api/x?y=1")
+        .header(header::HOST, "auth.example.com")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let own = own_authority(&parts, false).expect("its own authority");
+    assert_eq!(own, "auth.example.com");
+    assert!(own_authority(&parts, true).is_none());
+    let aim = Aim {
+        host: Some(HeaderValue::from_static("auth.example.com")),
+        authority: Some(own),
+        path_and_query: "/x?y=1".parse().unwrap(),
+    };
+    let mut req = Request::new(ReqBody::empty());
+    req.headers_mut()
+        .insert(header::HOST, HeaderValue::from_static("auth.example.com"));
+    aim.apply(&mut req, true);
+    assert_eq!(req.version(), Version::HTTP_2);
+    assert_eq!(req.uri(), "http://auth.example.com/x?y=1");
+    assert!(req.headers().get(header::HOST).is_none());
+    aim.apply(&mut req, false);
+    assert_eq!(req.version(), Version::HTTP_11);
+    assert_eq!(req.uri(), "/x?y=1");
+    assert_eq!(req.headers()[header::HOST], "auth.example.com");
+    parts
+        .headers
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    assert!(own_authority(&parts, false).is_none());
+}
