@@ -148,7 +148,35 @@ pub fn forwarding_headers(data: &[u8]) {
         host: Some(&host),
         cache: None,
     };
+    let mut apart = h.clone();
     headers::apply_forwarding(&mut h, &hop);
+    // The fields kept out of the map, where there are any, are written as
+    // they would be inserted.
+    if let Some(fields) = headers::forwarding(&mut apart, &hop) {
+        let mut head = Vec::new();
+        fields.write(&mut head);
+        let mut written = HeaderMap::new();
+        for line in head.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let at = line.iter().position(|b| *b == b':').unwrap_or(0);
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(&line[..at]),
+                HeaderValue::from_bytes(line.get(at + 2..).unwrap_or_default()),
+            ) else {
+                panic!("written line is no field: {line:?}");
+            };
+            written.append(name, value);
+        }
+        for (name, value) in &written {
+            assert!(
+                !apart.contains_key(name),
+                "{name} both in the map and written"
+            );
+            assert_eq!(h.get_all(name).iter().collect::<Vec<_>>(), [value]);
+        }
+        fields.insert(&mut apart);
+        assert_eq!(apart, h);
+    }
     if !trusted {
         for name in [
             "x-real-ip",

@@ -1,7 +1,8 @@
 //! Header rules of the request path: hop-by-hop removal, forwarding-header
 //! hygiene (a client that is not a trusted proxy cannot forge who it is or
 //! which ZITADEL instance it wants), the `X-Forwarded-*`/`Forwarded` that
-//! steer adds, and a route's set/remove rules. Pure functions over HeaderMap.
+//! steer adds, and a route's set/remove rules. Functions over HeaderMap,
+//! and the forwarding values an HTTP/2 connection keeps (`HopCache`).
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
@@ -252,7 +253,8 @@ pub fn apply_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
 /// fields steer sets (what an untrusted peer sent is gone by then, and a
 /// trusted one set none), those fields depend on the hop alone and come
 /// back unwritten: an HTTP/1.1 upstream head gets them written straight
-/// in (`HopFields::write`), with no map insert and no value built.
+/// in (`HopFields::write`), with no map insert (and, on a connection
+/// without a `HopCache`, no value built).
 pub(crate) fn forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) -> Option<HopFields> {
     // Which forwarding headers the request has, by index in
     // FORWARDING_NAMES: one pass instead of a hashed lookup per name.
@@ -442,8 +444,9 @@ pub(crate) struct HopFields {
 }
 
 impl HopFields {
-    /// Into a header map, as `apply_forwarding` does: for an HTTP/2 or
-    /// hyper upstream, a route rule that names one of them, a resend.
+    /// Into a header map, for every way but an HTTP/1.1 head: an HTTP/2
+    /// or hyper upstream, a route rule that names one of them, a request
+    /// handed back by a failed attempt, a resend.
     pub(crate) fn insert(mut self, headers: &mut HeaderMap) {
         let built = match self.built.take() {
             Some(kept) => Some((kept.xff.clone(), kept.forwarded.clone())),
@@ -485,27 +488,29 @@ impl HopFields {
             out.extend_from_slice(b"\r\n");
         };
         let proto = own_proto(self.tls);
+        let text;
+        // `X-Forwarded-For` is the peer's address as text.
         let peer = match &self.built {
-            Some(kept) => {
-                line(out, &X_FORWARDED_FOR, &[kept.xff.as_bytes()]);
-                line(out, &X_FORWARDED_PROTO, &[proto.as_bytes()]);
-                if let Some(host) = &self.host {
-                    line(out, &X_FORWARDED_HOST, &[host.as_bytes()]);
-                }
-                line(out, &header::FORWARDED, &[kept.forwarded.as_bytes()]);
-                return;
+            Some(kept) => kept.xff.as_bytes(),
+            None => {
+                text = IpText::new(self.peer);
+                text.as_bytes()
             }
-            None => IpText::new(self.peer),
         };
-        line(out, &X_FORWARDED_FOR, &[peer.as_bytes()]);
+        line(out, &X_FORWARDED_FOR, &[peer]);
         line(out, &X_FORWARDED_PROTO, &[proto.as_bytes()]);
         if let Some(host) = &self.host {
             line(out, &X_FORWARDED_HOST, &[host.as_bytes()]);
         }
-        let host = self.host.as_ref().and_then(|v| v.to_str().ok());
-        forwarded_value(None, (self.peer, peer.as_bytes()), proto, host, |value| {
-            line(out, &header::FORWARDED, value)
-        });
+        match &self.built {
+            Some(kept) => line(out, &header::FORWARDED, &[kept.forwarded.as_bytes()]),
+            None => {
+                let host = self.host.as_ref().and_then(|v| v.to_str().ok());
+                forwarded_value(None, (self.peer, peer), proto, host, |value| {
+                    line(out, &header::FORWARDED, value)
+                });
+            }
+        }
     }
 }
 

@@ -380,6 +380,40 @@ fn assert_written_as_in(fields: HopFields, mut h: HeaderMap, expected: &HeaderMa
     assert_eq!(&h, expected, "{text}");
 }
 
+/// A connection's kept values are for one peer, scheme and Host: a hop
+/// that differs in any of them alone gets its own.
+#[test]
+fn kept_forwarding_values_are_for_one_peer_scheme_and_host() {
+    let cache = HopCache::default();
+    let other_host = HeaderValue::from_static("other.example.com");
+    let hops = [
+        hop(false),
+        Hop {
+            peer: "192.0.2.99".parse().unwrap(),
+            ..hop(false)
+        },
+        Hop {
+            tls: true,
+            ..hop(false)
+        },
+        Hop {
+            host: Some(&other_host),
+            ..hop(false)
+        },
+    ];
+    for hop in hops.iter().chain(&hops) {
+        let mut expected = HeaderMap::new();
+        apply_forwarding(&mut expected, hop);
+        let cached = Hop {
+            cache: Some(&cache),
+            ..*hop
+        };
+        let mut h = HeaderMap::new();
+        let fields = forwarding(&mut h, &cached).expect("the hop's own fields");
+        assert_written_as_in(fields, h, &expected);
+    }
+}
+
 #[test]
 fn a_trusted_proxys_own_fields_are_built_on_in_the_map() {
     let mut h = map(&[("x-forwarded-for", "203.0.113.9")]);
