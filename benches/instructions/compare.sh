@@ -21,8 +21,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REQUESTS=3000
-[ "${1:-}" = --requests ] && REQUESTS="$2"
-for tool in valgrind callgrind_control h2load nginx haproxy openssl; do
+case "${1:-}" in
+  '') ;;
+  --requests) REQUESTS="$2" ;;
+  *) echo "usage: $0 [--requests N]" >&2; exit 2 ;;
+esac
+for tool in valgrind callgrind_control h2load nginx haproxy openssl curl python3; do
   command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] \
     || { echo "compare.sh needs $tool" >&2; exit 2; }
 done
