@@ -114,11 +114,7 @@ events { worker_connections 1000; }
 http {
   access_log off;
   keepalive_requests 10000000;
-  client_body_temp_path $work/nginx/tmp;
-  proxy_temp_path $work/nginx/tmp;
-  fastcgi_temp_path $work/nginx/tmp;
-  uwsgi_temp_path $work/nginx/tmp;
-  scgi_temp_path $work/nginx/tmp;
+$(nginx_temp_paths $work/nginx/tmp)
   ssl_certificate $work/cert.pem;
   ssl_certificate_key $work/key.pem;
   upstream up { server $up; keepalive 64; keepalive_requests 10000000; }
@@ -126,11 +122,7 @@ http {
     listen 127.0.0.1:$ng_http;
     listen 127.0.0.1:$ng_tls ssl http2;
     location / {
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-$(nginx_forwarding proxy)
+$(nginx_proxy_http1 up)
     }
   }
   server {

@@ -1,6 +1,28 @@
-# Sourced by benches/load/run.sh and benches/instructions/compare.sh: the
-# forwarding fields and request id that nginx and HAProxy set in every
-# comparison with steer, so that all three do the same work per request.
+# Sourced by benches/load/run.sh and benches/instructions/compare.sh:
+# what nginx and HAProxy are configured with in every comparison with
+# steer, so that all three do the same work per request (the forwarding
+# fields and request id above all).
+
+# nginx_temp_paths DIR: nginx's temporary files in the run's directory
+# DIR, not under its compiled-in prefix.
+nginx_temp_paths() {
+  local kind
+  for kind in client_body proxy fastcgi uwsgi scgi; do
+    echo "  ${kind}_temp_path $1;"
+  done
+}
+
+# nginx_proxy_http1 UPSTREAM: a location's HTTP/1.1 keep-alive proxying to
+# UPSTREAM with the client's Host, and the forwarding fields.
+nginx_proxy_http1() {
+  cat <<EOT
+      proxy_pass http://$1;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+EOT
+  nginx_forwarding proxy
+}
 
 # nginx_forwarding PREFIX: directives for an nginx location (PREFIX:
 # proxy for proxy_pass, grpc for grpc_pass).

@@ -164,11 +164,7 @@ http {
   access_log $WORK/nginx/access.log combined buffer=64k;
   keepalive_timeout 75s;
   keepalive_requests 10000000;
-  client_body_temp_path $WORK/nginx/tmp;
-  proxy_temp_path $WORK/nginx/tmp;
-  fastcgi_temp_path $WORK/nginx/tmp;
-  uwsgi_temp_path $WORK/nginx/tmp;
-  scgi_temp_path $WORK/nginx/tmp;
+$(nginx_temp_paths $WORK/nginx/tmp)
   upstream up {
     server 127.0.0.1:$PORT_UP;
     keepalive $NGINX_KEEPALIVE;
@@ -188,11 +184,7 @@ http {
     ssl_certificate_key $WORK/key.pem;
     ssl_protocols TLSv1.2 TLSv1.3;
     location / {
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-$(nginx_forwarding proxy)
+$(nginx_proxy_http1 up)
     }
     location /h2c/ {
       grpc_pass grpc://up_h2c;
