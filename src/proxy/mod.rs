@@ -533,16 +533,15 @@ fn prepare(
     }
     let mut fields = headers::forwarding(&mut parts.headers, hop);
     // A rule that names one of them applies to them: into the map first.
-    // So does an upgrade, which goes out through hyper.
     let rules = &route.spec.request_headers;
-    if (upgrade || headers::names_forwarding(rules))
+    if headers::names_forwarding(rules)
         && let Some(f) = fields.take()
     {
         f.insert(&mut parts.headers);
     }
     headers::apply_rules(&mut parts.headers, rules);
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
-    let aim = aim(&parts, route, hop, first.1, upgrade)?;
+    let aim = aim(&parts, route, hop, first.1)?;
     if let Some(max) = route.spec.max_body
         && crate::body::content_length(&parts.headers).is_some_and(|n| n > max)
     {
@@ -591,7 +590,6 @@ fn aim(
     route: &Route,
     hop: &Hop<'_>,
     first: &Arc<Endpoint>,
-    upgrade: bool,
 ) -> Result<Aim, ProxyError> {
     // Without a rewrite the client's path and query go on as they are (a
     // cheap clone of shared bytes); only strip_prefix builds a new one.
@@ -617,17 +615,17 @@ fn aim(
     };
     Ok(Aim {
         host,
-        authority: own_authority(parts, upgrade),
+        authority: own_authority(parts),
         path_and_query,
     })
 }
 
 /// The request's own authority (HTTP/2, absolute-form), for an h2c
-/// upstream's `:authority`; none for an upgrade, which goes out in
-/// HTTP/1.1 form through hyper whatever the upstream: one the client
-/// asked for, or an `Upgrade` field a route rule set.
-fn own_authority(parts: &http::request::Parts, upgrade: bool) -> Option<http::uri::Authority> {
-    let own = parts.uri.authority().filter(|_| !upgrade)?;
+/// upstream's `:authority`; none for an upgrade (an `Upgrade` field, the
+/// client's or a route rule's), which goes out in HTTP/1.1 form through
+/// hyper whatever the upstream.
+fn own_authority(parts: &http::request::Parts) -> Option<http::uri::Authority> {
+    let own = parts.uri.authority()?;
     (!parts.headers.contains_key(header::UPGRADE)).then(|| own.clone())
 }
 

@@ -103,9 +103,8 @@ fn an_h2c_upstream_gets_the_requests_own_authority_and_no_host() {
         .body(())
         .unwrap()
         .into_parts();
-    let own = own_authority(&parts, false).expect("its own authority");
+    let own = own_authority(&parts).expect("its own authority");
     assert_eq!(own, "auth.example.com");
-    assert!(own_authority(&parts, true).is_none());
     let aim = Aim {
         host: Some(HeaderValue::from_static("auth.example.com")),
         authority: Some(own),
@@ -125,5 +124,5 @@ fn an_h2c_upstream_gets_the_requests_own_authority_and_no_host() {
     parts
         .headers
         .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    assert!(own_authority(&parts, false).is_none());
+    assert!(own_authority(&parts).is_none());
 }

@@ -454,3 +454,63 @@ async fn an_http2_websocket_in_use_outlives_another_stream_of_its_connection_tha
     }
     assert!(!conn.is_finished(), "steer closed the connection");
 }
+
+/// A WebSocket server that sends the forwarding fields of each handshake
+/// it takes on `seen` (each field's values, in order).
+async fn forwarding_echo(
+    seen: tokio::sync::mpsc::UnboundedSender<Vec<String>>,
+) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let cb = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                          resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
+                    let fields = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded"]
+                        .iter()
+                        .flat_map(|name| req.headers().get_all(*name))
+                        .map(|v| v.to_str().unwrap_or("").to_owned())
+                        .collect();
+                    let _ = seen.send(fields);
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, cb).await else {
+                    return;
+                };
+                while let Some(Ok(_)) = ws.next().await {}
+            });
+        }
+    });
+    addr
+}
+
+/// A WebSocket handshake, over HTTP/1.1 or as an HTTP/2 extended CONNECT,
+/// reaches the upstream with steer's forwarding fields, once each.
+#[tokio::test]
+async fn a_websocket_handshake_carries_the_forwarding_fields() {
+    for protocol in ["http1", "h2c"] {
+        let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let echo = forwarding_echo(tx).await;
+        let body = format!(
+            "[upstreams.ws]\nendpoints = [\"{echo}\"]\nprotocol = \"{protocol}\"\nhealth = false\n\n[[routes]]\nname = \"ws\"\nupstream = \"ws\"\n"
+        );
+        let steer = Steer::start_ready(&body).await;
+        let host = steer.addr().to_string();
+        let expected = [
+            "127.0.0.1".to_owned(),
+            "http".to_owned(),
+            host.clone(),
+            format!("for=127.0.0.1;proto=http;host=\"{host}\""),
+        ];
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{host}/socket"))
+            .await
+            .unwrap();
+        assert_eq!(seen.recv().await.unwrap(), expected, "{protocol}, HTTP/1.1");
+        ws.close(None).await.unwrap();
+        let (resp, _ws) = h2_connect(steer.addr(), "/socket", "websocket").await;
+        assert_eq!(resp.status(), 200, "{protocol}");
+        assert_eq!(seen.recv().await.unwrap(), expected, "{protocol}, HTTP/2");
+    }
+}
