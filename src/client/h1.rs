@@ -268,16 +268,25 @@ fn request_framing(parts: &http::request::Parts, body: &ReqBody) -> ReqFraming {
 }
 
 /// `name: value` lines.
-pub(crate) fn encode_fields<'a>(
+fn encode_fields<'a>(
     out: &mut Vec<u8>,
     fields: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
 ) {
     for (name, value) in fields {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        field_line(out, name, &[value.as_bytes()]);
     }
+}
+
+/// One `name: value` line, the value given in pieces. Inlined: most
+/// callers give one piece, and the loop then goes away.
+#[inline]
+pub(crate) fn field_line(out: &mut Vec<u8>, name: &HeaderName, value: &[&[u8]]) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    for piece in value {
+        out.extend_from_slice(piece);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The request head in HTTP/1.1 form: origin-form target, the fields as

@@ -34,7 +34,7 @@ use crate::tls::client::UpstreamTls;
 mod body;
 mod h1;
 // HTTP/1.1 wire helpers the server side (`server::h1`) writes with too.
-pub(crate) use h1::{chunk_size, encode_fields, field_name, last_coding_is_chunked, put_length};
+pub(crate) use h1::{chunk_size, field_line, field_name, last_coding_is_chunked, put_length};
 mod h2conn;
 mod replay;
 

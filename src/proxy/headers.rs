@@ -292,6 +292,14 @@ pub(crate) fn forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) -> Option<HopFi
         fields.built = hop.cache.and_then(|cache| cache.values(&fields));
         return Some(fields);
     }
+    build_on(headers, hop, present);
+    None
+}
+
+/// The fields steer sets, for a request from a trusted proxy that set
+/// some of them (`present`, by index in FORWARDING_NAMES): built on in
+/// the map.
+fn build_on(headers: &mut HeaderMap, hop: &Hop<'_>, present: u32) {
     let has = |i: usize| present & (1 << i) != 0;
     // Behind a proxy that sets only Forwarded, X-Forwarded-* are steer's to
     // write, from what Forwarded says.
@@ -375,7 +383,6 @@ pub(crate) fn forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) -> Option<HopFi
     if let Some(v) = element {
         headers.insert(header::FORWARDED, v);
     }
-    None
 }
 
 /// The `Forwarded` value with this hop's element after `prev` (the
@@ -479,14 +486,7 @@ impl HopFields {
     /// As `name: value` lines of an HTTP/1.1 head, the same bytes `insert`
     /// puts in a map.
     pub(crate) fn write(&self, out: &mut Vec<u8>) {
-        let line = |out: &mut Vec<u8>, name: &HeaderName, value: &[&[u8]]| {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            for piece in value {
-                out.extend_from_slice(piece);
-            }
-            out.extend_from_slice(b"\r\n");
-        };
+        use crate::client::field_line as line;
         let proto = own_proto(self.tls);
         let text;
         // `X-Forwarded-For` is the peer's address as text.

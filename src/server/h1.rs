@@ -55,7 +55,7 @@ use super::ConnCtx;
 use super::park::{Parkable, Peer};
 use crate::body::Inbound;
 use crate::body::{content_length, length_value};
-use crate::client::{chunk_size, encode_fields, field_name, last_coding_is_chunked, put_length};
+use crate::client::{chunk_size, field_line, field_name, last_coding_is_chunked, put_length};
 use crate::proxy::headers::connection_has;
 use crate::proxy::{self, ProxyBody};
 
@@ -506,11 +506,11 @@ fn encode_response_fields(
                     BodyLen::Empty if head_only => 0,
                     BodyLen::Empty => continue,
                 };
-                encode_fields(out, std::iter::once((name, value)));
+                field_line(out, name, &[value.as_bytes()]);
                 fields.framing = Some(Framing::Length(n));
             }
             header::TRANSFER_ENCODING if has_body && fields.framing.is_none() => {
-                encode_fields(out, std::iter::once((name, value)));
+                field_line(out, name, &[value.as_bytes()]);
                 joining = Some(name);
                 fields.framing = Some(Framing::Chunked);
             }
@@ -518,12 +518,12 @@ fn encode_response_fields(
             header::TRAILER if !has_body => {}
             header::CONNECTION | header::TRAILER => {
                 fields.close |= name == header::CONNECTION && connection_has(headers, "close");
-                encode_fields(out, std::iter::once((name, value)));
+                field_line(out, name, &[value.as_bytes()]);
                 joining = Some(name);
             }
             _ => {
                 fields.dated |= name == header::DATE;
-                encode_fields(out, std::iter::once((name, value)));
+                field_line(out, name, &[value.as_bytes()]);
             }
         }
     }
