@@ -44,12 +44,13 @@ start_upstream "$STEER"
 count() {
   local name="$1" url="$2"
   shift 2
-  h2load "$@" -c 1 -n 300 "$url" >/dev/null
-  callgrind_control -z "$pid" >/dev/null
-  h2load "$@" -c 1 -n "$REQUESTS" "$url" >"$work/$name.h2load"
+  # Bounded: a proxy that stops answering fails the run, not hangs it.
+  timeout 300 h2load "$@" -c 1 -n 300 "$url" >/dev/null
+  timeout 60 callgrind_control -z "$pid" >/dev/null
+  timeout 900 h2load "$@" -c 1 -n "$REQUESTS" "$url" >"$work/$name.h2load"
   grep -q " 0 failed, 0 errored" "$work/$name.h2load" || { cat "$work/$name.h2load" >&2; exit 1; }
   rm -f "$work/$name.out".*
-  callgrind_control -d "$pid" >/dev/null
+  timeout 60 callgrind_control -d "$pid" >/dev/null
   # Dumps go to NAME.out.1, .2, ...: the one after the zeroing holds the
   # load alone. Its last line is written last.
   for _ in $(seq 100); do

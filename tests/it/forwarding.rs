@@ -239,7 +239,11 @@ async fn a_requests_own_authority_reaches_an_h2c_upstream() {
         .await
         .unwrap();
     let mut answer = String::new();
-    s.read_to_string(&mut answer).await.unwrap();
+    let read = s.read_to_string(&mut answer);
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .expect("steer answers and closes within 10 s")
+        .unwrap();
     let v: serde_json::Value =
         serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
     assert_eq!(v["authority"], "auth.example.com", "{v}");

@@ -486,6 +486,14 @@ async fn forwarding_echo(
     addr
 }
 
+/// The forwarding fields of the next handshake `forwarding_echo` took.
+async fn handshake(seen: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<String>>) -> Vec<String> {
+    tokio::time::timeout(std::time::Duration::from_secs(10), seen.recv())
+        .await
+        .expect("a handshake reaches the upstream within 10 s")
+        .unwrap()
+}
+
 /// A WebSocket handshake, over HTTP/1.1 or as an HTTP/2 extended CONNECT,
 /// reaches the upstream with steer's forwarding fields, once each.
 #[tokio::test]
@@ -507,10 +515,10 @@ async fn a_websocket_handshake_carries_the_forwarding_fields() {
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{host}/socket"))
             .await
             .unwrap();
-        assert_eq!(seen.recv().await.unwrap(), expected, "{protocol}, HTTP/1.1");
+        assert_eq!(handshake(&mut seen).await, expected, "{protocol}, HTTP/1.1");
         ws.close(None).await.unwrap();
         let (resp, _ws) = h2_connect(steer.addr(), "/socket", "websocket").await;
         assert_eq!(resp.status(), 200, "{protocol}");
-        assert_eq!(seen.recv().await.unwrap(), expected, "{protocol}, HTTP/2");
+        assert_eq!(handshake(&mut seen).await, expected, "{protocol}, HTTP/2");
     }
 }
