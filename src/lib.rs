@@ -70,6 +70,7 @@
 //! - [`app`]: wiring, lifecycle, and the `check`/`route`/`demo` commands.
 //! - [`demo`]: the ZITADEL-like deployments behind `steer demo`,
 //!   `steer demo-upstream` and the tests.
+//! - `boxed`: futures boxed where they are built (no copy into the box).
 //! - `fuzzing`: the bodies of the cargo-fuzz targets in `fuzz/`.
 
 /// The error type of steer's HTTP bodies.
@@ -79,6 +80,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod app;
 pub mod body;
+pub(crate) mod boxed;
 pub mod client;
 pub mod config;
 pub mod demo;

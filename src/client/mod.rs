@@ -27,6 +27,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::boxed::pinned;
 use crate::config::Protocol;
 use crate::proxy::headers::HopFields;
 use crate::tls::client::UpstreamTls;
@@ -358,12 +359,12 @@ impl Pool {
             let (mut req, mut fields) = (req, fields);
             if req.headers().contains_key(header::UPGRADE) {
                 into_map(&mut req, &mut fields);
-                return Box::pin(send_upgrade(dial, req)).await;
+                return pinned(|| send_upgrade(dial, req)).await;
             }
             let wants_h2 = dial.protocol != Protocol::Http1;
             if wants_h2 && let Some(sender) = self.live_h2() {
                 into_map(&mut req, &mut fields);
-                match Box::pin(send_h2(sender, dial, req)).await {
+                match pinned(|| send_h2(sender, dial, req)).await {
                     // The shared connection could take no new stream (it went
                     // away, or closed, before its task noticed): nothing was
                     // sent, and a new connection to the same endpoint is safe.
@@ -389,7 +390,7 @@ impl Pool {
                     other => return other.map(Sent::h1).map_err(|f| hand_back(f, fields)),
                 }
             }
-            Box::pin(self.send_fresh(dial, wants_h2, req, fields)).await
+            pinned(|| self.send_fresh(dial, wants_h2, req, fields)).await
         }
     }
 

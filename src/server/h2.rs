@@ -38,6 +38,7 @@ use super::h2_connect::{Handed, OnConnect};
 use super::io::StallReport;
 use super::{ClientResult, ConnCtx};
 use crate::body::Inbound;
+use crate::boxed::pinned;
 use crate::h2send::{self, Stop};
 use crate::proxy::{self, ProxyBody};
 
@@ -407,7 +408,7 @@ async fn stream(
     // future would be that large from its start.
     // Freed when it has answered, not kept while the body or a tunnel runs.
     let resp = {
-        let handled = Box::pin(proxy::handle(&streams.shared, &streams.info, req));
+        let handled = pinned(|| proxy::handle(&streams.shared, &streams.info, req));
         tokio::select! {
             resp = handled => resp,
             _ = poll_fn(|cx| respond.poll_reset(cx)) => return,

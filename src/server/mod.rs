@@ -21,6 +21,7 @@ use tokio::io::AsyncRead;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::boxed::pinned;
 use crate::config::ProxySettings;
 
 mod admin_listener;
@@ -187,8 +188,8 @@ pub async fn serve_proxy(
             // these inline. Between requests this is what a connection
             // costs.
             let started = match tls {
-                None => Box::pin(start_plain(io, ctx)).await,
-                Some(tls) => Box::pin(start_tls(io, tls, ctx)).await,
+                None => pinned(|| start_plain(io, ctx)).await,
+                Some(tls) => pinned(|| start_tls(io, tls, ctx)).await,
             };
             let result = match started {
                 Ok(Some(server)) => server.await,
@@ -217,8 +218,8 @@ type Started = Option<futures_util::future::BoxFuture<'static, ClientResult>>;
 fn server_for<I: park::Parkable>(io: I, buf: BytesMut, ctx: ConnCtx, speaks: Speaks) -> Started {
     match speaks {
         Speaks::Nothing => None,
-        Speaks::Http1 => Some(Box::pin(park::serve(io, buf, ctx))),
-        Speaks::Http2 => Some(Box::pin(serve_h2(io, buf, ctx))),
+        Speaks::Http1 => Some(pinned(|| park::serve(io, buf, ctx))),
+        Speaks::Http2 => Some(pinned(|| serve_h2(io, buf, ctx))),
     }
 }
 

@@ -53,6 +53,7 @@ use tokio::sync::watch;
 
 use super::io::Prefixed;
 use super::{ClientIo, ClientResult, ConnCtx, conn, h1};
+use crate::boxed::pinned;
 use crate::proxy;
 
 /// How long a connection has no request open before its round ends and
@@ -366,13 +367,13 @@ pub(super) fn serve<S: Parkable>(
                 }
             }
             let taken = std::mem::take(&mut pending);
-            let served = Box::pin(h1::serve(&mut stream, taken, &mut deadline, &mut ctx));
+            let served = pinned(|| h1::serve(&mut stream, taken, &mut deadline, &mut ctx));
             let handed = match served.await? {
                 h1::Next::Idle => continue,
                 h1::Next::Closed => return Ok(()),
                 h1::Next::Hyper { leftover } => leftover,
             };
-            let (parked, unread) = match Box::pin(round(stream, handed, &ctx)).await? {
+            let (parked, unread) = match pinned(|| round(stream, handed, &ctx)).await? {
                 Round::Closed => return Ok(()),
                 Round::Parked { stream, leftover } => (stream, leftover),
             };
