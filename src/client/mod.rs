@@ -380,7 +380,11 @@ impl Pool {
                     req.method().is_idempotent() && http_body::Body::is_end_stream(req.body()),
                 )
             {
-                match h1::send(conn, req, fields.as_ref(), true).await {
+                // Pinned where it is built: awaited by value, it would be
+                // copied into this future first. (Its own statement: the
+                // pinned future borrows `fields` until the statement ends.)
+                let sent = std::pin::pin!(h1::send(conn, req, fields.as_ref(), true)).await;
+                match sent {
                     // The idle connection died before our request went out (the
                     // upstream closed it): a fresh one is safe.
                     Err(Failed {

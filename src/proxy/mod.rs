@@ -97,7 +97,9 @@ pub fn handle<'a>(
         });
         shared.retry_budget.record_request();
         let mut outcome = Outcome::default();
-        let (mut resp, status) = match proxy(
+        // Each step's future pinned where it is built, here and below:
+        // awaited by value, it would be copied into this one first.
+        let (mut resp, status) = match std::pin::pin!(proxy(
             shared,
             &table,
             conn,
@@ -105,7 +107,7 @@ pub fn handle<'a>(
             raw_host,
             &request_id,
             &mut outcome,
-        )
+        ))
         .await
         {
             Ok(mut resp) => {
@@ -253,7 +255,7 @@ fn proxy<'a>(
             host: raw_host.as_ref(),
             cache: conn.hop_cache.as_deref(),
         };
-        forward(
+        std::pin::pin!(forward(
             shared,
             table,
             route,
@@ -262,7 +264,7 @@ fn proxy<'a>(
             &hop,
             request_id,
             outcome,
-        )
+        ))
         .await
     }
 }
@@ -661,11 +663,13 @@ fn forward<'a>(
             outcome.endpoint = Some(endpoint.addr);
             aim.apply(&mut request, endpoint.protocol == Protocol::H2c);
             let guard = InFlight::new(endpoint.clone());
-            let send = endpoint.pool.send(
+            // Pinned where it is built: the send future is kilobytes, and
+            // `timeout_at` would otherwise take it by value, a copy.
+            let send = std::pin::pin!(endpoint.pool.send(
                 endpoint.dial(table.proxy.connect_timeout),
                 request,
                 fields.take(),
-            );
+            ));
             let failed = match tokio::time::timeout_at(deadline, send).await {
                 Err(_) => {
                     ramp_attempt(shared, table, route, upstream_index, true);

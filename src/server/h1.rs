@@ -351,9 +351,11 @@ fn exchange<'a, S: Parkable>(
 ) -> impl Future<Output = io::Result<bool>> + 'a {
     async move {
         let head_only = req.method() == Method::HEAD;
+        // Pinned where it is built: `select!` would take it by value, a copy.
+        let handled = std::pin::pin!(proxy::handle(&ctx.shared, &ctx.info, req));
         let resp = tokio::select! {
             biased;
-            resp = proxy::handle(&ctx.shared, &ctx.info, req) => resp,
+            resp = handled => resp,
             () = client_gone(stream), if watch => return Ok(false),
         };
         let keep_alive = !asked_close && !*ctx.finish.borrow();
