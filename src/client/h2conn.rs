@@ -119,71 +119,77 @@ impl H2Conn {
     /// error when the connection could not take a new stream (nothing was
     /// sent). A GOAWAY marks the connection closed: the next request opens
     /// another.
-    pub(crate) async fn send(
+    ///
+    /// Not an `async fn`, which would keep `self` and the request apart
+    /// from the locals they move into (rust-lang/rust#62958).
+    #[allow(clippy::manual_async_fn)]
+    pub(crate) fn send(
         self,
         req: Request<ReqBody>,
         addr: SocketAddr,
-    ) -> Result<Response<H2Body>, Failed> {
-        let H2Conn {
-            mut send,
-            closed,
-            open,
-        } = self;
-        let broken = |e: h2::Error| {
-            if e.is_go_away() {
+    ) -> impl Future<Output = Result<Response<H2Body>, Failed>> {
+        async move {
+            let H2Conn {
+                mut send,
+                closed,
+                open,
+            } = self;
+            let broken = |e: h2::Error| {
+                if e.is_go_away() {
+                    closed.store(true, Ordering::Relaxed);
+                }
+                ClientError::Broken {
+                    addr,
+                    source: Box::new(e),
+                }
+            };
+            if let Err(e) = poll_fn(|cx| send.poll_ready(cx)).await {
                 closed.store(true, Ordering::Relaxed);
+                return Err(Failed {
+                    error: broken(e),
+                    request: Some(req),
+                });
             }
-            ClientError::Broken {
-                addr,
-                source: Box::new(e),
+            let (mut head, body) = req.into_parts();
+            if let Some(len) = body.size_hint().exact()
+                && (len != 0 || has_payload(&head.method))
+                && !head.headers.contains_key(header::CONTENT_LENGTH)
+            {
+                head.headers.insert(header::CONTENT_LENGTH, len.into());
             }
-        };
-        if let Err(e) = poll_fn(|cx| send.poll_ready(cx)).await {
-            closed.store(true, Ordering::Relaxed);
-            return Err(Failed {
-                error: broken(e),
-                request: Some(req),
-            });
-        }
-        let (mut head, body) = req.into_parts();
-        if let Some(len) = body.size_hint().exact()
-            && (len != 0 || has_payload(&head.method))
-            && !head.headers.contains_key(header::CONTENT_LENGTH)
-        {
-            head.headers.insert(header::CONTENT_LENGTH, len.into());
-        }
-        let eos = body.is_end_stream();
-        let guard = Open::new(&open);
-        let (response, stream) = send
-            .send_request(Request::from_parts(head, ()), eos)
-            .map_err(|e| Failed {
+            let eos = body.is_end_stream();
+            let guard = Open::new(&open);
+            let (response, stream) = send
+                .send_request(Request::from_parts(head, ()), eos)
+                .map_err(|e| Failed {
+                    error: broken(e),
+                    request: None,
+                })?;
+            // A stream over the upstream's concurrency limit waits in h2 until
+            // another closes, and goes out only once opened (hyper waited the
+            // same way): if the connection ends first, nothing was sent.
+            if let Err(e) = poll_fn(|cx| send.poll_ready(cx)).await {
+                closed.store(true, Ordering::Relaxed);
+                return Err(Failed {
+                    error: ClientError::Broken {
+                        addr,
+                        source: Box::new(NotOpened(e)),
+                    },
+                    request: None,
+                });
+            }
+            // Dropped with this future (request_timeout) or with the response
+            // body before its end, the pump is aborted: with its last handle
+            // gone, h2 resets the stream.
+            let pump = (!eos).then(|| Pump::spawn(body, stream, Open::new(&open)));
+            let response = response.await.map_err(|e| Failed {
                 error: broken(e),
                 request: None,
             })?;
-        // A stream over the upstream's concurrency limit waits in h2 until
-        // another closes, and goes out only once opened (hyper waited the
-        // same way): if the connection ends first, nothing was sent.
-        if let Err(e) = poll_fn(|cx| send.poll_ready(cx)).await {
-            closed.store(true, Ordering::Relaxed);
-            return Err(Failed {
-                error: ClientError::Broken {
-                    addr,
-                    source: Box::new(NotOpened(e)),
-                },
-                request: None,
-            });
+            let (head, recv) = response.into_parts();
+            let body = H2Body::new(recv, &head.headers, guard, pump);
+            Ok(Response::from_parts(head, body))
         }
-        // Dropped with this future (request_timeout) or with the response
-        // body before its end, the pump is aborted: with its last handle
-        // gone, h2 resets the stream.
-        let pump = (!eos).then(|| Pump::spawn(body, stream, Open::new(&open)));
-        let response = response.await.map_err(|e| Failed {
-            error: broken(e),
-            request: None,
-        })?;
-        let (head, recv) = response.into_parts();
-        let body = H2Body::new(recv, &head.headers, guard, pump);
-        Ok(Response::from_parts(head, body))
     }
 }
 

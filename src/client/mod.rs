@@ -492,30 +492,41 @@ async fn send_hyper_h1(
     }
 }
 
-async fn send_h2(sender: H2Conn, dial: Dial<'_>, req: Request<ReqBody>) -> Result<Sent, Failed> {
-    let scheme = if dial.protocol == Protocol::Https {
-        http::uri::Scheme::HTTPS
-    } else {
-        http::uri::Scheme::HTTP
-    };
-    let req = match to_h2(req, scheme, dial.addr) {
-        Ok(r) => r,
-        Err(reason) => {
-            return Err(Failed {
-                error: ClientError::BadRequest {
-                    addr: dial.addr,
-                    reason,
-                },
-                request: None,
-            });
+/// Not an `async fn`: that would keep its arguments apart from the locals
+/// they move into, a second copy of the request (rust-lang/rust#62958).
+#[allow(clippy::manual_async_fn)]
+fn send_h2(
+    sender: H2Conn,
+    dial: Dial<'_>,
+    req: Request<ReqBody>,
+) -> impl Future<Output = Result<Sent, Failed>> {
+    async move {
+        let scheme = if dial.protocol == Protocol::Https {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        };
+        let req = match to_h2(req, scheme, dial.addr) {
+            Ok(r) => r,
+            Err(reason) => {
+                return Err(Failed {
+                    error: ClientError::BadRequest {
+                        addr: dial.addr,
+                        reason,
+                    },
+                    request: None,
+                });
+            }
+        };
+        // Pinned where it is built: awaited by value, it would be copied
+        // into this future first.
+        match std::pin::pin!(sender.send(req, dial.addr)).await {
+            Ok(response) => Ok(Sent::h2(response)),
+            Err(Failed { error, request }) => Err(Failed {
+                error,
+                request: request.map(to_h1),
+            }),
         }
-    };
-    match sender.send(req, dial.addr).await {
-        Ok(response) => Ok(Sent::h2(response)),
-        Err(Failed { error, request }) => Err(Failed {
-            error,
-            request: request.map(to_h1),
-        }),
     }
 }
 
