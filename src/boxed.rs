@@ -1,11 +1,22 @@
-//! Futures boxed where they are built.
+//! How the request path keeps its futures from being copied.
 //!
-//! `Box::pin(f(args))` builds `f`'s future on the stack and then copies
-//! all of it into the allocation, for a future the size of its largest
-//! state: the request path's is ~4.9 KiB, about 400 instructions of
-//! memcpy a request, and under load a copy that misses the cache.
-//! Allocating first and writing the value into the allocation lets LLVM
-//! build it there (`BENCHMARKS.md`, "Instruction counts in CI").
+//! A future is as large as its largest state: the request path's are
+//! kilobytes (~4.9 KiB for a request's), and every move of one is a
+//! memcpy of all of it, once a request, and under load one that misses
+//! the cache. Three rules keep them in one place (`BENCHMARKS.md`,
+//! "Instruction counts in CI"):
+//!
+//! - **Boxed where built**: `Box::pin(f(args))` builds `f`'s future on the
+//!   stack and copies it into the allocation; [`pinned`] allocates first
+//!   and writes into the allocation, which LLVM builds in place.
+//! - **Pinned where awaited**: `f(args).await`, `timeout_at(t, f(args))`
+//!   and a `select!` branch take the future by value and copy it into the
+//!   awaiting one; `std::pin::pin!(f(args))` builds it where it stays. Its
+//!   own statement or block, so that it (and what it borrows) ends there.
+//! - **No `async fn` for a step that takes the request**: an `async fn`
+//!   keeps its arguments apart from the locals they are moved into
+//!   (rust-lang/rust#62958), a second copy; a `fn` returning an
+//!   `async move` block uses what the block captured.
 
 use std::pin::Pin;
 

@@ -120,20 +120,20 @@ impl H2Conn {
     /// sent). A GOAWAY marks the connection closed: the next request opens
     /// another.
     ///
-    /// Not an `async fn`, which would keep `self` and the request apart
-    /// from the locals they move into (rust-lang/rust#62958).
+    /// Not an `async fn` (`crate::boxed`): the handle is taken apart and
+    /// the request moved into the block, each kept once.
     #[allow(clippy::manual_async_fn)]
     pub(crate) fn send(
         self,
         req: Request<ReqBody>,
         addr: SocketAddr,
     ) -> impl Future<Output = Result<Response<H2Body>, Failed>> {
+        let H2Conn {
+            mut send,
+            closed,
+            open,
+        } = self;
         async move {
-            let H2Conn {
-                mut send,
-                closed,
-                open,
-            } = self;
             let broken = |e: h2::Error| {
                 if e.is_go_away() {
                     closed.store(true, Ordering::Relaxed);

@@ -380,9 +380,8 @@ impl Pool {
                     req.method().is_idempotent() && http_body::Body::is_end_stream(req.body()),
                 )
             {
-                // Pinned where it is built: awaited by value, it would be
-                // copied into this future first. (Its own statement: the
-                // pinned future borrows `fields` until the statement ends.)
+                // Pinned where built (`crate::boxed`), in a statement of its
+                // own: it borrows `fields`, which a failure hands back.
                 let sent = std::pin::pin!(h1::send(conn, req, fields.as_ref(), true)).await;
                 match sent {
                     // The idle connection died before our request went out (the
@@ -492,8 +491,7 @@ async fn send_hyper_h1(
     }
 }
 
-/// Not an `async fn`: that would keep its arguments apart from the locals
-/// they move into, a second copy of the request (rust-lang/rust#62958).
+/// Not an `async fn`, and the send pinned where built: `crate::boxed`.
 #[allow(clippy::manual_async_fn)]
 fn send_h2(
     sender: H2Conn,
@@ -518,8 +516,6 @@ fn send_h2(
                 });
             }
         };
-        // Pinned where it is built: awaited by value, it would be copied
-        // into this future first.
         match std::pin::pin!(sender.send(req, dial.addr)).await {
             Ok(response) => Ok(Sent::h2(response)),
             Err(Failed { error, request }) => Err(Failed {

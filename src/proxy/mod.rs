@@ -69,10 +69,8 @@ pub struct ConnInfo {
 /// Serves one request. Infallible: every failure is a response.
 ///
 /// This and the request path's other steps (`proxy`, `forward`) are not
-/// `async fn`s: an `async fn` keeps its arguments apart from the locals
-/// they are moved into (rust-lang/rust#62958), a second copy of the
-/// request in each step's future; an `async move` block uses what it
-/// captured.
+/// `async fn`s, and each awaits the next pinned where it is built: see
+/// `crate::boxed` for why.
 #[allow(clippy::manual_async_fn)]
 pub fn handle<'a>(
     shared: &'a Shared,
@@ -97,8 +95,6 @@ pub fn handle<'a>(
         });
         shared.retry_budget.record_request();
         let mut outcome = Outcome::default();
-        // Each step's future pinned where it is built, here and below:
-        // awaited by value, it would be copied into this one first.
         let (mut resp, status) = match std::pin::pin!(proxy(
             shared,
             &table,
@@ -663,8 +659,6 @@ fn forward<'a>(
             outcome.endpoint = Some(endpoint.addr);
             aim.apply(&mut request, endpoint.protocol == Protocol::H2c);
             let guard = InFlight::new(endpoint.clone());
-            // Pinned where it is built: the send future is kilobytes, and
-            // `timeout_at` would otherwise take it by value, a copy.
             let send = std::pin::pin!(endpoint.pool.send(
                 endpoint.dial(table.proxy.connect_timeout),
                 request,

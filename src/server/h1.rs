@@ -134,7 +134,7 @@ pub(super) async fn serve<S: Parkable>(
         // As hyper does: a client that closes while its request is
         // answered cancels it, unless it has sent more (the next request).
         let watch = buf.is_empty();
-        let kept = exchange(stream, ctx, req, asked_close, watch).await?;
+        let kept = std::pin::pin!(exchange(stream, ctx, req, asked_close, watch)).await?;
         drop(open);
         if !kept {
             return close(stream).await;
@@ -351,12 +351,15 @@ fn exchange<'a, S: Parkable>(
 ) -> impl Future<Output = io::Result<bool>> + 'a {
     async move {
         let head_only = req.method() == Method::HEAD;
-        // Pinned where it is built: `select!` would take it by value, a copy.
-        let handled = std::pin::pin!(proxy::handle(&ctx.shared, &ctx.info, req));
-        let resp = tokio::select! {
-            biased;
-            resp = handled => resp,
-            () = client_gone(stream), if watch => return Ok(false),
+        // Pinned where built (`crate::boxed`), in a block of its own: its
+        // room is free for `respond`'s state once it has answered.
+        let resp = {
+            let handled = std::pin::pin!(proxy::handle(&ctx.shared, &ctx.info, req));
+            tokio::select! {
+                biased;
+                resp = handled => resp,
+                () = client_gone(stream), if watch => return Ok(false),
+            }
         };
         let keep_alive = !asked_close && !*ctx.finish.borrow();
         respond(stream, resp, head_only, keep_alive, watch).await

@@ -343,10 +343,8 @@ async fn wait_for_request<S: Parkable>(
 /// the connection's context and the wait, not room for the request
 /// path's state.
 ///
-/// Not an `async fn`: that keeps its arguments (the stream, the context)
-/// apart from the locals they are moved into, a second copy for the
-/// connection's life; an `async move` block uses what it captured
-/// (rust-lang/rust#62958).
+/// Not an `async fn` (`crate::boxed`): that would keep a second copy of
+/// the stream and the context for the connection's life.
 #[allow(clippy::manual_async_fn)]
 pub(super) fn serve<S: Parkable>(
     mut stream: S,
@@ -496,7 +494,7 @@ async fn round_request(
         .extensions()
         .get::<hyper::upgrade::OnUpgrade>()
         .is_some();
-    let resp = proxy::handle(&shared, &info, req.map(Into::into)).await;
+    let resp = std::pin::pin!(proxy::handle(&shared, &info, req.map(Into::into))).await;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         exchange.set(UPGRADED);
     } else if asks_upgrade {
