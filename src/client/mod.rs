@@ -352,11 +352,10 @@ impl Pool {
     pub(crate) fn send<'a>(
         &'a self,
         dial: Dial<'a>,
-        req: Request<ReqBody>,
-        fields: Option<HopFields>,
+        mut req: Request<ReqBody>,
+        mut fields: Option<HopFields>,
     ) -> impl Future<Output = Result<Sent, Failed>> + Send + 'a {
         async move {
-            let (mut req, mut fields) = (req, fields);
             if req.headers().contains_key(header::UPGRADE) {
                 into_map(&mut req, &mut fields);
                 return pinned(|| send_upgrade(dial, req)).await;
