@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Guard: memory per idle keep-alive connection. steer (one worker) behind
-# 2,000 connections of one kind that each made one request and then went
+# 4,000 connections of one kind that each made one request and then went
 # quiet; fails when they hold more than the kind's limit each (RSS with
 # them open minus RSS before, over the count). A fresh steer per kind.
+# 4,000, not 2,000: the runtime's and allocator's growth that does not
+# scale with the count (~0.6 MiB) was ~0.3 KiB of each connection's
+# share at 2,000, and plain measured 1.91-1.98 there on 2026-12-06 with
+# builds that measured 1.79 before; at 4,000 it is 1.78-1.81 (8,000 in
+# the side-by-side run: 1.73). CONNS=N to change the count.
 #
 #   kind   limit  measured  what an idle connection holds
-#   plain  2.0    1.7       its task, the boxed HTTP/1.1 serve future
+#   plain  2.0    1.8       its task, the boxed HTTP/1.1 serve future
 #                           (socket, context, the wait), the socket's
 #                           registration and timer; no buffer
 #                           (src/server/park.rs, LIFECYCLE.md item 17).
 #                           3.5 when the request path's state was kept
 #                           inline, 5.0 with hyper's path, 7.6 when the
 #                           read buffer was kept.
-#   tls    11.0   9.5       the same and the rustls session (boxed once).
+#   tls    11.0   9.4       the same and the rustls session (boxed once).
 #                           17.4 when the session was copied into each
 #                           future it passed through.
 #   h2     36.0   33        the h2 crate's connection and its codec
@@ -25,6 +30,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 STEER="${1:-target/release/steer}"
 KINDS="${KINDS:-plain tls h2}"
+CONNS="${CONNS:-4000}"
 declare -A LIMIT_KIB=([plain]=${LIMIT_PLAIN_KIB:-2.0} [tls]=${LIMIT_TLS_KIB:-11.0} [h2]=${LIMIT_H2_KIB:-36.0})
 [ -x "$STEER" ] || cargo build --release --locked
 STEER="$(realpath "$STEER")"
@@ -43,7 +49,7 @@ for kind in $KINDS; do
   port="$http"
   case "$kind" in tls | h2) port="$https" ;; esac
   rm -f "$work/idle.jsonl"
-  python3 benches/load/idle_conns.py --port "$port" --pid "$pid" --conns 2000 --hold 3 \
+  python3 benches/load/idle_conns.py --port "$port" --pid "$pid" --conns "$CONNS" --hold 3 \
     --kind "$kind" --meta proxy=steer --meta round=1 --out "$work/idle.jsonl" >/dev/null || true
   python3 - "$work/idle.jsonl" "$kind" "${LIMIT_KIB[$kind]}" <<'PY' || failed=1
 import json, sys
