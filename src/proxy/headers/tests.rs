@@ -328,11 +328,9 @@ fn hop_fields_written_into_a_head_are_those_put_in_a_map() {
         let host = host.map(HeaderValue::from_static);
         let hop = Hop {
             peer: peer.parse().unwrap(),
-            trusted,
-            via: crate::config::ClientIpHeader::XForwardedFor,
             tls,
             host: host.as_ref(),
-            cache: None,
+            ..hop(trusted)
         };
         // What an untrusted client sends is dropped either way; a trusted
         // one that sets none leaves steer's fields to the hop alone.
