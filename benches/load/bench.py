@@ -167,6 +167,7 @@ def parse_h2load(text, log_path):
 
 def cmd_measure(args):
     pids = [int(p) for p in args.pids.split(",") if p] if args.pids else []
+    up_pids = [int(p) for p in args.up_pids.split(",") if p] if args.up_pids else []
     meta = dict(kv.split("=", 1) for kv in args.meta)
     cmd = args.cmd
     if args.rss_pid:
@@ -174,6 +175,7 @@ def cmd_measure(args):
     if args.h2log and os.path.exists(args.h2log):
         os.unlink(args.h2log)
     c0 = [proc_cpu_ticks(p) for p in pids]
+    u0 = [proc_cpu_ticks(p) for p in up_pids]
     s0 = cpu_lines()
     w0 = time.monotonic()
     try:
@@ -186,6 +188,7 @@ def cmd_measure(args):
         rc = "timeout"
     wall = time.monotonic() - w0
     c1 = [proc_cpu_ticks(p) for p in pids]
+    u1 = [proc_cpu_ticks(p) for p in up_pids]
     s1 = cpu_lines()
     rec = dict(meta)
     rec["rc"] = rc
@@ -205,6 +208,20 @@ def cmd_measure(args):
         rec["proxy_cpu_pct"] = round(
             (rec["user_ticks"] + rec["sys_ticks"]) / CLK_TCK / wall * 100, 1
         )
+    req = rec.get("requests") or 0
+    if up_pids and req:
+        ticks = sum(sum(b) - sum(a) for a, b in zip(u0, u1))
+        rec["upstream_us"] = ticks * 1e6 / CLK_TCK / req
+    if req and "cpu0" in s1:
+        # One request at a time with every process on CPU 0 (scenario c):
+        # CPU 0's busy time per request is the latency's CPU part, its
+        # idle time per request the part spent waiting for nothing.
+        for k, key in (("busy", "cpu0_busy_us"), ("idle", "cpu0_idle_us")):
+            if k == "busy":
+                d = s1["cpu0"]["busy"] - s0["cpu0"]["busy"]
+            else:
+                d = (s1["cpu0"]["total"] - s1["cpu0"]["busy"]) - (s0["cpu0"]["total"] - s0["cpu0"]["busy"])
+            rec[key] = d * 1e6 / CLK_TCK / req
     if args.rss_pid:
         rec["hwm_kib"] = proc_status_kib(args.rss_pid, "VmHWM")
         rec["rss_kib"] = proc_status_kib(args.rss_pid, "VmRSS")
@@ -320,9 +337,9 @@ def table_load(rows, title, note):
 def table_latency(rows, title, note):
     lines = [f"### {title}", "", note, ""]
     lines.append(
-        "| target | req/s | total µs/req | p50 | p99 | added p50 | added p99 | errors |"
+        "| target | req/s | total µs/req | upstream µs/req | CPU 0 busy / idle µs/req | p50 | p99 | added p50 | added p99 | errors |"
     )
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     direct = {r["round"]: r for r in rows if r["proxy"] == "direct"}
 
     def added(key):
@@ -338,12 +355,21 @@ def table_latency(rows, title, note):
         if not pr:
             continue
         cells = [proxy if proxy != "direct" else "direct (upstream, no proxy)"]
-        for key, f in (("rps", num), ("total_us", lambda v: num(v, 2)), ("p50_us", lat), ("p99_us", lat)):
+        for key, f in (("rps", num), ("total_us", lambda v: num(v, 2))):
             v = med([r.get(key) for r in pr])
             if proxy == "direct":
                 cells.append(f(v) if key != "total_us" else "–")
             else:
                 cells.append(ratio_cell(f(v), per_round_ratio(rows, proxy, key), proxy))
+        cells.append(num(med([r.get("upstream_us") for r in pr]), 2))
+        busy, idle = (med([r.get(k) for r in pr]) for k in ("cpu0_busy_us", "cpu0_idle_us"))
+        cells.append(f"{num(busy, 1)} / {num(idle, 1)}")
+        for key in ("p50_us", "p99_us"):
+            v = med([r.get(key) for r in pr])
+            if proxy == "direct":
+                cells.append(lat(v))
+            else:
+                cells.append(ratio_cell(lat(v), per_round_ratio(rows, proxy, key), proxy))
         for key in ("p50_us", "p99_us"):
             if proxy == "direct":
                 cells.append("–")
@@ -447,7 +473,10 @@ def cmd_report(args):
               table_load),
         "e": ("(e) HTTP/2 over TLS in, h2c out (ZITADEL's shape) — `h2load -c50 -m10` at `/h2c/`, proxy on CPU 0, h2load + upstream on CPU 1",
               table_load),
-        "c": ("(c) 1 connection, everything on CPU 0 — `wrk -t1 -c1`: added latency vs. the upstream directly",
+        "c": ("(c) 1 connection, everything on CPU 0 — `wrk -t1 -c1`: added latency vs. the upstream directly. "
+              "One request is in flight and every process shares CPU 0, so CPU 0's busy time per request is "
+              "the round trip's CPU (the proxy's, the upstream's, wrk's and the kernel's) and its idle time "
+              "the round trip's waiting with CPU 0 free",
               table_latency),
         "d": (f"(d) Idle keep-alive client connections ({meta.get('idle_conns')} per proxy, fresh proxy process each round)",
               table_idle),
@@ -491,6 +520,7 @@ def main():
     m.add_argument("--out", required=True)
     m.add_argument("--pids", default="")
     m.add_argument("--rss-pid", type=int, default=0)
+    m.add_argument("--up-pids", default="", help="the upstream's PIDs: its CPU per request")
     m.add_argument("--kind", choices=["wrk", "h2load"], required=True)
     m.add_argument("--h2log", default="")
     m.add_argument("--timeout", type=float, default=120)

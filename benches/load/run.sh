@@ -332,7 +332,7 @@ measure() {  # scenario round proxy kind timeout -- cmd...
   local sc=$1 rnd=$2 px=$3 kind=$4 to=$5; shift 5
   local pids="" rss=0
   if [ "$px" != direct ]; then pids=$(echo ${PIDS[$px]} | tr ' ' ','); rss=${MAIN[$px]}; fi
-  python3 "$HERE/bench.py" measure --out "$RAW" --pids "$pids" --rss-pid "$rss" \
+  python3 "$HERE/bench.py" measure --out "$RAW" --pids "$pids" --rss-pid "$rss" --up-pids "$(echo $UP_PIDS | tr ' ' ',')" \
     --kind "$kind" --h2log "$WORK/h2load.log" --timeout "$to" \
     --meta scenario="$sc" --meta round="$rnd" --meta proxy="$px" --meta rustc="$(rustc_running)" "$@"
   # keep nginx's access log from filling the disk between runs

@@ -168,6 +168,44 @@ async fn connections_that_cannot_carry_another_exchange_do_not_come_back() {
 }
 
 #[tokio::test]
+async fn reads_start_small_and_grow_for_answers_that_fill_them() {
+    // A small answer leaves a connection with a buffer under a page: what
+    // hundreds of connections in flight each keep.
+    let (addr, _) = upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false).await;
+    let resp = send(conn(addr).await, get("/"), None, false).await.unwrap();
+    let mut body = resp.into_body();
+    while body.frame().await.is_some() {}
+    let small = body.take_conn().unwrap();
+    assert!(
+        small.buf.capacity() <= FIRST_READ,
+        "{}",
+        small.buf.capacity()
+    );
+    assert_eq!(small.read_size, FIRST_READ);
+
+    // A head many times the first read's room and a large body, sent at
+    // once, arrive whole; the connection's reads have grown to full size.
+    let cookies: String = (0..20)
+        .map(|i| format!("set-cookie: c{i}={}\r\n", "v".repeat(1500)))
+        .collect();
+    let payload = "b".repeat(200 * 1024);
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\n{cookies}content-length: {}\r\n\r\n{payload}",
+        payload.len()
+    );
+    let (addr, _) = upstream(answer.into_bytes().leak(), false).await;
+    let resp = send(conn(addr).await, get("/"), None, false).await.unwrap();
+    assert_eq!(resp.headers().get_all("set-cookie").iter().count(), 20);
+    let mut body = resp.into_body();
+    let mut got = 0;
+    while let Some(frame) = body.frame().await {
+        got += frame.unwrap().into_data().unwrap().len();
+    }
+    assert_eq!(got, payload.len());
+    assert_eq!(body.take_conn().unwrap().read_size, READ_CHUNK);
+}
+
+#[tokio::test]
 async fn a_body_until_close_ends_with_the_connection() {
     let (addr, _) = upstream(b"HTTP/1.1 200 OK\r\n\r\nall of it", true).await;
     let resp = send(conn(addr).await, get("/"), None, false).await.unwrap();
@@ -300,13 +338,16 @@ async fn tls_upstream(answer: Vec<u8>, late: &'static [u8]) -> (SocketAddr, rust
 
 #[tokio::test]
 async fn late_bytes_rustls_holds_make_a_tls_connection_unusable() {
-    // The first answer fills one read exactly, so the late bytes stay
-    // decrypted in rustls while the socket shows nothing.
+    // The first answer fills a new connection's first read exactly, so the
+    // late bytes stay decrypted in rustls while the socket shows nothing.
     let head = b"HTTP/1.1 200 OK\r\ncontent-length: ";
     let mut answer = head.to_vec();
-    let body_len = READ_CHUNK - head.len() - "16347\r\n\r\n".len();
+    let body_len = (0..FIRST_READ)
+        .rev()
+        .find(|n| head.len() + n.to_string().len() + 4 + n == FIRST_READ)
+        .unwrap();
     answer.extend_from_slice(format!("{body_len}\r\n\r\n").as_bytes());
-    answer.resize(READ_CHUNK, b'x');
+    answer.resize(FIRST_READ, b'x');
     let late = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nlate";
     let (addr, roots) = tls_upstream(answer, late).await;
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
