@@ -433,7 +433,7 @@ fn upgrade_tokens(errors: &mut Errors, table: &Table<'_, '_>) -> Option<Vec<Stri
     let mut out = Vec::new();
     for (text, span) in table.str_list(errors, "upgrades") {
         let token = text.split('/').next().unwrap_or("");
-        if token.is_empty() || !token.bytes().all(is_tchar) {
+        if !crate::proxy::headers::is_token(token) {
             errors.push(
                 span,
                 format!(
@@ -445,11 +445,6 @@ fn upgrade_tokens(errors: &mut Errors, table: &Table<'_, '_>) -> Option<Vec<Stri
         out.push(token.to_ascii_lowercase());
     }
     Some(out)
-}
-
-/// RFC 9110 §5.6.2 token characters.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn admin(errors: &mut Errors, root: &Table<'_, '_>, base: &Path) -> AdminSettings {

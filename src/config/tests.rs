@@ -704,3 +704,22 @@ fn an_upstream_client_certificate_needs_its_key_and_https() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn upgrades_are_protocol_tokens_kept_lower_case() {
+    let with = |list: &str| {
+        MINIMAL.replacen(
+            "[upstreams.blue]",
+            &format!("[proxy]\nupgrades = {list}\n\n[upstreams.blue]"),
+            1,
+        )
+    };
+    let c = parse_ok(&with(r#"["WebSocket/13", "h2c"]"#));
+    assert_eq!(c.proxy.upgrades, ["websocket", "h2c"]);
+    let errs = errors(&with(r#"["web socket", "", "/13", "ok"]"#));
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert!(
+        errs.iter().all(|e| e.contains("must be protocol names")),
+        "{errs:?}"
+    );
+}

@@ -691,9 +691,9 @@ impl IpText {
     }
 }
 
-/// RFC 9110 §5.6.2 token characters: such a value needs no quotes in
-/// `Forwarded`.
-fn is_token(s: &str) -> bool {
+/// A non-empty run of RFC 9110 §5.6.2 token characters: a protocol name
+/// in `upgrades`, and a `Forwarded` value that needs no quotes.
+pub(crate) fn is_token(s: &str) -> bool {
     static TOKEN: [bool; 256] = byte_class(b"!#$%&'*+-.^_`|~");
     !s.is_empty() && s.bytes().all(|b| TOKEN[usize::from(b)])
 }
