@@ -88,7 +88,7 @@ steer_scenario() {  # scenario proto scheme
   local scenario="$1" proto="$2" scheme="$3" port
   TLS=1 PROTO="$proto" ACCESS=0 write_routes
   callgrind_on "steer-$scenario" "$STEER" run --config "$work/routes.toml" --workers 1
-  wait_ready 600
+  wait_ready "$work/steer-$scenario.stderr" 600
   port="$http"
   [ "$scheme" = https ] && port="$https"
   local flags=()

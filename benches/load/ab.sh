@@ -22,14 +22,14 @@ stat_field() { awk -v f="$2" '{print $f}' "/proc/$1/stat"; }
 
 start_upstream taskset -c 1 "$B"
 write_routes
-url="http://127.0.0.1:$http/demo/bytes?n=64"
 tck="$(getconf CLK_TCK)"
 for r in $(seq "$ROUNDS"); do
   for which in A B; do
     bin="$A"; [ "$which" = B ] && bin="$B"
-    taskset -c 0 "$bin" run --config "$work/routes.toml" --workers 1 >/dev/null 2>&1 &
+    taskset -c 0 "$bin" run --config "$work/routes.toml" --workers 1 >/dev/null 2>"$work/steer.log" &
     pid=$!
-    wait_ready
+    wait_ready "$work/steer.log"
+    url="http://127.0.0.1:$http/demo/bytes?n=64"
     taskset -c 1 h2load "$@" -n 5000 "$url" >/dev/null
     cpu0=$(( $(stat_field "$pid" 14) + $(stat_field "$pid" 15) )); user0=$(stat_field "$pid" 14); flt0=$(stat_field "$pid" 10)
     out="$(taskset -c 1 h2load "$@" "$url")"

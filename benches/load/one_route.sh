@@ -4,6 +4,8 @@
 # config with one route to it.
 
 work="$(mktemp -d)"
+# wait_ready reads steer's "steer started" line, an info line.
+export RUST_LOG=info
 pids=()
 # KEEP=1 keeps $work (callgrind output, logs) for a look afterwards.
 cleanup() {
@@ -19,6 +21,9 @@ stop() {
   kill -9 "$1" 2>/dev/null || true
   wait "$1" 2>/dev/null || true
 }
+# free_port: a port free now, for programs that cannot report the one they
+# bound (nginx, HAProxy in compare.sh); another process may take it before
+# they bind. steer listens on port 0 and says which (wait_ready).
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start_upstream CMD...: runs `CMD demo-upstream up 127.0.0.1:0` in the
@@ -31,28 +36,26 @@ start_upstream() {
   [ -n "$up" ] || { echo "steer demo-upstream did not start" >&2; exit 1; }
 }
 
-# write_routes: $work/routes.toml, listeners on free ports ($http,
-# $admin), one route to $up over ${PROTO:-http1}, no access log (with
-# ACCESS=1 the JSON access log). With TLS=1 also an HTTPS listener
-# ($https) with a self-signed certificate for localhost (needs openssl).
+# write_routes: $work/routes.toml, listeners on port 0 (wait_ready learns
+# the ports), one route to $up over ${PROTO:-http1}, no access log (with
+# ACCESS=1 the JSON access log). With TLS=1 also an HTTPS listener with a
+# self-signed certificate for localhost (needs openssl).
 write_routes() {
-  http="$(free_port)"; admin="$(free_port)"
   local https_listener="" certificates=""
   if [ "${TLS:-0}" = 1 ]; then
-    https="$(free_port)"
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
       -subj /CN=localhost -addext subjectAltName=DNS:localhost \
       -keyout "$work/key.pem" -out "$work/cert.pem" >/dev/null 2>&1
-    https_listener="https = \"127.0.0.1:$https\""
+    https_listener='https = "127.0.0.1:0"'
     certificates="[[tls.certificates]]
 cert = \"$work/cert.pem\"
 key = \"$work/key.pem\""
   fi
   cat >"$work/routes.toml" <<EOT
 [listen]
-http = "127.0.0.1:$http"
+http = "127.0.0.1:0"
 $https_listener
-admin = "127.0.0.1:$admin"
+admin = "127.0.0.1:0"
 
 # Stopped at once: nothing waits for traffic when a run ends.
 [proxy]
@@ -75,10 +78,22 @@ upstream = "up"
 EOT
 }
 
-# wait_ready [TRIES]: until steer's admin API says ready, polled every
-# 0.1 s, TRIES times (100: 10 s); fails the script when it never is.
+# wait_ready LOG [TRIES]: until steer, logging (JSON, its default when
+# not on a terminal) to LOG, says "steer started", which names the ports
+# it bound ($http, $https, $admin); then until its admin API says ready.
+# Polled every 0.1 s, TRIES times each (100: 10 s); fails the script when
+# either never comes.
 wait_ready() {
-  for _ in $(seq "${1:-100}"); do
+  local log="$1" tries="${2:-100}" line=""
+  for _ in $(seq "$tries"); do
+    line="$(grep -m1 '"message":"steer started"' "$log" 2>/dev/null || true)"
+    [ -n "$line" ] && break
+    sleep 0.1
+  done
+  [ -n "$line" ] || { echo "steer did not start (log: $log)" >&2; tail -5 "$log" >&2; exit 1; }
+  field() { echo "$line" | sed -n "s/.*\"$1\":\"127\.0\.0\.1:\([0-9]*\)\".*/\1/p"; }
+  http="$(field http)"; https="$(field https)"; admin="$(field admin)"
+  for _ in $(seq "$tries"); do
     curl -fs --max-time 1 "http://127.0.0.1:$admin/ready" >/dev/null 2>&1 && return
     sleep 0.1
   done

@@ -45,7 +45,7 @@ for kind in $KINDS; do
   "$STEER" run --config "$work/routes.toml" --workers 1 >"$work/steer-$kind.log" 2>&1 &
   pid=$!
   pids+=($pid)
-  wait_ready
+  wait_ready "$work/steer-$kind.log"
   port="$http"
   case "$kind" in tls | h2) port="$https" ;; esac
   rm -f "$work/idle.jsonl"

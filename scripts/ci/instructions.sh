@@ -55,14 +55,14 @@ measure() {
   [ "$scheme" = https ] && tls=1
   ACCESS="${ACCESS:-0}" TLS="$tls" PROTO="$protocol" write_routes
   mv "$work/routes.toml" "$dir/routes.toml"
-  port="$http"
-  [ "$scheme" = https ] && port="$https"
   valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
     "$STEER" run --config "$dir/routes.toml" --workers 1 --log-format json \
     >/dev/null 2>"$dir/stderr" &
   local pid=$!
   pids+=("$pid")
-  wait_ready 600 # valgrind starts slowly
+  wait_ready "$dir/stderr" 600 # valgrind starts slowly
+  port="$http"
+  [ "$scheme" = https ] && port="$https"
   local url="$scheme://127.0.0.1:$port/demo/bytes?n=64"
   local flags=()
   [ "$scheme" = http ] && flags+=(--h1)
