@@ -15,17 +15,28 @@
 # Every proxy sets the same forwarding fields and X-Request-ID, access
 # logs off (as benches/load/run.sh configures them, without the log).
 #
-# Usage: benches/instructions/compare.sh [--requests N]
+# Usage: benches/instructions/compare.sh [--requests N] [--streams CxM] [--cache-sim]
+#   --streams CxM  C connections with M streams each over HTTP/2 (C
+#                  connections over HTTP/1.1) instead of one request at a
+#                  time: the working set of a loaded proxy
+#   --cache-sim    callgrind's cache simulation too: first-level data
+#                  misses and last-level misses (data and instructions)
+#                  per request, a second table
 # Needs valgrind, h2load, nginx and haproxy (apt-get install valgrind
 # nghttp2-client nginx haproxy) and target/release/steer.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-REQUESTS=3000
-case "${1:-}" in
-  '') ;;
-  --requests) REQUESTS="$2" ;;
-  *) echo "usage: $0 [--requests N]" >&2; exit 2 ;;
-esac
+REQUESTS=3000 CONNS=1 STREAMS=1 CACHE=()
+usage() { echo "usage: $0 [--requests N] [--streams CxM] [--cache-sim]" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --requests) REQUESTS="$2"; shift 2 ;;
+    --streams) CONNS="${2%x*}"; STREAMS="${2#*x}"; shift 2 ;;
+    --cache-sim) CACHE=(--cache-sim=yes); shift ;;
+    *) usage ;;
+  esac
+done
+case "$REQUESTS$CONNS$STREAMS" in *[!0-9]*|'') usage ;; esac
 for tool in valgrind callgrind_control h2load nginx haproxy openssl curl python3; do
   command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] \
     || { echo "compare.sh needs $tool" >&2; exit 2; }
@@ -40,14 +51,17 @@ start_upstream "$STEER"
 
 # count NAME URL [H2LOAD FLAGS]: the process under callgrind as NAME
 # ($pid): warm up, zero the counters, send $REQUESTS requests, dump;
-# prints instructions per request.
+# prints instructions per request, and with --cache-sim also first-level
+# data and last-level misses per request.
 count() {
-  local name="$1" url="$2"
+  local name="$1" url="$2" load=(-c "$CONNS")
   shift 2
+  # Streams for HTTP/2 only: h2load's -m over HTTP/1.1 pipelines.
+  [ "${1:-}" = --h1 ] || load+=(-m "$STREAMS")
   # Bounded: a proxy that stops answering fails the run, not hangs it.
-  timeout 300 h2load "$@" -c 1 -n 300 "$url" >/dev/null
+  timeout 300 h2load "$@" "${load[@]}" -n $(( CONNS * STREAMS > 1 ? 2000 : 300 )) "$url" >/dev/null
   timeout 60 callgrind_control -z "$pid" >/dev/null
-  timeout 900 h2load "$@" -c 1 -n "$REQUESTS" "$url" >"$work/$name.h2load"
+  timeout 900 h2load "$@" "${load[@]}" -n "$REQUESTS" "$url" >"$work/$name.h2load"
   grep -q " 0 failed, 0 errored" "$work/$name.h2load" || { cat "$work/$name.h2load" >&2; exit 1; }
   rm -f "$work/$name.out".*
   timeout 60 callgrind_control -d "$pid" >/dev/null
@@ -57,9 +71,10 @@ count() {
     grep -qs '^totals:' "$work/$name.out".* && break
     sleep 0.1
   done
-  local total
-  total="$(cat "$work/$name.out".* | sed -n 's/^summary: \([0-9]*\).*/\1/p' | sort -n | tail -1)"
-  echo $(( total / REQUESTS ))
+  # events: Ir [Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw] (with --cache-sim)
+  cat "$work/$name.out".* | sed -n 's/^summary: //p' | sort -n | tail -1 |
+    awk -v n="$REQUESTS" '{ printf "%d", $1 / n }
+      NF >= 9 { printf " %.1f %.1f", ($5 + $6) / n, ($7 + $8 + $9) / n } END { print "" }'
 }
 
 # wait_http URL: until it answers, valgrind starting slowly (60 s).
@@ -74,7 +89,7 @@ wait_http() {
 callgrind_on() {
   local name="$1"
   shift
-  valgrind --tool=callgrind --callgrind-out-file="$work/$name.out" "$@" \
+  valgrind --tool=callgrind "${CACHE[@]}" --callgrind-out-file="$work/$name.out" "$@" \
     >"$work/$name.stdout" 2>"$work/$name.stderr" &
   pid=$!
   pids+=("$pid")
@@ -173,9 +188,22 @@ result[haproxy,h2-tls]="$(count haproxy "https://127.0.0.1:$hp_tls$path")"
 result[haproxy,h2-tls-h2c]="$(count haproxy "https://127.0.0.1:$hp_h2c$path")"
 stop "$pid" 60
 
+echo "instructions per request (h2load -c $CONNS, HTTP/2 -m $STREAMS, $REQUESTS requests)"
 printf '%-12s %10s %10s %10s %14s %14s\n' scenario steer nginx haproxy steer/nginx steer/haproxy
 for s in http1 h2-tls h2-tls-h2c; do
-  st="${result[steer,$s]}"; ng="${result[nginx,$s]}"; hp="${result[haproxy,$s]}"
+  read -r st _ <<<"${result[steer,$s]}"; read -r ng _ <<<"${result[nginx,$s]}"; read -r hp _ <<<"${result[haproxy,$s]}"
   printf '%-12s %10s %10s %10s %14s %14s\n' "$s" "$st" "$ng" "$hp" \
     "$(python3 -c "print(f'{$st / $ng:.2f}x')")" "$(python3 -c "print(f'{$st / $hp:.2f}x')")"
+done
+[ ${#CACHE[@]} -gt 0 ] || exit 0
+echo
+echo "cache misses per request (callgrind's simulated caches): first-level data / last-level"
+printf '%-12s %16s %16s %16s\n' scenario steer nginx haproxy
+for s in http1 h2-tls h2-tls-h2c; do
+  cells=()
+  for px in steer nginx haproxy; do
+    read -r _ d1 ll <<<"${result[$px,$s]}"
+    cells+=("$d1 / $ll")
+  done
+  printf '%-12s %16s %16s %16s\n' "$s" "${cells[@]}"
 done
