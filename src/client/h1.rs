@@ -54,12 +54,10 @@ const HEAD_CAPACITY: usize = 1024;
 /// Most room a read gets.
 const READ_CHUNK: usize = 16 * 1024;
 /// Room a new connection's first read gets: a usual response head with a
-/// small body. A connection's reads get twice as much room each time one
-/// fills what it had, up to `READ_CHUNK` (hyper's adaptive reads start at
-/// 8 KiB). Under load an upstream connection each in flight keeps its
-/// buffer, and buffers smaller than a page share pages: with 16 KiB ones,
-/// each connection kept at least one page of its own resident (~400
-/// connections under `h2load -c50 -m10`: 1.5-1.8 MiB of peak RSS).
+/// small body. Each read that fills its room doubles the next one's, up to
+/// `READ_CHUNK` (as hyper's adaptive reads do, from 8 KiB). Hundreds of
+/// upstream connections can be in flight, each keeping its buffer:
+/// buffers under a page share pages, 16 KiB ones hold at least a page each.
 const FIRST_READ: usize = 1024;
 /// Largest chunk-size line, extensions included, and trailer section.
 const MAX_CHUNK_LINE: usize = 4096;
