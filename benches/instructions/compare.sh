@@ -15,28 +15,32 @@
 # Every proxy sets the same forwarding fields and X-Request-ID, access
 # logs off (as benches/load/run.sh configures them, without the log).
 #
-# Usage: benches/instructions/compare.sh [--requests N] [--streams CxM] [--cache-sim]
+# Usage: benches/instructions/compare.sh [--requests N] [--streams CxM] [--cache-sim [--branch-sim]]
 #   --streams CxM  C connections with M streams each over HTTP/2 (C
 #                  connections over HTTP/1.1) instead of one request at a
 #                  time: the working set of a loaded proxy
 #   --cache-sim    callgrind's cache simulation too: first-level data
 #                  misses and last-level misses (data and instructions)
 #                  per request, a second table
+#   --branch-sim   with --cache-sim: simulated branch mispredictions per
+#                  request (conditional and indirect) in that table too
 # Needs valgrind, h2load, nginx and haproxy (apt-get install valgrind
 # nghttp2-client nginx haproxy) and target/release/steer.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REQUESTS=3000 CONNS=1 STREAMS=1 CACHE=()
-usage() { echo "usage: $0 [--requests N] [--streams CxM] [--cache-sim]" >&2; exit 2; }
+usage() { echo "usage: $0 [--requests N] [--streams CxM] [--cache-sim [--branch-sim]]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --requests) REQUESTS="$2"; shift 2 ;;
     --streams) CONNS="${2%x*}"; STREAMS="${2#*x}"; shift 2 ;;
-    --cache-sim) CACHE=(--cache-sim=yes); shift ;;
+    --cache-sim) CACHE+=(--cache-sim=yes); shift ;;
+    --branch-sim) CACHE+=(--branch-sim=yes); shift ;;
     *) usage ;;
   esac
 done
 case "$REQUESTS$CONNS$STREAMS" in *[!0-9]*|'') usage ;; esac
+case "${CACHE[*]}" in *branch*) case "${CACHE[*]}" in *cache*) ;; *) usage ;; esac ;; esac
 for tool in valgrind callgrind_control h2load nginx haproxy openssl curl python3; do
   command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] \
     || { echo "compare.sh needs $tool" >&2; exit 2; }
@@ -71,10 +75,12 @@ count() {
     grep -qs '^totals:' "$work/$name.out".* && break
     sleep 0.1
   done
-  # events: Ir [Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw] (with --cache-sim)
+  # events: Ir [Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw] (--cache-sim)
+  # [Bc Bcm Bi Bim] (--branch-sim)
   cat "$work/$name.out".* | sed -n 's/^summary: //p' | sort -n | tail -1 |
     awk -v n="$REQUESTS" '{ printf "%d", $1 / n }
-      NF >= 9 { printf " %.1f %.1f", ($5 + $6) / n, ($7 + $8 + $9) / n } END { print "" }'
+      NF >= 9 { printf " %.1f %.1f", ($5 + $6) / n, ($7 + $8 + $9) / n }
+      NF >= 13 { printf " %.1f", ($11 + $13) / n } END { print "" }'
 }
 
 # wait_http URL: until it answers, valgrind starting slowly (60 s).
@@ -197,13 +203,13 @@ for s in http1 h2-tls h2-tls-h2c; do
 done
 [ ${#CACHE[@]} -gt 0 ] || exit 0
 echo
-echo "cache misses per request (callgrind's simulated caches): first-level data / last-level"
-printf '%-12s %16s %16s %16s\n' scenario steer nginx haproxy
+echo "per request (callgrind's simulation): first-level data misses / last-level misses [/ branch mispredictions]"
+printf '%-12s %24s %24s %24s\n' scenario steer nginx haproxy
 for s in http1 h2-tls h2-tls-h2c; do
   cells=()
   for px in steer nginx haproxy; do
-    read -r _ d1 ll <<<"${result[$px,$s]}"
-    cells+=("$d1 / $ll")
+    read -r _ d1 ll bm <<<"${result[$px,$s]}"
+    cells+=("$d1 / $ll${bm:+ / $bm}")
   done
-  printf '%-12s %16s %16s %16s\n' "$s" "${cells[@]}"
+  printf '%-12s %24s %24s %24s\n' "$s" "${cells[@]}"
 done
