@@ -30,7 +30,7 @@ use h2::{Reason, RecvStream, SendStream};
 use http::{Request, Response, header};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::{Interval, Sleep};
 
 use super::conn::{self, OpenGuard};
@@ -386,16 +386,50 @@ impl Control {
 /// One stream: the request through `proxy::handle`, the response back.
 /// A client reset (RST_STREAM) drops whatever is in progress, and with it
 /// the upstream request or response.
-async fn stream(
+///
+/// Not an `async fn`: the request is taken apart and the request path's
+/// future boxed before the stream's future exists, and the response is
+/// taken apart in `answer`, so the stream's future, one per stream in
+/// flight, has no room for the request, its parts or the response head
+/// (see `crate::boxed`). What runs before the future exists cannot panic;
+/// a panic while it is polled ends this stream alone (the `catch_unwind`
+/// where the connection pushes it).
+fn stream<'a>(
     req: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-    streams: &Streams,
-    _open: OpenGuard,
-) {
+    streams: &'a Streams,
+    open: OpenGuard,
+) -> impl Future<Output = ()> + 'a {
+    let (req, connect) = inbound(req);
+    // Boxed: the request path's future is kilobytes; inline, each stream
+    // future would be that large from its start.
+    let handled = pinned(|| proxy::handle(&streams.shared, &streams.info, req));
+    async move {
+        let _open = open;
+        // Freed when it has answered, not kept while the body or a tunnel
+        // runs.
+        let resp = {
+            let handled = handled;
+            tokio::select! {
+                resp = handled => resp,
+                _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
+            }
+        };
+        let next = answer(resp, &mut respond, connect);
+        match next {
+            Next::Tunnel(resp, hand) => hand_over(resp, respond, hand, streams).await,
+            Next::Body(body, send) => pipe(body, send, streams).await,
+            Next::Done => {}
+        }
+    }
+}
+
+/// The request as the request path takes it, and for an extended CONNECT
+/// (RFC 8441 §4: it carries `:protocol`) the hand that gives the stream
+/// to the tunnel if the request path answers 2xx.
+fn inbound(req: Request<RecvStream>) -> (Request<Inbound>, Option<oneshot::Sender<Handed>>) {
     let (mut parts, recv) = req.into_parts();
     let length = crate::body::content_length(&parts.headers);
-    // RFC 8441 §4: an extended CONNECT carries `:protocol`; its stream
-    // becomes a tunnel if the request path answers 2xx.
     let connect = (parts.method == http::Method::CONNECT
         && parts.extensions.get::<h2::ext::Protocol>().is_some())
     .then(|| {
@@ -403,21 +437,33 @@ async fn stream(
         parts.extensions.insert(on);
         hand
     });
-    let req = Request::from_parts(parts, Inbound::h2(recv, length));
-    // Boxed: the request path's future is kilobytes; inline, each stream
-    // future would be that large from its start.
-    // Freed when it has answered, not kept while the body or a tunnel runs.
-    let resp = {
-        let handled = pinned(|| proxy::handle(&streams.shared, &streams.info, req));
-        tokio::select! {
-            resp = handled => resp,
-            _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
-        }
-    };
+    (
+        Request::from_parts(parts, Inbound::h2(recv, length)),
+        connect,
+    )
+}
+
+/// What follows a response head.
+enum Next {
+    /// A 2xx to an extended CONNECT: the stream becomes a tunnel.
+    Tunnel(Response<ProxyBody>, oneshot::Sender<Handed>),
+    /// The head went out; its body follows.
+    Body(ProxyBody, SendStream<Bytes>),
+    /// The head went out with END_STREAM, or h2 refused it.
+    Done,
+}
+
+/// Sends the response head, unless the stream becomes a tunnel; a body
+/// of known size gets its `content-length`.
+fn answer(
+    resp: Response<ProxyBody>,
+    respond: &mut SendResponse<Bytes>,
+    connect: Option<oneshot::Sender<Handed>>,
+) -> Next {
     if let Some(hand) = connect
         && resp.status().is_success()
     {
-        return hand_over(resp, respond, hand, streams).await;
+        return Next::Tunnel(resp, hand);
     }
     let (mut head, body) = resp.into_parts();
     let eos = body.is_end_stream();
@@ -427,11 +473,9 @@ async fn stream(
     {
         head.headers.insert(header::CONTENT_LENGTH, n.into());
     }
-    let Some(send) = send_head(&mut respond, head, eos) else {
-        return;
-    };
-    if !eos {
-        pipe(body, send, streams).await;
+    match send_head(respond, head, eos) {
+        Some(send) if !eos => Next::Body(body, send),
+        _ => Next::Done,
     }
 }
 
@@ -457,7 +501,7 @@ fn send_head(
 async fn hand_over(
     resp: Response<ProxyBody>,
     mut respond: SendResponse<Bytes>,
-    hand: tokio::sync::oneshot::Sender<Handed>,
+    hand: oneshot::Sender<Handed>,
     streams: &Streams,
 ) {
     // RFC 9110 §9.3.6: no framing headers on a 2xx to CONNECT.
