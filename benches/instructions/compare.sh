@@ -32,14 +32,22 @@ REQUESTS=3000 CONNS=1 STREAMS=1 CACHE=()
 usage() { echo "usage: $0 [--requests N] [--streams CxM] [--cache-sim [--branch-sim]]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --requests) REQUESTS="$2"; shift 2 ;;
-    --streams) CONNS="${2%x*}"; STREAMS="${2#*x}"; shift 2 ;;
+    --requests) [ $# -ge 2 ] || usage; REQUESTS="$2"; shift 2 ;;
+    --streams)
+      [ $# -ge 2 ] || usage
+      case "$2" in *x*) ;; *) usage ;; esac
+      CONNS="${2%%x*}"; STREAMS="${2#*x}"; shift 2 ;;
     --cache-sim) CACHE+=(--cache-sim=yes); shift ;;
     --branch-sim) CACHE+=(--branch-sim=yes); shift ;;
     *) usage ;;
   esac
 done
-case "$REQUESTS$CONNS$STREAMS" in *[!0-9]*|'') usage ;; esac
+# Each a positive integer; h2load needs at least as many requests as
+# connections.
+for v in "$REQUESTS" "$CONNS" "$STREAMS"; do
+  case "$v" in ''|*[!0-9]*|0*) usage ;; esac
+done
+[ "$REQUESTS" -ge "$CONNS" ] || usage
 case "${CACHE[*]}" in *branch*) case "${CACHE[*]}" in *cache*) ;; *) usage ;; esac ;; esac
 for tool in valgrind callgrind_control h2load nginx haproxy openssl curl python3; do
   command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] \

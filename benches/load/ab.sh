@@ -26,9 +26,11 @@ tck="$(getconf CLK_TCK)"
 for r in $(seq "$ROUNDS"); do
   for which in A B; do
     bin="$A"; [ "$which" = B ] && bin="$B"
-    taskset -c 0 "$bin" run --config "$work/routes.toml" --workers 1 >/dev/null 2>"$work/steer.log" &
+    # A log per run: wait_ready must not read an earlier run's ports.
+    log="$work/steer-$r-$which.log"
+    taskset -c 0 "$bin" run --config "$work/routes.toml" --workers 1 >/dev/null 2>"$log" &
     pid=$!
-    wait_ready "$work/steer.log"
+    wait_ready "$log"
     url="http://127.0.0.1:$http/demo/bytes?n=64"
     taskset -c 1 h2load "$@" -n 5000 "$url" >/dev/null
     cpu0=$(( $(stat_field "$pid" 14) + $(stat_field "$pid" 15) )); user0=$(stat_field "$pid" 14); flt0=$(stat_field "$pid" 10)

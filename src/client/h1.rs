@@ -55,9 +55,11 @@ const HEAD_CAPACITY: usize = 1024;
 const READ_CHUNK: usize = 16 * 1024;
 /// Room a new connection's first read gets: a usual response head with a
 /// small body. Each read that fills its room doubles the next one's, up to
-/// `READ_CHUNK` (as hyper's adaptive reads do, from 8 KiB). Hundreds of
-/// upstream connections can be in flight, each keeping its buffer:
-/// buffers under a page share pages, 16 KiB ones hold at least a page each.
+/// `READ_CHUNK`. Hundreds of upstream connections can be in flight, each
+/// keeping its buffer: buffers under a page share pages, 16 KiB ones hold
+/// at least a page each. Reads do not get smaller again (hyper's adaptive
+/// reads do): the connection keeps the buffer they grew (`shrink`), and
+/// asking for less than it has would save nothing.
 const FIRST_READ: usize = 1024;
 /// Largest chunk-size line, extensions included, and trailer section.
 const MAX_CHUNK_LINE: usize = 4096;
@@ -229,10 +231,11 @@ impl H1Conn {
         )
     }
 
-    /// An idle connection keeps a read buffer of the usual size for its
-    /// next exchange (as hyper's did), not one that a large head grew:
-    /// freeing and allocating it for every exchange made the allocator
-    /// give pages back and fault them in again, kernel time per request.
+    /// An idle connection keeps the read buffer its reads grew to, up to
+    /// `READ_CHUNK`, for its next exchange, not one that a large head grew
+    /// beyond it: freeing and allocating it for every exchange made the
+    /// allocator give pages back and fault them in again, kernel time per
+    /// request.
     pub(crate) fn shrink(&mut self) {
         if self.buf.capacity() > READ_CHUNK {
             self.buf = BytesMut::new();

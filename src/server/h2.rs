@@ -388,12 +388,14 @@ impl Control {
 /// the upstream request or response.
 ///
 /// Not an `async fn`: the request is taken apart and the request path's
-/// future boxed before the stream's future exists, and the response is
-/// taken apart in `answer`, so the stream's future, one per stream in
-/// flight, has no room for the request, its parts or the response head
-/// (see `crate::boxed`). What runs before the future exists cannot panic;
-/// a panic while it is polled ends this stream alone (the `catch_unwind`
-/// where the connection pushes it).
+/// future boxed before the stream's future exists, and `answer` sends the
+/// response head, so the stream's future, one per stream in flight, has
+/// no room for the request or its parts, nor for the response while its
+/// body is piped (see `crate::boxed`). A tunnel's `hand_over` keeps the
+/// response, in a state no larger than `pipe`'s. What runs before the
+/// future exists cannot panic (`inbound`); a panic while it is polled
+/// ends this stream alone (the `catch_unwind` where the connection pushes
+/// it).
 fn stream<'a>(
     req: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
@@ -426,7 +428,9 @@ fn stream<'a>(
 
 /// The request as the request path takes it, and for an extended CONNECT
 /// (RFC 8441 §4: it carries `:protocol`) the hand that gives the stream
-/// to the tunnel if the request path answers 2xx.
+/// to the tunnel if the request path answers 2xx. It runs outside the
+/// stream's `catch_unwind`, so it must not panic: nothing here indexes or
+/// parses without checking.
 fn inbound(req: Request<RecvStream>) -> (Request<Inbound>, Option<oneshot::Sender<Handed>>) {
     let (mut parts, recv) = req.into_parts();
     let length = crate::body::content_length(&parts.headers);
