@@ -1,7 +1,7 @@
 //! How the request path keeps its futures from being copied.
 //!
 //! A future is as large as its largest state: the request path's are
-//! kilobytes (~4.9 KiB for a request's), and every move of one is a
+//! kilobytes (~3.8 KB for a request's), and every move of one is a
 //! memcpy of all of it, once a request, and under load one that misses
 //! the cache. Three rules keep them in one place (`BENCHMARKS.md`,
 //! "Instruction counts in CI"):

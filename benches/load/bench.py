@@ -197,10 +197,10 @@ def cmd_measure(args):
         rec.update(parse_wrk(out))
     else:
         rec.update(parse_h2load(out, args.h2log))
+    req = rec.get("requests") or 0
     if pids:
         rec["user_ticks"] = sum(b[0] - a[0] for a, b in zip(c0, c1))
         rec["sys_ticks"] = sum(b[1] - a[1] for a, b in zip(c0, c1))
-        req = rec.get("requests") or 0
         if req:
             rec["user_us"] = rec["user_ticks"] * 1e6 / CLK_TCK / req
             rec["sys_us"] = rec["sys_ticks"] * 1e6 / CLK_TCK / req
@@ -208,7 +208,6 @@ def cmd_measure(args):
         rec["proxy_cpu_pct"] = round(
             (rec["user_ticks"] + rec["sys_ticks"]) / CLK_TCK / wall * 100, 1
         )
-    req = rec.get("requests") or 0
     if up_pids and req:
         ticks = sum(sum(b) - sum(a) for a, b in zip(u0, u1))
         rec["upstream_us"] = ticks * 1e6 / CLK_TCK / req
@@ -216,12 +215,10 @@ def cmd_measure(args):
         # One request at a time with every process on CPU 0 (scenario c):
         # CPU 0's busy time per request is the latency's CPU part, its
         # idle time per request the part spent waiting for nothing.
-        for k, key in (("busy", "cpu0_busy_us"), ("idle", "cpu0_idle_us")):
-            if k == "busy":
-                d = s1["cpu0"]["busy"] - s0["cpu0"]["busy"]
-            else:
-                d = (s1["cpu0"]["total"] - s1["cpu0"]["busy"]) - (s0["cpu0"]["total"] - s0["cpu0"]["busy"])
-            rec[key] = d * 1e6 / CLK_TCK / req
+        busy = s1["cpu0"]["busy"] - s0["cpu0"]["busy"]
+        idle = s1["cpu0"]["total"] - s0["cpu0"]["total"] - busy
+        rec["cpu0_busy_us"] = busy * 1e6 / CLK_TCK / req
+        rec["cpu0_idle_us"] = idle * 1e6 / CLK_TCK / req
     if args.rss_pid:
         rec["hwm_kib"] = proc_status_kib(args.rss_pid, "VmHWM")
         rec["rss_kib"] = proc_status_kib(args.rss_pid, "VmRSS")

@@ -4,10 +4,10 @@
 # quiet; fails when they hold more than the kind's limit each (RSS with
 # them open minus RSS before, over the count). A fresh steer per kind.
 # 4,000, not 2,000: the runtime's and allocator's growth that does not
-# scale with the count (~0.6 MiB) was ~0.3 KiB of each connection's
-# share at 2,000, and plain measured 1.91-1.98 there on 2026-12-06 with
-# builds that measured 1.79 before; at 4,000 it is 1.78-1.81 (8,000 in
-# the side-by-side run: 1.73). CONNS=N to change the count.
+# scale with the count (~0.6 MiB) is ~0.15 KiB of each connection's share
+# at 4,000 but ~0.3 at 2,000, enough to move plain connections across
+# their limit with nothing in them changed (BENCHMARKS.md, "Memory").
+# CONNS=N to change the count.
 #
 #   kind   limit  measured  what an idle connection holds
 #   plain  2.0    1.8       its task, the boxed HTTP/1.1 serve future
