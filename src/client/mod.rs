@@ -60,6 +60,16 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// steer could not open a connection: its own descriptors, memory or
+    /// local ports ran out (`local_shortage`). Nothing was sent, and
+    /// nothing is known about the endpoint.
+    #[error("steer is out of {what} for a connection to {addr}: {source}")]
+    Local {
+        addr: SocketAddr,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("connect to {addr} timed out after {timeout:?}")]
     ConnectTimeout { addr: SocketAddr, timeout: Duration },
     #[error("TLS handshake with {addr} failed: {source}")]
@@ -140,9 +150,43 @@ impl ClientError {
         )
     }
 
+    /// True when steer itself lacked what a connection needs: no verdict
+    /// on the endpoint, and no other endpoint would fare better.
+    pub fn local(&self) -> bool {
+        matches!(self, ClientError::Local { .. })
+    }
+
     /// True when the request never left steer (safe to retry anywhere).
     pub fn not_sent(&self) -> bool {
-        self.endpoint_down() || matches!(self, ClientError::BadRequest { .. })
+        self.endpoint_down()
+            || matches!(
+                self,
+                ClientError::BadRequest { .. } | ClientError::Local { .. }
+            )
+    }
+}
+
+/// What steer ran out of, when a connect failed for want of its own
+/// resources rather than the endpoint's answer: descriptors (EMFILE,
+/// ENFILE), socket buffers or memory (ENOBUFS, ENOMEM), or local ports
+/// (EADDRNOTAVAIL from connect(2): no ephemeral port is free). HAProxy
+/// counts these as resource errors, not server failures.
+fn local_shortage(e: &std::io::Error) -> Option<&'static str> {
+    use rustix::io::Errno;
+    match Errno::from_io_error(e)? {
+        Errno::MFILE | Errno::NFILE => Some("file descriptors"),
+        Errno::NOBUFS | Errno::NOMEM => Some("memory"),
+        Errno::ADDRNOTAVAIL => Some("local ports"),
+        _ => None,
+    }
+}
+
+/// A failed connect(2) as a `ClientError`: steer's own shortage, or the
+/// endpoint's refusal.
+fn connect_error(addr: SocketAddr, source: std::io::Error) -> ClientError {
+    match local_shortage(&source) {
+        Some(what) => ClientError::Local { addr, what, source },
+        None => ClientError::Connect { addr, source },
     }
 }
 
@@ -586,7 +630,7 @@ async fn connect(dial: Dial<'_>, upgrade: bool) -> Result<Fresh, ClientError> {
             addr,
             timeout: dial.connect_timeout,
         })?
-        .map_err(|source| ClientError::Connect { addr, source })?;
+        .map_err(|source| connect_error(addr, source))?;
     // Small request/response heads must not wait for Nagle.
     let _ = tcp.set_nodelay(true);
     match (dial.protocol, dial.tls) {
@@ -647,4 +691,35 @@ where
         }
     });
     Ok(Fresh::Upgrade(sender))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_steers_own_shortages_spare_the_endpoint() {
+        use rustix::io::Errno;
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let failed = |errno: Errno| connect_error(addr, std::io::Error::from(errno));
+        for errno in [
+            Errno::MFILE,
+            Errno::NFILE,
+            Errno::NOBUFS,
+            Errno::NOMEM,
+            Errno::ADDRNOTAVAIL,
+        ] {
+            let e = failed(errno);
+            assert!(e.local() && !e.endpoint_down() && e.not_sent(), "{e}");
+        }
+        for errno in [
+            Errno::CONNREFUSED,
+            Errno::NETUNREACH,
+            Errno::HOSTUNREACH,
+            Errno::CONNRESET,
+        ] {
+            let e = failed(errno);
+            assert!(!e.local() && e.endpoint_down(), "{e}");
+        }
+    }
 }

@@ -34,10 +34,19 @@ pub fn spawn(endpoint: &Arc<Endpoint>, on_result: ProbeHook) {
             let pause = match ep.health_spec() {
                 Some(spec) => {
                     let before = ep.state();
-                    let result = probe(&ep, &spec).await;
-                    let after = ep.record_check(result.clone(), &spec);
-                    on_result(&ep, &result);
-                    log_change(&ep, before, after, &result);
+                    match probe(&ep, &spec).await {
+                        Ok(result) => {
+                            let after = ep.record_check(result.clone(), &spec);
+                            on_result(&ep, &result);
+                            log_change(&ep, before, after, &result);
+                        }
+                        // steer's shortage is no verdict on the endpoint:
+                        // taking it out would turn a local overload into
+                        // an outage for every client.
+                        Err(error) => {
+                            tracing::warn!(upstream = %ep.upstream, endpoint = %ep.addr, error = %error, "health check not sent: the endpoint keeps its state");
+                        }
+                    }
                     let factor = if first {
                         fastrand::f64()
                     } else {
@@ -83,13 +92,14 @@ fn log_change(ep: &Endpoint, before: State, after: State, result: &CheckResult) 
 
 /// One check: `GET {path}` (2xx passes) or, with `grpc_service`,
 /// `grpc.health.v1.Health/Check` (SERVING passes); before an endpoint's
-/// first promotion, also every warm-up request.
-pub async fn probe(endpoint: &Endpoint, spec: &HealthSpec) -> CheckResult {
+/// first promotion, also every warm-up request. `Err` when steer could
+/// not open a connection for it (`ClientError::Local`): no result.
+pub async fn probe(endpoint: &Endpoint, spec: &HealthSpec) -> Result<CheckResult, String> {
     let at = SystemTime::now();
     let timed = |f| async move {
         tokio::time::timeout(spec.timeout, f)
             .await
-            .unwrap_or_else(|_| Err((None, format!("timed out after {:?}", spec.timeout))))
+            .unwrap_or_else(|_| Err(format!("timed out after {:?}", spec.timeout).into()))
     };
     let mut outcome = match &spec.grpc_service {
         Some(service) => {
@@ -99,33 +109,58 @@ pub async fn probe(endpoint: &Endpoint, spec: &HealthSpec) -> CheckResult {
     };
     if outcome.is_ok() && !endpoint.ever_healthy() {
         for w in &spec.warmup {
-            if let Err((status, e)) =
-                timed(Box::pin(warmup(endpoint, spec, w)) as CheckFuture<'_>).await
+            if let Err(failed) = timed(Box::pin(warmup(endpoint, spec, w)) as CheckFuture<'_>).await
             {
-                outcome = Err((status, format!("warm-up GET {}: {e}", w.path)));
+                outcome = Err(failed.context(&w.path));
                 break;
             }
         }
     }
     match outcome {
-        Ok(status) => CheckResult {
+        Ok(status) => Ok(CheckResult {
             at,
             ok: true,
             status: Some(status),
             error: None,
-        },
-        Err((status, error)) => CheckResult {
+        }),
+        Err(Failed::Answer(status, error)) => Ok(CheckResult {
             at,
             ok: false,
             status,
             error: Some(error),
-        },
+        }),
+        Err(Failed::Local(error)) => Err(error),
     }
 }
 
-/// A check's result: the status that passed, or the status (if any) and why
-/// it failed.
-type Checked = Result<u16, (Option<u16>, String)>;
+/// A check's result: the status that passed, or why it failed.
+type Checked = Result<u16, Failed>;
+
+/// Why a check did not pass.
+enum Failed {
+    /// The endpoint's doing: the status it answered (if any) and why that
+    /// fails, or its silence.
+    Answer(Option<u16>, String),
+    /// steer could not open a connection for the check.
+    Local(String),
+}
+
+impl Failed {
+    /// The same failure, said of warm-up request `path`.
+    fn context(self, path: &str) -> Failed {
+        match self {
+            Failed::Answer(status, e) => Failed::Answer(status, format!("warm-up GET {path}: {e}")),
+            local => local,
+        }
+    }
+}
+
+impl From<String> for Failed {
+    fn from(error: String) -> Failed {
+        Failed::Answer(None, error)
+    }
+}
+
 type CheckFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Checked> + Send + 'a>>;
 
 fn request(
@@ -155,18 +190,25 @@ async fn exchange(
     endpoint: &Endpoint,
     timeout: Duration,
     req: Request<ReqBody>,
-) -> Result<(http::response::Parts, http_body_util::Collected<Bytes>), (Option<u16>, String)> {
+) -> Result<(http::response::Parts, http_body_util::Collected<Bytes>), Failed> {
     let sent = endpoint
         .pool
         .send(endpoint.dial(timeout), req, None)
         .await
-        .map_err(|f| (None, f.error.to_string()))?;
+        .map_err(|f| {
+            let error = f.error.to_string();
+            if f.error.local() {
+                Failed::Local(error)
+            } else {
+                Failed::Answer(None, error)
+            }
+        })?;
     let (parts, mut body) = sent.response.into_parts();
     let status = parts.status.as_u16();
     let collected = Limited::new(&mut body, MAX_PROBE_BODY)
         .collect()
         .await
-        .map_err(|e| (Some(status), format!("reading the answer: {e}")))?;
+        .map_err(|e| Failed::Answer(Some(status), format!("reading the answer: {e}")))?;
     if let Some(conn) = body.take_conn() {
         endpoint.pool.put_h1(conn);
     }
@@ -175,28 +217,31 @@ async fn exchange(
 
 async fn http_check(endpoint: &Endpoint, spec: &HealthSpec) -> Checked {
     let req =
-        request(endpoint, spec.host.as_deref(), &spec.path, Bytes::new()).map_err(|e| (None, e))?;
+        request(endpoint, spec.host.as_deref(), &spec.path, Bytes::new()).map_err(Failed::from)?;
     let (parts, _) = exchange(endpoint, spec.timeout, req).await?;
     let status = parts.status.as_u16();
     if parts.status.is_success() {
         Ok(status)
     } else {
-        Err((Some(status), format!("status {status}")))
+        Err(Failed::Answer(Some(status), format!("status {status}")))
     }
 }
 
 async fn warmup(endpoint: &Endpoint, spec: &HealthSpec, w: &Warmup) -> Checked {
     let host = w.host.as_deref().or(spec.host.as_deref());
-    let req = request(endpoint, host, &w.path, Bytes::new()).map_err(|e| (None, e))?;
+    let req = request(endpoint, host, &w.path, Bytes::new()).map_err(Failed::from)?;
     let (parts, body) = exchange(endpoint, spec.timeout, req).await?;
     let status = parts.status.as_u16();
     if !parts.status.is_success() {
-        return Err((Some(status), format!("status {status}")));
+        return Err(Failed::Answer(Some(status), format!("status {status}")));
     }
     if let Some(needle) = &w.expect_body {
         let body = body.to_bytes();
         if !String::from_utf8_lossy(&body).contains(needle.as_str()) {
-            return Err((Some(status), format!("body does not contain {needle:?}")));
+            return Err(Failed::Answer(
+                Some(status),
+                format!("body does not contain {needle:?}"),
+            ));
         }
     }
     Ok(status)
@@ -220,7 +265,7 @@ async fn grpc_check(endpoint: &Endpoint, spec: &HealthSpec, service: &str) -> Ch
         GRPC_HEALTH_CHECK,
         Bytes::from(frame),
     )
-    .map_err(|e| (None, e))?;
+    .map_err(Failed::from)?;
     *req.method_mut() = http::Method::POST;
     req.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -238,7 +283,7 @@ async fn grpc_check(endpoint: &Endpoint, spec: &HealthSpec, service: &str) -> Ch
         .unwrap_or("missing")
         .to_owned();
     if grpc_status != "0" {
-        return Err((
+        return Err(Failed::Answer(
             Some(status),
             format!("gRPC health check answered grpc-status {grpc_status}"),
         ));
@@ -250,11 +295,14 @@ async fn grpc_check(endpoint: &Endpoint, spec: &HealthSpec, service: &str) -> Ch
         .map(|r| r.status());
     match serving {
         Some(tonic_health::pb::health_check_response::ServingStatus::Serving) => Ok(status),
-        Some(other) => Err((
+        Some(other) => Err(Failed::Answer(
             Some(status),
             format!("gRPC health: {}", other.as_str_name()),
         )),
-        None => Err((Some(status), "gRPC health: unreadable answer".to_owned())),
+        None => Err(Failed::Answer(
+            Some(status),
+            "gRPC health: unreadable answer".to_owned(),
+        )),
     }
 }
 

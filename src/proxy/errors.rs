@@ -22,6 +22,8 @@ pub enum ProxyError {
     NoHealthyUpstream(Vec<String>),
     #[error("upstream connection failed: {0}")]
     Connect(#[source] ClientError),
+    #[error("{0}; retry shortly")]
+    Exhausted(#[source] ClientError),
     #[error("upstream connection broke: {0}")]
     Broken(#[source] ClientError),
     #[error("upstream did not answer within {0:?}")]
@@ -48,7 +50,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoHealthyUpstream(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyUpstream(_) | ProxyError::Exhausted(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Connect(_) | ProxyError::Broken(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -58,6 +62,16 @@ impl ProxyError {
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+        }
+    }
+
+    /// Seconds for `Retry-After` (RFC 9110 §10.2.3): when a rate limit
+    /// frees up, or 1 s for steer's own passing shortage.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ProxyError::TooManyRequests(secs) => Some(*secs),
+            ProxyError::Exhausted(_) => Some(1),
+            _ => None,
         }
     }
 
@@ -120,9 +134,9 @@ pub fn error_response(
         resp
     };
     resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
-    if let ProxyError::TooManyRequests(secs) = err {
+    if let Some(secs) = err.retry_after() {
         resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     if expects.http1 && err.closes() {
         resp.headers_mut()

@@ -693,8 +693,14 @@ fn forward<'a>(
             if fault.malformed() {
                 return Err(ProxyError::BadRequest("malformed request body"));
             }
-            ramp_attempt(shared, table, route, upstream_index, true);
             let error = failed.error;
+            // steer's own shortage (descriptors, memory, ports) says nothing
+            // about the endpoint, and any other would meet it too: no
+            // blame, no ramp failure, no retry spent on it.
+            if error.local() {
+                return Err(ProxyError::Exhausted(error));
+            }
+            ramp_attempt(shared, table, route, upstream_index, true);
             let unprocessed = failed.request.is_some() || error.unprocessed();
             blame(endpoint, upstream, &error, unprocessed);
             tracing::debug!(request_id = ?request_id, endpoint = %endpoint.addr, error = %error, unprocessed, "upstream attempt failed");

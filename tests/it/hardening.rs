@@ -577,6 +577,80 @@ async fn zero_window_http2_clients_are_cut_off_at_send_timeout_and_hold_no_descr
 }
 
 #[tokio::test]
+async fn running_out_of_descriptors_takes_no_endpoint_out() {
+    const LIMIT: usize = 64;
+    // Every request and probe needs a new connection from steer.
+    let up =
+        answering_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            .await;
+    // Probes every 200 ms: one failed probe would take the endpoint out,
+    // and ten passes bring it back, so a wrong verdict is still visible
+    // after the descriptors are back.
+    let health =
+        "health = { interval = \"200ms\", unhealthy_threshold = 1, healthy_threshold = 10 }\n";
+    let routes = format!(
+        "{}{health}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
+        upstream_toml("blue", up, "http1")
+    );
+    let steer = spawn_steer_with_fd_limit("", &routes, LIMIT as u32).await;
+    let addr: std::net::SocketAddr = steer.http.trim_start_matches("http://").parse().unwrap();
+    let pid = steer.child.id();
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: auth.example.com\r\n\r\n";
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    eventually("the endpoint serves", || async {
+        get(&format!("{}/", steer.http)).await.0 == StatusCode::OK
+    })
+    .await;
+    client.write_all(GET).await.unwrap();
+    assert!(one_answer(&mut client).await.starts_with("http/1.1 200"));
+    // Idle clients take every descriptor steer may open (the rest wait
+    // in the listen backlog).
+    let mut idle = Vec::new();
+    for _ in 0..LIMIT {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    eventually("steer out of descriptors", || async {
+        open_fds(pid) >= LIMIT
+    })
+    .await;
+    // A request on the open connection needs a new upstream connection,
+    // which steer cannot open: its own shortage, answered 503 with
+    // Retry-After (a probe's connection may free one for a moment, so
+    // ask until the shortage shows).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        assert!(Instant::now() < deadline, "no request met the shortage");
+        client.write_all(GET).await.unwrap();
+        let answer = one_answer(&mut client).await;
+        if !answer.starts_with("http/1.1 200") {
+            break answer;
+        }
+    };
+    assert!(refused.starts_with("http/1.1 503"), "{refused}");
+    assert!(refused.contains("retry-after: 1"), "{refused}");
+    assert!(refused.contains("out of"), "{refused}");
+    // Probes meanwhile cannot connect either, and say so without a verdict.
+    eventually("a probe skipped for the shortage", || async {
+        steer
+            .logs
+            .try_iter()
+            .any(|l| l.contains("health check not sent"))
+    })
+    .await;
+    drop(idle);
+    eventually("descriptors given back", || async {
+        open_fds(pid) < LIMIT - 8
+    })
+    .await;
+    // The endpoint was never blamed: the next request goes through.
+    client.write_all(GET).await.unwrap();
+    let answer = one_answer(&mut client).await;
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    let healthy = states(&steer.admin, "blue").await;
+    assert_eq!(healthy, ["healthy"]);
+}
+
+#[tokio::test]
 async fn a_stalled_http2_stream_is_reset_while_the_connection_goes_on() {
     let blue = upstream("blue").await;
     let steer = Steer::start_ready_with("send_timeout = \"1s\"", &bytes_route(blue.addr())).await;

@@ -621,25 +621,7 @@ async fn answers_on_one_client_connection_keep_their_framing() {
 async fn an_upstream_answer_cut_short_closes_the_client_connection() {
     // The client cannot tell where a body shorter than its content-length
     // ends: steer must close, not keep the connection for the next request.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut up, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match up.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let _ = up
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
-                    .await;
-            });
-        }
-    });
+    let addr = answering_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234").await;
     let steer = Steer::start_ready(&route_to("cut", addr, "http1")).await;
     let mut s = TcpStream::connect(steer.addr()).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: auth.example.com\r\n\r\n")

@@ -397,21 +397,88 @@ where
         assert!(n > 0, "closed after {statuses:?}");
         buf.extend_from_slice(&chunk[..n]);
         // Take every complete response off the front of the buffer.
-        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            if buf.len() < end + 4 + len {
-                break;
-            }
-            statuses.push(head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0));
-            buf.drain(..end + 4 + len);
+        while let Some(len) = answer_len(&buf) {
+            statuses.push(status_code(&buf));
+            buf.drain(..len);
         }
     }
     statuses
+}
+
+/// The length of the whole answer (head and `Content-Length` body) at the
+/// start of `buf`, once all of it is there.
+fn answer_len(buf: &[u8]) -> Option<usize> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let body: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    (buf.len() >= end + 4 + body).then_some(end + 4 + body)
+}
+
+fn status_code(answer: &[u8]) -> u16 {
+    let code = answer.get(9..12).and_then(|c| std::str::from_utf8(c).ok());
+    code.and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// Reads one whole answer (head and `Content-Length` body) from `s`,
+/// within 5 s; returns it in lower case.
+pub async fn one_answer<S>(s: &mut S) -> String
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while answer_len(&buf).is_none() {
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(s, &mut chunk),
+        );
+        let n = read.await.expect("an answer in time").unwrap();
+        assert!(n > 0, "closed before a whole answer: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&buf).to_ascii_lowercase()
+}
+
+/// Reads from `s` until a whole request head has arrived; false when the
+/// peer closed (or failed) first, or 5 s passed.
+pub async fn read_head<S>(s: &mut S) -> bool
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(s, &mut chunk),
+        );
+        match read.await {
+            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&chunk[..n]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// An upstream that, on every connection, reads one request head, writes
+/// `answer` (whole or not) and closes.
+pub async fn answering_upstream(answer: &'static [u8]) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut up, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_head(&mut up).await {
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut up, answer).await;
+                }
+            });
+        }
+    });
+    addr
 }
 
 /// An upstream that reads one request head, writes `answer` (maybe only
@@ -426,16 +493,10 @@ pub async fn holding_upstream(
     let (dropped_tx, dropped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let (mut up, _) = listener.accept().await.unwrap();
-        let mut head = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = up.read(&mut chunk).await.unwrap();
-            assert!(n > 0);
-            head.extend_from_slice(&chunk[..n]);
-        }
+        assert!(read_head(&mut up).await, "a request head");
         up.write_all(answer).await.unwrap();
         // Returns when steer drops the upstream connection.
-        let _ = up.read(&mut chunk).await;
+        let _ = up.read(&mut [0u8; 1024]).await;
         let _ = dropped_tx.send(());
     });
     (addr, dropped)
