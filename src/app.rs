@@ -76,6 +76,7 @@ pub async fn start(path: &Path) -> anyhow::Result<Running> {
 /// As `start`; with `upgrade`, first takes the listening sockets over from a
 /// running steer on `listen.upgrade_socket` (binding itself if none runs).
 pub async fn start_with(path: &Path, upgrade: bool) -> anyhow::Result<Running> {
+    let open_files = raise_open_files_limit();
     let config = config::load(path)?;
     let metrics = Metrics::new();
     let hook = probe_hook(metrics.clone());
@@ -159,8 +160,10 @@ pub async fn start_with(path: &Path, upgrade: bool) -> anyhow::Result<Running> {
         listeners.local(Kind::Admin),
     );
     let shown = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+    let proxy_listeners = u64::from(http.is_some()) + u64::from(https.is_some());
+    warn_if_open_files_short(open_files, proxy_listeners, settings.max_connections);
     tracing::info!(http = %shown(http), https = %shown(https), admin = %shown(admin),
-        version = %shared.live.load().version, "steer started");
+        version = %shared.live.load().version, open_files, "steer started");
     // Spawned only now: on a multi-thread runtime the report could
     // otherwise come before "steer started", which scripts wait for.
     tokio::spawn({
@@ -178,6 +181,53 @@ pub async fn start_with(path: &Path, upgrade: bool) -> anyhow::Result<Running> {
         listeners,
         handover,
     })
+}
+
+/// Descriptors steer needs besides client and upstream connections: its
+/// listeners, the admin API's 64 connections, the runtime, health probes,
+/// config and certificate reads, with room to spare.
+const OTHER_FILES: u64 = 256;
+
+/// Raises the soft open-files limit to the hard one, as Go's runtime does
+/// and HAProxy does for its `maxconn`: a soft limit of 1024 (the default of
+/// many systems, and of containerd 2's containers) exists for select(2),
+/// which steer does not use. Returns the limit in force.
+fn raise_open_files_limit() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // `None` is RLIM_INFINITY; Linux never gives it for open files.
+    let soft = limit.current.unwrap_or(u64::MAX);
+    let Some(hard) = limit.maximum.filter(|&hard| hard > soft) else {
+        return soft;
+    };
+    let raised = Rlimit {
+        current: Some(hard),
+        maximum: Some(hard),
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => hard,
+        Err(e) => {
+            tracing::warn!(soft, hard, error = %e, "could not raise the open-files limit to its hard limit");
+            soft
+        }
+    }
+}
+
+/// Warns when the open-files limit cannot hold every proxy listener's
+/// `max_connections` clients with an upstream connection each: past
+/// that, requests that need a new upstream connection get 503.
+fn warn_if_open_files_short(limit: u64, proxy_listeners: u64, max_connections: usize) {
+    let clients = proxy_listeners.saturating_mul(max_connections as u64);
+    let needed = clients.saturating_mul(2).saturating_add(OTHER_FILES);
+    if limit < needed {
+        let served = limit.saturating_sub(OTHER_FILES) / 2;
+        tracing::warn!(
+            open_files = limit,
+            needed,
+            max_connections,
+            "the open-files limit is below what max_connections needs (a client's and an upstream connection's descriptor each): past about {served} busy client connections, requests that need a new upstream connection get 503; raise the limit (LimitNOFILE, ulimit -n) or lower max_connections"
+        );
+    }
 }
 
 /// Waits until every checked endpoint has been probed once (bounded by the

@@ -651,6 +651,30 @@ async fn running_out_of_descriptors_takes_no_endpoint_out() {
 }
 
 #[tokio::test]
+async fn the_open_files_limit_is_raised_to_the_hard_one_and_a_short_one_reported() {
+    let blue = upstream("blue").await;
+    let routes = bytes_route(blue.addr());
+    let short_of = |steer: &Proc| {
+        steer
+            .start
+            .iter()
+            .any(|l| l.contains("the open-files limit is below what max_connections needs"))
+    };
+    // A soft limit under the hard one is raised to it.
+    let raised = spawn_steer_with_ulimit("", &routes, "-Sn 128").await;
+    let (soft, hard) = open_files_limits(raised.child.id());
+    assert!(soft == hard && hard > 128, "soft {soft}, hard {hard}");
+    // 300 cannot hold 10,000 clients with an upstream connection each...
+    let short = spawn_steer_with_fd_limit("", &routes, 300).await;
+    assert!(short_of(&short), "{:?}", short.start);
+    let started = short.start.last().unwrap();
+    assert!(started.contains("\"open_files\":300"), "{started}");
+    // ...but can hold 20 (20 x 2 + 256 for the rest).
+    let enough = spawn_steer_with_fd_limit("max_connections = 20", &routes, 300).await;
+    assert!(!short_of(&enough), "{:?}", enough.start);
+}
+
+#[tokio::test]
 async fn a_stalled_http2_stream_is_reset_while_the_connection_goes_on() {
     let blue = upstream("blue").await;
     let steer = Steer::start_ready_with("send_timeout = \"1s\"", &bytes_route(blue.addr())).await;

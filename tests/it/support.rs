@@ -271,6 +271,9 @@ pub struct Proc {
     pub http: String,
     pub admin: String,
     _dir: Option<tempfile::TempDir>,
+    /// The log lines before "steer started", and that line.
+    pub start: Vec<String>,
+    /// The log lines after it, as they come.
     pub logs: std::sync::mpsc::Receiver<String>,
 }
 
@@ -299,14 +302,32 @@ pub async fn spawn_steer_at(dir: Option<tempfile::TempDir>, path: PathBuf, args:
 }
 
 /// As `spawn_steer`, with `[proxy]` lines and the process's open-file
-/// limit set to `fds`.
+/// limit set to `fds` (soft and hard).
 pub async fn spawn_steer_with_fd_limit(proxy: &str, body: &str, fds: u32) -> Proc {
+    spawn_steer_with_ulimit(proxy, body, &format!("-n {fds}")).await
+}
+
+/// As `spawn_steer`, with `[proxy]` lines and `ulimit ARGS` applied to
+/// the process (for example `-Sn 128`: the soft open-files limit).
+pub async fn spawn_steer_with_ulimit(proxy: &str, body: &str, args: &str) -> Proc {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("routes.toml");
     std::fs::write(&path, with_listen_proxy(proxy, body)).unwrap();
-    tokio::task::spawn_blocking(move || spawn_blocking_steer(Some(dir), path, &[], Some(fds)))
+    let ulimit = args.to_owned();
+    tokio::task::spawn_blocking(move || spawn_blocking_steer(Some(dir), path, &[], Some(ulimit)))
         .await
         .unwrap()
+}
+
+/// The soft and hard open-files limits of process `pid`.
+pub fn open_files_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let mut numbers = line.split_whitespace().filter_map(|w| w.parse().ok());
+    (numbers.next().unwrap(), numbers.next().unwrap())
 }
 
 /// How many file descriptors process `pid` has open.
@@ -320,13 +341,13 @@ fn spawn_blocking_steer(
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
     args: &[String],
-    fd_limit: Option<u32>,
+    ulimit: Option<String>,
 ) -> Proc {
-    let mut command = match fd_limit {
+    let mut command = match ulimit {
         // `exec` keeps the pid: the limit applies to steer itself.
-        Some(n) => {
+        Some(args) => {
             let mut c = Command::new("sh");
-            c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\"")])
+            c.args(["-c", &format!("ulimit {args} && exec \"$0\" \"$@\"")])
                 .arg(env!("CARGO_BIN_EXE_steer"));
             c
         }
@@ -343,12 +364,13 @@ fn spawn_blocking_steer(
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
-    let started = loop {
-        let line = lines.next().expect("steer exited before starting").unwrap();
-        if line.contains("steer started") {
-            break line;
-        }
-    };
+    let mut start = Vec::new();
+    while !start
+        .last()
+        .is_some_and(|l: &String| l.contains("steer started"))
+    {
+        start.push(lines.next().expect("steer exited before starting").unwrap());
+    }
     // Keep draining stderr so the child never blocks on a full pipe; the
     // lines stay readable through `logs`.
     let (tx, logs) = std::sync::mpsc::channel();
@@ -357,13 +379,14 @@ fn spawn_blocking_steer(
             let _ = tx.send(line);
         }
     });
-    let v: serde_json::Value = serde_json::from_str(&started).unwrap();
+    let v: serde_json::Value = serde_json::from_str(start.last().unwrap()).unwrap();
     let addr = |k: &str| v[k].as_str().unwrap().to_owned();
     Proc {
         http: format!("http://{}", addr("http")),
         admin: format!("http://{}", addr("admin")),
         child,
         _dir: dir,
+        start,
         logs,
     }
 }
