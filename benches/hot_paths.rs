@@ -26,6 +26,7 @@ fn upstream(balance: Balance) -> Arc<Upstream> {
             let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9000 + i));
             let e = Arc::new(Endpoint::new("u", addr, addr.to_string(), Protocol::H2c));
             let ok = CheckResult {
+                sent: true,
                 at: SystemTime::now(),
                 ok: true,
                 status: Some(200),

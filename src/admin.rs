@@ -262,6 +262,7 @@ fn endpoint_json(upstream: &Upstream, e: &Endpoint) -> Value {
         "consecutive_failures": counter.failures,
         "last_check": e.last_check().map(|c| json!({
             "at": rfc3339(c.at),
+            "sent": c.sent,
             "ok": c.ok,
             "status": c.status,
             "error": c.error,

@@ -63,7 +63,7 @@ fn probe_hook(metrics: Metrics) -> ProbeHook {
     Arc::new(move |e: &Endpoint, r: &CheckResult| {
         // A reload that is not committed yet leaves no series behind.
         if e.is_committed() {
-            metrics.health_check(&e.upstream, &e.addr.to_string(), r.ok);
+            metrics.health_check(&e.upstream, &e.addr.to_string(), r);
         }
     })
 }
@@ -76,7 +76,7 @@ pub async fn start(path: &Path) -> anyhow::Result<Running> {
 /// As `start`; with `upgrade`, first takes the listening sockets over from a
 /// running steer on `listen.upgrade_socket` (binding itself if none runs).
 pub async fn start_with(path: &Path, upgrade: bool) -> anyhow::Result<Running> {
-    let open_files = raise_open_files_limit();
+    let open_files = open_files_limit();
     let config = config::load(path)?;
     let metrics = Metrics::new();
     let hook = probe_hook(metrics.clone());
@@ -191,26 +191,29 @@ const OTHER_FILES: u64 = 256;
 /// Raises the soft open-files limit to the hard one, as Go's runtime does
 /// and HAProxy does for its `maxconn`: a soft limit of 1024 (the default of
 /// many systems, and of containerd 2's containers) exists for select(2),
-/// which steer does not use. Returns the limit in force.
-fn raise_open_files_limit() -> u64 {
+/// which steer does not use. For the serving commands only: it changes
+/// the whole process.
+pub fn raise_open_files_limit() {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
-    // `None` is RLIM_INFINITY; Linux never gives it for open files.
-    let soft = limit.current.unwrap_or(u64::MAX);
+    let soft = open_files_limit();
     let Some(hard) = limit.maximum.filter(|&hard| hard > soft) else {
-        return soft;
+        return;
     };
     let raised = Rlimit {
         current: Some(hard),
         maximum: Some(hard),
     };
-    match setrlimit(Resource::Nofile, raised) {
-        Ok(()) => hard,
-        Err(e) => {
-            tracing::warn!(soft, hard, error = %e, "could not raise the open-files limit to its hard limit");
-            soft
-        }
+    if let Err(e) = setrlimit(Resource::Nofile, raised) {
+        tracing::warn!(soft, hard, error = %e, "could not raise the open-files limit to its hard limit");
     }
+}
+
+/// The soft open-files limit in force.
+fn open_files_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit};
+    // `None` is RLIM_INFINITY; Linux never gives it for open files.
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
 /// Warns when the open-files limit cannot hold every proxy listener's

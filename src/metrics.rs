@@ -11,7 +11,7 @@ use prometheus::{
 };
 
 use crate::config::RouteSpec;
-use crate::upstream::Upstream;
+use crate::upstream::{CheckResult, Upstream};
 
 /// From 100 µs to 30 s: a proxy's own overhead sits at the low end, slow
 /// upstream calls and long polls at the high end.
@@ -343,9 +343,14 @@ impl Metrics {
 
     /// Counts one probe result (the health gauge follows the endpoint's
     /// state by itself).
-    pub fn health_check(&self, upstream: &str, endpoint: &str, ok: bool) {
+    pub fn health_check(&self, upstream: &str, endpoint: &str, r: &CheckResult) {
+        let result = match (r.sent, r.ok) {
+            (false, _) => "not_sent",
+            (true, true) => "pass",
+            (true, false) => "fail",
+        };
         self.health_checks
-            .with_label_values(&[upstream, endpoint, if ok { "pass" } else { "fail" }])
+            .with_label_values(&[upstream, endpoint, result])
             .inc();
     }
 

@@ -17,7 +17,9 @@ meta = json.load(open(sys.argv[1]))
 # "1.88" and "1.88.0" are the same version.
 version = lambda v: tuple((list(map(int, v.split("."))) + [0, 0])[:3])
 ours = next(p for p in meta["packages"] if p["id"] in meta["workspace_members"])
-floor = ours["rust_version"]
+floor = ours.get("rust_version")
+if not floor:
+    sys.exit("Cargo.toml declares no rust-version, which README promises")
 newer = [
     f'{p["name"]} {p["version"]} needs Rust {p["rust_version"]}'
     for p in meta["packages"]

@@ -60,8 +60,8 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
-    /// steer could not open a connection: its own descriptors, memory or
-    /// local ports ran out (`local_shortage`). Nothing was sent, and
+    /// steer could not open a connection: its own descriptors or memory
+    /// ran out (`local_shortage`). Nothing was sent, and
     /// nothing is known about the endpoint.
     #[error("steer is out of {what} for a connection to {addr}: {source}")]
     Local {
@@ -168,15 +168,15 @@ impl ClientError {
 
 /// What steer ran out of, when a connect failed for want of its own
 /// resources rather than the endpoint's answer: descriptors (EMFILE,
-/// ENFILE), socket buffers or memory (ENOBUFS, ENOMEM), or local ports
-/// (EADDRNOTAVAIL from connect(2): no ephemeral port is free). HAProxy
-/// counts these as resource errors, not server failures.
+/// ENFILE), socket buffers or memory (ENOBUFS, ENOMEM). HAProxy counts
+/// these as resource errors, not server failures. Not EADDRNOTAVAIL:
+/// ephemeral ports run out per destination, and an IPv6 endpoint on a
+/// host without IPv6 gives it for ever; both are that endpoint's.
 fn local_shortage(e: &std::io::Error) -> Option<&'static str> {
     use rustix::io::Errno;
     match Errno::from_io_error(e)? {
         Errno::MFILE | Errno::NFILE => Some("file descriptors"),
         Errno::NOBUFS | Errno::NOMEM => Some("memory"),
-        Errno::ADDRNOTAVAIL => Some("local ports"),
         _ => None,
     }
 }
@@ -702,17 +702,12 @@ mod tests {
         use rustix::io::Errno;
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let failed = |errno: Errno| connect_error(addr, std::io::Error::from(errno));
-        for errno in [
-            Errno::MFILE,
-            Errno::NFILE,
-            Errno::NOBUFS,
-            Errno::NOMEM,
-            Errno::ADDRNOTAVAIL,
-        ] {
+        for errno in [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM] {
             let e = failed(errno);
             assert!(e.local() && !e.endpoint_down() && e.not_sent(), "{e}");
         }
         for errno in [
+            Errno::ADDRNOTAVAIL,
             Errno::CONNREFUSED,
             Errno::NETUNREACH,
             Errno::HOSTUNREACH,

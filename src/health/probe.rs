@@ -29,24 +29,17 @@ pub fn spawn(endpoint: &Arc<Endpoint>, on_result: ProbeHook) {
     let weak: Weak<Endpoint> = Arc::downgrade(endpoint);
     tokio::spawn(async move {
         let mut first = true;
+        let mut unsent = false;
         loop {
             let Some(ep) = weak.upgrade() else { return };
             let pause = match ep.health_spec() {
                 Some(spec) => {
                     let before = ep.state();
-                    match probe(&ep, &spec).await {
-                        Ok(result) => {
-                            let after = ep.record_check(result.clone(), &spec);
-                            on_result(&ep, &result);
-                            log_change(&ep, before, after, &result);
-                        }
-                        // steer's shortage is no verdict on the endpoint:
-                        // taking it out would turn a local overload into
-                        // an outage for every client.
-                        Err(error) => {
-                            tracing::warn!(upstream = %ep.upstream, endpoint = %ep.addr, error = %error, "health check not sent: the endpoint keeps its state");
-                        }
-                    }
+                    let result = probe(&ep, &spec).await;
+                    let after = ep.record_check(result.clone(), &spec);
+                    on_result(&ep, &result);
+                    log_change(&ep, before, after, &result);
+                    log_unsent(&ep, &mut unsent, &result);
                     let factor = if first {
                         fastrand::f64()
                     } else {
@@ -90,11 +83,29 @@ fn log_change(ep: &Endpoint, before: State, after: State, result: &CheckResult) 
     }
 }
 
+/// Logs when probes of `ep` start and stop failing for steer's own
+/// shortage, once each way rather than at every probe.
+fn log_unsent(ep: &Endpoint, unsent: &mut bool, result: &CheckResult) {
+    let now_unsent = !result.sent;
+    if now_unsent == *unsent {
+        return;
+    }
+    *unsent = now_unsent;
+    if *unsent {
+        let error = result.error.as_deref().unwrap_or("");
+        tracing::warn!(upstream = %ep.upstream, endpoint = %ep.addr, error, "health check not sent: the endpoint keeps its state");
+    } else {
+        tracing::info!(upstream = %ep.upstream, endpoint = %ep.addr, "health checks sent again");
+    }
+}
+
 /// One check: `GET {path}` (2xx passes) or, with `grpc_service`,
 /// `grpc.health.v1.Health/Check` (SERVING passes); before an endpoint's
-/// first promotion, also every warm-up request. `Err` when steer could
-/// not open a connection for it (`ClientError::Local`): no result.
-pub async fn probe(endpoint: &Endpoint, spec: &HealthSpec) -> Result<CheckResult, String> {
+/// first promotion, also every warm-up request. Not sent when steer could
+/// not open a connection for it (`ClientError::Local`): steer's shortage
+/// is no verdict on the endpoint, and taking it out would turn a local
+/// overload into an outage for every client.
+pub async fn probe(endpoint: &Endpoint, spec: &HealthSpec) -> CheckResult {
     let at = SystemTime::now();
     let timed = |f| async move {
         tokio::time::timeout(spec.timeout, f)
@@ -116,28 +127,25 @@ pub async fn probe(endpoint: &Endpoint, spec: &HealthSpec) -> Result<CheckResult
             }
         }
     }
-    match outcome {
-        Ok(status) => Ok(CheckResult {
-            at,
-            ok: true,
-            status: Some(status),
-            error: None,
-        }),
-        Err(Failed::Answer(status, error)) => Ok(CheckResult {
-            at,
-            ok: false,
-            status,
-            error: Some(error),
-        }),
-        Err(Failed::Local(error)) => Err(error),
+    let (sent, status, error) = match outcome {
+        Ok(status) => (true, Some(status), None),
+        Err(CheckFailure::Answer(status, error)) => (true, status, Some(error)),
+        Err(CheckFailure::Local(error)) => (false, None, Some(format!("not sent: {error}"))),
+    };
+    CheckResult {
+        at,
+        sent,
+        ok: error.is_none(),
+        status,
+        error,
     }
 }
 
 /// A check's result: the status that passed, or why it failed.
-type Checked = Result<u16, Failed>;
+type Checked = Result<u16, CheckFailure>;
 
 /// Why a check did not pass.
-enum Failed {
+enum CheckFailure {
     /// The endpoint's doing: the status it answered (if any) and why that
     /// fails, or its silence.
     Answer(Option<u16>, String),
@@ -145,19 +153,21 @@ enum Failed {
     Local(String),
 }
 
-impl Failed {
+impl CheckFailure {
     /// The same failure, said of warm-up request `path`.
-    fn context(self, path: &str) -> Failed {
+    fn context(self, path: &str) -> CheckFailure {
         match self {
-            Failed::Answer(status, e) => Failed::Answer(status, format!("warm-up GET {path}: {e}")),
+            CheckFailure::Answer(status, e) => {
+                CheckFailure::Answer(status, format!("warm-up GET {path}: {e}"))
+            }
             local => local,
         }
     }
 }
 
-impl From<String> for Failed {
-    fn from(error: String) -> Failed {
-        Failed::Answer(None, error)
+impl From<String> for CheckFailure {
+    fn from(error: String) -> CheckFailure {
+        CheckFailure::Answer(None, error)
     }
 }
 
@@ -190,7 +200,7 @@ async fn exchange(
     endpoint: &Endpoint,
     timeout: Duration,
     req: Request<ReqBody>,
-) -> Result<(http::response::Parts, http_body_util::Collected<Bytes>), Failed> {
+) -> Result<(http::response::Parts, http_body_util::Collected<Bytes>), CheckFailure> {
     let sent = endpoint
         .pool
         .send(endpoint.dial(timeout), req, None)
@@ -198,9 +208,9 @@ async fn exchange(
         .map_err(|f| {
             let error = f.error.to_string();
             if f.error.local() {
-                Failed::Local(error)
+                CheckFailure::Local(error)
             } else {
-                Failed::Answer(None, error)
+                CheckFailure::Answer(None, error)
             }
         })?;
     let (parts, mut body) = sent.response.into_parts();
@@ -208,7 +218,7 @@ async fn exchange(
     let collected = Limited::new(&mut body, MAX_PROBE_BODY)
         .collect()
         .await
-        .map_err(|e| Failed::Answer(Some(status), format!("reading the answer: {e}")))?;
+        .map_err(|e| CheckFailure::Answer(Some(status), format!("reading the answer: {e}")))?;
     if let Some(conn) = body.take_conn() {
         endpoint.pool.put_h1(conn);
     }
@@ -216,29 +226,35 @@ async fn exchange(
 }
 
 async fn http_check(endpoint: &Endpoint, spec: &HealthSpec) -> Checked {
-    let req =
-        request(endpoint, spec.host.as_deref(), &spec.path, Bytes::new()).map_err(Failed::from)?;
+    let req = request(endpoint, spec.host.as_deref(), &spec.path, Bytes::new())
+        .map_err(CheckFailure::from)?;
     let (parts, _) = exchange(endpoint, spec.timeout, req).await?;
     let status = parts.status.as_u16();
     if parts.status.is_success() {
         Ok(status)
     } else {
-        Err(Failed::Answer(Some(status), format!("status {status}")))
+        Err(CheckFailure::Answer(
+            Some(status),
+            format!("status {status}"),
+        ))
     }
 }
 
 async fn warmup(endpoint: &Endpoint, spec: &HealthSpec, w: &Warmup) -> Checked {
     let host = w.host.as_deref().or(spec.host.as_deref());
-    let req = request(endpoint, host, &w.path, Bytes::new()).map_err(Failed::from)?;
+    let req = request(endpoint, host, &w.path, Bytes::new()).map_err(CheckFailure::from)?;
     let (parts, body) = exchange(endpoint, spec.timeout, req).await?;
     let status = parts.status.as_u16();
     if !parts.status.is_success() {
-        return Err(Failed::Answer(Some(status), format!("status {status}")));
+        return Err(CheckFailure::Answer(
+            Some(status),
+            format!("status {status}"),
+        ));
     }
     if let Some(needle) = &w.expect_body {
         let body = body.to_bytes();
         if !String::from_utf8_lossy(&body).contains(needle.as_str()) {
-            return Err(Failed::Answer(
+            return Err(CheckFailure::Answer(
                 Some(status),
                 format!("body does not contain {needle:?}"),
             ));
@@ -265,7 +281,7 @@ async fn grpc_check(endpoint: &Endpoint, spec: &HealthSpec, service: &str) -> Ch
         GRPC_HEALTH_CHECK,
         Bytes::from(frame),
     )
-    .map_err(Failed::from)?;
+    .map_err(CheckFailure::from)?;
     *req.method_mut() = http::Method::POST;
     req.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -283,7 +299,7 @@ async fn grpc_check(endpoint: &Endpoint, spec: &HealthSpec, service: &str) -> Ch
         .unwrap_or("missing")
         .to_owned();
     if grpc_status != "0" {
-        return Err(Failed::Answer(
+        return Err(CheckFailure::Answer(
             Some(status),
             format!("gRPC health check answered grpc-status {grpc_status}"),
         ));
@@ -295,11 +311,11 @@ async fn grpc_check(endpoint: &Endpoint, spec: &HealthSpec, service: &str) -> Ch
         .map(|r| r.status());
     match serving {
         Some(tonic_health::pb::health_check_response::ServingStatus::Serving) => Ok(status),
-        Some(other) => Err(Failed::Answer(
+        Some(other) => Err(CheckFailure::Answer(
             Some(status),
             format!("gRPC health: {}", other.as_str_name()),
         )),
-        None => Err(Failed::Answer(
+        None => Err(CheckFailure::Answer(
             Some(status),
             "gRPC health: unreadable answer".to_owned(),
         )),

@@ -694,15 +694,16 @@ fn forward<'a>(
                 return Err(ProxyError::BadRequest("malformed request body"));
             }
             let error = failed.error;
-            // steer's own shortage (descriptors, memory, ports) says nothing
-            // about the endpoint, and any other would meet it too: no
-            // blame, no ramp failure, no retry spent on it.
-            if error.local() {
-                return Err(ProxyError::Exhausted(error));
-            }
-            ramp_attempt(shared, table, route, upstream_index, true);
+            // steer's own shortage (descriptors, memory) says nothing about
+            // the endpoint: no blame and no ramp failure. Its resend costs
+            // no retry budget: it fails at once where it needs a new
+            // connection, and an endpoint with an open one can serve it.
+            let local = error.local();
             let unprocessed = failed.request.is_some() || error.unprocessed();
-            blame(endpoint, upstream, &error, unprocessed);
+            if !local {
+                ramp_attempt(shared, table, route, upstream_index, true);
+                blame(endpoint, upstream, &error, unprocessed);
+            }
             tracing::debug!(request_id = ?request_id, endpoint = %endpoint.addr, error = %error, unprocessed, "upstream attempt failed");
             tried.push(endpoint.clone());
             let again = failed
@@ -711,13 +712,16 @@ fn forward<'a>(
             let limit = if unprocessed { MAX_RETRIES } else { 1 };
             let next = resend::next_target(table, route, upstream_index, &tried);
             match (again, next) {
-                (Some(req), Some(next)) if retries < limit && shared.retry_budget.try_retry() => {
+                (Some(req), Some(next))
+                    if retries < limit && (local || shared.retry_budget.try_retry()) =>
+                {
                     retries += 1;
                     outcome.retries = retries;
                     shared.metrics.retries(&upstream.name).inc();
                     request = req;
                     (upstream_index, endpoint) = next;
                 }
+                _ if local => return Err(ProxyError::Exhausted(error)),
                 _ if error.not_sent() => return Err(ProxyError::Connect(error)),
                 _ => return Err(ProxyError::Broken(error)),
             }

@@ -17,6 +17,9 @@ use crate::tls::client::UpstreamTls;
 #[derive(Debug, Clone)]
 pub struct CheckResult {
     pub at: SystemTime,
+    /// False when steer could not open a connection for the probe (its
+    /// own descriptors or memory ran out): no verdict, not counted.
+    pub sent: bool,
     pub ok: bool,
     pub status: Option<u16>,
     pub error: Option<String>,
@@ -215,12 +218,16 @@ impl Endpoint {
         self.health.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Feeds one probe result through the thresholds; returns the new state.
+    /// Feeds one probe result through the thresholds (one that was not
+    /// sent is only shown); returns the new state.
     pub fn record_check(&self, result: CheckResult, spec: &HealthSpec) -> State {
         let mut rec = self.record();
-        let state = rec
-            .counter
-            .record(result.ok, spec.healthy_threshold, spec.unhealthy_threshold);
+        let state = if result.sent {
+            rec.counter
+                .record(result.ok, spec.healthy_threshold, spec.unhealthy_threshold)
+        } else {
+            rec.counter.state
+        };
         rec.last_check = Some(result);
         rec.ever_healthy |= state == State::Healthy;
         self.publish(state);

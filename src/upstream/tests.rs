@@ -14,6 +14,7 @@ fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
 
 fn pass(e: &Endpoint) {
     let r = CheckResult {
+        sent: true,
         at: SystemTime::now(),
         ok: true,
         status: Some(200),
@@ -127,6 +128,7 @@ fn passive_failure_without_checks_expires_after_the_fail_timeout() {
 fn turning_checks_off_revives_an_endpoint_probes_marked_down() {
     let eps = endpoints(1);
     let fail = CheckResult {
+        sent: true,
         at: SystemTime::now(),
         ok: false,
         status: Some(412),

@@ -576,6 +576,26 @@ async fn zero_window_http2_clients_are_cut_off_at_send_timeout_and_hold_no_descr
     drop((bodies, senders));
 }
 
+const GET_ROOT: &[u8] = b"GET / HTTP/1.1\r\nHost: auth.example.com\r\n\r\n";
+
+/// Idle clients that take every descriptor steer (process `pid`, limited
+/// to `limit`) may open; the rest wait in its listen backlog.
+async fn take_every_descriptor(
+    addr: std::net::SocketAddr,
+    pid: u32,
+    limit: usize,
+) -> Vec<TcpStream> {
+    let mut idle = Vec::new();
+    for _ in 0..limit {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    eventually("steer out of descriptors", || async {
+        open_fds(pid) >= limit
+    })
+    .await;
+    idle
+}
+
 #[tokio::test]
 async fn running_out_of_descriptors_takes_no_endpoint_out() {
     const LIMIT: usize = 64;
@@ -585,9 +605,8 @@ async fn running_out_of_descriptors_takes_no_endpoint_out() {
             .await;
     // Probes every 200 ms: one failed probe would take the endpoint out,
     // and ten passes bring it back, so a wrong verdict is still visible
-    // after the descriptors are back.
-    let health =
-        "health = { interval = \"200ms\", unhealthy_threshold = 1, healthy_threshold = 10 }\n";
+    // after the descriptors are back. A slow machine must not fail one.
+    let health = "health = { interval = \"200ms\", timeout = \"5s\", unhealthy_threshold = 1, healthy_threshold = 10 }\n";
     let routes = format!(
         "{}{health}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
         upstream_toml("blue", up, "http1")
@@ -595,24 +614,14 @@ async fn running_out_of_descriptors_takes_no_endpoint_out() {
     let steer = spawn_steer_with_fd_limit("", &routes, LIMIT as u32).await;
     let addr: std::net::SocketAddr = steer.http.trim_start_matches("http://").parse().unwrap();
     let pid = steer.child.id();
-    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: auth.example.com\r\n\r\n";
     let mut client = TcpStream::connect(addr).await.unwrap();
     eventually("the endpoint serves", || async {
         get(&format!("{}/", steer.http)).await.0 == StatusCode::OK
     })
     .await;
-    client.write_all(GET).await.unwrap();
+    client.write_all(GET_ROOT).await.unwrap();
     assert!(one_answer(&mut client).await.starts_with("http/1.1 200"));
-    // Idle clients take every descriptor steer may open (the rest wait
-    // in the listen backlog).
-    let mut idle = Vec::new();
-    for _ in 0..LIMIT {
-        idle.push(TcpStream::connect(addr).await.unwrap());
-    }
-    eventually("steer out of descriptors", || async {
-        open_fds(pid) >= LIMIT
-    })
-    .await;
+    let idle = take_every_descriptor(addr, pid, LIMIT).await;
     // A request on the open connection needs a new upstream connection,
     // which steer cannot open: its own shortage, answered 503 with
     // Retry-After (a probe's connection may free one for a moment, so
@@ -620,7 +629,7 @@ async fn running_out_of_descriptors_takes_no_endpoint_out() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let refused = loop {
         assert!(Instant::now() < deadline, "no request met the shortage");
-        client.write_all(GET).await.unwrap();
+        client.write_all(GET_ROOT).await.unwrap();
         let answer = one_answer(&mut client).await;
         if !answer.starts_with("http/1.1 200") {
             break answer;
@@ -628,13 +637,13 @@ async fn running_out_of_descriptors_takes_no_endpoint_out() {
     };
     assert!(refused.starts_with("http/1.1 503"), "{refused}");
     assert!(refused.contains("retry-after: 1"), "{refused}");
-    assert!(refused.contains("out of"), "{refused}");
+    assert!(refused.contains("out of file descriptors"), "{refused}");
     // Probes meanwhile cannot connect either, and say so without a verdict.
-    eventually("a probe skipped for the shortage", || async {
-        steer
-            .logs
-            .try_iter()
-            .any(|l| l.contains("health check not sent"))
+    let mut logs = Vec::new();
+    eventually("a probe not sent for the shortage", || {
+        logs.extend(steer.logs.try_iter());
+        let seen = logs.iter().any(|l| l.contains("health check not sent"));
+        async move { seen }
     })
     .await;
     drop(idle);
@@ -643,11 +652,63 @@ async fn running_out_of_descriptors_takes_no_endpoint_out() {
     })
     .await;
     // The endpoint was never blamed: the next request goes through.
-    client.write_all(GET).await.unwrap();
+    client.write_all(GET_ROOT).await.unwrap();
     let answer = one_answer(&mut client).await;
     assert!(answer.starts_with("http/1.1 200"), "{answer}");
-    let healthy = states(&steer.admin, "blue").await;
-    assert_eq!(healthy, ["healthy"]);
+    assert_eq!(states(&steer.admin, "blue").await, ["healthy"]);
+    let not_sent = format!(
+        "steer_health_checks_total{{endpoint=\"{up}\",result=\"not_sent\",upstream=\"blue\"}}"
+    );
+    assert!(metric(&steer.admin, &not_sent).await >= 1.0);
+    logs.extend(steer.logs.try_iter());
+    let blamed: Vec<_> = logs
+        .iter()
+        .filter(|l| l.contains("endpoint unhealthy"))
+        .collect();
+    assert!(blamed.is_empty(), "{blamed:?}");
+}
+
+#[tokio::test]
+async fn a_request_that_meets_the_shortage_goes_to_an_endpoint_with_an_open_connection() {
+    const LIMIT: usize = 64;
+    // `closing` needs a new connection for every request; `green` keeps
+    // one open in steer's pool once it has answered.
+    let closing = answering_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nclosing",
+    )
+    .await;
+    let green = upstream("green").await;
+    let routes = format!(
+        "[upstreams.blue]\nendpoints = [\"{closing}\", \"{}\"]\nprotocol = \"http1\"\nhealth = false\n\n[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
+        green.addr()
+    );
+    let steer = spawn_steer_with_fd_limit("", &routes, LIMIT as u32).await;
+    let addr: std::net::SocketAddr = steer.http.trim_start_matches("http://").parse().unwrap();
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "green never answered");
+        client.write_all(GET_ROOT).await.unwrap();
+        if one_answer(&mut client).await.contains("green") {
+            break;
+        }
+    }
+    let idle = take_every_descriptor(addr, steer.child.id(), LIMIT).await;
+    // Round robin sends every other request to `closing`, where it meets
+    // the shortage; each is sent again over green's open connection.
+    for _ in 0..6 {
+        client.write_all(GET_ROOT).await.unwrap();
+        let answer = one_answer(&mut client).await;
+        assert!(
+            answer.starts_with("http/1.1 200") && answer.contains("green"),
+            "{answer}"
+        );
+    }
+    drop(idle);
+    // Not one of them was counted against the budget or the endpoint.
+    let retries = metric(&steer.admin, "steer_retries_total{upstream=\"blue\"}").await;
+    assert!(retries >= 3.0, "{retries}");
+    assert_eq!(states(&steer.admin, "blue").await, ["healthy", "healthy"]);
 }
 
 #[tokio::test]
