@@ -1,7 +1,7 @@
 //! How the request path keeps its futures from being copied.
 //!
 //! A future is as large as its largest state: the request path's are
-//! kilobytes (~3.8 KB for a request's), and every move of one is a
+//! kilobytes (~3.2 KB for a request's), and every move of one is a
 //! memcpy of all of it, once a request, and under load one that misses
 //! the cache. Three rules keep them in one place (`BENCHMARKS.md`,
 //! "Instruction counts in CI"):
@@ -17,6 +17,10 @@
 //!   keeps its arguments apart from the locals they are moved into
 //!   (rust-lang/rust#62958), a second copy; a `fn` returning an
 //!   `async move` block uses what the block captured.
+//! - **One owner for the request**: a block keeps the room of what it
+//!   captured for its whole life, also once that has moved on, so only
+//!   the outermost step (`proxy::handle`) holds the request; the steps it
+//!   awaits borrow it, and the last takes it (`proxy::taken`).
 
 use std::pin::Pin;
 
