@@ -587,7 +587,8 @@ async fn take_every_descriptor(
 ) -> Vec<TcpStream> {
     let mut idle = Vec::new();
     for _ in 0..limit {
-        idle.push(TcpStream::connect(addr).await.unwrap());
+        let connect = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr));
+        idle.push(connect.await.expect("connected within 5 s").unwrap());
     }
     eventually("steer out of descriptors", || async {
         open_fds(pid) >= limit
