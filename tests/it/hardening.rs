@@ -540,10 +540,17 @@ async fn zero_window_http2_clients_are_cut_off_at_send_timeout_and_hold_no_descr
         }
         senders.push(send);
     }
-    // The heads arrive (they need no window); the bodies cannot.
+    // The heads arrive (they need no window); the bodies cannot. Should
+    // one fail, steer's warnings say why.
+    let warnings = || -> Vec<String> {
+        let lines = steer.logs.try_iter();
+        lines.filter(|l| l.contains("\"WARN\"")).collect()
+    };
     let mut bodies = Vec::new();
     for head in heads {
-        bodies.push(head.await.unwrap().into_body());
+        let head = head.await.unwrap();
+        assert_eq!(head.status(), StatusCode::OK, "{:?}", warnings());
+        bodies.push(head.into_body());
     }
     let peak = open_fds(pid);
     assert!(
@@ -557,10 +564,8 @@ async fn zero_window_http2_clients_are_cut_off_at_send_timeout_and_hold_no_descr
         let ready = tokio::time::timeout(Duration::from_secs(1), get(&ready)).await;
         assert_eq!(ready.expect("admin answered within 1 s").0, StatusCode::OK);
         let proxied = tokio::time::timeout(Duration::from_secs(1), get(&proxied)).await;
-        assert_eq!(
-            proxied.expect("proxy answered within 1 s").0,
-            StatusCode::OK
-        );
+        let (status, body) = proxied.expect("proxy answered within 1 s");
+        assert_eq!(status, StatusCode::OK, "{body} {:?}", warnings());
     }
     // Within send_timeout plus a few seconds everything is given back.
     eventually("descriptors back near the start", || async {
