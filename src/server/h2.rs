@@ -17,9 +17,9 @@ use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
@@ -55,6 +55,15 @@ pub(super) const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
 /// (rapid-reset protection, CVE-2023-44487).
 pub(super) const MAX_PENDING_RESETS: usize = 100;
 pub(super) const MAX_ERROR_RESETS: usize = 1024;
+/// Rapid reset after steer has accepted the streams, which h2's limit
+/// above does not see: a client that resets a stream within `EARLY_RESET`
+/// of opening it, before its answer, had steer and the upstream work for
+/// nothing (and steer's shared upstream connection see the resets). A
+/// connection with `MAX_EARLY_RESETS` such resets, at least half of its
+/// streams, is closed with ENHANCE_YOUR_CALM, as Envoy closes one for
+/// "premature resets".
+const EARLY_RESET: Duration = Duration::from_secs(1);
+const MAX_EARLY_RESETS: u32 = 100;
 /// Bytes h2 may queue per stream beyond what the window allows.
 pub(super) const SEND_BUFFER: usize = 64 * 1024;
 /// How long the GOAWAY of a connection being closed gets to go out.
@@ -113,6 +122,17 @@ struct Streams {
     send_timeout: Duration,
     progress: Arc<Progress>,
     stalls: StallReport,
+    /// Streams the client reset early (`EARLY_RESET`).
+    early_resets: AtomicU32,
+}
+
+impl Streams {
+    /// Whether the client's early resets make it a rapid-reset attacker,
+    /// with `opened` streams opened so far.
+    fn rapid_reset(&self, opened: u32) -> bool {
+        let early = self.early_resets.load(Ordering::Relaxed);
+        early >= MAX_EARLY_RESETS && early.saturating_mul(2) >= opened
+    }
 }
 
 /// Serves one HTTP/2 connection whose preface and first frame are already
@@ -140,6 +160,7 @@ where
         send_timeout: serving.send_timeout,
         progress: Arc::default(),
         stalls,
+        early_resets: AtomicU32::new(0),
     };
     streams.progress.touch();
     let idle = serving.idle;
@@ -150,6 +171,7 @@ where
     }
     // Declared after `streams`, which they borrow: dropped first.
     let mut running = FuturesUnordered::new();
+    let mut opened: u32 = 0;
     loop {
         let event = poll_fn(|cx| {
             // The timers and signals first: they are cheap, and they must
@@ -178,6 +200,10 @@ where
                 // nothing to write (or the socket's coop budget is spent).
                 match accepted {
                     Some(Ok((req, respond))) => {
+                        opened = opened.saturating_add(1);
+                        if streams.rapid_reset(opened) {
+                            return Poll::Ready(Event::RapidReset);
+                        }
                         // A panic ends its own stream, as it ended its
                         // own task when each stream had one.
                         let served =
@@ -210,18 +236,31 @@ where
                 tracing::debug!(peer = %streams.info.peer, "HTTP/2 keep-alive ping not answered; closing");
                 return Ok(());
             }
-            Event::GiveUp => {
-                conn.abrupt_shutdown(Reason::NO_ERROR);
-                // Lets the GOAWAY out; the write deadline bounds a client
-                // that reads nothing, this bounds the rest.
-                let _ = tokio::time::timeout(CLOSE_GRACE, async {
-                    while let Some(Ok(_)) = conn.accept().await {}
-                })
-                .await;
-                return Ok(());
+            Event::GiveUp => return close_now(conn, Reason::NO_ERROR).await,
+            Event::RapidReset => {
+                let early = streams.early_resets.load(Ordering::Relaxed);
+                tracing::warn!(peer = %streams.info.peer, streams = opened, early_resets = early,
+                    "HTTP/2 client reset most of its streams right after opening them (rapid reset); connection closed");
+                return close_now(conn, Reason::ENHANCE_YOUR_CALM).await;
             }
         }
     }
+}
+
+/// Ends the connection with a GOAWAY carrying `reason`, whatever its
+/// streams are doing.
+async fn close_now<I>(mut conn: h2::server::Connection<I, Bytes>, reason: Reason) -> ClientResult
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    conn.abrupt_shutdown(reason);
+    // Lets the GOAWAY out; the write deadline bounds a client that reads
+    // nothing, this bounds the rest.
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(_)) = conn.accept().await {}
+    })
+    .await;
+    Ok(())
 }
 
 /// Which part of a connection's task was woken: a turn of its loop polls
@@ -302,6 +341,8 @@ enum Event {
     PongLate,
     /// A stream stalled and no stream of the connection got window.
     GiveUp,
+    /// The client resets its streams as soon as steer works on them.
+    RapidReset,
 }
 
 /// The connection's timers and signals, kept across turns of its loop:
@@ -406,6 +447,7 @@ fn stream<'a>(
     // Boxed: the request path's future is kilobytes; inline, each stream
     // future would be that large from its start.
     let handled = pinned(|| proxy::handle(&streams.shared, &streams.info, req));
+    let opened = Instant::now();
     async move {
         let _open = open;
         // Freed when it has answered, not kept while the body or a tunnel
@@ -414,7 +456,12 @@ fn stream<'a>(
             let handled = handled;
             tokio::select! {
                 resp = handled => resp,
-                _ = poll_fn(|cx| respond.poll_reset(cx)) => return,
+                _ = poll_fn(|cx| respond.poll_reset(cx)) => {
+                    if opened.elapsed() < EARLY_RESET {
+                        streams.early_resets.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return;
+                }
             }
         };
         let next = answer(resp, &mut respond, connect);

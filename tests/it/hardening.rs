@@ -741,6 +741,103 @@ async fn the_open_files_limit_is_raised_to_the_hard_one_and_a_short_one_reported
     assert!(!short_of(&enough), "{:?}", enough.start);
 }
 
+/// An HTTP/2 client connection, and what ended it.
+async fn h2_client_watched(
+    addr: std::net::SocketAddr,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    (send, tokio::spawn(conn))
+}
+
+/// Opens `n` streams to an answer that takes 10 s, waits until steer has
+/// all of them in flight upstream, and resets them: the rapid-reset
+/// pattern that h2's own limit (streams reset before steer accepted
+/// them) does not see. False once steer has ended the connection.
+async fn open_and_reset(
+    send: &mut h2::client::SendRequest<Bytes>,
+    ended: &tokio::task::JoinHandle<Result<(), h2::Error>>,
+    addr: std::net::SocketAddr,
+    admin: &str,
+    n: u64,
+) -> bool {
+    let mut opened = Vec::new();
+    for _ in 0..n {
+        let Ok(ready) = send.clone().ready().await else {
+            return false;
+        };
+        *send = ready;
+        let Ok(sent) = send.send_request(h2_get(addr, "/demo/slow?ms=10000"), false) else {
+            return false;
+        };
+        opened.push(sent);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = call(request("GET", &format!("{admin}/upstreams")))
+            .await
+            .json();
+        if v["upstreams"][0]["in_flight"] == n {
+            break;
+        }
+        if ended.is_finished() {
+            return false;
+        }
+        assert!(Instant::now() < deadline, "the streams never got in flight");
+        tokio::task::yield_now().await;
+    }
+    for (_, mut stream) in opened {
+        stream.send_reset(h2::Reason::CANCEL);
+    }
+    released(admin).await;
+    true
+}
+
+#[tokio::test]
+async fn a_client_that_resets_most_of_its_streams_early_is_cut_off() {
+    let blue = upstream("blue").await;
+    let steer = Steer::start_ready(&bytes_route(blue.addr())).await;
+    let (addr, admin) = (steer.addr(), steer.admin());
+    // A browser that cancels some requests stays: one early reset in
+    // four streams, 120 resets in all.
+    let (mut polite, polite_conn) = h2_client_watched(addr).await;
+    for _ in 0..4 {
+        assert!(open_and_reset(&mut polite, &polite_conn, addr, &admin, 30).await);
+        for _ in 0..90 {
+            polite = polite.ready().await.unwrap();
+            let (resp, _) = polite.send_request(h2_get(addr, "/"), true).unwrap();
+            assert_eq!(resp.await.unwrap().status(), StatusCode::OK);
+        }
+    }
+    assert!(!polite_conn.is_finished(), "a polite client was cut off");
+    // An attacker that resets every stream once steer works on it is cut
+    // off with ENHANCE_YOUR_CALM well before 1,000 resets.
+    let (mut attacker, attacker_conn) = h2_client_watched(addr).await;
+    let mut cycles = 0;
+    while open_and_reset(&mut attacker, &attacker_conn, addr, &admin, 50).await {
+        cycles += 1;
+        assert!(
+            cycles < 20,
+            "still served after {} early resets",
+            cycles * 50
+        );
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), attacker_conn)
+        .await
+        .expect("the connection ended")
+        .unwrap();
+    let reason = ended.err().and_then(|e| e.reason());
+    assert_eq!(reason, Some(h2::Reason::ENHANCE_YOUR_CALM));
+    // Everyone else is served, on the polite connection too.
+    assert_eq!(get(&steer.url("/")).await.0, StatusCode::OK);
+    polite = polite.ready().await.unwrap();
+    let (resp, _) = polite.send_request(h2_get(addr, "/"), true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), StatusCode::OK);
+}
+
 #[tokio::test]
 async fn a_stalled_http2_stream_is_reset_while_the_connection_goes_on() {
     let blue = upstream("blue").await;
