@@ -36,6 +36,7 @@ pub struct Metrics {
     cert_expiry: IntGaugeVec,
     rate_limited: IntCounterVec,
     send_timeouts: IntCounterVec,
+    rapid_resets: IntCounterVec,
     stream_resets: IntCounterVec,
     ramp_rollbacks: IntCounterVec,
 }
@@ -246,6 +247,12 @@ impl Metrics {
                 "Responses given up because the client took no bytes for send_timeout (HTTP/1.1 connections closed, HTTP/2 streams reset), by listener",
                 &["listener"],
             ),
+            rapid_resets: counter_vec(
+                &registry,
+                "steer_client_rapid_reset_closes_total",
+                "HTTP/2 client connections asked to close because the client reset most of its streams right after opening them, by listener",
+                &["listener"],
+            ),
             stream_resets: counter_vec(
                 &registry,
                 "steer_upstream_stream_resets_total",
@@ -379,6 +386,10 @@ impl Metrics {
 
     pub fn send_timeouts(&self, listener: &str) -> IntCounter {
         self.send_timeouts.with_label_values(&[listener])
+    }
+
+    pub fn rapid_resets(&self, listener: &str) -> IntCounter {
+        self.rapid_resets.with_label_values(&[listener])
     }
 
     pub fn retries(&self, upstream: &str) -> IntCounter {

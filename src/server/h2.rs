@@ -56,14 +56,20 @@ pub(super) const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
 pub(super) const MAX_PENDING_RESETS: usize = 100;
 pub(super) const MAX_ERROR_RESETS: usize = 1024;
 /// Rapid reset after steer has accepted the streams, which h2's limit
-/// above does not see: a client that resets a stream within `EARLY_RESET`
-/// of opening it, before its answer, had steer and the upstream work for
-/// nothing (and steer's shared upstream connection see the resets). A
-/// connection with `MAX_EARLY_RESETS` such resets, at least half of its
-/// streams, is closed with ENHANCE_YOUR_CALM, as Envoy closes one for
-/// "premature resets".
+/// above (streams waiting to be accepted) does not see: a client that
+/// resets a stream within `EARLY_RESET` of opening it, before its answer,
+/// had steer and the upstream work for nothing (and steer's shared
+/// upstream connection see the resets). A connection with
+/// `MAX_EARLY_RESETS` such resets, more than half of its streams, is
+/// asked to close (Envoy's "premature resets"), and so is one with
+/// `CAP_EARLY_RESETS` whatever its other streams (nginx's
+/// `keepalive_requests`), so that cheap streams steer answers itself do
+/// not keep an attacker's ratio down. The close is graceful (GOAWAY
+/// NO_ERROR): a client flagged by mistake loses no stream, and an
+/// attacker must open a new connection.
 const EARLY_RESET: Duration = Duration::from_secs(1);
 const MAX_EARLY_RESETS: u32 = 100;
+const CAP_EARLY_RESETS: u32 = 1000;
 /// Bytes h2 may queue per stream beyond what the window allows.
 pub(super) const SEND_BUFFER: usize = 64 * 1024;
 /// How long the GOAWAY of a connection being closed gets to go out.
@@ -131,7 +137,7 @@ impl Streams {
     /// with `opened` streams opened so far.
     fn rapid_reset(&self, opened: u32) -> bool {
         let early = self.early_resets.load(Ordering::Relaxed);
-        early >= MAX_EARLY_RESETS && early.saturating_mul(2) >= opened
+        early >= CAP_EARLY_RESETS || (early >= MAX_EARLY_RESETS && early * 2 > opened)
     }
 }
 
@@ -171,7 +177,7 @@ where
     }
     // Declared after `streams`, which they borrow: dropped first.
     let mut running = FuturesUnordered::new();
-    let mut opened: u32 = 0;
+    let (mut opened, mut calmed) = (0u32, false);
     loop {
         let event = poll_fn(|cx| {
             // The timers and signals first: they are cheap, and they must
@@ -200,10 +206,6 @@ where
                 // nothing to write (or the socket's coop budget is spent).
                 match accepted {
                     Some(Ok((req, respond))) => {
-                        opened = opened.saturating_add(1);
-                        if streams.rapid_reset(opened) {
-                            return Poll::Ready(Event::RapidReset);
-                        }
                         // A panic ends its own stream, as it ended its
                         // own task when each stream had one.
                         let served =
@@ -211,6 +213,11 @@ where
                                 .catch_unwind()
                                 .map(|_| ());
                         running.push(served);
+                        opened = opened.saturating_add(1);
+                        if !calmed && streams.rapid_reset(opened) {
+                            calmed = true;
+                            return Poll::Ready(Event::RapidReset);
+                        }
                     }
                     Some(Err(e)) => return Poll::Ready(Event::Failed(e)),
                     None => return Poll::Ready(Event::Closed),
@@ -236,12 +243,17 @@ where
                 tracing::debug!(peer = %streams.info.peer, "HTTP/2 keep-alive ping not answered; closing");
                 return Ok(());
             }
-            Event::GiveUp => return close_now(conn, Reason::NO_ERROR).await,
+            Event::GiveUp => {
+                // What the streams hold (upstream requests) goes now.
+                drop(running);
+                return close_now(conn, Reason::NO_ERROR).await;
+            }
             Event::RapidReset => {
                 let early = streams.early_resets.load(Ordering::Relaxed);
                 tracing::warn!(peer = %streams.info.peer, streams = opened, early_resets = early,
-                    "HTTP/2 client reset most of its streams right after opening them (rapid reset); connection closed");
-                return close_now(conn, Reason::ENHANCE_YOUR_CALM).await;
+                    "HTTP/2 client reset most of its streams right after opening them (rapid reset); asking it to close");
+                serving.rapid_resets.inc();
+                ask_to_finish(&mut conn, &conn_woken);
             }
         }
     }
@@ -455,13 +467,15 @@ fn stream<'a>(
         let resp = {
             let handled = handled;
             tokio::select! {
-                resp = handled => resp,
+                // A stream reset before steer polled it starts no work.
+                biased;
                 _ = poll_fn(|cx| respond.poll_reset(cx)) => {
                     if opened.elapsed() < EARLY_RESET {
                         streams.early_resets.fetch_add(1, Ordering::Relaxed);
                     }
                     return;
                 }
+                resp = handled => resp,
             }
         };
         let next = answer(resp, &mut respond, connect);

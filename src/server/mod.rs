@@ -75,10 +75,12 @@ pub(crate) struct Serving {
     send_timeout: Duration,
     /// The parser's ceiling for a request head (`parser_buf_size`).
     max_head: usize,
+    /// Counts HTTP/2 connections closed for rapid reset (`h2::serve`).
+    rapid_resets: prometheus::IntCounter,
 }
 
 impl Serving {
-    fn new(settings: &ProxySettings) -> Serving {
+    fn new(settings: &ProxySettings, rapid_resets: prometheus::IntCounter) -> Serving {
         Serving {
             http1: park::http1_builder(settings),
             h2: h2::builder(settings),
@@ -86,6 +88,7 @@ impl Serving {
             header_read_timeout: settings.header_read_timeout,
             send_timeout: settings.send_timeout,
             max_head: parser_buf_size(settings),
+            rapid_resets,
         }
     }
 }
@@ -136,7 +139,8 @@ pub async fn serve_proxy(
     active: IntGauge,
     listener_name: &'static str,
 ) {
-    let serving = Arc::new(Serving::new(&settings));
+    let rapid_resets = shared.metrics.rapid_resets(listener_name);
+    let serving = Arc::new(Serving::new(&settings, rapid_resets));
     let send_timeouts = shared.metrics.send_timeouts(listener_name);
     let tracker = Arc::new(conn::Tracker::default());
     let (finish, finish_rx) = watch::channel(false);
