@@ -246,7 +246,7 @@ where
             Event::GiveUp => {
                 // What the streams hold (upstream requests) goes now.
                 drop(running);
-                return close_now(conn, Reason::NO_ERROR).await;
+                return close_now(&mut conn, Reason::NO_ERROR).await;
             }
             Event::RapidReset => {
                 let early = streams.early_resets.load(Ordering::Relaxed);
@@ -260,8 +260,9 @@ where
 }
 
 /// Ends the connection with a GOAWAY carrying `reason`, whatever its
-/// streams are doing.
-async fn close_now<I>(mut conn: h2::server::Connection<I, Bytes>, reason: Reason) -> ClientResult
+/// streams are doing. Borrows the connection: moved in, it would add its
+/// size to every connection's future, idle ones included.
+async fn close_now<I>(conn: &mut h2::server::Connection<I, Bytes>, reason: Reason) -> ClientResult
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
