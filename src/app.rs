@@ -76,7 +76,7 @@ pub async fn start(path: &Path) -> anyhow::Result<Running> {
 /// As `start`; with `upgrade`, first takes the listening sockets over from a
 /// running steer on `listen.upgrade_socket` (binding itself if none runs).
 pub async fn start_with(path: &Path, upgrade: bool) -> anyhow::Result<Running> {
-    let open_files = open_files_limit();
+    let (open_files, _) = open_files_limits();
     let config = config::load(path)?;
     let metrics = Metrics::new();
     let hook = probe_hook(metrics.clone());
@@ -194,10 +194,9 @@ const OTHER_FILES: u64 = 256;
 /// which steer does not use. For the serving commands only: it changes
 /// the whole process.
 pub fn raise_open_files_limit() {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let soft = open_files_limit();
-    let Some(hard) = limit.maximum.filter(|&hard| hard > soft) else {
+    use rustix::process::{Resource, Rlimit, setrlimit};
+    let (soft, hard) = open_files_limits();
+    let Some(hard) = hard.filter(|&hard| hard > soft) else {
         return;
     };
     let raised = Rlimit {
@@ -209,11 +208,12 @@ pub fn raise_open_files_limit() {
     }
 }
 
-/// The soft open-files limit in force.
-fn open_files_limit() -> u64 {
+/// The soft open-files limit in force, and the hard one (`None`:
+/// RLIM_INFINITY, which Linux never gives for open files).
+fn open_files_limits() -> (u64, Option<u64>) {
     use rustix::process::{Resource, getrlimit};
-    // `None` is RLIM_INFINITY; Linux never gives it for open files.
-    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+    let limit = getrlimit(Resource::Nofile);
+    (limit.current.unwrap_or(u64::MAX), limit.maximum)
 }
 
 /// Warns when the open-files limit cannot hold every proxy listener's

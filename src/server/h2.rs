@@ -177,7 +177,7 @@ where
     }
     // Declared after `streams`, which they borrow: dropped first.
     let mut running = FuturesUnordered::new();
-    let (mut opened, mut calmed) = (0u32, false);
+    let mut opened: u32 = 0;
     loop {
         let event = poll_fn(|cx| {
             // The timers and signals first: they are cheap, and they must
@@ -214,8 +214,7 @@ where
                                 .map(|_| ());
                         running.push(served);
                         opened = opened.saturating_add(1);
-                        if !calmed && streams.rapid_reset(opened) {
-                            calmed = true;
+                        if !control.asked && streams.rapid_reset(opened) {
                             return Poll::Ready(Event::RapidReset);
                         }
                     }
@@ -253,6 +252,7 @@ where
                 tracing::warn!(peer = %streams.info.peer, streams = opened, early_resets = early,
                     "HTTP/2 client reset most of its streams right after opening them (rapid reset); asking it to close");
                 serving.rapid_resets.inc();
+                control.asked = true;
                 ask_to_finish(&mut conn, &conn_woken);
             }
         }

@@ -479,6 +479,20 @@ async fn h2_client(
     stream_window: u32,
     connection_window: u32,
 ) -> h2::client::SendRequest<Bytes> {
+    h2_client_watched(addr, stream_window, connection_window)
+        .await
+        .0
+}
+
+/// As `h2_client`, with what ended the connection.
+async fn h2_client_watched(
+    addr: std::net::SocketAddr,
+    stream_window: u32,
+    connection_window: u32,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (send, conn) = h2::client::Builder::new()
         .initial_window_size(stream_window)
@@ -486,10 +500,7 @@ async fn h2_client(
         .handshake::<_, Bytes>(tcp)
         .await
         .unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    send
+    (send, tokio::spawn(conn))
 }
 
 fn h2_get(addr: std::net::SocketAddr, path: &str) -> http::Request<()> {
@@ -741,18 +752,6 @@ async fn the_open_files_limit_is_raised_to_the_hard_one_and_a_short_one_reported
     assert!(!short_of(&enough), "{:?}", enough.start);
 }
 
-/// An HTTP/2 client connection, and what ended it.
-async fn h2_client_watched(
-    addr: std::net::SocketAddr,
-) -> (
-    h2::client::SendRequest<Bytes>,
-    tokio::task::JoinHandle<Result<(), h2::Error>>,
-) {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
-    (send, tokio::spawn(conn))
-}
-
 /// Opens `n` streams to an answer that takes 10 s, waits until steer has
 /// all of them in flight upstream, and resets them: the rapid-reset
 /// pattern that h2's own limit (streams reset before steer accepted
@@ -775,19 +774,18 @@ async fn open_and_reset(
         };
         opened.push(sent);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let v = call(request("GET", &format!("{admin}/upstreams")))
-            .await
-            .json();
-        if v["upstreams"][0]["in_flight"] == n {
-            break;
-        }
-        if ended.is_finished() {
-            return false;
-        }
-        assert!(Instant::now() < deadline, "the streams never got in flight");
-        tokio::task::yield_now().await;
+    eventually(
+        "the streams in flight upstream, or the connection ended",
+        || async {
+            let v = call(request("GET", &format!("{admin}/upstreams")))
+                .await
+                .json();
+            v["upstreams"][0]["in_flight"] == n || ended.is_finished()
+        },
+    )
+    .await;
+    if ended.is_finished() {
+        return false;
     }
     for (_, mut stream) in opened {
         stream.send_reset(h2::Reason::CANCEL);
@@ -825,7 +823,7 @@ async fn answered(
 /// then never pass half of the streams opened.
 async fn reset_until_closed(steer: &Steer, cheap: u32, max_cycles: u32) -> u32 {
     let (addr, admin) = (steer.addr(), steer.admin());
-    let (mut attacker, conn) = h2_client_watched(addr).await;
+    let (mut attacker, conn) = h2_client_watched(addr, 65_535, 65_535).await;
     let mut cycles = 0;
     while answered(&mut attacker, addr, cheap).await
         && open_and_reset(&mut attacker, &conn, addr, &admin, 50).await
@@ -856,7 +854,7 @@ async fn a_client_that_resets_most_of_its_streams_early_is_cut_off() {
     let closes = "steer_client_rapid_reset_closes_total{listener=\"http\"}";
     // A browser that cancels some requests stays: one early reset in
     // four streams, 120 resets in all.
-    let (mut polite, polite_conn) = h2_client_watched(addr).await;
+    let (mut polite, polite_conn) = h2_client_watched(addr, 65_535, 65_535).await;
     for _ in 0..4 {
         assert!(open_and_reset(&mut polite, &polite_conn, addr, &admin, 30).await);
         assert!(answered(&mut polite, addr, 90).await);
