@@ -105,7 +105,10 @@ impl Deployment {
     pub async fn start(name: &str, addr: SocketAddr) -> std::io::Result<Deployment> {
         let served_by = HeaderValue::from_str(name)
             .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
-        let listener = TcpListener::bind(addr).await?;
+        // ZITADEL's Go listener has the kernel's whole backlog (somaxconn);
+        // tokio's default of 128 loses SYNs under a burst of connections
+        // while the server is busy, and a lost SYN is resent only after 1 s.
+        let listener = crate::server::bind(addr)?;
         let addr = listener.local_addr()?;
         let reporter = HealthReporter::new();
         let health = HealthServer::new(HealthService::from_health_reporter(reporter.clone()));

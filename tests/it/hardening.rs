@@ -594,6 +594,51 @@ async fn zero_window_http2_clients_are_cut_off_at_send_timeout_and_hold_no_descr
 
 const GET_ROOT: &[u8] = b"GET / HTTP/1.1\r\nHost: auth.example.com\r\n\r\n";
 
+/// The demo upstream stands in for ZITADEL, whose Go listener has the
+/// kernel's full backlog (`somaxconn`). With a shallow one, a burst of
+/// connections while it is busy loses SYNs: Linux sends the next one after
+/// 1 s, and steer's connect to it times out (this was the zero-window
+/// test's flake: 200 upstream connections at once, 128 of backlog).
+#[tokio::test]
+async fn the_demo_upstream_holds_a_burst_of_connections_while_busy() {
+    let (started, addr) = std::sync::mpsc::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let blue = steer::demo::Deployment::start("blue", "127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap();
+            started.send(blue.addr()).unwrap();
+            // Holds the runtime's only thread: nothing is accepted until
+            // the test lets go, as under a burst that keeps a server busy.
+            released.recv().unwrap();
+            let _ = finished.await;
+            blue.stop().await;
+        })
+    });
+    let addr = addr.recv().unwrap();
+    let mut burst = Vec::new();
+    for n in 0..300 {
+        let connect = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr));
+        let s = connect
+            .await
+            .unwrap_or_else(|_| panic!("connection {n} timed out"));
+        burst.push(s.unwrap());
+    }
+    release.send(()).unwrap();
+    let last = burst.last_mut().unwrap();
+    last.write_all(GET_ROOT).await.unwrap();
+    assert!(one_answer(last).await.starts_with("http/1.1 200"));
+    drop(burst);
+    finish.send(()).unwrap();
+    server.join().unwrap();
+}
+
 /// Idle clients that take every descriptor steer (process `pid`, limited
 /// to `limit`) may open; the rest wait in its listen backlog.
 async fn take_every_descriptor(
