@@ -16,8 +16,8 @@ use crate::metrics::Metrics;
 use crate::proxy::Shared;
 use crate::reload::Reloader;
 use crate::routing::{self, RequestView, RouteTable};
-use crate::server::handover;
 use crate::server::listeners::{Kind, ListenerSet};
+use crate::server::{handover, open_files};
 use crate::table::{ProbeHook, Table};
 use crate::tls::TlsStore;
 use crate::upstream::{CheckResult, Endpoint};
@@ -76,7 +76,7 @@ pub async fn start(path: &Path) -> anyhow::Result<Running> {
 /// As `start`; with `upgrade`, first takes the listening sockets over from a
 /// running steer on `listen.upgrade_socket` (binding itself if none runs).
 pub async fn start_with(path: &Path, upgrade: bool) -> anyhow::Result<Running> {
-    let (open_files, _) = open_files_limits();
+    let (files_limit, _) = open_files::limits();
     let config = config::load(path)?;
     let metrics = Metrics::new();
     let hook = probe_hook(metrics.clone());
@@ -161,9 +161,12 @@ pub async fn start_with(path: &Path, upgrade: bool) -> anyhow::Result<Running> {
     );
     let shown = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
     let proxy_listeners = u64::from(http.is_some()) + u64::from(https.is_some());
-    warn_if_open_files_short(open_files, proxy_listeners, settings.max_connections);
+    open_files::report(files_limit, proxy_listeners, settings.max_connections);
+    let max_connections =
+        open_files::connection_cap(settings.max_connections, files_limit, proxy_listeners);
     tracing::info!(http = %shown(http), https = %shown(https), admin = %shown(admin),
-        version = %shared.live.load().version, open_files, "steer started");
+        version = %shared.live.load().version, open_files = files_limit, max_connections,
+        "steer started");
     // Spawned only now: on a multi-thread runtime the report could
     // otherwise come before "steer started", which scripts wait for.
     tokio::spawn({
@@ -181,56 +184,6 @@ pub async fn start_with(path: &Path, upgrade: bool) -> anyhow::Result<Running> {
         listeners,
         handover,
     })
-}
-
-/// Descriptors steer needs besides client and upstream connections: its
-/// listeners, the admin API's 64 connections, the runtime, health probes,
-/// config and certificate reads, with room to spare.
-const OTHER_FILES: u64 = 256;
-
-/// Raises the soft open-files limit to the hard one, as Go's runtime does
-/// and HAProxy does for its `maxconn`: a soft limit of 1024 (the default of
-/// many systems, and of containerd 2's containers) exists for select(2),
-/// which steer does not use. For the serving commands only: it changes
-/// the whole process.
-pub fn raise_open_files_limit() {
-    use rustix::process::{Resource, Rlimit, setrlimit};
-    let (soft, hard) = open_files_limits();
-    let Some(hard) = hard.filter(|&hard| hard > soft) else {
-        return;
-    };
-    let raised = Rlimit {
-        current: Some(hard),
-        maximum: Some(hard),
-    };
-    if let Err(e) = setrlimit(Resource::Nofile, raised) {
-        tracing::warn!(soft, hard, error = %e, "could not raise the open-files limit to its hard limit");
-    }
-}
-
-/// The soft open-files limit in force, and the hard one (`None`:
-/// RLIM_INFINITY, which Linux never gives for open files).
-fn open_files_limits() -> (u64, Option<u64>) {
-    use rustix::process::{Resource, getrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    (limit.current.unwrap_or(u64::MAX), limit.maximum)
-}
-
-/// Warns when the open-files limit cannot hold every proxy listener's
-/// `max_connections` clients with an upstream connection each: past
-/// that, requests that need a new upstream connection get 503.
-fn warn_if_open_files_short(limit: u64, proxy_listeners: u64, max_connections: usize) {
-    let clients = proxy_listeners.saturating_mul(max_connections as u64);
-    let needed = clients.saturating_mul(2).saturating_add(OTHER_FILES);
-    if limit < needed {
-        let served = limit.saturating_sub(OTHER_FILES) / 2;
-        tracing::warn!(
-            open_files = limit,
-            needed,
-            max_connections,
-            "the open-files limit is below what max_connections needs (a client's and an upstream connection's descriptor each): past about {served} busy client connections, requests that need a new upstream connection get 503; raise the limit (LimitNOFILE, ulimit -n) or lower max_connections"
-        );
-    }
 }
 
 /// Waits until every checked endpoint has been probed once (bounded by the

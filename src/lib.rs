@@ -59,7 +59,8 @@
 //!   HTTP/1.1 connections, plain and TLS, between that path and hyper
 //!   rounds, holding no buffer while idle; `h2`: HTTP/2
 //!   streams; `io`: send deadline and protocol detection;
-//!   `admin_listener`: the admin listener's bounds). Invariants:
+//!   `admin_listener`: the admin listener's bounds; `open_files`: the
+//!   open-files limit and the connection cap fitted to it). Invariants:
 //!   `src/server/LIFECYCLE.md`.
 //! - [`reload`]: file watch, poll, DNS refresh, plan and commit; sole
 //!   writer of the table.

@@ -343,7 +343,7 @@ enum Serve {
 
 /// `run`, `demo` or `demo-upstream` on a tokio runtime.
 fn serve(what: Serve, workers: Option<u16>) -> ExitCode {
-    app::raise_open_files_limit();
+    steer::server::open_files::raise_to_hard();
     let workers = match self::workers(workers) {
         Ok(w) => w,
         Err(e) => {

@@ -238,6 +238,7 @@ key  = "key.pem"
 [proxy]
 shutdown_delay = "0s"
 drain_timeout  = "0s"
+max_connections = 10000   # as nginx's worker_connections and HAProxy's maxconn here
 
 [log]
 access = true

@@ -189,8 +189,9 @@ pub struct ProxySettings {
     /// is disconnected.
     pub header_read_timeout: Duration,
     /// Open client connections per listener; at the cap steer stops
-    /// accepting until one closes.
-    pub max_connections: usize,
+    /// accepting until one closes. `None`: 10,000, or fewer when the
+    /// open-files limit cannot hold them (`server::open_files`).
+    pub max_connections: Option<usize>,
     /// Open client connections per client IP (TCP peer); more are closed
     /// at once. `None`: no cap.
     pub max_connections_per_ip: Option<usize>,
@@ -223,7 +224,7 @@ impl Default for ProxySettings {
             max_headers: 100,
             tls_handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
-            max_connections: 10_000,
+            max_connections: None,
             max_connections_per_ip: None,
             send_timeout: Duration::from_secs(60),
             max_concurrent_streams: 100,

@@ -385,7 +385,9 @@ fn proxy(errors: &mut Errors, root: &Table<'_, '_>) -> ProxySettings {
             "header_read_timeout",
             defaults.header_read_timeout,
         ),
-        max_connections: positive(errors, &table, "max_connections", 10_000, 10_000_000) as usize,
+        max_connections: table
+            .get("max_connections")
+            .map(|_| positive(errors, &table, "max_connections", 0, 10_000_000) as usize),
         max_connections_per_ip: table
             .get("max_connections_per_ip")
             .map(|_| positive(errors, &table, "max_connections_per_ip", 0, 10_000_000) as usize),

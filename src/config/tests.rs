@@ -569,11 +569,14 @@ mod reference {
         for (key, n) in [
             ("max_header_bytes", max_header_bytes),
             ("max_headers", max_headers),
-            ("max_connections", max_connections),
             ("max_concurrent_streams", max_concurrent_streams as usize),
         ] {
             states_default(proxy, key, &n.to_string());
         }
+        // None: 10,000 unless the open-files limit holds fewer.
+        assert!(max_connections.is_none());
+        let default = crate::server::open_files::DEFAULT_MAX_CONNECTIONS;
+        states_default(proxy, "max_connections", &default.to_string());
         assert!(max_connections_per_ip.is_none());
         assert!(row(proxy, "max_connections_per_ip").contains("none"));
         let list: Vec<String> = upgrades.iter().map(|u| format!("\"{u}\"")).collect();

@@ -85,6 +85,22 @@ impl std::fmt::Debug for ListenerSet {
     }
 }
 
+/// `settings` with each proxy listener's connection cap resolved: the
+/// configured one, or the default fitted to the open-files limit and the
+/// proxy listeners `listen` has.
+fn with_connection_cap(settings: &ProxySettings, listen: &Listen) -> ProxySettings {
+    let proxy_listeners = [Kind::Http, Kind::Https]
+        .iter()
+        .filter(|kind| kind.configured(listen).is_some())
+        .count() as u64;
+    let (limit, _) = super::open_files::limits();
+    let cap = super::open_files::connection_cap(settings.max_connections, limit, proxy_listeners);
+    ProxySettings {
+        max_connections: Some(cap),
+        ..settings.clone()
+    }
+}
+
 fn index(kind: Kind) -> usize {
     match kind {
         Kind::Http => 0,
@@ -166,6 +182,7 @@ impl ListenerSet {
                 let _ = old.stop.send(true);
             }
         }
+        let settings = &with_connection_cap(settings, listen);
         for (kind, addr, listener) in fresh {
             let slot = self
                 .serve(kind, addr, listener, settings)

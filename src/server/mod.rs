@@ -30,6 +30,7 @@ pub(crate) use conn::now_ms;
 mod h1;
 mod h2;
 mod h2_connect;
+pub mod open_files;
 pub(crate) use h2_connect::OnConnect;
 pub mod handover;
 mod io;
@@ -146,7 +147,10 @@ pub async fn serve_proxy(
     let (finish, finish_rx) = watch::channel(false);
     let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let limits = Limits {
-        max: settings.max_connections,
+        // Resolved by `ListenerSet::apply`, which knows the listeners.
+        max: settings
+            .max_connections
+            .unwrap_or(open_files::DEFAULT_MAX_CONNECTIONS),
         tracker: tracker.clone(),
     };
     accept_loop(listener, stop, Some(limits), |stream, peer| {

@@ -639,6 +639,11 @@ async fn the_demo_upstream_holds_a_burst_of_connections_while_busy() {
     server.join().unwrap();
 }
 
+/// A connection cap the open-files limits below cannot hold: the
+/// operator's choice, kept, so that idle clients can take every
+/// descriptor (steer's own cap would otherwise keep some free).
+const OVER_THE_LIMIT: &str = "max_connections = 10000";
+
 /// Idle clients that take every descriptor steer (process `pid`, limited
 /// to `limit`) may open; the rest wait in its listen backlog.
 async fn take_every_descriptor(
@@ -658,22 +663,29 @@ async fn take_every_descriptor(
     idle
 }
 
-#[tokio::test]
-async fn running_out_of_descriptors_takes_no_endpoint_out() {
-    const LIMIT: usize = 64;
-    // Every request and probe needs a new connection from steer.
+/// An upstream `blue` that closes after each answer, so that every
+/// request and probe needs a new connection from steer, with `health` (a
+/// line of its table) and a route to it.
+async fn closing_after_each_answer(health: &str) -> (std::net::SocketAddr, String) {
     let up =
         answering_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
             .await;
-    // Probes every 200 ms: one failed probe would take the endpoint out,
-    // and ten passes bring it back, so a wrong verdict is still visible
-    // after the descriptors are back. A slow machine must not fail one.
-    let health = "health = { interval = \"200ms\", timeout = \"5s\", unhealthy_threshold = 1, healthy_threshold = 10 }\n";
     let routes = format!(
         "{}{health}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
         upstream_toml("blue", up, "http1")
     );
-    let steer = spawn_steer_with_fd_limit("", &routes, LIMIT as u32).await;
+    (up, routes)
+}
+
+#[tokio::test]
+async fn running_out_of_descriptors_takes_no_endpoint_out() {
+    const LIMIT: usize = 64;
+    // Probes every 200 ms: one failed probe would take the endpoint out,
+    // and ten passes bring it back, so a wrong verdict is still visible
+    // after the descriptors are back. A slow machine must not fail one.
+    let health = "health = { interval = \"200ms\", timeout = \"5s\", unhealthy_threshold = 1, healthy_threshold = 10 }\n";
+    let (up, routes) = closing_after_each_answer(health).await;
+    let steer = spawn_steer_with_fd_limit(OVER_THE_LIMIT, &routes, LIMIT as u32).await;
     let addr: std::net::SocketAddr = steer.http.trim_start_matches("http://").parse().unwrap();
     let pid = steer.child.id();
     let mut client = TcpStream::connect(addr).await.unwrap();
@@ -744,7 +756,7 @@ async fn a_request_that_meets_the_shortage_goes_to_an_endpoint_with_an_open_conn
         "[upstreams.blue]\nendpoints = [\"{closing}\", \"{}\"]\nprotocol = \"http1\"\nhealth = false\n\n[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
         green.addr()
     );
-    let steer = spawn_steer_with_fd_limit("", &routes, LIMIT as u32).await;
+    let steer = spawn_steer_with_fd_limit(OVER_THE_LIMIT, &routes, LIMIT as u32).await;
     let addr: std::net::SocketAddr = steer.http.trim_start_matches("http://").parse().unwrap();
     let mut client = TcpStream::connect(addr).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -787,14 +799,55 @@ async fn the_open_files_limit_is_raised_to_the_hard_one_and_a_short_one_reported
     let raised = spawn_steer_with_ulimit("", &routes, "-Sn 128").await;
     let (soft, hard) = open_files_limits(raised.child.id());
     assert!(soft == hard && hard > 128, "soft {soft}, hard {hard}");
-    // 300 cannot hold 10,000 clients with an upstream connection each...
-    let short = spawn_steer_with_fd_limit("", &routes, 300).await;
-    assert!(short_of(&short), "{:?}", short.start);
-    let started = short.start.last().unwrap();
+    // Unset, the cap fits 300: (300 - 300 / 4) / 2 clients, each with an
+    // upstream connection.
+    let fitted = spawn_steer_with_fd_limit("", &routes, 300).await;
+    let started = fitted.start.last().unwrap();
     assert!(started.contains("\"open_files\":300"), "{started}");
-    // ...but can hold 20 (20 x 2 + 256 for the rest).
+    assert!(started.contains("\"max_connections\":112"), "{started}");
+    let lowered = |steer: &Proc| {
+        let mut lines = steer.start.iter();
+        lines.any(|l| l.contains("max_connections lowered from 10000"))
+    };
+    assert!(lowered(&fitted) && !short_of(&fitted), "{:?}", fitted.start);
+    // A configured 10,000 is kept, and 300 cannot hold it...
+    let short = spawn_steer_with_fd_limit(OVER_THE_LIMIT, &routes, 300).await;
+    assert!(short_of(&short) && !lowered(&short), "{:?}", short.start);
+    // ...but can hold 20.
     let enough = spawn_steer_with_fd_limit("max_connections = 20", &routes, 300).await;
     assert!(!short_of(&enough), "{:?}", enough.start);
+}
+
+#[tokio::test]
+async fn idle_clients_cannot_take_the_descriptors_requests_need() {
+    const LIMIT: usize = 128;
+    let (_, routes) = closing_after_each_answer("health = false\n").await;
+    let steer = spawn_steer_with_fd_limit("", &routes, LIMIT as u32).await;
+    let addr: std::net::SocketAddr = steer.http.trim_start_matches("http://").parse().unwrap();
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(GET_ROOT).await.unwrap();
+    assert!(one_answer(&mut client).await.starts_with("http/1.1 200"));
+    // As many idle clients as the limit: steer takes (128 - 32) / 2 = 48
+    // in all, and the rest wait in the listen backlog.
+    let mut idle = Vec::new();
+    for _ in 0..LIMIT {
+        let connect = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr));
+        idle.push(connect.await.expect("connected within 5 s").unwrap());
+    }
+    let active = "steer_connections_active{listener=\"http\"}";
+    eventually("steer at its connection cap", || async {
+        metric(&steer.admin, active).await >= 48.0
+    })
+    .await;
+    // Requests on the open connection still find descriptors for their
+    // upstream connections.
+    for _ in 0..5 {
+        client.write_all(GET_ROOT).await.unwrap();
+        let answer = one_answer(&mut client).await;
+        assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    }
+    assert_eq!(metric(&steer.admin, active).await, 48.0);
+    drop(idle);
 }
 
 /// Opens `n` streams to an answer that takes 10 s, waits until steer has
