@@ -26,6 +26,8 @@ pub struct Fault(AtomicU8);
 const TOO_LARGE: u8 = 1;
 const MALFORMED: u8 = 2;
 const WHOLE: u8 = 4;
+/// The body's last poll found no bytes from the client.
+const WAITING: u8 = 8;
 
 impl Fault {
     fn set(&self, bit: u8) {
@@ -42,6 +44,13 @@ impl Fault {
 
     pub fn malformed(&self) -> bool {
         self.has(MALFORMED)
+    }
+
+    /// Whether steer, when it last asked, was waiting for the client's
+    /// body bytes (and not for the upstream to take them): a deadline that
+    /// passes now is the client's doing.
+    pub fn waits_for_client(&self) -> bool {
+        self.has(WAITING)
     }
 
     /// The body went out to its end (or there was none).
@@ -92,7 +101,13 @@ impl Source {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if polled.is_pending() {
+            self.fault.set(WAITING);
+        } else if self.fault.has(WAITING) {
+            self.fault.0.fetch_and(!WAITING, Ordering::Relaxed);
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                 if let Some(left) = &mut self.left {

@@ -367,6 +367,9 @@ struct Writer {
     /// A write failed: nothing more goes out; the rest of the body is only
     /// read (the client's connection needs its body read to the end).
     failed: bool,
+    /// The client's body broke (malformed, over `max_body`, cut off): the
+    /// exchange ends at once, as the upstream would wait for the rest.
+    client_broke: bool,
     done: bool,
     /// Writes that took bytes, and the bytes they took.
     writes: u32,
@@ -392,6 +395,7 @@ impl Writer {
             polled: false,
             waited: false,
             failed: false,
+            client_broke: false,
             done: false,
             writes: 0,
             written: 0,
@@ -455,7 +459,10 @@ impl Writer {
                             self.queue.push_back(Bytes::from_static(b"0\r\n\r\n"));
                         }
                     }
-                    Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
+                    Some(Err(e)) => {
+                        self.client_broke = true;
+                        return Poll::Ready(Err(io::Error::other(e)));
+                    }
                     Some(Ok(frame)) => self.queue_frame(frame)?,
                 }
             }
@@ -686,7 +693,7 @@ pub(super) fn send(
         let got = poll_fn(|cx| {
             if !writer.failed
                 && let Poll::Ready(Err(e)) = writer.poll_progress(cx, &mut conn.io)
-                && writer.head_left > 0
+                && (writer.head_left > 0 || writer.client_broke)
             {
                 return Poll::Ready(Err(e));
             }

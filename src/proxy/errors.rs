@@ -28,6 +28,8 @@ pub enum ProxyError {
     Broken(#[source] ClientError),
     #[error("upstream did not answer within {0:?}")]
     Timeout(std::time::Duration),
+    #[error("request body not received within {0:?}")]
+    BodyTimeout(std::time::Duration),
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     #[error("request header fields too large: {0}")]
@@ -55,6 +57,7 @@ impl ProxyError {
             }
             ProxyError::Connect(_) | ProxyError::Broken(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -76,10 +79,15 @@ impl ProxyError {
     }
 
     /// Whether an HTTP/1.1 connection must close after this answer: the
-    /// request's framing was not understood, so neither is where the next
-    /// request starts.
+    /// request's framing was not understood, or its body not read to its
+    /// end, so it is not known where the next request starts.
     fn closes(&self) -> bool {
-        matches!(self, ProxyError::NotImplemented(_))
+        // A body not received whole leaves the rest of it unread (RFC 9110
+        // §15.5.9: a 408 closes the connection).
+        matches!(
+            self,
+            ProxyError::NotImplemented(_) | ProxyError::BodyTimeout(_)
+        )
     }
 }
 
@@ -213,7 +221,7 @@ mod tests {
         assert_eq!(code(401), 16);
         assert_eq!(code(403), 7);
         assert_eq!(code(413), 8);
-        for s in [400, 405, 421, 431, 501] {
+        for s in [400, 405, 408, 421, 431, 501] {
             assert_eq!(code(s), 13, "{s}");
         }
     }

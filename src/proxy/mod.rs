@@ -673,6 +673,11 @@ fn forward<'a>(
                 fields.take(),
             ));
             let failed = match tokio::time::timeout_at(deadline, send).await {
+                // The client's body stopped coming: not the upstream's
+                // fault (nginx's client_body_timeout answers 408 too).
+                Err(_) if fault.waits_for_client() => {
+                    return Err(ProxyError::BodyTimeout(table.proxy.request_timeout));
+                }
                 Err(_) => {
                     ramp_attempt(shared, table, route, upstream_index, true);
                     return Err(ProxyError::Timeout(table.proxy.request_timeout));

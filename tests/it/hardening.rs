@@ -196,6 +196,80 @@ async fn body_limit_gives_413_declared_or_streamed() {
     assert_eq!(status_of(&answer), 413, "{answer}");
 }
 
+/// Requests answered with `code`, over every route and upstream.
+async fn answered_with(admin: &str, code: u16) -> f64 {
+    let text = get(&format!("{admin}/metrics")).await.1;
+    let label = format!("code=\"{code}\"");
+    let lines = text
+        .lines()
+        .filter(|l| l.starts_with("steer_requests_total{"));
+    let values = lines.filter(|l| l.contains(&label));
+    values
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Sends `head` and `first` (the start of a body) on a new connection and
+/// waits until the request is in flight upstream: its head has gone out.
+async fn upload_started(steer: &Steer, head: &str, first: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(steer.addr()).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(first).await.unwrap();
+    in_flight_becomes(&steer.admin(), 1, "the upload in flight upstream").await;
+    s
+}
+
+#[tokio::test]
+async fn a_client_body_that_breaks_or_stalls_ends_the_http1_upstream_exchange() {
+    // An upstream that waits for a body's end before it answers, as
+    // ZITADEL's form and JSON handlers do: only steer can end these
+    // exchanges early.
+    let sink = swallowing_upstream().await;
+    let body = format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"sink\"\nmax_body = \"1KiB\"\n",
+        upstream_toml("sink", sink, "http1").replace("protocol", "health = false\nprotocol")
+    );
+    let steer = Steer::start_ready(&body).await;
+    let chunked = "POST /demo/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    // A chunk size that is no number, after the head went upstream: 400.
+    let mut s = upload_started(&steer, chunked, b"5\r\nhello\r\n").await;
+    s.write_all(b"zz\r\nhello\r\n").await.unwrap();
+    let answer = one_answer(&mut s).await;
+    assert!(answer.starts_with("http/1.1 400"), "{answer}");
+    assert!(answer.contains("malformed request body"), "{answer}");
+    released(&steer.admin()).await;
+    // Over max_body in the second chunk: 413.
+    let mut s = upload_started(
+        &steer,
+        chunked,
+        format!("200\r\n{}\r\n", "x".repeat(512)).as_bytes(),
+    )
+    .await;
+    s.write_all(format!("400\r\n{}\r\n", "y".repeat(1024)).as_bytes())
+        .await
+        .unwrap();
+    let answer = one_answer(&mut s).await;
+    assert!(answer.starts_with("http/1.1 413"), "{answer}");
+    released(&steer.admin()).await;
+    // A client that hangs up halfway through its body: nothing to answer,
+    // and the upstream connection is let go at once, not at
+    // request_timeout (then a 504 would be counted, not a 400).
+    let head = "POST /demo/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n";
+    drop(upload_started(&steer, head, &[b'x'; 100]).await);
+    eventually("the broken upload counted as a 400", || async {
+        answered_with(&steer.admin(), 400).await == 2.0
+    })
+    .await;
+    released(&steer.admin()).await;
+    // A client that stops sending its body: 408 at request_timeout (2 s
+    // here), the client's fault, not the upstream's (504).
+    let mut s = upload_started(&steer, head, &[b'x'; 100]).await;
+    let answer = one_answer(&mut s).await;
+    assert!(answer.starts_with("http/1.1 408"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert_eq!(answered_with(&steer.admin(), 504).await, 0.0);
+}
+
 #[tokio::test]
 async fn connection_cap_pauses_accepting_until_one_closes() {
     let (_b, steer) = hardened("max_connections = 2", ONE_ROUTE).await;

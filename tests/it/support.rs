@@ -504,6 +504,20 @@ pub async fn answering_upstream(answer: &'static [u8]) -> SocketAddr {
     addr
 }
 
+/// An upstream that reads every connection to its end and never answers.
+pub async fn swallowing_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut up, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut up, &mut tokio::io::sink()).await;
+            });
+        }
+    });
+    addr
+}
+
 /// An upstream that reads one request head, writes `answer` (maybe only
 /// part of one), then holds the connection; the receiver resolves when
 /// steer drops that connection.
