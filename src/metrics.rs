@@ -38,6 +38,7 @@ pub struct Metrics {
     send_timeouts: IntCounterVec,
     rapid_resets: IntCounterVec,
     stream_resets: IntCounterVec,
+    body_timeouts: IntCounterVec,
     ramp_rollbacks: IntCounterVec,
 }
 
@@ -259,6 +260,12 @@ impl Metrics {
                 "HTTP/2 streams to upstreams that steer reset because the client went away before the response ended, by upstream",
                 &["upstream"],
             ),
+            body_timeouts: counter_vec(
+                &registry,
+                "steer_upstream_body_timeouts_total",
+                "Upstream response bodies cut off because no byte came for response_idle_timeout, by endpoint",
+                &["upstream", "endpoint"],
+            ),
             ramp_rollbacks: counter_vec(
                 &registry,
                 "steer_ramp_rollbacks_total",
@@ -308,6 +315,7 @@ impl Metrics {
             healthy: self
                 .endpoint_healthy
                 .with_label_values(&[upstream, endpoint]),
+            body_timeouts: self.body_timeouts.with_label_values(&[upstream, endpoint]),
         }
     }
 
@@ -316,6 +324,9 @@ impl Metrics {
         let _ = self.in_flight.remove_label_values(&[upstream, endpoint]);
         let _ = self
             .endpoint_healthy
+            .remove_label_values(&[upstream, endpoint]);
+        let _ = self
+            .body_timeouts
             .remove_label_values(&[upstream, endpoint]);
         for result in ["pass", "fail"] {
             let _ = self

@@ -204,6 +204,9 @@ pub struct ProxySettings {
     pub upgrades: Vec<String>,
     /// An upgraded connection with no bytes either way for this long closes.
     pub tunnel_idle_timeout: Duration,
+    /// An upstream response body that delivers no byte for this long is
+    /// cut off (nginx's `proxy_read_timeout`, Envoy's stream idle timeout).
+    pub response_idle_timeout: Duration,
     /// Keep request header fields whose names contain `_`.
     pub underscores_in_headers: bool,
     /// The forwarding header that sets the client IP behind trusted proxies.
@@ -230,6 +233,7 @@ impl Default for ProxySettings {
             max_concurrent_streams: 100,
             upgrades: vec!["websocket".to_owned()],
             tunnel_idle_timeout: Duration::from_secs(3600),
+            response_idle_timeout: Duration::from_secs(300),
             underscores_in_headers: false,
             client_ip_header: ClientIpHeader::XForwardedFor,
         }

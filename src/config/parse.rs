@@ -55,6 +55,7 @@ const PROXY_KEYS: &[&str] = &[
     "max_concurrent_streams",
     "upgrades",
     "tunnel_idle_timeout",
+    "response_idle_timeout",
     "underscores_in_headers",
     "client_ip_header",
 ];
@@ -405,6 +406,12 @@ fn proxy(errors: &mut Errors, root: &Table<'_, '_>) -> ProxySettings {
             &table,
             "tunnel_idle_timeout",
             defaults.tunnel_idle_timeout,
+        ),
+        response_idle_timeout: duration(
+            errors,
+            &table,
+            "response_idle_timeout",
+            defaults.response_idle_timeout,
         ),
         underscores_in_headers: table
             .bool(errors, "underscores_in_headers")

@@ -546,6 +546,7 @@ mod reference {
             max_concurrent_streams,
             upgrades,
             tunnel_idle_timeout,
+            response_idle_timeout,
             underscores_in_headers,
             client_ip_header,
         } = ProxySettings::default();
@@ -563,6 +564,7 @@ mod reference {
             ("header_read_timeout", header_read_timeout),
             ("send_timeout", send_timeout),
             ("tunnel_idle_timeout", tunnel_idle_timeout),
+            ("response_idle_timeout", response_idle_timeout),
         ] {
             states_default(proxy, key, &duration(d));
         }

@@ -3,6 +3,7 @@
 //! HTTP/1.1 connection until the body ends, or bytes steer made itself.
 //! Also the tunnel behind a `101 Switching Protocols`.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
@@ -96,27 +97,80 @@ impl Body for ProxyBody {
 /// stream whose answer was complete makes servers with rapid-reset
 /// protection end the whole connection. Only a stream the client left
 /// early is reset (CANCEL), and counted.
+///
+/// A body that delivers no byte for `response_idle_timeout` while steer
+/// waits on it is cut off: the client gets an error where the rest would
+/// be (an HTTP/1.1 connection closed, an HTTP/2 stream reset), and so
+/// does the upstream, as nginx's `proxy_read_timeout` does.
 #[derive(Debug)]
 pub struct UpstreamBody {
     /// `None` only while being dropped.
     inner: Option<RespBody>,
     finished: Option<Finished>,
     ended: bool,
+    /// Bytes came since the silence timer last started.
+    progressed: bool,
+    idle: std::time::Duration,
+    /// Armed at the first wait on the upstream: most bodies come whole
+    /// with their head and never need one.
+    silence: Option<Pin<Box<tokio::time::Sleep>>>,
     access: Option<Box<Access>>,
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent no byte of its response body for {0:?}")]
+struct BodyStalled(std::time::Duration);
 
 /// How long a complete HTTP/2 answer's END_STREAM is waited for once the
 /// client has all its bytes.
 const END_STREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl UpstreamBody {
-    pub(super) fn new(inner: RespBody, finished: Finished) -> UpstreamBody {
+    pub(super) fn new(
+        inner: RespBody,
+        finished: Finished,
+        idle: std::time::Duration,
+    ) -> UpstreamBody {
         UpstreamBody {
             inner: Some(inner),
             finished: Some(finished),
             ended: false,
+            progressed: false,
+            idle,
+            silence: None,
             access: None,
         }
+    }
+
+    /// Whether the upstream, which steer now waits on, has sent nothing
+    /// for `idle`. The timer moves at the first wait after progress: one
+    /// clock read per wait, none per frame.
+    fn went_silent(&mut self, cx: &mut Context<'_>) -> bool {
+        let idle = self.idle;
+        let progressed = std::mem::take(&mut self.progressed);
+        let silence = match &mut self.silence {
+            Some(silence) => {
+                if progressed {
+                    silence.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+                silence
+            }
+            None => self.silence.insert(Box::pin(tokio::time::sleep(idle))),
+        };
+        silence.as_mut().poll(cx).is_ready()
+    }
+
+    /// Gives up on a silent body: the endpoint is let go (its HTTP/1.1
+    /// connection closed, its HTTP/2 stream reset when `inner` drops).
+    fn cut_off(&mut self) -> BoxError {
+        self.ended = true;
+        if let Some(finished) = self.finished.take() {
+            let endpoint = finished.guard.endpoint();
+            tracing::warn!(upstream = %endpoint.upstream, endpoint = %endpoint.addr,
+                idle = ?self.idle, "upstream response body stalled (response_idle_timeout); cut off");
+            finished.guard.count_body_timeout();
+        }
+        BodyStalled(self.idle).into()
     }
 
     fn finish(&mut self) {
@@ -153,7 +207,11 @@ impl Body for UpstreamBody {
                 this.ended = true;
             }
             Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => this.finish(),
-            _ => {}
+            Poll::Ready(Some(Ok(_))) => this.progressed = true,
+            Poll::Pending if this.went_silent(cx) => {
+                return Poll::Ready(Some(Err(this.cut_off())));
+            }
+            Poll::Pending => {}
         }
         polled
     }

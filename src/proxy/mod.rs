@@ -852,7 +852,11 @@ fn respond(
     let (parts, incoming) = response.into_parts();
     Ok(Response::from_parts(
         parts,
-        ProxyBody::upstream(UpstreamBody::new(incoming, finished)),
+        ProxyBody::upstream(UpstreamBody::new(
+            incoming,
+            finished,
+            table.proxy.response_idle_timeout,
+        )),
     ))
 }
 

@@ -44,6 +44,8 @@ pub const PASSIVE_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct EndpointGauges {
     pub in_flight: prometheus::IntGauge,
     pub healthy: prometheus::IntGauge,
+    /// Response bodies cut off for `response_idle_timeout`.
+    pub body_timeouts: prometheus::IntCounter,
 }
 
 /// One address of an upstream.
@@ -340,6 +342,13 @@ impl InFlight {
             g.in_flight.inc();
         }
         InFlight { endpoint }
+    }
+
+    /// Counts a response body of this endpoint that went silent.
+    pub fn count_body_timeout(&self) {
+        if let Some(g) = self.endpoint.gauges.get() {
+            g.body_timeouts.inc();
+        }
     }
 
     pub fn endpoint(&self) -> &Arc<Endpoint> {

@@ -51,11 +51,18 @@ pub async fn answering_early(body: &'static [u8]) -> H2Upstream {
     serve(Some(body), Mode::Early).await
 }
 
+/// An upstream that sends each answer's head and `body`, then nothing
+/// more: the stream stays open, its END_STREAM never comes.
+pub async fn stalling(body: &'static [u8]) -> H2Upstream {
+    serve(Some(body), Mode::Stall).await
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Plain,
     Rotate,
     Early,
+    Stall,
 }
 
 async fn serve(body: Option<&'static [u8]>, mode: Mode) -> H2Upstream {
@@ -89,6 +96,13 @@ async fn serve(body: Option<&'static [u8]>, mode: Mode) -> H2Upstream {
                             return;
                         };
                         let mut recv = req.into_body();
+                        if mode == Mode::Stall {
+                            let resp = http::Response::new(());
+                            if let Ok(mut send) = respond.send_response(resp, false) {
+                                let _ = send.send_data(Bytes::from_static(body), false);
+                                std::future::pending::<()>().await;
+                            }
+                        }
                         if mode == Mode::Early {
                             let resp = http::Response::new(());
                             if let Ok(mut send) = respond.send_response(resp, false) {

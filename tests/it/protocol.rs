@@ -494,6 +494,52 @@ async fn an_http2_upstream_that_rotates_its_connections_loses_no_request() {
     assert!(retries.is_none_or(|l| l.ends_with(" 0")), "{retries:?}");
 }
 
+#[tokio::test]
+async fn an_upstream_that_stops_sending_its_body_is_cut_off() {
+    const IDLE: &str = "response_idle_timeout = \"1s\"";
+    // HTTP/1.1: the head, 10 of 100 bytes, then silence.
+    let (addr, dropped) =
+        holding_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
+    let steer = Steer::start_ready_with(IDLE, &route_to("up", addr, "http1")).await;
+    let mut client = TcpStream::connect(steer.addr()).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: auth.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    // While the client waits, steer lets the upstream go...
+    let upstream_closed = tokio::time::timeout(Duration::from_secs(5), dropped).await;
+    assert!(
+        upstream_closed.is_ok(),
+        "steer kept the stalled upstream connection"
+    );
+    // ...and the client gets what came, then a close: a body cut short.
+    let answer = read_until_closed(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n0123456789"), "{answer}");
+    let series =
+        format!("steer_upstream_body_timeouts_total{{endpoint=\"{addr}\",upstream=\"up\"}}");
+    assert_eq!(metric(&steer.admin(), &series).await, 1.0);
+    // HTTP/2: the stream is reset, and so is the upstream's.
+    let up = h2_upstream::stalling(b"first").await;
+    let steer = Steer::start_ready_with(IDLE, &route_to("up", up.addr, "h2c")).await;
+    let tcp = TcpStream::connect(steer.addr()).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/", steer.addr()))
+        .body(())
+        .unwrap();
+    let (answer, _) = send.ready().await.unwrap().send_request(req, true).unwrap();
+    let mut body = answer.await.unwrap().into_body();
+    assert_eq!(body.data().await.unwrap().unwrap(), "first");
+    let end = tokio::time::timeout(Duration::from_secs(10), body.data()).await;
+    let end = end.expect("the stalled stream ended in time");
+    assert!(matches!(end, Some(Err(_))), "{end:?}");
+    eventually("the upstream stream is reset", || async {
+        up.seen.resets.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+}
+
 /// An HTTP/2 POST through steer whose client sends a first part of its
 /// body and never ends it: the answer (within 10 s) and the upload.
 async fn unfinished_upload(
