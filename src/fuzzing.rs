@@ -194,6 +194,30 @@ pub fn forwarding_headers(data: &[u8]) {
             h.get("x-forwarded-for").map(|v| v.as_bytes()),
             Some(&b"192.0.2.7"[..])
         );
+        // Nor any other field that names a client, host or scheme, bare or
+        // as grpc-gateway metadata (`X-Forwarded-Client-Cert` is removed
+        // before routing, not here).
+        for name in h.keys().map(HeaderName::as_str) {
+            let bare = name.strip_prefix("grpc-metadata-").unwrap_or(name);
+            let steers = matches!(
+                name,
+                "forwarded" | "x-forwarded-for" | "x-forwarded-host" | "x-forwarded-proto"
+            ) || name == "x-forwarded-client-cert";
+            let forwarding = bare.starts_with("x-forwarded-")
+                || matches!(
+                    bare,
+                    "forwarded"
+                        | "x-real-ip"
+                        | "x-zitadel-forwarded"
+                        | "x-zitadel-instance-host"
+                        | "x-zitadel-public-host"
+                        | "x-zitadel-http1-host"
+                );
+            assert!(
+                steers || !forwarding,
+                "{name} survived from an untrusted client"
+            );
+        }
     }
     assert!(!h.contains_key("transfer-encoding"));
     assert!(!h.contains_key("keep-alive"));

@@ -249,6 +249,26 @@ pub fn apply_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
     }
 }
 
+/// Forwarding fields outside `FORWARDING_NAMES` that a peer outside
+/// `trusted_proxies` must not send either: the rest of the X-Forwarded-*
+/// family (frameworks build URLs from `-Prefix`, `-Server`), the host
+/// ZITADEL's gRPC gateway hands its own gRPC server, and any forwarding
+/// field behind grpc-gateway's `Grpc-Metadata-` prefix, which the gateway
+/// turns into gRPC metadata of the bare name.
+///
+/// `X-Forwarded-Client-Cert` is steer's own by then: the client's was
+/// removed before routing and steer set it from a verified certificate.
+fn forged_elsewhere(name: &str) -> bool {
+    let (bare, prefixed) = match name.strip_prefix("grpc-metadata-") {
+        Some(bare) => (bare, true),
+        None => (name, false),
+    };
+    let own = crate::tls::X_FORWARDED_CLIENT_CERT;
+    (bare.starts_with("x-forwarded-") && (prefixed || bare != own.as_str()))
+        || bare == "x-zitadel-http1-host"
+        || (prefixed && FORWARDING_NAMES.names.iter().any(|n| n.as_str() == bare))
+}
+
 /// `apply_forwarding`, except that when the request carries none of the
 /// fields steer sets (what an untrusted peer sent is gone by then, and a
 /// trusted one set none), those fields depend on the hop alone and come
@@ -259,9 +279,22 @@ pub(crate) fn forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) -> Option<HopFi
     // Which forwarding headers the request has, by index in
     // FORWARDING_NAMES: one pass instead of a hashed lookup per name.
     let mut present = 0u32;
+    let mut elsewhere = false;
     for name in headers.keys() {
         if let Some(i) = FORWARDING_NAMES.position(name) {
             present |= 1 << i;
+        } else if !hop.trusted && forged_elsewhere(name.as_str()) {
+            elsewhere = true;
+        }
+    }
+    if elsewhere {
+        let forged: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| forged_elsewhere(name.as_str()))
+            .cloned()
+            .collect();
+        for name in forged {
+            headers.remove(name);
         }
     }
     // Forged: everything from an untrusted peer; from a trusted proxy, the

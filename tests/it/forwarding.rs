@@ -142,11 +142,24 @@ async fn header_hygiene_untrusted_client() {
             .header("x-zitadel-instance-host", "evil.example.com")
             .header("x-zitadel-public-host", "evil.example.com")
             .header("x-zitadel-forwarded", "host=evil.example.com")
+            // The rest of the X-Forwarded-* family, which frameworks read
+            // to build URLs.
+            .header("x-forwarded-prefix", "/evil")
+            .header("x-forwarded-server", "evil.example.com")
+            // The host ZITADEL's gRPC gateway hands its own gRPC server.
+            .header("x-zitadel-http1-host", "evil.example.com")
+            // grpc-gateway turns Grpc-Metadata-NAME into gRPC metadata NAME.
+            .header("grpc-metadata-x-forwarded-host", "evil.example.com")
+            .header("grpc-metadata-x-zitadel-forwarded", "host=evil.example.com")
+            .header("grpc-metadata-forwarded", "host=evil.example.com")
+            // A client's own ZITADEL header: the organization it acts in.
+            .header("x-zitadel-orgid", "123")
             .header("connection", "x-hop")
             .header("x-hop", "1"),
     )
     .await;
     let h = &a.json()["headers"];
+    assert_eq!(h["x-zitadel-orgid"][0], "123");
     assert_eq!(h["x-forwarded-for"][0], "127.0.0.1");
     assert_eq!(h["x-forwarded-host"][0], "auth.example.com");
     assert_eq!(h["x-forwarded-proto"][0], "http");
@@ -159,6 +172,12 @@ async fn header_hygiene_untrusted_client() {
         "x-zitadel-instance-host",
         "x-zitadel-public-host",
         "x-zitadel-forwarded",
+        "x-forwarded-prefix",
+        "x-forwarded-server",
+        "x-zitadel-http1-host",
+        "grpc-metadata-x-forwarded-host",
+        "grpc-metadata-x-zitadel-forwarded",
+        "grpc-metadata-forwarded",
         "x-hop",
     ] {
         assert!(h[gone].is_null(), "{gone} reached the upstream: {h}");
