@@ -663,25 +663,33 @@ async fn flush<S: AsyncWrite + Unpin>(stream: &mut S, out: &mut Vec<u8>) -> io::
     stream.flush().await
 }
 
-/// The `date` field's value (RFC 9110 §6.6.1), formatted once a second per
-/// thread.
-fn http_date(out: &mut Vec<u8>) {
-    const LEN: usize = 29; // "Sun, 06 Nov 1994 08:49:37 GMT"
+/// Runs `f` on the `date` field's value (RFC 9110 §6.6.1), formatted once
+/// a second per thread.
+fn with_date<R>(f: impl FnOnce(&HeaderValue) -> R) -> R {
     thread_local! {
-        static CACHED: RefCell<(u64, [u8; LEN])> = const { RefCell::new((u64::MAX, [0; LEN])) };
+        static CACHED: RefCell<(u64, HeaderValue)> =
+            const { RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
     }
     let now = SystemTime::now();
     let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    CACHED.with_borrow_mut(|(at, text)| {
-        if *at != secs {
-            let formatted = httpdate::fmt_http_date(now);
-            if formatted.len() == LEN {
-                text.copy_from_slice(formatted.as_bytes());
-                *at = secs;
-            }
+    CACHED.with_borrow_mut(|(at, value)| {
+        if *at != secs
+            && let Ok(formatted) = HeaderValue::from_str(&httpdate::fmt_http_date(now))
+        {
+            *value = formatted;
+            *at = secs;
         }
-        out.extend_from_slice(text);
-    });
+        f(value)
+    })
+}
+
+fn http_date(out: &mut Vec<u8>) {
+    with_date(|value| out.extend_from_slice(value.as_bytes()));
+}
+
+/// The `date` field's value, for heads that go through a map (HTTP/2).
+pub(super) fn date_value() -> HeaderValue {
+    with_date(HeaderValue::clone)
 }
 
 #[cfg(test)]

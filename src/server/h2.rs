@@ -532,6 +532,11 @@ fn answer(
         return Next::Tunnel(resp, hand);
     }
     let (mut head, body) = resp.into_parts();
+    // RFC 9110 §6.6.1: a response forwarded without one, and steer's own,
+    // get a Date (steer's HTTP/1.1 path and hyper add it too).
+    if !head.headers.contains_key(header::DATE) {
+        head.headers.insert(header::DATE, super::h1::date_value());
+    }
     let eos = body.is_end_stream();
     if !eos
         && !head.headers.contains_key(header::CONTENT_LENGTH)

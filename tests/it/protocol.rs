@@ -495,6 +495,33 @@ async fn an_http2_upstream_that_rotates_its_connections_loses_no_request() {
 }
 
 #[tokio::test]
+async fn http2_answers_carry_a_date_as_http1_answers_do() {
+    // RFC 9110 §6.6.1: a recipient that forwards a response without Date
+    // adds one; an origin (steer's own answers) sends one.
+    let up = answering_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let body = format!(
+        "{}[[routes]]\nname = \"r\"\nhosts = [\"auth.example.com\"]\nupstream = \"up\"\n",
+        upstream_toml("up", up, "http1").replace("protocol", "health = false\nprotocol")
+    );
+    let steer = Steer::start_ready(&body).await;
+    let tcp = TcpStream::connect(steer.addr()).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    for (authority, status) in [("auth.example.com", 200), ("unrouted.example.com", 404)] {
+        let req = http::Request::get(format!("http://{authority}/"))
+            .body(())
+            .unwrap();
+        let mut send = send.clone().ready().await.unwrap();
+        let (answer, _) = send.send_request(req, true).unwrap();
+        let answer = answer.await.unwrap();
+        assert_eq!(answer.status(), status);
+        let date = answer.headers().get(http::header::DATE);
+        let date = date.and_then(|d| httpdate::parse_http_date(d.to_str().ok()?).ok());
+        assert!(date.is_some(), "{authority}: {:?}", answer.headers());
+    }
+}
+
+#[tokio::test]
 async fn an_upstream_that_stops_sending_its_body_is_cut_off() {
     const IDLE: &str = "response_idle_timeout = \"1s\"";
     // HTTP/1.1: the head, 10 of 100 bytes, then silence.
