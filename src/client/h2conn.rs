@@ -48,6 +48,15 @@ const MAX_ERROR_RESETS: usize = 1024;
 /// While requests are open, a PING this often; no PONG within
 /// `PONG_TIMEOUT` closes the connection (what hyper was set to: 20 s,
 /// 10 s, not while idle: gRPC servers punish PINGs on idle connections).
+/// How old an upstream stream must be before steer resets it. Servers
+/// with rapid-reset protection end the connection of a client that resets
+/// streams right after opening them (h2's and hyper's count resets of
+/// streams they have not accepted yet, Envoy's those within 1 s of their
+/// start), and every client of steer shares that connection: a stream
+/// whose client left earlier is read to its end instead, for what remains
+/// of this, and reset only then.
+const MIN_STREAM_AGE: Duration = Duration::from_secs(1);
+
 const PING_EVERY: Duration = Duration::from_secs(20);
 const PONG_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -180,16 +189,96 @@ impl H2Conn {
             }
             // Dropped with this future (request_timeout) or with the response
             // body before its end, the pump is aborted: with its last handle
-            // gone, h2 resets the stream.
+            // gone, h2 resets the stream (a young one after `MIN_STREAM_AGE`).
+            let opened = tokio::time::Instant::now();
             let pump = (!eos).then(|| Pump::spawn(body, stream, Open::new(&open)));
-            let response = response.await.map_err(|e| Failed {
+            let response = Unanswered {
+                response: Some((response, guard)),
+                opened,
+            };
+            let (response, guard) = response.await.map_err(|e| Failed {
                 error: broken(e),
                 request: None,
             })?;
             let (head, recv) = response.into_parts();
-            let body = H2Body::new(recv, &head.headers, guard, pump);
+            let body = H2Body::new(recv, &head.headers, guard, pump, opened);
             Ok(Response::from_parts(head, body))
         }
+    }
+}
+
+/// A stream's response on its way, and the stream's place among the
+/// connection's open ones. Dropped before the response came (the client
+/// left, or `request_timeout`), a stream younger than `MIN_STREAM_AGE` is
+/// kept open, and counted, with its answer read to its end until that age.
+struct Unanswered {
+    response: Option<(h2::client::ResponseFuture, Open)>,
+    opened: tokio::time::Instant,
+}
+
+impl Future for Unanswered {
+    type Output = Result<(Response<RecvStream>, Open), h2::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Some((response, _)) = this.response.as_mut() else {
+            return Poll::Pending;
+        };
+        let answer = ready!(Pin::new(response).poll(cx));
+        let Some((_, open)) = this.response.take() else {
+            return Poll::Pending;
+        };
+        Poll::Ready(answer.map(|answer| (answer, open)))
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some((response, open)) = self.response.take() {
+            let until = self.opened + MIN_STREAM_AGE;
+            read_out_until(until, async move {
+                let _open = open;
+                if let Ok(answer) = response.await {
+                    read_out(&mut answer.into_body()).await;
+                }
+            });
+        }
+    }
+}
+
+/// Most bytes of an answer nobody waits for that steer reads to spare its
+/// stream a reset: one stream window. A stream that sent more has been
+/// accepted, and reading on would only move bytes nobody reads.
+pub(crate) const READ_OUT_MAX: u64 = STREAM_WINDOW as u64;
+
+/// Reads a stream's answer to its end, giving its window back, up to
+/// `READ_OUT_MAX` bytes.
+async fn read_out(recv: &mut RecvStream) {
+    let mut read = 0;
+    while let Some(Ok(data)) = recv.data().await {
+        read += data.len() as u64;
+        if read > READ_OUT_MAX {
+            return;
+        }
+        let _ = recv.flow_control().release_capacity(data.len());
+    }
+    let _ = recv.trailers().await;
+}
+
+/// Runs `reading` (which holds a stream) until `until`, on a task of its
+/// own: what it holds is dropped then, a stream not ended by then reset.
+/// Off the runtime (a drop at shutdown) it is dropped at once.
+fn read_out_until<F>(until: tokio::time::Instant, reading: F)
+where
+    F: Future + Send + 'static,
+{
+    if tokio::time::Instant::now() >= until {
+        return;
+    }
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout_at(until, reading).await;
+        });
     }
 }
 
@@ -317,17 +406,31 @@ pub struct H2Body {
     left: Option<u64>,
     pump: Option<Pump>,
     _open: Open,
+    opened: tokio::time::Instant,
 }
 
 impl H2Body {
-    fn new(recv: RecvStream, headers: &HeaderMap, open: Open, pump: Option<Pump>) -> H2Body {
+    fn new(
+        recv: RecvStream,
+        headers: &HeaderMap,
+        open: Open,
+        pump: Option<Pump>,
+        opened: tokio::time::Instant,
+    ) -> H2Body {
         H2Body {
             recv,
             data_done: false,
             left: crate::body::content_length(headers),
             pump,
             _open: open,
+            opened,
         }
+    }
+
+    /// When the stream turns `MIN_STREAM_AGE` old: until then, a body
+    /// dropped before its end is read out rather than reset.
+    pub(crate) fn resettable_at(&self) -> tokio::time::Instant {
+        self.opened + MIN_STREAM_AGE
     }
 
     fn ended(&mut self) {

@@ -241,14 +241,21 @@ impl Drop for UpstreamBody {
         let Some(inner) = self.inner.take() else {
             return;
         };
-        if !matches!(inner, RespBody::H2(_)) {
+        let RespBody::H2(h2) = &inner else {
             return;
-        }
-        let delivered = inner.size_hint().exact() == Some(0);
+        };
+        // A complete answer is read to its END_STREAM; a young stream's
+        // answer is read until the stream may be reset without making the
+        // upstream end the connection (`MIN_STREAM_AGE`).
+        let now = tokio::time::Instant::now();
+        let until = match inner.size_hint().exact() == Some(0) {
+            true => now + END_STREAM_WAIT,
+            false => h2.resettable_at(),
+        };
         let finished = self.finished.take();
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) if delivered => {
-                runtime.spawn(await_end_stream(inner, finished));
+            Ok(runtime) if until > now => {
+                runtime.spawn(await_end_stream(inner, finished, until));
             }
             _ => {
                 if let Some(f) = &finished {
@@ -259,19 +266,30 @@ impl Drop for UpstreamBody {
     }
 }
 
-/// Reads a complete HTTP/2 answer's remaining frames (its END_STREAM, maybe
+/// Reads an HTTP/2 answer's remaining frames (its END_STREAM, maybe
 /// trailers) so that the stream closes without a reset; resets it (and
-/// counts it) if that takes longer than `END_STREAM_WAIT`.
-async fn await_end_stream(mut inner: RespBody, finished: Option<Finished>) {
-    let ended = tokio::time::timeout(END_STREAM_WAIT, async {
+/// counts it) if that takes until `until` or more than `READ_OUT_MAX`
+/// bytes.
+async fn await_end_stream(
+    mut inner: RespBody,
+    finished: Option<Finished>,
+    until: tokio::time::Instant,
+) {
+    let ended = tokio::time::timeout_at(until, async {
+        let mut read = 0;
         while let Some(frame) = inner.frame().await {
-            if frame.is_err() {
-                return;
+            let Ok(frame) = frame else {
+                return true;
+            };
+            read += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if read > crate::client::READ_OUT_MAX {
+                return false;
             }
         }
+        true
     })
     .await
-    .is_ok();
+    .unwrap_or(false);
     if !ended && let Some(f) = &finished {
         f.resets.inc();
     }

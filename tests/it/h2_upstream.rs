@@ -17,6 +17,8 @@ use tokio::net::TcpListener;
 pub struct Seen {
     pub resets: AtomicU64,
     pub requests: AtomicU64,
+    /// Answers sent whole, END_STREAM included.
+    pub answered: AtomicU64,
     pub connections: AtomicU64,
     /// Trailers of request bodies, as received.
     pub trailers: Mutex<Vec<http::HeaderMap>>,
@@ -57,12 +59,19 @@ pub async fn stalling(body: &'static [u8]) -> H2Upstream {
     serve(Some(body), Mode::Stall).await
 }
 
+/// An upstream that answers each request 300 ms after it has read it,
+/// and counts the answers it sent to their END_STREAM.
+pub async fn slow(body: &'static [u8]) -> H2Upstream {
+    serve(Some(body), Mode::Slow).await
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Plain,
     Rotate,
     Early,
     Stall,
+    Slow,
 }
 
 async fn serve(body: Option<&'static [u8]>, mode: Mode) -> H2Upstream {
@@ -117,6 +126,9 @@ async fn serve(body: Option<&'static [u8]>, mode: Mode) -> H2Upstream {
                         if let Ok(Some(t)) = recv.trailers().await {
                             seen.trailers.lock().unwrap().push(t);
                         }
+                        if mode == Mode::Slow {
+                            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                        }
                         let resp = http::Response::builder()
                             .header("content-length", body.len())
                             .body(())
@@ -127,7 +139,9 @@ async fn serve(body: Option<&'static [u8]>, mode: Mode) -> H2Upstream {
                         let _ = send.send_data(Bytes::from_static(body), false);
                         // END_STREAM in a frame of its own.
                         tokio::task::yield_now().await;
-                        let _ = send.send_data(Bytes::new(), true);
+                        if send.send_data(Bytes::new(), true).is_ok() {
+                            seen.answered.fetch_add(1, Ordering::Relaxed);
+                        }
                     });
                 }
                 if rotate {

@@ -494,6 +494,41 @@ async fn an_http2_upstream_that_rotates_its_connections_loses_no_request() {
     assert!(retries.is_none_or(|l| l.ends_with(" 0")), "{retries:?}");
 }
 
+/// A GET / over a new h2c connection to `steer`: its answer on the way.
+async fn h2c_get(steer: &Steer) -> h2::client::ResponseFuture {
+    let tcp = TcpStream::connect(steer.addr()).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/", steer.addr()))
+        .body(())
+        .unwrap();
+    send.ready()
+        .await
+        .unwrap()
+        .send_request(req, true)
+        .unwrap()
+        .0
+}
+
+#[tokio::test]
+async fn a_client_reset_right_after_opening_is_no_reset_upstream() {
+    // Servers with rapid-reset protection (h2's and hyper's count resets
+    // of streams they have not accepted yet, Envoy's resets within 1 s)
+    // end the connection that sends them, and steer shares one upstream
+    // connection among all its clients: a young stream is read to its end
+    // instead, within a second of its start.
+    let up = h2_upstream::slow(b"ok").await;
+    let steer = Steer::start_ready(&route_to("up", up.addr, "h2c")).await;
+    let answer = h2c_get(&steer).await;
+    in_flight_becomes(&steer.admin(), 1, "the request sent upstream").await;
+    drop(answer); // RST_STREAM(CANCEL) from the client
+    eventually("the upstream's answer went out whole", || async {
+        up.seen.answered.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    assert_eq!(up.seen.resets.load(Ordering::Relaxed), 0);
+}
+
 #[tokio::test]
 async fn http2_answers_carry_a_date_as_http1_answers_do() {
     // RFC 9110 §6.6.1: a recipient that forwards a response without Date
@@ -549,13 +584,7 @@ async fn an_upstream_that_stops_sending_its_body_is_cut_off() {
     // HTTP/2: the stream is reset, and so is the upstream's.
     let up = h2_upstream::stalling(b"first").await;
     let steer = Steer::start_ready_with(IDLE, &route_to("up", up.addr, "h2c")).await;
-    let tcp = TcpStream::connect(steer.addr()).await.unwrap();
-    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::get(format!("http://{}/", steer.addr()))
-        .body(())
-        .unwrap();
-    let (answer, _) = send.ready().await.unwrap().send_request(req, true).unwrap();
+    let answer = h2c_get(&steer).await;
     let mut body = answer.await.unwrap().into_body();
     assert_eq!(body.data().await.unwrap().unwrap(), "first");
     let end = tokio::time::timeout(Duration::from_secs(10), body.data()).await;
