@@ -20,9 +20,10 @@ use http_body_util::BodyExt as _;
 /// Why a body stopped before its end.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Stop {
-    /// The peer reset the stream, the connection went away, or the body
-    /// failed (the stream was reset then).
+    /// The peer reset the stream, or the connection went away.
     Gone,
+    /// The body failed (the stream was reset then, if `on_error` said so).
+    Failed,
     /// No window within the limit.
     Stalled,
 }
@@ -30,13 +31,14 @@ pub(crate) enum Stop {
 /// Sends `body` on `send`: its DATA in the pieces the window allows, then
 /// its trailers or END_STREAM. `limit` bounds each wait for window;
 /// `granted` is called whenever window came. A failing body resets the
-/// stream with `on_error`. The body is dropped on return either way.
+/// stream with `on_error`, or leaves that to the caller (`None`). The body
+/// is dropped on return either way.
 pub(crate) async fn send_body<B>(
     mut body: B,
     send: &mut SendStream<Bytes>,
     limit: Option<Duration>,
     mut granted: impl FnMut(),
-    on_error: Reason,
+    on_error: Option<Reason>,
 ) -> Result<(), Stop>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -53,9 +55,11 @@ where
                 return Ok(());
             }
             Some(Err(e)) => {
-                tracing::debug!(error = %e, "HTTP/2 body failed; resetting the stream");
-                send.send_reset(on_error);
-                return Err(Stop::Gone);
+                tracing::debug!(error = %e, "HTTP/2 body failed");
+                if let Some(reason) = on_error {
+                    send.send_reset(reason);
+                }
+                return Err(Stop::Failed);
             }
             Some(Ok(frame)) => frame,
         };

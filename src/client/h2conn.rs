@@ -45,9 +45,6 @@ const MAX_FRAME: u32 = 16 * 1024;
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 const INITIAL_STREAMS: usize = 100;
 const MAX_ERROR_RESETS: usize = 1024;
-/// While requests are open, a PING this often; no PONG within
-/// `PONG_TIMEOUT` closes the connection (what hyper was set to: 20 s,
-/// 10 s, not while idle: gRPC servers punish PINGs on idle connections).
 /// How old an upstream stream must be before steer resets it. Servers
 /// with rapid-reset protection end the connection of a client that resets
 /// streams right after opening them (h2's and hyper's count resets of
@@ -57,6 +54,9 @@ const MAX_ERROR_RESETS: usize = 1024;
 /// of this, and reset only then.
 const MIN_STREAM_AGE: Duration = Duration::from_secs(1);
 
+/// While requests are open, a PING this often; no PONG within
+/// `PONG_TIMEOUT` closes the connection (what hyper was set to: 20 s,
+/// 10 s, not while idle: gRPC servers punish PINGs on idle connections).
 const PING_EVERY: Duration = Duration::from_secs(20);
 const PONG_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -191,7 +191,7 @@ impl H2Conn {
             // body before its end, the pump is aborted: with its last handle
             // gone, h2 resets the stream (a young one after `MIN_STREAM_AGE`).
             let opened = tokio::time::Instant::now();
-            let pump = (!eos).then(|| Pump::spawn(body, stream, Open::new(&open)));
+            let pump = (!eos).then(|| Pump::spawn(body, stream, Open::new(&open), opened));
             let response = Unanswered {
                 response: Some((response, guard)),
                 opened,
@@ -234,16 +234,35 @@ impl Future for Unanswered {
 
 impl Drop for Unanswered {
     fn drop(&mut self) {
-        if let Some((response, open)) = self.response.take() {
-            let until = self.opened + MIN_STREAM_AGE;
-            read_out_until(until, async move {
-                let _open = open;
-                if let Ok(answer) = response.await {
-                    read_out(&mut answer.into_body()).await;
-                }
-            });
+        let until = self.opened + MIN_STREAM_AGE;
+        if let Some((response, open)) = self.response.take()
+            && tokio::time::Instant::now() < until
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(hold(response, open, until));
         }
     }
+}
+
+/// Keeps a stream nobody waits for until `until`, reading its answer (up
+/// to `READ_OUT_MAX` bytes, giving its window back), then lets it go: a
+/// stream not ended by then is reset. An answer read to its end still
+/// leaves the request side open when the request's body did not end, so
+/// the stream is kept to `until` either way.
+async fn hold(response: h2::client::ResponseFuture, open: Open, until: tokio::time::Instant) {
+    let _open = open;
+    let mut kept = None;
+    let _ = tokio::time::timeout_at(until, async {
+        if let Ok(answer) = response.await {
+            let mut recv = answer.into_body();
+            if read_out(&mut recv).await {
+                kept = Some(recv);
+            }
+        }
+    })
+    .await;
+    tokio::time::sleep_until(until).await;
+    drop(kept);
 }
 
 /// Most bytes of an answer nobody waits for that steer reads to spare its
@@ -251,35 +270,19 @@ impl Drop for Unanswered {
 /// accepted, and reading on would only move bytes nobody reads.
 pub(crate) const READ_OUT_MAX: u64 = STREAM_WINDOW as u64;
 
-/// Reads a stream's answer to its end, giving its window back, up to
-/// `READ_OUT_MAX` bytes.
-async fn read_out(recv: &mut RecvStream) {
+/// Reads a stream's answer to its end, giving its window back; false when
+/// it is longer than `READ_OUT_MAX` bytes.
+async fn read_out(recv: &mut RecvStream) -> bool {
     let mut read = 0;
     while let Some(Ok(data)) = recv.data().await {
         read += data.len() as u64;
         if read > READ_OUT_MAX {
-            return;
+            return false;
         }
         let _ = recv.flow_control().release_capacity(data.len());
     }
     let _ = recv.trailers().await;
-}
-
-/// Runs `reading` (which holds a stream) until `until`, on a task of its
-/// own: what it holds is dropped then, a stream not ended by then reset.
-/// Off the runtime (a drop at shutdown) it is dropped at once.
-fn read_out_until<F>(until: tokio::time::Instant, reading: F)
-where
-    F: Future + Send + 'static,
-{
-    if tokio::time::Instant::now() >= until {
-        return;
-    }
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(async move {
-            let _ = tokio::time::timeout_at(until, reading).await;
-        });
-    }
+    true
 }
 
 /// The stream of a request never opened: the connection ended while it
@@ -292,8 +295,15 @@ pub(crate) struct NotOpened(#[source] h2::Error);
 struct Pump(Option<tokio::task::AbortHandle>);
 
 impl Pump {
-    fn spawn(body: ReqBody, stream: SendStream<Bytes>, open: Open) -> Pump {
-        Pump(Some(tokio::spawn(pump(body, stream, open)).abort_handle()))
+    fn spawn(
+        body: ReqBody,
+        stream: SendStream<Bytes>,
+        open: Open,
+        opened: tokio::time::Instant,
+    ) -> Pump {
+        Pump(Some(
+            tokio::spawn(pump(body, stream, open, opened)).abort_handle(),
+        ))
     }
 
     /// The answer ended: the rest of the body may still go out, for
@@ -390,8 +400,19 @@ fn has_payload(method: &http::Method) -> bool {
 /// Sends the request body within the window the upstream grants
 /// (`h2send`); a failing body resets the stream. `_open` keeps PINGs
 /// going while an upload is under way.
-async fn pump(body: ReqBody, mut stream: SendStream<Bytes>, _open: Open) {
-    let _ = crate::h2send::send_body(body, &mut stream, None, || {}, h2::Reason::CANCEL).await;
+async fn pump(
+    body: ReqBody,
+    mut stream: SendStream<Bytes>,
+    _open: Open,
+    opened: tokio::time::Instant,
+) {
+    let sent = crate::h2send::send_body(body, &mut stream, None, || {}, None).await;
+    // The client's body failed, most often because the client left: the
+    // stream is reset, but not before it is `MIN_STREAM_AGE` old.
+    if sent == Err(crate::h2send::Stop::Failed) {
+        tokio::time::sleep_until(opened + MIN_STREAM_AGE).await;
+        stream.send_reset(h2::Reason::CANCEL);
+    }
 }
 
 /// An upstream's HTTP/2 response body: DATA (its window given back as it

@@ -600,7 +600,7 @@ async fn pipe(body: ProxyBody, mut send: SendStream<Bytes>, streams: &Streams) {
         &mut send,
         Some(streams.send_timeout),
         touch,
-        Reason::INTERNAL_ERROR,
+        Some(Reason::INTERNAL_ERROR),
     )
     .await;
     if sent == Err(Stop::Stalled) {

@@ -19,6 +19,9 @@ pub struct Seen {
     pub requests: AtomicU64,
     /// Answers sent whole, END_STREAM included.
     pub answered: AtomicU64,
+    /// When the first request arrived, and the first RST_STREAM.
+    pub first_request_at: Mutex<Option<std::time::Instant>>,
+    pub first_reset_at: Mutex<Option<std::time::Instant>>,
     pub connections: AtomicU64,
     /// Trailers of request bodies, as received.
     pub trailers: Mutex<Vec<http::HeaderMap>>,
@@ -100,6 +103,8 @@ async fn serve(body: Option<&'static [u8]>, mode: Mode) -> H2Upstream {
                     let seen = seen.clone();
                     tokio::spawn(async move {
                         seen.requests.fetch_add(1, Ordering::Relaxed);
+                        let now = std::time::Instant::now();
+                        seen.first_request_at.lock().unwrap().get_or_insert(now);
                         let Some(body) = body else {
                             respond.send_reset(h2::Reason::REFUSED_STREAM);
                             return;
@@ -164,7 +169,7 @@ struct Frames {
 
 impl Frames {
     /// Feeds received bytes; counts RST_STREAM (type 0x3) frames.
-    fn feed(&mut self, mut bytes: &[u8], resets: &AtomicU64) {
+    fn feed(&mut self, mut bytes: &[u8], seen: &Seen) {
         let preface = self.preface_left.get_or_insert(24);
         let skip = (*preface).min(bytes.len());
         *preface -= skip;
@@ -185,7 +190,9 @@ impl Frames {
                 self.payload_left =
                     usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
                 if h[3] == 0x3 {
-                    resets.fetch_add(1, Ordering::Relaxed);
+                    let now = std::time::Instant::now();
+                    seen.first_reset_at.lock().unwrap().get_or_insert(now);
+                    seen.resets.fetch_add(1, Ordering::Relaxed);
                 }
                 self.header.clear();
             }
@@ -209,7 +216,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Sniffing<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         let fresh = &buf.filled()[before..];
-        this.state.feed(fresh, &this.seen.resets);
+        this.state.feed(fresh, &this.seen);
         polled
     }
 }

@@ -529,6 +529,46 @@ async fn a_client_reset_right_after_opening_is_no_reset_upstream() {
     assert_eq!(up.seen.resets.load(Ordering::Relaxed), 0);
 }
 
+/// How long after its request arrived `up` saw its first RST_STREAM.
+async fn first_reset_after(up: &h2_upstream::H2Upstream) -> Duration {
+    eventually("the upstream stream is reset", || async {
+        up.seen.resets.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    let opened = up.seen.first_request_at.lock().unwrap().unwrap();
+    let reset = up.seen.first_reset_at.lock().unwrap().unwrap();
+    reset.duration_since(opened)
+}
+
+#[tokio::test]
+async fn an_upload_that_fails_right_away_makes_no_early_upstream_reset() {
+    // The upload never ends, so the upstream stream is reset in the end,
+    // but not before it is a second old. Over max_body in its second part
+    // (the body's pump sees it fail): 413, after that second.
+    let up = h2_upstream::start(b"ok").await;
+    let routes = route_to("up", up.addr, "h2c") + "max_body = \"1KiB\"\n";
+    let steer = Steer::start_ready(&routes).await;
+    let (answer, mut upload) = unfinished_upload_started(steer.addr()).await;
+    in_flight_becomes(&steer.admin(), 1, "the upload sent upstream").await;
+    upload
+        .send_data(Bytes::from(vec![b'x'; 2048]), false)
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), answer).await;
+    assert_eq!(answer.expect("an answer in time").unwrap().status(), 413);
+    let held = first_reset_after(&up).await;
+    assert!(held >= Duration::from_millis(900), "reset after {held:?}");
+    // The client resets its upload (the request sees it first, or the
+    // pump: either way).
+    let up = h2_upstream::start(b"ok").await;
+    let steer = Steer::start_ready(&route_to("up", up.addr, "h2c")).await;
+    let (answer, mut upload) = unfinished_upload_started(steer.addr()).await;
+    in_flight_becomes(&steer.admin(), 1, "the upload sent upstream").await;
+    upload.send_reset(h2::Reason::CANCEL);
+    drop((answer, upload));
+    let held = first_reset_after(&up).await;
+    assert!(held >= Duration::from_millis(900), "reset after {held:?}");
+}
+
 #[tokio::test]
 async fn http2_answers_carry_a_date_as_http1_answers_do() {
     // RFC 9110 §6.6.1: a recipient that forwards a response without Date
@@ -596,11 +636,11 @@ async fn an_upstream_that_stops_sending_its_body_is_cut_off() {
     .await;
 }
 
-/// An HTTP/2 POST through steer whose client sends a first part of its
-/// body and never ends it: the answer (within 10 s) and the upload.
-async fn unfinished_upload(
+/// An HTTP/2 POST through steer whose client has sent a first part of
+/// its body: the answer on its way, and the upload.
+async fn unfinished_upload_started(
     addr: SocketAddr,
-) -> (http::Response<h2::RecvStream>, h2::SendStream<Bytes>) {
+) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (send, conn) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(conn);
@@ -612,6 +652,15 @@ async fn unfinished_upload(
     upload
         .send_data(Bytes::from_static(b"the first part"), false)
         .unwrap();
+    (answer, upload)
+}
+
+/// As `unfinished_upload_started`, which never ends its upload: the
+/// answer (within 10 s) and the upload.
+async fn unfinished_upload(
+    addr: SocketAddr,
+) -> (http::Response<h2::RecvStream>, h2::SendStream<Bytes>) {
+    let (answer, upload) = unfinished_upload_started(addr).await;
     let answer = tokio::time::timeout(Duration::from_secs(10), answer)
         .await
         .expect("an answer in time")
