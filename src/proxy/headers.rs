@@ -249,24 +249,26 @@ pub fn apply_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
     }
 }
 
-/// Forwarding fields outside `FORWARDING_NAMES` that a peer outside
-/// `trusted_proxies` must not send either: the rest of the X-Forwarded-*
-/// family (frameworks build URLs from `-Prefix`, `-Server`), the host
-/// ZITADEL's gRPC gateway hands its own gRPC server, and any forwarding
-/// field behind grpc-gateway's `Grpc-Metadata-` prefix, which the gateway
-/// turns into gRPC metadata of the bare name.
+/// Forwarding fields outside `FORWARDING_NAMES` that a client must not
+/// send. From anyone, trusted proxies included (no load balancer sets
+/// them, so a trusted one passes on its client's): the host ZITADEL's gRPC
+/// gateway hands its own gRPC server, and any forwarding field behind
+/// grpc-gateway's `Grpc-Metadata-` prefix, which the gateway turns into
+/// gRPC metadata of the bare name. From a peer outside `trusted_proxies`
+/// also the rest of the X-Forwarded-* family (frameworks build URLs from
+/// `-Prefix`, `-Server`), which load balancers do set.
 ///
 /// `X-Forwarded-Client-Cert` is steer's own by then: the client's was
 /// removed before routing and steer set it from a verified certificate.
-fn forged_elsewhere(name: &str) -> bool {
-    let (bare, prefixed) = match name.strip_prefix("grpc-metadata-") {
-        Some(bare) => (bare, true),
-        None => (name, false),
-    };
+fn forged_elsewhere(name: &str, trusted: bool) -> bool {
+    if let Some(bare) = name.strip_prefix("grpc-metadata-") {
+        return bare.starts_with("x-forwarded-")
+            || bare == "x-zitadel-http1-host"
+            || FORWARDING_NAMES.names.iter().any(|n| n.as_str() == bare);
+    }
     let own = crate::tls::X_FORWARDED_CLIENT_CERT;
-    (bare.starts_with("x-forwarded-") && (prefixed || bare != own.as_str()))
-        || bare == "x-zitadel-http1-host"
-        || (prefixed && FORWARDING_NAMES.names.iter().any(|n| n.as_str() == bare))
+    name == "x-zitadel-http1-host"
+        || (!trusted && name.starts_with("x-forwarded-") && name != own.as_str())
 }
 
 /// `apply_forwarding`, except that when the request carries none of the
@@ -283,14 +285,14 @@ pub(crate) fn forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) -> Option<HopFi
     for name in headers.keys() {
         if let Some(i) = FORWARDING_NAMES.position(name) {
             present |= 1 << i;
-        } else if !hop.trusted && forged_elsewhere(name.as_str()) {
+        } else if forged_elsewhere(name.as_str(), hop.trusted) {
             elsewhere = true;
         }
     }
     if elsewhere {
         let forged: Vec<HeaderName> = headers
             .keys()
-            .filter(|name| forged_elsewhere(name.as_str()))
+            .filter(|name| forged_elsewhere(name.as_str(), hop.trusted))
             .cloned()
             .collect();
         for name in forged {

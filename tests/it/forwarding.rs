@@ -197,13 +197,21 @@ async fn header_hygiene_trusted_proxy() {
             .header("host", "auth.example.com")
             .header("x-forwarded-for", "203.0.113.9")
             .header("x-forwarded-proto", "https")
-            .header("x-zitadel-instance-host", "tenant.example.com"),
+            .header("x-forwarded-prefix", "/auth")
+            .header("x-zitadel-instance-host", "tenant.example.com")
+            // No load balancer sets these: its client did.
+            .header("x-zitadel-http1-host", "evil.example.com")
+            .header("grpc-metadata-x-forwarded-host", "evil.example.com"),
     )
     .await;
     let h = &a.json()["headers"];
     assert_eq!(h["x-forwarded-for"][0], "203.0.113.9, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"][0], "https");
+    assert_eq!(h["x-forwarded-prefix"][0], "/auth");
     assert_eq!(h["x-zitadel-instance-host"][0], "tenant.example.com");
+    for gone in ["x-zitadel-http1-host", "grpc-metadata-x-forwarded-host"] {
+        assert!(h[gone].is_null(), "{gone} reached the upstream: {h}");
+    }
 }
 
 #[tokio::test]
