@@ -28,6 +28,8 @@ const MALFORMED: u8 = 2;
 const WHOLE: u8 = 4;
 /// The body's last poll found no bytes from the client.
 const WAITING: u8 = 8;
+/// Bytes came from the client since `take_moved` last looked.
+const MOVED: u8 = 16;
 
 impl Fault {
     fn set(&self, bit: u8) {
@@ -62,9 +64,16 @@ impl Fault {
         self.set(WHOLE);
     }
 
-    /// A new attempt starts sending the body again.
-    pub(super) fn clear_whole(&self) {
-        self.0.fetch_and(!WHOLE, Ordering::Relaxed);
+    /// Whether the client's body moved since the last call: a stream
+    /// whose upload goes on is not idle (`response_idle_timeout`).
+    pub fn take_moved(&self) -> bool {
+        self.0.fetch_and(!MOVED, Ordering::Relaxed) & MOVED != 0
+    }
+
+    /// A new attempt starts sending the body again: what the last one sent
+    /// and waited on no longer holds.
+    pub(super) fn restart(&self) {
+        self.0.fetch_and(!(WHOLE | WAITING), Ordering::Relaxed);
     }
 }
 
@@ -102,10 +111,17 @@ impl Source {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if polled.is_pending() {
-            self.fault.set(WAITING);
-        } else if self.fault.has(WAITING) {
-            self.fault.0.fetch_and(!WAITING, Ordering::Relaxed);
+        match &polled {
+            Poll::Pending => self.fault.set(WAITING),
+            Poll::Ready(Some(Ok(_))) => {
+                if self.fault.0.fetch_or(MOVED, Ordering::Relaxed) & WAITING != 0 {
+                    self.fault.0.fetch_and(!WAITING, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(_) if self.fault.has(WAITING) => {
+                self.fault.0.fetch_and(!WAITING, Ordering::Relaxed);
+            }
+            Poll::Ready(_) => {}
         }
         match polled {
             Poll::Ready(Some(Ok(frame))) => {

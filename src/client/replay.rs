@@ -87,7 +87,7 @@ impl Replay {
             return None;
         }
         kept.attempt += 1;
-        kept.source.fault().clear_whole();
+        kept.source.fault().restart();
         let (attempt, total) = (kept.attempt, kept.total);
         drop(kept);
         Some(self.body(attempt, total))

@@ -142,12 +142,16 @@ impl UpstreamBody {
         }
     }
 
-    /// Whether the upstream, which steer now waits on, has sent nothing
-    /// for `idle`. The timer moves at the first wait after progress: one
-    /// clock read per wait, none per frame.
+    /// Whether the exchange, whose answer steer now waits on, has moved no
+    /// byte for `idle`: none from the upstream, none of the client's
+    /// upload. The timer moves at the first wait after progress: one clock
+    /// read per wait, none per frame.
     fn went_silent(&mut self, cx: &mut Context<'_>) -> bool {
         let idle = self.idle;
-        let progressed = std::mem::take(&mut self.progressed);
+        // An upload still on its way keeps the exchange alive too (a gRPC
+        // client stream whose server has answered its head).
+        let uploading = (self.finished.as_ref()).is_some_and(|f| f.request.take_moved());
+        let progressed = std::mem::take(&mut self.progressed) | uploading;
         let silence = match &mut self.silence {
             Some(silence) => {
                 if progressed {

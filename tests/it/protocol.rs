@@ -494,6 +494,46 @@ async fn an_http2_upstream_that_rotates_its_connections_loses_no_request() {
     assert!(retries.is_none_or(|l| l.ends_with(" 0")), "{retries:?}");
 }
 
+#[tokio::test]
+async fn an_upload_on_its_way_keeps_a_quiet_answer_alive() {
+    // An upstream that answers its head at once and the rest once the
+    // whole body is in: quiet while the client uploads.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut up, _) = listener.accept().await.unwrap();
+        assert!(read_head(&mut up).await, "a request head");
+        up.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = [0u8; 5];
+        if up.read_exact(&mut body).await.is_ok() {
+            let _ = up.write_all(b"2\r\nok\r\n0\r\n\r\n").await;
+        }
+        let _ = up.read(&mut [0u8; 64]).await;
+    });
+    let idle = "response_idle_timeout = \"1s\"";
+    let steer = Steer::start_ready_with(idle, &route_to("up", addr, "http1")).await;
+    let mut s = TcpStream::connect(steer.addr()).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n")
+        .await
+        .unwrap();
+    // Paced: a byte every 400 ms, 2 s in all, is the behaviour under test.
+    for byte in b"hello" {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        s.write_all(&[*byte]).await.unwrap();
+    }
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"0\r\n\r\n") {
+        let mut chunk = [0u8; 1024];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk));
+        let n = read.await.expect("the answer in time").unwrap();
+        assert!(n > 0, "cut off: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    assert!(answer.windows(2).any(|w| w == b"ok"));
+}
+
 /// A GET / over a new h2c connection to `steer`: its answer on the way.
 async fn h2c_get(steer: &Steer) -> h2::client::ResponseFuture {
     let tcp = TcpStream::connect(steer.addr()).await.unwrap();
