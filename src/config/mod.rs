@@ -592,8 +592,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ));
         }
     };
-    Duration::try_from_secs_f64(value * scale)
-        .map_err(|_| format!("duration `{text}` is out of range"))
+    // Deadlines are `now + duration`: far beyond any use, that overflows.
+    const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
+    match Duration::try_from_secs_f64(value * scale) {
+        Ok(d) if d <= LONGEST => Ok(d),
+        _ => Err(format!("duration `{text}` is longer than a year (8760h)")),
+    }
 }
 
 /// Parses `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128).

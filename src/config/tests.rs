@@ -137,6 +137,19 @@ fn unknown_key_is_reported_with_its_position() {
 }
 
 #[test]
+fn a_duration_longer_than_a_year_is_refused() {
+    // now + duration would overflow a deadline and panic per request.
+    let text = "[listen]\nhttp = \"127.0.0.1:8080\"\n\n[proxy]\nresponse_idle_timeout = \"99999999999h\"\n";
+    let errs = errors(text);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("5:25") && e.contains("longer than a year")),
+        "{errs:?}"
+    );
+    assert!(super::parse_duration("8760h").is_ok());
+}
+
+#[test]
 fn every_error_in_the_file_is_reported() {
     let text = r#"
 [listen]

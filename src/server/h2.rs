@@ -522,21 +522,22 @@ enum Next {
 /// Sends the response head, unless the stream becomes a tunnel; a body
 /// of known size gets its `content-length`.
 fn answer(
-    resp: Response<ProxyBody>,
+    mut resp: Response<ProxyBody>,
     respond: &mut SendResponse<Bytes>,
     connect: Option<oneshot::Sender<Handed>>,
 ) -> Next {
+    // RFC 9110 §6.6.1: a response forwarded without one, and steer's own,
+    // get a Date (steer's HTTP/1.1 path and hyper add it too).
+    if !resp.headers().contains_key(header::DATE) {
+        resp.headers_mut()
+            .insert(header::DATE, super::h1::date_value());
+    }
     if let Some(hand) = connect
         && resp.status().is_success()
     {
         return Next::Tunnel(resp, hand);
     }
     let (mut head, body) = resp.into_parts();
-    // RFC 9110 §6.6.1: a response forwarded without one, and steer's own,
-    // get a Date (steer's HTTP/1.1 path and hyper add it too).
-    if !head.headers.contains_key(header::DATE) {
-        head.headers.insert(header::DATE, super::h1::date_value());
-    }
     let eos = body.is_end_stream();
     if !eos
         && !head.headers.contains_key(header::CONTENT_LENGTH)
