@@ -161,9 +161,8 @@ pub async fn start_with(path: &Path, upgrade: bool) -> anyhow::Result<Running> {
     );
     let shown = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
     let proxy_listeners = u64::from(http.is_some()) + u64::from(https.is_some());
-    open_files::report(files_limit, proxy_listeners, settings.max_connections);
     let max_connections =
-        open_files::connection_cap(settings.max_connections, files_limit, proxy_listeners);
+        open_files::report(files_limit, proxy_listeners, settings.max_connections);
     tracing::info!(http = %shown(http), https = %shown(https), admin = %shown(admin),
         version = %shared.live.load().version, open_files = files_limit, max_connections,
         "steer started");

@@ -40,6 +40,10 @@ impl Fault {
         self.0.load(Ordering::Relaxed) & bit != 0
     }
 
+    fn clear(&self, bits: u8) {
+        self.0.fetch_and(!bits, Ordering::Relaxed);
+    }
+
     pub fn too_large(&self) -> bool {
         self.has(TOO_LARGE)
     }
@@ -67,13 +71,13 @@ impl Fault {
     /// Whether the client's body moved since the last call: a stream
     /// whose upload goes on is not idle (`response_idle_timeout`).
     pub fn take_moved(&self) -> bool {
-        self.0.fetch_and(!MOVED, Ordering::Relaxed) & MOVED != 0
+        self.has(MOVED) && self.0.fetch_and(!MOVED, Ordering::Relaxed) & MOVED != 0
     }
 
     /// A new attempt starts sending the body again: what the last one sent
     /// and waited on no longer holds.
     pub(super) fn restart(&self) {
-        self.0.fetch_and(!(WHOLE | WAITING), Ordering::Relaxed);
+        self.clear(WHOLE | WAITING);
     }
 }
 
@@ -113,15 +117,14 @@ impl Source {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Pending => self.fault.set(WAITING),
-            Poll::Ready(Some(Ok(_))) => {
-                if self.fault.0.fetch_or(MOVED, Ordering::Relaxed) & WAITING != 0 {
-                    self.fault.0.fetch_and(!WAITING, Ordering::Relaxed);
+            Poll::Ready(frame) => {
+                if matches!(frame, Some(Ok(_))) {
+                    self.fault.set(MOVED);
+                }
+                if self.fault.has(WAITING) {
+                    self.fault.clear(WAITING);
                 }
             }
-            Poll::Ready(_) if self.fault.has(WAITING) => {
-                self.fault.0.fetch_and(!WAITING, Ordering::Relaxed);
-            }
-            Poll::Ready(_) => {}
         }
         match polled {
             Poll::Ready(Some(Ok(frame))) => {

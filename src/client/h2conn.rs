@@ -23,6 +23,7 @@ use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
 use http::{HeaderMap, Request, Response, header};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{ClientError, Failed, ReqBody};
@@ -221,14 +222,16 @@ impl Future for Unanswered {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let Some((response, _)) = this.response.as_mut() else {
+        let Some((mut response, open)) = this.response.take() else {
             return Poll::Pending;
         };
-        let answer = ready!(Pin::new(response).poll(cx));
-        let Some((_, open)) = this.response.take() else {
-            return Poll::Pending;
-        };
-        Poll::Ready(answer.map(|answer| (answer, open)))
+        match Pin::new(&mut response).poll(cx) {
+            Poll::Ready(answer) => Poll::Ready(answer.map(|answer| (answer, open))),
+            Poll::Pending => {
+                this.response = Some((response, open));
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -239,24 +242,25 @@ impl Drop for Unanswered {
             && tokio::time::Instant::now() < until
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            runtime.spawn(hold(response, open, until));
+            runtime.spawn(hold(response, open, self.opened));
         }
     }
 }
 
-/// Keeps a stream nobody waits for until `until`, reading its answer (up
-/// to `READ_OUT_MAX` bytes, giving its window back), then lets it go: a
-/// stream not ended by then is reset. An answer read to its end still
-/// leaves the request side open when the request's body did not end, so
-/// the stream is kept to `until` either way.
-async fn hold(response: h2::client::ResponseFuture, open: Open, until: tokio::time::Instant) {
-    let _open = open;
+/// Keeps a stream nobody waits for until it is `MIN_STREAM_AGE` old,
+/// reading its answer (`read_out`), then lets it go: a stream not ended
+/// by then is reset. An answer read to its end still leaves the request
+/// side open when the request's body did not end, so the stream is kept
+/// to that age either way.
+async fn hold(response: h2::client::ResponseFuture, open: Open, opened: tokio::time::Instant) {
+    let until = opened + MIN_STREAM_AGE;
     let mut kept = None;
     let _ = tokio::time::timeout_at(until, async {
         if let Ok(answer) = response.await {
-            let mut recv = answer.into_body();
-            if read_out(&mut recv).await {
-                kept = Some(recv);
+            let (head, recv) = answer.into_parts();
+            let mut body = H2Body::new(recv, &head.headers, open, None, opened);
+            if read_out(&mut body).await {
+                kept = Some(body);
             }
         }
     })
@@ -268,20 +272,25 @@ async fn hold(response: h2::client::ResponseFuture, open: Open, until: tokio::ti
 /// Most bytes of an answer nobody waits for that steer reads to spare its
 /// stream a reset: one stream window. A stream that sent more has been
 /// accepted, and reading on would only move bytes nobody reads.
-pub(crate) const READ_OUT_MAX: u64 = STREAM_WINDOW as u64;
+const READ_OUT_MAX: u64 = STREAM_WINDOW as u64;
 
-/// Reads a stream's answer to its end, giving its window back; false when
-/// it is longer than `READ_OUT_MAX` bytes.
-async fn read_out(recv: &mut RecvStream) -> bool {
+/// Reads an answer nobody waits for to its end (an HTTP/2 body gives its
+/// window back as it is read); false when it is longer than
+/// `READ_OUT_MAX` bytes. A body that fails has ended too.
+pub(crate) async fn read_out<B>(body: &mut B) -> bool
+where
+    B: Body<Data = Bytes> + Unpin,
+{
     let mut read = 0;
-    while let Some(Ok(data)) = recv.data().await {
-        read += data.len() as u64;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return true;
+        };
+        read += frame.data_ref().map_or(0, |d| d.len() as u64);
         if read > READ_OUT_MAX {
             return false;
         }
-        let _ = recv.flow_control().release_capacity(data.len());
     }
-    let _ = recv.trailers().await;
     true
 }
 

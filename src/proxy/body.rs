@@ -11,7 +11,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt as _;
 use http_body_util::Full;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -272,28 +271,16 @@ impl Drop for UpstreamBody {
 
 /// Reads an HTTP/2 answer's remaining frames (its END_STREAM, maybe
 /// trailers) so that the stream closes without a reset; resets it (and
-/// counts it) if that takes until `until` or more than `READ_OUT_MAX`
-/// bytes.
+/// counts it) if that takes until `until` or more than a stream window
+/// (`client::read_out`).
 async fn await_end_stream(
     mut inner: RespBody,
     finished: Option<Finished>,
     until: tokio::time::Instant,
 ) {
-    let ended = tokio::time::timeout_at(until, async {
-        let mut read = 0;
-        while let Some(frame) = inner.frame().await {
-            let Ok(frame) = frame else {
-                return true;
-            };
-            read += frame.data_ref().map_or(0, |d| d.len() as u64);
-            if read > crate::client::READ_OUT_MAX {
-                return false;
-            }
-        }
-        true
-    })
-    .await
-    .unwrap_or(false);
+    let ended = tokio::time::timeout_at(until, crate::client::read_out(&mut inner))
+        .await
+        .unwrap_or(false);
     if !ended && let Some(f) = &finished {
         f.resets.inc();
     }

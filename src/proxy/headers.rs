@@ -261,6 +261,10 @@ pub fn apply_forwarding(headers: &mut HeaderMap, hop: &Hop<'_>) {
 /// `X-Forwarded-Client-Cert` is steer's own by then: the client's was
 /// removed before routing and steer set it from a verified certificate.
 fn forged_elsewhere(name: &str, trusted: bool) -> bool {
+    // Every name of a request is asked: most start with neither letter.
+    if !matches!(name.as_bytes().first(), Some(b'g' | b'x')) {
+        return false;
+    }
     if let Some(bare) = name.strip_prefix("grpc-metadata-") {
         return bare.starts_with("x-forwarded-")
             || bare == "x-zitadel-http1-host"

@@ -59,10 +59,11 @@ pub(crate) fn connection_cap(configured: Option<usize>, limit: u64, proxy_listen
     })
 }
 
-/// Says at start when the limit is short: a lowered default cap, or a
-/// configured `max_connections` the limit cannot hold (past it, requests
-/// that need a new upstream connection get 503).
-pub(crate) fn report(limit: u64, proxy_listeners: u64, configured: Option<usize>) {
+/// Each proxy listener's cap (`connection_cap`), saying at start when
+/// the limit is short: a lowered default cap, or a configured
+/// `max_connections` the limit cannot hold (past it, requests that need a
+/// new upstream connection get 503).
+pub(crate) fn report(limit: u64, proxy_listeners: u64, configured: Option<usize>) -> usize {
     let cap = connection_cap(configured, limit, proxy_listeners);
     let Some(max_connections) = configured else {
         if cap < DEFAULT_MAX_CONNECTIONS {
@@ -72,7 +73,7 @@ pub(crate) fn report(limit: u64, proxy_listeners: u64, configured: Option<usize>
                 "max_connections lowered from {DEFAULT_MAX_CONNECTIONS} to fit the open-files limit (a client's and an upstream connection's descriptor each): further clients wait in the listen backlog; raise the limit (LimitNOFILE, ulimit -n) or set max_connections"
             );
         }
-        return;
+        return cap;
     };
     let clients = proxy_listeners.saturating_mul(max_connections as u64);
     let served = for_connections(limit) / 2;
@@ -85,6 +86,7 @@ pub(crate) fn report(limit: u64, proxy_listeners: u64, configured: Option<usize>
             "the open-files limit is below what max_connections needs (a client's and an upstream connection's descriptor each): past about {served} busy client connections, requests that need a new upstream connection get 503; raise the limit (LimitNOFILE, ulimit -n) or lower max_connections"
         );
     }
+    cap
 }
 
 #[cfg(test)]
