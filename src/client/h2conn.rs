@@ -54,6 +54,12 @@ const MAX_ERROR_RESETS: usize = 1024;
 /// whose client left earlier is read to its end instead, for what remains
 /// of this, and reset only then.
 const MIN_STREAM_AGE: Duration = Duration::from_secs(1);
+/// Young streams kept at once on one connection (`Shared::hold`): a
+/// quarter of the streams the upstream allows at once, and at most this
+/// many. Past that a young stream is reset at once: held streams take the
+/// upstream's slots that every other client of the connection waits for,
+/// and a client that resets what it opens must not be able to fill them.
+const MAX_HELD: usize = 64;
 
 /// While requests are open, a PING this often; no PONG within
 /// `PONG_TIMEOUT` closes the connection (what hyper was set to: 20 s,
@@ -65,11 +71,56 @@ const PONG_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub(crate) struct H2Conn {
     send: SendRequest<Bytes>,
+    shared: Arc<Shared>,
+}
+
+/// What the connection's task, its handles and its streams share.
+#[derive(Debug)]
+struct Shared {
     /// Set when the connection task ended or a request found the
     /// connection unable to take streams (closed, or went away).
-    closed: Arc<AtomicBool>,
+    closed: AtomicBool,
     /// Requests whose response has not ended (or been dropped).
-    open: Arc<AtomicUsize>,
+    open: AtomicUsize,
+    /// Young streams kept from their reset (`Held`).
+    held: AtomicUsize,
+    /// The streams the upstream allows at once (its
+    /// SETTINGS_MAX_CONCURRENT_STREAMS), as the connection's task last saw.
+    max_streams: AtomicUsize,
+}
+
+impl Shared {
+    /// A place among the connection's held streams for a stream opened
+    /// at `opened`, and until when it is held: none when the stream is
+    /// old enough to be reset, or when the held streams already take
+    /// their share of the upstream's slots (`MAX_HELD`).
+    fn hold(
+        self: &Arc<Self>,
+        opened: tokio::time::Instant,
+    ) -> Option<(tokio::time::Instant, Held)> {
+        let until = opened + MIN_STREAM_AGE;
+        if tokio::time::Instant::now() >= until {
+            return None;
+        }
+        let budget = (self.max_streams.load(Ordering::Relaxed) / 4).min(MAX_HELD);
+        self.held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < budget).then_some(n + 1)
+            })
+            .ok()?;
+        Some((until, Held(self.clone())))
+    }
+}
+
+/// A young stream's place among the held ones (`Shared::hold`), given
+/// back when dropped.
+#[derive(Debug)]
+pub(crate) struct Held(Arc<Shared>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for H2Conn {
@@ -101,25 +152,36 @@ impl H2Conn {
                 addr,
                 source: e.into(),
             })?;
-        let closed = Arc::new(AtomicBool::new(false));
-        let open = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(Shared {
+            closed: AtomicBool::new(false),
+            open: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
+            max_streams: AtomicUsize::new(INITIAL_STREAMS),
+        });
         let ping = conn.ping_pong();
-        let (flag, busy) = (closed.clone(), open.clone());
+        let task = shared.clone();
         tokio::spawn(async move {
+            // The upstream's SETTINGS may change its limit at any frame.
+            let run = poll_fn(|cx| {
+                let polled = Pin::new(&mut conn).poll(cx);
+                let max = conn.max_concurrent_send_streams();
+                task.max_streams.store(max, Ordering::Relaxed);
+                polled
+            });
             let ended = tokio::select! {
-                ended = &mut conn => ended,
-                () = keep_alive(ping, busy) => Ok(()),
+                ended = run => ended,
+                () = keep_alive(ping, &task) => Ok(()),
             };
-            flag.store(true, Ordering::Relaxed);
+            task.closed.store(true, Ordering::Relaxed);
             if let Err(e) = ended {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
             }
         });
-        Ok(H2Conn { send, closed, open })
+        Ok(H2Conn { send, shared })
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Relaxed)
+        self.shared.closed.load(Ordering::Relaxed)
     }
 
     /// Sends `req` (HTTP/2 form: absolute URI, connection-specific fields
@@ -138,12 +200,9 @@ impl H2Conn {
         req: Request<ReqBody>,
         addr: SocketAddr,
     ) -> impl Future<Output = Result<Response<H2Body>, Failed>> {
-        let H2Conn {
-            mut send,
-            closed,
-            open,
-        } = self;
+        let H2Conn { mut send, shared } = self;
         async move {
+            let closed = &shared.closed;
             let broken = |e: h2::Error| {
                 if e.is_go_away() {
                     closed.store(true, Ordering::Relaxed);
@@ -168,7 +227,7 @@ impl H2Conn {
                 head.headers.insert(header::CONTENT_LENGTH, len.into());
             }
             let eos = body.is_end_stream();
-            let guard = Open::new(&open);
+            let guard = Open::new(&shared);
             let (response, stream) = send
                 .send_request(Request::from_parts(head, ()), eos)
                 .map_err(|e| Failed {
@@ -192,7 +251,7 @@ impl H2Conn {
             // body before its end, the pump is aborted: with its last handle
             // gone, h2 resets the stream (a young one after `MIN_STREAM_AGE`).
             let opened = tokio::time::Instant::now();
-            let pump = (!eos).then(|| Pump::spawn(body, stream, Open::new(&open), opened));
+            let pump = (!eos).then(|| Pump::spawn(body, stream, Open::new(&shared), opened));
             let response = Unanswered {
                 response: Some((response, guard)),
                 opened,
@@ -211,7 +270,8 @@ impl H2Conn {
 /// A stream's response on its way, and the stream's place among the
 /// connection's open ones. Dropped before the response came (the client
 /// left, or `request_timeout`), a stream younger than `MIN_STREAM_AGE` is
-/// kept open, and counted, with its answer read to its end until that age.
+/// kept open, and counted, with its answer read to its end until that age
+/// (when the connection's budget of held streams allows: `Shared::hold`).
 struct Unanswered {
     response: Option<(h2::client::ResponseFuture, Open)>,
     opened: tokio::time::Instant,
@@ -237,12 +297,11 @@ impl Future for Unanswered {
 
 impl Drop for Unanswered {
     fn drop(&mut self) {
-        let until = self.opened + MIN_STREAM_AGE;
         if let Some((response, open)) = self.response.take()
-            && tokio::time::Instant::now() < until
+            && let Some((until, held)) = open.0.hold(self.opened)
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            runtime.spawn(hold(response, open, self.opened));
+            runtime.spawn(hold(response, open, held, until, self.opened));
         }
     }
 }
@@ -252,8 +311,13 @@ impl Drop for Unanswered {
 /// by then is reset. An answer read to its end still leaves the request
 /// side open when the request's body did not end, so the stream is kept
 /// to that age either way.
-async fn hold(response: h2::client::ResponseFuture, open: Open, opened: tokio::time::Instant) {
-    let until = opened + MIN_STREAM_AGE;
+async fn hold(
+    response: h2::client::ResponseFuture,
+    open: Open,
+    _held: Held,
+    until: tokio::time::Instant,
+    opened: tokio::time::Instant,
+) {
     let mut kept = None;
     let _ = tokio::time::timeout_at(until, async {
         if let Ok(answer) = response.await {
@@ -353,18 +417,18 @@ impl std::fmt::Debug for Pump {
 }
 
 /// Counts a request as open until dropped.
-struct Open(Arc<AtomicUsize>);
+struct Open(Arc<Shared>);
 
 impl Open {
-    fn new(count: &Arc<AtomicUsize>) -> Open {
-        count.fetch_add(1, Ordering::Relaxed);
-        Open(count.clone())
+    fn new(shared: &Arc<Shared>) -> Open {
+        shared.open.fetch_add(1, Ordering::Relaxed);
+        Open(shared.clone())
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -376,13 +440,13 @@ impl std::fmt::Debug for Open {
 
 /// PINGs the peer every `PING_EVERY` while requests are `open`; returns
 /// when a PONG is late.
-async fn keep_alive(ping: Option<h2::PingPong>, open: Arc<AtomicUsize>) {
+async fn keep_alive(ping: Option<h2::PingPong>, shared: &Shared) {
     let Some(mut ping) = ping else {
         return std::future::pending().await;
     };
     loop {
         tokio::time::sleep(PING_EVERY).await;
-        if open.load(Ordering::Relaxed) == 0 {
+        if shared.open.load(Ordering::Relaxed) == 0 {
             continue;
         }
         if ping.send_ping(h2::Ping::opaque()).is_err() {
@@ -407,19 +471,22 @@ fn has_payload(method: &http::Method) -> bool {
 }
 
 /// Sends the request body within the window the upstream grants
-/// (`h2send`); a failing body resets the stream. `_open` keeps PINGs
+/// (`h2send`); a failing body resets the stream. `open` keeps PINGs
 /// going while an upload is under way.
 async fn pump(
     body: ReqBody,
     mut stream: SendStream<Bytes>,
-    _open: Open,
+    open: Open,
     opened: tokio::time::Instant,
 ) {
     let sent = crate::h2send::send_body(body, &mut stream, None, || {}, None).await;
     // The client's body failed, most often because the client left: the
-    // stream is reset, but not before it is `MIN_STREAM_AGE` old.
+    // stream is reset, but not before it is `MIN_STREAM_AGE` old when the
+    // connection's budget of held streams allows.
     if sent == Err(crate::h2send::Stop::Failed) {
-        tokio::time::sleep_until(opened + MIN_STREAM_AGE).await;
+        if let Some((until, _held)) = open.0.hold(opened) {
+            tokio::time::sleep_until(until).await;
+        }
         stream.send_reset(h2::Reason::CANCEL);
     }
 }
@@ -457,10 +524,11 @@ impl H2Body {
         }
     }
 
-    /// When the stream turns `MIN_STREAM_AGE` old: until then, a body
-    /// dropped before its end is read out rather than reset.
-    pub(crate) fn resettable_at(&self) -> tokio::time::Instant {
-        self.opened + MIN_STREAM_AGE
+    /// Until when a body dropped before its end is read out rather than
+    /// reset, and its place among the held streams: none when the stream
+    /// may be reset now (`Shared::hold`).
+    pub(crate) fn hold(&self) -> Option<(tokio::time::Instant, Held)> {
+        self._open.0.hold(self.opened)
     }
 
     fn ended(&mut self) {

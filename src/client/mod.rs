@@ -43,7 +43,7 @@ pub use body::{BodyTooLarge, Fault, ReqBody, Source};
 pub use h1::{H1Body, H1Conn};
 pub use h2conn::H2Body;
 use h2conn::H2Conn;
-pub(crate) use h2conn::read_out;
+pub(crate) use h2conn::{Held, read_out};
 pub use replay::{REPLAY_LIMIT, Replay, ReplayBody};
 
 /// Idle HTTP/1.1 connections kept per endpoint.

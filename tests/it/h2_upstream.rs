@@ -68,6 +68,15 @@ pub async fn slow(body: &'static [u8]) -> H2Upstream {
     serve(Some(body), Mode::Slow).await
 }
 
+/// Streams the `narrow` upstream allows at once.
+pub const NARROW_STREAMS: u32 = 8;
+
+/// An upstream that allows `NARROW_STREAMS` streams at once
+/// (SETTINGS_MAX_CONCURRENT_STREAMS) and otherwise answers as `start`.
+pub async fn narrow(body: &'static [u8]) -> H2Upstream {
+    serve(Some(body), Mode::Narrow).await
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Plain,
@@ -75,6 +84,7 @@ enum Mode {
     Early,
     Stall,
     Slow,
+    Narrow,
 }
 
 async fn serve(body: Option<&'static [u8]>, mode: Mode) -> H2Upstream {
@@ -93,7 +103,11 @@ async fn serve(body: Option<&'static [u8]>, mode: Mode) -> H2Upstream {
                     state: Frames::default(),
                     seen: seen.clone(),
                 };
-                let Ok(mut conn) = h2::server::handshake(io).await else {
+                let mut builder = h2::server::Builder::new();
+                if mode == Mode::Narrow {
+                    builder.max_concurrent_streams(NARROW_STREAMS);
+                }
+                let Ok(mut conn) = builder.handshake(io).await else {
                     return;
                 };
                 while let Some(Ok((req, mut respond))) = conn.accept().await {

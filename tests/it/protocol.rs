@@ -610,6 +610,46 @@ async fn an_upload_that_fails_right_away_makes_no_early_upstream_reset() {
 }
 
 #[tokio::test]
+async fn young_streams_held_from_reset_leave_the_upstream_slots_to_others() {
+    // A client fills every slot the upstream allows with uploads it resets
+    // at once. steer keeps a young stream from its reset only within a
+    // quarter of those slots: the others are reset now, and another
+    // client's request gets a slot without waiting out the held streams'
+    // second (`MIN_STREAM_AGE`).
+    let up = h2_upstream::narrow(b"ok").await;
+    let steer = Steer::start_ready(&route_to("up", up.addr, "h2c")).await;
+    let tcp = TcpStream::connect(steer.addr()).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut uploads = Vec::new();
+    for _ in 0..h2_upstream::NARROW_STREAMS {
+        let mut send = send.clone().ready().await.unwrap();
+        let req = http::Request::post(format!("http://{}/upload", steer.addr()))
+            .body(())
+            .unwrap();
+        let (answer, mut upload) = send.send_request(req, false).unwrap();
+        upload
+            .send_data(Bytes::from_static(b"part"), false)
+            .unwrap();
+        uploads.push((answer, upload));
+    }
+    let streams = u64::from(h2_upstream::NARROW_STREAMS);
+    in_flight_becomes(&steer.admin(), streams, "every slot taken").await;
+    for (_, upload) in &mut uploads {
+        upload.send_reset(h2::Reason::CANCEL);
+    }
+    drop(uploads);
+    let answer = tokio::time::timeout(Duration::from_secs(5), h2c_get(&steer).await).await;
+    assert_eq!(answer.expect("an answer").unwrap().status(), 200);
+    let opened = up.seen.first_request_at.lock().unwrap().unwrap();
+    let waited = opened.elapsed();
+    assert!(
+        waited < Duration::from_millis(900),
+        "the request waited {waited:?} for a slot"
+    );
+}
+
+#[tokio::test]
 async fn http2_answers_carry_a_date_as_http1_answers_do() {
     // RFC 9110 §6.6.1: a recipient that forwards a response without Date
     // adds one; an origin (steer's own answers) sends one.
