@@ -399,6 +399,14 @@ pub fn explain_route(config: &Config, run: &DryRun) -> Result<(String, bool), St
     } else {
         uri.path()
     };
+    // As the proxy does, before routing.
+    let normal = match config.proxy.normalize_path {
+        true => routing::normalize_path(path).map_err(|_| {
+            format!("`{path}` has a malformed percent-encoding (the proxy answers 400)")
+        })?,
+        false => None,
+    };
+    let path = normal.as_deref().unwrap_or(path);
     let view = RequestView {
         method: &method,
         host: host.as_deref(),

@@ -98,6 +98,22 @@ pub fn route_select(data: &[u8]) {
     let (path, query) = target
         .split_once('?')
         .map_or((target, None), |(p, q)| (p, Some(q)));
+    // The proxy routes the normal form: it must be normal, and stay a path.
+    let normal = routing::normalize_path(path).ok().flatten();
+    if let Some(normal) = &normal {
+        assert_eq!(
+            routing::normalize_path(normal),
+            Ok(None),
+            "not normal: {normal}"
+        );
+        assert!(normal.starts_with('/'), "not a path: {normal}");
+        assert!(
+            http::uri::PathAndQuery::try_from(normal.as_str()).is_ok()
+                || path.parse::<http::uri::PathAndQuery>().is_err(),
+            "a valid path normalised into an invalid one: {path} -> {normal}"
+        );
+    }
+    let path = normal.as_deref().unwrap_or(path);
     let headers = headers_from(f.get(3..).unwrap_or(&[]));
     let trusted = ["10.0.0.0/8".parse().unwrap_or_default()];
     let peer: IpAddr = IpAddr::from([10, 0, 0, 1]);

@@ -11,9 +11,9 @@
 //!    with the `h2` crate (`server::h2`), every socket under the send
 //!    deadline (`server::io`).
 //! 2. [`proxy::handle`] loads the live [`table::Table`] once (an `ArcSwap`
-//!    snapshot), checks the head (`proxy::request`: Host, framing, 421),
-//!    resolves the client IP, and asks [`routing`] for the first matching
-//!    route (404 when none).
+//!    snapshot), checks the head (`proxy::request`: Host, framing, 421,
+//!    the path's normal form), resolves the client IP, and asks
+//!    [`routing`] for the first matching route (404 when none).
 //! 3. The route's upstream (a split pick, then the split's other members,
 //!    then fallbacks) gives an endpoint through [`upstream`] balancing over
 //!    healthy endpoints (503 when none).
@@ -39,8 +39,8 @@
 //! - [`config`]: the only reader of TOML; validated domain types, errors
 //!   with FILE:LINE:COL; `config::read` reads the files it names (regular
 //!   files only, 16 MiB, a deadline).
-//! - [`routing`]: compiled route table and matchers, client-IP resolution.
-//!   Pure.
+//! - [`routing`]: compiled route table and matchers, client-IP resolution,
+//!   the path's normal form (RFC 3986). Pure.
 //! - [`upstream`]: upstreams, endpoints (health state, in-flight), balancing.
 //! - [`health`]: the threshold state machine and the probe tasks.
 //! - [`client`]: per-endpoint connection pools (HTTP/1.1, HTTP/2), upstream

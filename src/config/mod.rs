@@ -209,6 +209,9 @@ pub struct ProxySettings {
     pub response_idle_timeout: Duration,
     /// Keep request header fields whose names contain `_`.
     pub underscores_in_headers: bool,
+    /// Match and forward request paths in RFC 3986's normal form
+    /// (`routing::normalize_path`).
+    pub normalize_path: bool,
     /// The forwarding header that sets the client IP behind trusted proxies.
     pub client_ip_header: ClientIpHeader,
 }
@@ -235,6 +238,7 @@ impl Default for ProxySettings {
             tunnel_idle_timeout: Duration::from_secs(3600),
             response_idle_timeout: Duration::from_secs(300),
             underscores_in_headers: false,
+            normalize_path: true,
             client_ip_header: ClientIpHeader::XForwardedFor,
         }
     }

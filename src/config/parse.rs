@@ -57,6 +57,7 @@ const PROXY_KEYS: &[&str] = &[
     "tunnel_idle_timeout",
     "response_idle_timeout",
     "underscores_in_headers",
+    "normalize_path",
     "client_ip_header",
 ];
 const ADMIN_KEYS: &[&str] = &["allowed_hosts", "token_file"];
@@ -416,6 +417,9 @@ fn proxy(errors: &mut Errors, root: &Table<'_, '_>) -> ProxySettings {
         underscores_in_headers: table
             .bool(errors, "underscores_in_headers")
             .unwrap_or(defaults.underscores_in_headers),
+        normalize_path: table
+            .bool(errors, "normalize_path")
+            .unwrap_or(defaults.normalize_path),
         client_ip_header: match table.str(errors, "client_ip_header") {
             None => defaults.client_ip_header,
             Some((text, span)) => match text.to_ascii_lowercase().as_str() {

@@ -561,6 +561,7 @@ mod reference {
             tunnel_idle_timeout,
             response_idle_timeout,
             underscores_in_headers,
+            normalize_path,
             client_ip_header,
         } = ProxySettings::default();
         let proxy = "### `[proxy]`";
@@ -601,6 +602,7 @@ mod reference {
             "underscores_in_headers",
             &underscores_in_headers.to_string(),
         );
+        states_default(proxy, "normalize_path", &normalize_path.to_string());
         let header = match client_ip_header {
             super::super::ClientIpHeader::XForwardedFor => "\"x-forwarded-for\"",
             super::super::ClientIpHeader::Forwarded => "\"forwarded\"",

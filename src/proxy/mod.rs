@@ -200,6 +200,9 @@ fn proxy<'a>(
         if req.method() == http::Method::CONNECT {
             websocket_connect(table, req)?;
         }
+        if table.proxy.normalize_path {
+            request::normalize_path(req.uri_mut())?;
+        }
         let raw_host = raw_host?;
         let host = raw_host
             .as_ref()

@@ -173,6 +173,30 @@ pub(crate) fn covered(names: &[String], host: &str) -> bool {
     })
 }
 
+/// Puts the target's path in RFC 3986's normal form
+/// (`routing::normalize_path`) before routing: routes, their rate limits
+/// and body limits, `strip_prefix` and the upstream all see that one
+/// path. A `%` without two hex digits after it: 400.
+pub(crate) fn normalize_path(uri: &mut http::Uri) -> Result<(), ProxyError> {
+    let malformed = |_| ProxyError::BadRequest("the path has a malformed percent-encoding");
+    let Some(path) = crate::routing::normalize_path(uri.path()).map_err(malformed)? else {
+        return Ok(());
+    };
+    let target = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    let rebuilt = http::uri::PathAndQuery::try_from(target)
+        .ok()
+        .and_then(|pq| {
+            parts.path_and_query = Some(pq);
+            http::Uri::from_parts(parts).ok()
+        });
+    *uri = rebuilt.ok_or(ProxyError::BadRequest("the path cannot be normalised"))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@
 //! index found so far.
 
 mod client_ip;
+mod path;
 pub mod rollback;
 
 use std::borrow::Cow;
@@ -21,6 +22,7 @@ use http::{HeaderMap, Method};
 
 pub(crate) use client_ip::forwarded_for;
 pub use client_ip::{is_trusted as client_ip_trusted, resolve_client_ip};
+pub use path::{MalformedPath, normalize_path};
 
 use crate::config::{HostPattern, PathMatch, RouteSpec};
 

@@ -152,6 +152,21 @@ fn route_shows_split_and_client_ip_behind_a_trusted_proxy() {
 }
 
 #[test]
+fn route_matches_the_normal_form_of_the_path_as_the_proxy_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, GOOD);
+    let out = steer(&["route", &path, "GET", "http://other.io/x/../%75i/login"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("path=/ui/login"), "{text}");
+    assert!(text.contains("matched route \"split\""), "{text}");
+    let out = steer(&["route", &path, "GET", "http://other.io/%zz"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("malformed percent-encoding"), "{text}");
+}
+
+#[test]
 fn route_without_a_match_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(&dir, GOOD);

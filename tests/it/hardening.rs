@@ -161,6 +161,55 @@ async fn rate_limit_allows_the_burst_then_429_with_retry_after_per_key() {
 }
 
 #[tokio::test]
+async fn encoded_and_dotted_paths_meet_the_route_of_their_normal_form() {
+    // A limit on /oauth/v2/token is not sidestepped by a path that an
+    // upstream which decodes or cleans its paths reads as the same one.
+    let routes = "[[routes]]\nname = \"token\"\npath = \"/oauth/v2/token\"\nupstream = \"blue\"\nrate_limit = { requests = 1, per = \"1m\", burst = 1 }\n[[routes]]\nname = \"r\"\nupstream = \"blue\"\n";
+    let (_b, steer) = hardened("", routes).await;
+    let get = |path: &str| {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
+        let addr = steer.addr();
+        async move { raw(addr, head.as_bytes()).await }
+    };
+    assert_eq!(status_of(&get("/oauth/v2/token").await), 200);
+    for path in [
+        "/oauth/v2/%74oken",
+        "/oauth/v2/%74%6F%6b%65%6E",
+        "/oauth/v2/x/../token",
+        "/oauth/v2/./token",
+        "/x/%2E%2E/oauth/v2/token",
+        "/../oauth/v2/token?x=1",
+    ] {
+        assert_eq!(status_of(&get(path).await), 429, "{path}");
+    }
+    let h2 = send(
+        &h2c(),
+        request("GET", &steer.url("/oauth/v2/%74oken"))
+            .body(Default::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(h2.status, StatusCode::TOO_MANY_REQUESTS);
+    // The upstream gets the normal form too; a delimiter stays encoded.
+    let seen = get("/a/%62/../%63%2f?q=%41").await;
+    assert!(seen.contains(r#""path":"/a/c%2F""#), "{seen}");
+    assert!(seen.contains(r#""query":"q=%41""#), "{seen}");
+    // A `%` without two hex digits: 400 with the reason.
+    let malformed = get("/oauth/v2/%7token").await;
+    assert_eq!(status_of(&malformed), 400, "{malformed}");
+    assert!(
+        malformed.contains("malformed percent-encoding"),
+        "{malformed}"
+    );
+    // `normalize_path = false` matches and forwards the path as received.
+    let (_b, steer) = hardened("normalize_path = false", routes).await;
+    let head = b"GET /oauth/v2/%74oken HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n";
+    for _ in 0..2 {
+        assert_ne!(status_of(&raw(steer.addr(), head).await), 429);
+    }
+}
+
+#[tokio::test]
 async fn body_limit_gives_413_declared_or_streamed() {
     let routes = "[[routes]]\nname = \"r\"\nupstream = \"blue\"\nmax_body = \"1KiB\"\n";
     let (_b, steer) = hardened("", routes).await;
