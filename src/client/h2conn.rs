@@ -161,11 +161,17 @@ impl H2Conn {
         let ping = conn.ping_pong();
         let task = shared.clone();
         tokio::spawn(async move {
-            // The upstream's SETTINGS may change its limit at any frame.
+            // The upstream's SETTINGS may change its limit at any frame;
+            // reading it takes h2's lock, so it is read on the first polls
+            // (the upstream's first SETTINGS) and then on every 64th.
+            let mut polls = 0u32;
             let run = poll_fn(|cx| {
                 let polled = Pin::new(&mut conn).poll(cx);
-                let max = conn.max_concurrent_send_streams();
-                task.max_streams.store(max, Ordering::Relaxed);
+                if polls < 8 || polls.is_multiple_of(64) {
+                    let max = conn.max_concurrent_send_streams();
+                    task.max_streams.store(max, Ordering::Relaxed);
+                }
+                polls = polls.wrapping_add(1);
                 polled
             });
             let ended = tokio::select! {
