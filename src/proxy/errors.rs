@@ -112,6 +112,9 @@ impl Expects {
     }
 }
 
+/// How long a gRPC client should wait before it retries, in ms.
+const GRPC_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
 /// Maps an error to its response and logs it once.
 pub fn error_response(
     err: &ProxyError,
@@ -143,8 +146,13 @@ pub fn error_response(
     };
     resp.headers_mut().insert(X_REQUEST_ID, request_id.clone());
     if let Some(secs) = err.retry_after() {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        let h = resp.headers_mut();
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        // gRPC's retry design (gRFC A6): a client with a retry policy waits
+        // this long before it retries, instead of its own backoff.
+        if expects.grpc {
+            h.insert(GRPC_PUSHBACK, HeaderValue::from(secs.saturating_mul(1000)));
+        }
     }
     if expects.http1 && err.closes() {
         resp.headers_mut()

@@ -74,6 +74,39 @@ async fn grpc_server_stream_delivers_updates() {
 }
 
 #[tokio::test]
+async fn a_rate_limited_grpc_call_says_when_to_retry() {
+    // gRFC A6: grpc-retry-pushback-ms tells a client with a retry policy
+    // when to come back, as Retry-After does for HTTP clients.
+    let blue = upstream("blue").await;
+    let body = format!(
+        "{}[[routes]]\nname = \"grpc\"\nupstream = \"blue\"\nrate_limit = {{ requests = 1, per = \"1m\", burst = 1 }}\n",
+        upstream_toml("blue", blue.addr(), "h2c")
+    );
+    let steer = Steer::start_ready(&body).await;
+    let mut c = client(&steer).await;
+    let check = || HealthCheckRequest {
+        service: String::new(),
+    };
+    c.check(check()).await.unwrap();
+    let err = c.check(check()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    let meta = err.metadata();
+    let secs: u64 = meta
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pushback = meta
+        .get("grpc-retry-pushback-ms")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert_eq!(pushback, (secs * 1000).to_string(), "{meta:?}");
+}
+
+#[tokio::test]
 async fn steers_own_answers_reach_grpc_clients_as_grpc_statuses() {
     let blue = upstream("blue").await;
     let body = format!(
