@@ -54,12 +54,6 @@ const MAX_ERROR_RESETS: usize = 1024;
 /// whose client left earlier is read to its end instead, for what remains
 /// of this, and reset only then.
 const MIN_STREAM_AGE: Duration = Duration::from_secs(1);
-/// Young streams kept at once on one connection (`Shared::hold`): a
-/// quarter of the streams the upstream allows at once, and at most this
-/// many. Past that a young stream is reset at once: held streams take the
-/// upstream's slots that every other client of the connection waits for,
-/// and a client that resets what it opens must not be able to fill them.
-const MAX_HELD: usize = 64;
 
 /// While requests are open, a PING this often; no PONG within
 /// `PONG_TIMEOUT` closes the connection (what hyper was set to: 20 s,
@@ -80,47 +74,22 @@ struct Shared {
     /// Set when the connection task ended or a request found the
     /// connection unable to take streams (closed, or went away).
     closed: AtomicBool,
-    /// Requests whose response has not ended (or been dropped).
+    /// Requests whose response has not ended (or been dropped), and
+    /// uploads still under way: PINGs go out while there are any.
     open: AtomicUsize,
-    /// Young streams kept from their reset (`Held`).
-    held: AtomicUsize,
+    /// Streams reserved or opened and not yet let go, held young ones among
+    /// them (`H2Slot`): what the connection has of the upstream's slots.
+    streams: AtomicUsize,
     /// The streams the upstream allows at once (its
     /// SETTINGS_MAX_CONCURRENT_STREAMS), as the connection's task last saw.
     max_streams: AtomicUsize,
 }
 
-impl Shared {
-    /// A place among the connection's held streams for a stream opened
-    /// at `opened`, and until when it is held: none when the stream is
-    /// old enough to be reset, or when the held streams already take
-    /// their share of the upstream's slots (`MAX_HELD`).
-    fn hold(
-        self: &Arc<Self>,
-        opened: tokio::time::Instant,
-    ) -> Option<(tokio::time::Instant, Held)> {
-        let until = opened + MIN_STREAM_AGE;
-        if tokio::time::Instant::now() >= until {
-            return None;
-        }
-        let budget = (self.max_streams.load(Ordering::Relaxed) / 4).min(MAX_HELD);
-        self.held
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < budget).then_some(n + 1)
-            })
-            .ok()?;
-        Some((until, Held(self.clone())))
-    }
-}
-
-/// A young stream's place among the held ones (`Shared::hold`), given
-/// back when dropped.
-#[derive(Debug)]
-pub(crate) struct Held(Arc<Shared>);
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.0.held.fetch_sub(1, Ordering::Relaxed);
-    }
+/// Until when a stream opened at `opened` is kept from its reset
+/// (`MIN_STREAM_AGE`); none once it may be reset.
+fn young_until(opened: tokio::time::Instant) -> Option<tokio::time::Instant> {
+    let until = opened + MIN_STREAM_AGE;
+    (tokio::time::Instant::now() < until).then_some(until)
 }
 
 impl std::fmt::Debug for H2Conn {
@@ -155,7 +124,7 @@ impl H2Conn {
         let shared = Arc::new(Shared {
             closed: AtomicBool::new(false),
             open: AtomicUsize::new(0),
-            held: AtomicUsize::new(0),
+            streams: AtomicUsize::new(0),
             max_streams: AtomicUsize::new(INITIAL_STREAMS),
         });
         let ping = conn.ping_pong();
@@ -190,6 +159,63 @@ impl H2Conn {
         self.shared.closed.load(Ordering::Relaxed)
     }
 
+    /// Streams open on the connection.
+    pub(crate) fn streams(&self) -> usize {
+        self.shared.streams.load(Ordering::Relaxed)
+    }
+
+    /// A stream's place on this connection when one of the upstream's
+    /// slots is free: taken now, when the pool picks the connection, so
+    /// that a burst of requests spreads over connections instead of all
+    /// finding the same one with room (`client::Pool` opens another when
+    /// none has).
+    pub(crate) fn try_reserve(&self) -> Option<H2Slot> {
+        let max = self.shared.max_streams.load(Ordering::Relaxed);
+        if self.is_closed() {
+            return None;
+        }
+        let streams = &self.shared.streams;
+        (streams.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < max).then_some(n + 1)
+        }))
+        .ok()?;
+        Some(self.slot())
+    }
+
+    /// A stream's place on this connection, room or not (a fresh
+    /// connection, or the least busy one when every one is full: the
+    /// stream then waits in `h2` for a slot).
+    pub(crate) fn reserve(&self) -> H2Slot {
+        self.shared.streams.fetch_add(1, Ordering::Relaxed);
+        self.slot()
+    }
+
+    /// A slot for a stream already counted in `streams`.
+    fn slot(&self) -> H2Slot {
+        self.shared.open.fetch_add(1, Ordering::Relaxed);
+        H2Slot {
+            conn: self.clone(),
+            open: Open {
+                shared: self.shared.clone(),
+                stream: true,
+            },
+        }
+    }
+}
+
+/// A stream's place on a shared connection (`H2Conn::try_reserve`),
+/// counted among its streams from the pick until the stream is let go.
+#[derive(Debug)]
+pub(crate) struct H2Slot {
+    conn: H2Conn,
+    open: Open,
+}
+
+impl H2Slot {
+    pub(crate) fn conn(&self) -> &H2Conn {
+        &self.conn
+    }
+
     /// Sends `req` (HTTP/2 form: absolute URI, connection-specific fields
     /// already gone: `proxy::headers::strip_hop_by_hop`) on this handle
     /// (the pool's clone: a clone of `h2`'s handle takes its connection
@@ -206,7 +232,10 @@ impl H2Conn {
         req: Request<ReqBody>,
         addr: SocketAddr,
     ) -> impl Future<Output = Result<Response<H2Body>, Failed>> {
-        let H2Conn { mut send, shared } = self;
+        let H2Slot {
+            conn: H2Conn { mut send, shared },
+            open: guard,
+        } = self;
         async move {
             let closed = &shared.closed;
             let broken = |e: h2::Error| {
@@ -233,7 +262,6 @@ impl H2Conn {
                 head.headers.insert(header::CONTENT_LENGTH, len.into());
             }
             let eos = body.is_end_stream();
-            let guard = Open::new(&shared);
             let (response, stream) = send
                 .send_request(Request::from_parts(head, ()), eos)
                 .map_err(|e| Failed {
@@ -276,8 +304,9 @@ impl H2Conn {
 /// A stream's response on its way, and the stream's place among the
 /// connection's open ones. Dropped before the response came (the client
 /// left, or `request_timeout`), a stream younger than `MIN_STREAM_AGE` is
-/// kept open, and counted, with its answer read to its end until that age
-/// (when the connection's budget of held streams allows: `Shared::hold`).
+/// kept open, and counted, with its answer read to its end until that age:
+/// it keeps its slot, so new requests go to another connection when the
+/// upstream's slots are full (`client::Pool`).
 struct Unanswered {
     response: Option<(h2::client::ResponseFuture, Open)>,
     opened: tokio::time::Instant,
@@ -304,10 +333,10 @@ impl Future for Unanswered {
 impl Drop for Unanswered {
     fn drop(&mut self) {
         if let Some((response, open)) = self.response.take()
-            && let Some((until, held)) = open.0.hold(self.opened)
+            && let Some(until) = young_until(self.opened)
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            runtime.spawn(hold(response, open, held, until, self.opened));
+            runtime.spawn(hold(response, open, until, self.opened));
         }
     }
 }
@@ -320,7 +349,6 @@ impl Drop for Unanswered {
 async fn hold(
     response: h2::client::ResponseFuture,
     open: Open,
-    _held: Held,
     until: tokio::time::Instant,
     opened: tokio::time::Instant,
 ) {
@@ -422,19 +450,29 @@ impl std::fmt::Debug for Pump {
     }
 }
 
-/// Counts a request as open until dropped.
-struct Open(Arc<Shared>);
+/// Counts a request (or an upload) as open until dropped, and a stream
+/// among the connection's `streams` when made for an `H2Slot`.
+struct Open {
+    shared: Arc<Shared>,
+    stream: bool,
+}
 
 impl Open {
     fn new(shared: &Arc<Shared>) -> Open {
         shared.open.fetch_add(1, Ordering::Relaxed);
-        Open(shared.clone())
+        Open {
+            shared: shared.clone(),
+            stream: false,
+        }
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        if self.stream {
+            self.shared.streams.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -477,20 +515,19 @@ fn has_payload(method: &http::Method) -> bool {
 }
 
 /// Sends the request body within the window the upstream grants
-/// (`h2send`); a failing body resets the stream. `open` keeps PINGs
+/// (`h2send`); a failing body resets the stream. `_open` keeps PINGs
 /// going while an upload is under way.
 async fn pump(
     body: ReqBody,
     mut stream: SendStream<Bytes>,
-    open: Open,
+    _open: Open,
     opened: tokio::time::Instant,
 ) {
     let sent = crate::h2send::send_body(body, &mut stream, None, || {}, None).await;
     // The client's body failed, most often because the client left: the
-    // stream is reset, but not before it is `MIN_STREAM_AGE` old when the
-    // connection's budget of held streams allows.
+    // stream is reset, but not before it is `MIN_STREAM_AGE` old.
     if sent == Err(crate::h2send::Stop::Failed) {
-        if let Some((until, _held)) = open.0.hold(opened) {
+        if let Some(until) = young_until(opened) {
             tokio::time::sleep_until(until).await;
         }
         stream.send_reset(h2::Reason::CANCEL);
@@ -531,10 +568,9 @@ impl H2Body {
     }
 
     /// Until when a body dropped before its end is read out rather than
-    /// reset, and its place among the held streams: none when the stream
-    /// may be reset now (`Shared::hold`).
-    pub(crate) fn hold(&self) -> Option<(tokio::time::Instant, Held)> {
-        self._open.0.hold(self.opened)
+    /// reset: none when the stream may be reset now.
+    pub(crate) fn young_until(&self) -> Option<tokio::time::Instant> {
+        young_until(self.opened)
     }
 
     fn ended(&mut self) {

@@ -1,5 +1,5 @@
 //! The upstream HTTP client: one connection pool per endpoint (idle
-//! HTTP/1.1 connections, one shared HTTP/2 connection), over plain TCP or
+//! HTTP/1.1 connections, shared HTTP/2 connections), over plain TCP or
 //! TLS, used by the proxy and by health probes alike.
 //!
 //! Why not hyper-util's pooled `Client`: it takes the connection target and
@@ -42,12 +42,19 @@ mod replay;
 pub use body::{BodyTooLarge, Fault, ReqBody, Source};
 pub use h1::{H1Body, H1Conn};
 pub use h2conn::H2Body;
-use h2conn::H2Conn;
-pub(crate) use h2conn::{Held, read_out};
+pub(crate) use h2conn::read_out;
+use h2conn::{H2Conn, H2Slot};
 pub use replay::{REPLAY_LIMIT, Replay, ReplayBody};
 
 /// Idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_H1: usize = 256;
+/// HTTP/2 connections per endpoint. Requests share one; another opens only
+/// when every open one has all the streams the upstream allows at once
+/// (`H2Conn::try_reserve`), so that streams one client holds open (slow
+/// uploads, slow answers, young streams kept from their reset) cannot make
+/// every other client wait for a slot. Past this many, a request waits in
+/// `h2` for a slot on the least busy one.
+const MAX_H2_CONNS: usize = 16;
 /// An idle HTTP/1.1 connection older than this is closed rather than reused:
 /// upstreams (ZITADEL's Go server among them) close idle ones on their side.
 const IDLE_H1_TTL: Duration = Duration::from_secs(50);
@@ -218,12 +225,12 @@ pub struct Dial<'a> {
 #[derive(Debug, Default)]
 pub struct Pool {
     idle_h1: Mutex<Vec<(H1Conn, Instant)>>,
-    /// The shared HTTP/2 connection: read on every request without
-    /// waiting (never held across `.await`).
-    h2: Mutex<Option<H2Conn>>,
-    /// Held by the one request that opens the HTTP/2 connection, so that a
-    /// burst of first requests waits for that handshake instead of opening
-    /// one each.
+    /// The shared HTTP/2 connections (`MAX_H2_CONNS`): read on every
+    /// request without waiting (never held across `.await`).
+    h2: Mutex<Vec<H2Conn>>,
+    /// Held by the one request that opens an HTTP/2 connection, so that a
+    /// burst of requests waits for that handshake instead of opening one
+    /// each.
     h2_connect: tokio::sync::Mutex<()>,
 }
 
@@ -315,7 +322,7 @@ impl http_body::Body for RespBody {
 /// A fresh connection, by what its handshake (ALPN) settled on.
 enum Fresh {
     H1(H1Conn),
-    H2(H2Conn),
+    H2(H2Slot),
     Upgrade(UpgradeSender),
 }
 
@@ -343,23 +350,34 @@ impl Pool {
         }
     }
 
-    /// A live shared HTTP/2 connection, if there is one.
-    fn live_h2(&self) -> Option<H2Conn> {
-        self.h2
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .filter(|s| !s.is_closed())
-            .cloned()
+    /// A live shared HTTP/2 connection with room for a stream; none when
+    /// another should open (`MAX_H2_CONNS`), else the least busy one.
+    fn live_h2(&self) -> Option<H2Slot> {
+        let mut conns = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        conns.retain(|c| !c.is_closed());
+        if let Some(slot) = conns.iter().find_map(H2Conn::try_reserve) {
+            return Some(slot);
+        }
+        if conns.len() < MAX_H2_CONNS {
+            return None;
+        }
+        conns
+            .iter()
+            .min_by_key(|c| c.streams())
+            .map(H2Conn::reserve)
     }
 
     fn store_h2(&self, sender: &H2Conn) {
-        *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender.clone());
+        let mut conns = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        if conns.len() < MAX_H2_CONNS {
+            conns.push(sender.clone());
+        }
     }
 
-    /// Opens the shared HTTP/2 connection, or waits for the request that is
-    /// opening it. A waiter that finds none afterwards (that connect failed)
-    /// tries once itself rather than queueing behind a dead endpoint.
+    /// Opens a shared HTTP/2 connection, or waits for the request that is
+    /// opening one. A waiter that finds none with room afterwards (that
+    /// connect failed, or the new one filled) tries once itself rather than
+    /// queueing behind a dead endpoint.
     async fn shared_h2(&self, dial: Dial<'_>) -> Result<Fresh, ClientError> {
         let waited = match self.h2_connect.try_lock() {
             Ok(guard) => Some(guard),
@@ -373,7 +391,7 @@ impl Pool {
         };
         let fresh = connect(dial, false).await?;
         if let Fresh::H2(s) = &fresh {
-            self.store_h2(s);
+            self.store_h2(s.conn());
         }
         drop(waited);
         Ok(fresh)
@@ -452,7 +470,7 @@ impl Pool {
         mut fields: Option<HopFields>,
     ) -> Result<Sent, Failed> {
         let fresh = if wants_h2 {
-            // h2c, or https where ALPN may settle on h2: one shared connection.
+            // h2c, or https where ALPN may settle on h2: shared connections.
             self.shared_h2(dial).await
         } else {
             connect(dial, false).await
@@ -538,7 +556,7 @@ async fn send_hyper_h1(
 /// Not an `async fn`, and the send pinned where built: `crate::boxed`.
 #[allow(clippy::manual_async_fn)]
 fn send_h2(
-    sender: H2Conn,
+    sender: H2Slot,
     dial: Dial<'_>,
     req: Request<ReqBody>,
 ) -> impl Future<Output = Result<Sent, Failed>> {
@@ -651,7 +669,9 @@ async fn connect(dial: Dial<'_>, upgrade: bool) -> Result<Fresh, ClientError> {
                 })?
                 .map_err(|source| ClientError::Tls { addr, source })?;
             if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                H2Conn::handshake(stream, addr).await.map(Fresh::H2)
+                H2Conn::handshake(stream, addr)
+                    .await
+                    .map(|c| Fresh::H2(c.reserve()))
             } else if upgrade {
                 handshake_upgrade(stream, addr).await
             } else {
@@ -661,7 +681,9 @@ async fn connect(dial: Dial<'_>, upgrade: bool) -> Result<Fresh, ClientError> {
                 )))
             }
         }
-        (Protocol::H2c, _) if !upgrade => H2Conn::handshake(tcp, addr).await.map(Fresh::H2),
+        (Protocol::H2c, _) if !upgrade => H2Conn::handshake(tcp, addr)
+            .await
+            .map(|c| Fresh::H2(c.reserve())),
         // Never fall back to plaintext for an https upstream.
         (Protocol::Https, None) => Err(ClientError::Tls {
             addr,

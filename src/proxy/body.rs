@@ -251,16 +251,14 @@ impl Drop for UpstreamBody {
         // answer is read until the stream may be reset without making the
         // upstream end the connection (`MIN_STREAM_AGE`).
         let now = tokio::time::Instant::now();
-        let (until, held) = match inner.size_hint().exact() == Some(0) {
-            true => (now + END_STREAM_WAIT, None),
-            false => h2
-                .hold()
-                .map_or((now, None), |(until, held)| (until, Some(held))),
+        let until = match inner.size_hint().exact() == Some(0) {
+            true => now + END_STREAM_WAIT,
+            false => h2.young_until().unwrap_or(now),
         };
         let finished = self.finished.take();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) if until > now => {
-                runtime.spawn(await_end_stream(inner, finished, until, held));
+                runtime.spawn(await_end_stream(inner, finished, until));
             }
             _ => {
                 if let Some(f) = &finished {
@@ -274,13 +272,11 @@ impl Drop for UpstreamBody {
 /// Reads an HTTP/2 answer's remaining frames (its END_STREAM, maybe
 /// trailers) so that the stream closes without a reset; resets it (and
 /// counts it) if that takes until `until` or more than a stream window
-/// (`client::read_out`). `_held` is a young stream's place among its
-/// connection's held streams.
+/// (`client::read_out`).
 async fn await_end_stream(
     mut inner: RespBody,
     finished: Option<Finished>,
     until: tokio::time::Instant,
-    _held: Option<crate::client::Held>,
 ) {
     let ended = tokio::time::timeout_at(until, crate::client::read_out(&mut inner))
         .await

@@ -359,14 +359,18 @@ async fn a_post_on_a_connection_the_upstream_closes_unread_goes_to_the_fallback(
 }
 
 /// An h2c upstream that takes one stream at a time
-/// (`SETTINGS_MAX_CONCURRENT_STREAMS` 1), answers nothing, and drops its
-/// connection when `drop_now` is notified.
-async fn one_stream_upstream(drop_now: Arc<tokio::sync::Notify>) -> std::net::SocketAddr {
+/// (`SETTINGS_MAX_CONCURRENT_STREAMS` 1), counts the streams it accepts,
+/// answers nothing, and drops its connections when `drop_now` is notified.
+async fn one_stream_upstream(
+    drop_now: Arc<tokio::sync::Notify>,
+    taken: Arc<AtomicU64>,
+) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let drop_now = drop_now.clone();
+            let taken = taken.clone();
             tokio::spawn(async move {
                 let Ok(mut conn) = h2::server::Builder::new()
                     .max_concurrent_streams(1)
@@ -379,7 +383,10 @@ async fn one_stream_upstream(drop_now: Arc<tokio::sync::Notify>) -> std::net::So
                 loop {
                     tokio::select! {
                         accepted = conn.accept() => match accepted {
-                            Some(Ok(stream)) => held.push(stream),
+                            Some(Ok(stream)) => {
+                                taken.fetch_add(1, Ordering::Relaxed);
+                                held.push(stream);
+                            }
                             _ => return,
                         },
                         () = drop_now.notified() => return,
@@ -394,7 +401,8 @@ async fn one_stream_upstream(drop_now: Arc<tokio::sync::Notify>) -> std::net::So
 #[tokio::test]
 async fn a_request_whose_http2_stream_never_opened_goes_to_the_fallback() {
     let drop_now = Arc::new(tokio::sync::Notify::new());
-    let blue = one_stream_upstream(drop_now.clone()).await;
+    let accepted = Arc::new(AtomicU64::new(0));
+    let blue = one_stream_upstream(drop_now.clone(), accepted.clone()).await;
     let green = upstream("green").await;
     let body = format!(
         "{}{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\nfallback = [\"green\"]\n",
@@ -402,11 +410,19 @@ async fn a_request_whose_http2_stream_never_opened_goes_to_the_fallback() {
         upstream_toml("green", green.addr(), "http1")
     );
     let steer = Steer::start_ready(&body).await;
-    // The first request takes blue's only stream and gets no answer.
-    let get = request("GET", &steer.url("/demo/echo"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let first = tokio::spawn(async move { send(&http1(), get).await });
+    // GETs take the only stream of each connection steer opens to blue (16,
+    // its most per endpoint), one after another, and get no answer.
+    let mut firsts = Vec::new();
+    for n in 1..=16 {
+        let get = request("GET", &steer.url("/demo/echo"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        firsts.push(tokio::spawn(async move { send(&http1(), get).await }));
+        eventually("blue took the stream", || async {
+            accepted.load(Ordering::Relaxed) == n
+        })
+        .await;
+    }
     let admin = steer.admin();
     let in_flight = || async {
         let v = call(request("GET", &format!("{admin}/upstreams")))
@@ -414,8 +430,8 @@ async fn a_request_whose_http2_stream_never_opened_goes_to_the_fallback() {
             .json();
         v["upstreams"][0]["in_flight"].as_u64().unwrap_or(0)
     };
-    eventually("the first request is in flight", || async {
-        in_flight().await == 1
+    eventually("every connection's stream is taken", || async {
+        in_flight().await == 16
     })
     .await;
     // The token request waits in steer for a stream of its own.
@@ -423,12 +439,19 @@ async fn a_request_whose_http2_stream_never_opened_goes_to_the_fallback() {
         .body(Full::new(Bytes::from_static(b"token request")))
         .unwrap();
     let token = tokio::spawn(async move { send(&http1(), post).await });
-    eventually("both are in flight", || async { in_flight().await == 2 }).await;
+    eventually("all are in flight", || async { in_flight().await == 17 }).await;
     drop_now.notify_waiters();
     let token = token.await.unwrap();
     // Its stream never opened: nothing of it reached blue.
     assert_eq!(token.status, StatusCode::OK, "{}", token.text());
     assert_eq!(token.text(), "token request");
-    // The GET was sent and broke: being idempotent, it goes again.
-    assert_eq!(first.await.unwrap().status, StatusCode::OK);
+    // The GETs were sent and broke: being idempotent, they go again,
+    // within the retry budget (at least 10 a second).
+    let mut again = 0;
+    for first in firsts {
+        let status = first.await.unwrap().status;
+        assert!(matches!(status.as_u16(), 200 | 502), "{status}");
+        again += usize::from(status == StatusCode::OK);
+    }
+    assert!(again >= 10, "{again} of 16 went again");
 }

@@ -77,6 +77,17 @@ pub async fn narrow(body: &'static [u8]) -> H2Upstream {
     serve(Some(body), Mode::Narrow).await
 }
 
+/// How long the `lazy` upstream lets streams wait to be accepted.
+pub const LAZY_ACCEPT: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// An upstream that accepts streams only every `LAZY_ACCEPT` (reading
+/// frames meanwhile), as a busy server does, and otherwise answers as
+/// `start`. Its `h2` ends the connection (GOAWAY ENHANCE_YOUR_CALM) when
+/// the client resets 20 streams it has not accepted yet, as hyper does.
+pub async fn lazy(body: &'static [u8]) -> H2Upstream {
+    serve(Some(body), Mode::Lazy).await
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Plain,
@@ -85,6 +96,7 @@ enum Mode {
     Stall,
     Slow,
     Narrow,
+    Lazy,
 }
 
 async fn serve(body: Option<&'static [u8]>, mode: Mode) -> H2Upstream {
@@ -110,7 +122,7 @@ async fn serve(body: Option<&'static [u8]>, mode: Mode) -> H2Upstream {
                 let Ok(mut conn) = builder.handshake(io).await else {
                     return;
                 };
-                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                while let Some(Ok((req, mut respond))) = next_stream(&mut conn, mode).await {
                     if rotate {
                         conn.graceful_shutdown();
                     }
@@ -171,6 +183,31 @@ async fn serve(body: Option<&'static [u8]>, mode: Mode) -> H2Upstream {
         }
     });
     H2Upstream { addr, seen }
+}
+
+type Accepted = (
+    http::Request<h2::RecvStream>,
+    h2::server::SendResponse<Bytes>,
+);
+
+/// The next stream; in `Mode::Lazy`, only once it has waited
+/// `LAZY_ACCEPT` with the connection's frames read meanwhile, unless one
+/// is there to accept at once.
+async fn next_stream<T: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut h2::server::Connection<T, Bytes>,
+    mode: Mode,
+) -> Option<Result<Accepted, h2::Error>> {
+    if mode == Mode::Lazy {
+        let ready = std::future::poll_fn(|cx| Poll::Ready(conn.poll_accept(cx))).await;
+        if let Poll::Ready(next) = ready {
+            return next;
+        }
+        let idle = std::future::poll_fn(|cx| conn.poll_closed(cx));
+        if let Ok(closed) = tokio::time::timeout(LAZY_ACCEPT, idle).await {
+            return closed.err().map(Err);
+        }
+    }
+    conn.accept().await
 }
 
 /// Where the reader is in the stream of frames the client sends.

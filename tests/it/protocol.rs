@@ -609,15 +609,12 @@ async fn an_upload_that_fails_right_away_makes_no_early_upstream_reset() {
     assert!(held >= Duration::from_millis(900), "reset after {held:?}");
 }
 
-#[tokio::test]
-async fn young_streams_held_from_reset_leave_the_upstream_slots_to_others() {
-    // A client fills every slot the upstream allows with uploads it resets
-    // at once. steer keeps a young stream from its reset only within a
-    // quarter of those slots: the others are reset now, and another
-    // client's request gets a slot without waiting out the held streams'
-    // second (`MIN_STREAM_AGE`).
-    let up = h2_upstream::narrow(b"ok").await;
-    let steer = Steer::start_ready(&route_to("up", up.addr, "h2c")).await;
+/// `NARROW_STREAMS` uploads through `steer` on one client connection,
+/// each with a first part sent and never finished, all of them open at
+/// the upstream (in flight).
+async fn narrow_slots_taken(
+    steer: &Steer,
+) -> Vec<(h2::client::ResponseFuture, h2::SendStream<Bytes>)> {
     let tcp = TcpStream::connect(steer.addr()).await.unwrap();
     let (send, conn) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(conn);
@@ -635,18 +632,75 @@ async fn young_streams_held_from_reset_leave_the_upstream_slots_to_others() {
     }
     let streams = u64::from(h2_upstream::NARROW_STREAMS);
     in_flight_becomes(&steer.admin(), streams, "every slot taken").await;
-    for (_, upload) in &mut uploads {
-        upload.send_reset(h2::Reason::CANCEL);
+    uploads
+}
+
+#[tokio::test]
+async fn streams_one_client_holds_open_leave_other_clients_a_slot() {
+    // One client takes every slot the upstream allows on steer's shared
+    // connection: with uploads it never finishes, then with uploads it
+    // resets at once (steer keeps those streams for their first second,
+    // `MIN_STREAM_AGE`). Another client's request must not wait for those
+    // slots (a second, or request_timeout): steer opens another connection.
+    for reset in [false, true] {
+        let up = h2_upstream::narrow(b"ok").await;
+        let steer = Steer::start_ready(&route_to("up", up.addr, "h2c")).await;
+        let mut uploads = narrow_slots_taken(&steer).await;
+        if reset {
+            for (_, upload) in &mut uploads {
+                upload.send_reset(h2::Reason::CANCEL);
+            }
+            uploads.clear();
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(5), h2c_get(&steer).await).await;
+        assert_eq!(answer.expect("an answer in time").unwrap().status(), 200);
+        let opened = up.seen.first_request_at.lock().unwrap().unwrap();
+        let waited = opened.elapsed();
+        assert!(
+            waited < Duration::from_millis(900),
+            "reset {reset}: the request waited {waited:?} for a slot"
+        );
+        assert_eq!(up.seen.connections.load(Ordering::Relaxed), 2);
+        // Held streams are reset only when a second old.
+        if reset && up.seen.resets.load(Ordering::Relaxed) > 0 {
+            let held = first_reset_after(&up).await;
+            assert!(held >= Duration::from_millis(900), "reset after {held:?}");
+        }
     }
-    drop(uploads);
+}
+
+#[tokio::test]
+async fn resets_of_streams_the_upstream_has_not_accepted_yet_do_not_end_its_connection() {
+    // hyper's and h2's HTTP/2 servers end a connection on which 20 streams
+    // are reset before they have accepted them (a busy server accepts
+    // late). A client that opens 100 streams and resets them all at once
+    // must not make steer do that on the connection every client shares:
+    // steer keeps each young stream until it is a second old.
+    let up = h2_upstream::lazy(b"ok").await;
+    let steer = Steer::start_ready(&route_to("up", up.addr, "h2c")).await;
+    let tcp = TcpStream::connect(steer.addr()).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut answers = Vec::new();
+    for _ in 0..100 {
+        let mut send = send.clone().ready().await.unwrap();
+        let req = http::Request::get(format!("http://{}/", steer.addr()))
+            .body(())
+            .unwrap();
+        answers.push(send.send_request(req, true).unwrap().0);
+    }
+    in_flight_becomes(&steer.admin(), 100, "the streams opened upstream").await;
+    drop(answers); // 100 RST_STREAM(CANCEL) at once
+    // The upstream answers them once it accepts them; steer reads those
+    // answers, and the connection stays: the next request uses it.
+    eventually("the held streams answered", || async {
+        up.seen.answered.load(Ordering::Relaxed) == 100
+    })
+    .await;
     let answer = tokio::time::timeout(Duration::from_secs(5), h2c_get(&steer).await).await;
-    assert_eq!(answer.expect("an answer").unwrap().status(), 200);
-    let opened = up.seen.first_request_at.lock().unwrap().unwrap();
-    let waited = opened.elapsed();
-    assert!(
-        waited < Duration::from_millis(900),
-        "the request waited {waited:?} for a slot"
-    );
+    assert_eq!(answer.expect("an answer in time").unwrap().status(), 200);
+    assert_eq!(up.seen.connections.load(Ordering::Relaxed), 1);
+    assert_eq!(up.seen.resets.load(Ordering::Relaxed), 0);
 }
 
 #[tokio::test]
