@@ -407,6 +407,11 @@ pub fn explain_route(config: &Config, run: &DryRun) -> Result<(String, bool), St
         false => None,
     };
     let path = normal.as_deref().unwrap_or(path);
+    let decoded = match config.proxy.normalize_path {
+        true => routing::match_form(path),
+        false => None,
+    };
+    let path = decoded.as_deref().unwrap_or(path);
     let view = RequestView {
         method: &method,
         host: host.as_deref(),

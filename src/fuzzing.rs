@@ -114,6 +114,12 @@ pub fn route_select(data: &[u8]) {
         );
     }
     let path = normal.as_deref().unwrap_or(path);
+    let decoded = routing::match_form(path);
+    if let Some(decoded) = &decoded {
+        assert!(!decoded.contains("%2F"), "an encoded slash left: {decoded}");
+        assert!(decoded.starts_with('/'), "not a path: {decoded}");
+    }
+    let path = decoded.as_deref().unwrap_or(path);
     let headers = headers_from(f.get(3..).unwrap_or(&[]));
     let trusted = ["10.0.0.0/8".parse().unwrap_or_default()];
     let peer: IpAddr = IpAddr::from([10, 0, 0, 1]);

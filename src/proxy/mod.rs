@@ -200,6 +200,7 @@ fn proxy<'a>(
         if req.method() == http::Method::CONNECT {
             websocket_connect(table, req)?;
         }
+        request::check_target(req)?;
         if table.proxy.normalize_path {
             request::normalize_path(req.uri_mut())?;
         }
@@ -224,10 +225,14 @@ fn proxy<'a>(
             table.proxy.client_ip_header,
         );
         outcome.client_ip = Some(client_ip);
+        let decoded = match table.proxy.normalize_path {
+            true => routing::match_form(req.uri().path()),
+            false => None,
+        };
         let view = RequestView {
             method: req.method(),
             host: host.as_deref(),
-            path: req.uri().path(),
+            path: decoded.as_deref().unwrap_or(req.uri().path()),
             query: req.uri().query(),
             headers: req.headers(),
             client_ip,

@@ -173,6 +173,17 @@ pub(crate) fn covered(names: &[String], host: &str) -> bool {
     })
 }
 
+/// The asterisk-form target (`*`) is for `OPTIONS` only (RFC 9112 §3.2.4,
+/// RFC 9113 §8.3.1): any other method with it gets 400, not a route.
+pub(crate) fn check_target<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    if req.uri().path() == "*" && req.method() != http::Method::OPTIONS {
+        return Err(ProxyError::BadRequest(
+            "the asterisk-form target `*` is for OPTIONS only",
+        ));
+    }
+    Ok(())
+}
+
 /// Puts the target's path in RFC 3986's normal form
 /// (`routing::normalize_path`) before routing: routes, their rate limits
 /// and body limits, `strip_prefix` and the upstream all see that one

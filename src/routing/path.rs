@@ -6,6 +6,19 @@
 //! (`location`), Envoy (`normalize_path`) and HAProxy (`normalize-uri`)
 //! match on the normal form too.
 
+/// The form routes match a normal path in (`normalize_path`'s output):
+/// with `%2F` read as `/`, and the dot segments that makes removed. Go's
+/// servers decode `%2F` before they route (`url.URL.Path`: gorilla/mux,
+/// grpc-go's `ServeHTTP`, which serves ZITADEL's gRPC), so
+/// `/zitadel.session.v2.SessionService%2FCreateSession` reaches the method
+/// `…/CreateSession` names, and must meet its route and limits. The
+/// upstream still gets `%2F`: an upstream that tells the two apart keeps
+/// doing so. `None` when `path` has no `%2F`.
+pub fn match_form(path: &str) -> Option<String> {
+    path.contains("%2F")
+        .then(|| remove_dot_segments(&path.replace("%2F", "/")))
+}
+
 /// A `%` not followed by two hex digits (RFC 3986 §2.1): no upstream
 /// reads such a path as its client meant it.
 #[derive(Debug, PartialEq, Eq)]
@@ -143,6 +156,20 @@ mod tests {
         ] {
             assert_eq!(normalize_path(path), Ok(None), "{path}");
         }
+    }
+
+    #[test]
+    fn routes_read_an_encoded_slash_as_a_slash() {
+        assert_eq!(
+            match_form("/oauth%2Fv2%2Ftoken").as_deref(),
+            Some("/oauth/v2/token")
+        );
+        assert_eq!(match_form("/a%2F..%2Fb").as_deref(), Some("/b"));
+        assert_eq!(
+            match_form(&normal("/a%2f%2E%2E%2fb")).as_deref(),
+            Some("/b")
+        );
+        assert_eq!(match_form("/a/b%20c"), None);
     }
 
     #[test]

@@ -179,6 +179,11 @@ async fn encoded_and_dotted_paths_meet_the_route_of_their_normal_form() {
         "/oauth/v2/./token",
         "/x/%2E%2E/oauth/v2/token",
         "/../oauth/v2/token?x=1",
+        // Go's servers (grpc-go's ServeHTTP, gorilla/mux) decode %2F before
+        // they route.
+        "/oauth%2Fv2%2Ftoken",
+        "/oauth/v2%2ftoken",
+        "/oauth/v2/x%2F..%2Ftoken",
     ] {
         assert_eq!(status_of(&get(path).await), 429, "{path}");
     }
@@ -194,6 +199,13 @@ async fn encoded_and_dotted_paths_meet_the_route_of_their_normal_form() {
     let seen = get("/a/%62/../%63%2f?q=%41").await;
     assert!(seen.contains(r#""path":"/a/c%2F""#), "{seen}");
     assert!(seen.contains(r#""query":"q=%41""#), "{seen}");
+    // The asterisk-form is for OPTIONS only (RFC 9112 §3.2.4).
+    let star = get("*").await;
+    assert_eq!(status_of(&star), 400, "{star}");
+    assert!(star.contains("for OPTIONS only"), "{star}");
+    let head = "OPTIONS * HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n";
+    let options = raw(steer.addr(), head.as_bytes()).await;
+    assert_ne!(status_of(&options), 400, "{options}");
     // A `%` without two hex digits: 400 with the reason.
     let malformed = get("/oauth/v2/%7token").await;
     assert_eq!(status_of(&malformed), 400, "{malformed}");
