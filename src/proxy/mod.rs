@@ -225,19 +225,23 @@ fn proxy<'a>(
             table.proxy.client_ip_header,
         );
         outcome.client_ip = Some(client_ip);
-        let decoded = match table.proxy.normalize_path {
-            true => routing::match_form(req.uri().path()),
-            false => None,
+        // In a block of its own: what matching needs is not kept in this
+        // future across the forward's awaits.
+        let route = {
+            let decoded = match table.proxy.normalize_path {
+                true => routing::match_form(req.uri().path()),
+                false => None,
+            };
+            let view = RequestView {
+                method: req.method(),
+                host: host.as_deref(),
+                path: decoded.as_deref().unwrap_or(req.uri().path()),
+                query: req.uri().query(),
+                headers: req.headers(),
+                client_ip,
+            };
+            table.routes.select(&view).ok_or(ProxyError::NoRoute)?
         };
-        let view = RequestView {
-            method: req.method(),
-            host: host.as_deref(),
-            path: decoded.as_deref().unwrap_or(req.uri().path()),
-            query: req.uri().query(),
-            headers: req.headers(),
-            client_ip,
-        };
-        let route = table.routes.select(&view).ok_or(ProxyError::NoRoute)?;
         outcome.route = Some(route.index);
         if let Some(limiter) = table.limiters.get(route.index).and_then(Option::as_ref) {
             let ip_text;
