@@ -40,11 +40,12 @@ const CONN_WINDOW: u32 = 32 * 1024 * 1024;
 /// The other bounds hyper's client had by default (hyper 1.x
 /// `proto::h2::client::Config`): the largest response header list, what
 /// may wait in steer for the upstream's window, and streams opened before
-/// the upstream's SETTINGS arrive.
+/// the upstream's SETTINGS arrive (on an endpoint's first connection; the
+/// next ones take the limit the others learned: `client::Pool`).
 const MAX_HEADER_LIST: u32 = 16 * 1024;
 const MAX_FRAME: u32 = 16 * 1024;
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
-const INITIAL_STREAMS: usize = 100;
+pub(crate) const INITIAL_STREAMS: usize = 100;
 const MAX_ERROR_RESETS: usize = 1024;
 /// How old an upstream stream must be before steer resets it. Servers
 /// with rapid-reset protection end the connection of a client that resets
@@ -83,6 +84,9 @@ struct Shared {
     /// The streams the upstream allows at once (its
     /// SETTINGS_MAX_CONCURRENT_STREAMS), as the connection's task last saw.
     max_streams: AtomicUsize,
+    /// Requests the pool sent elsewhere while this connection, a spare,
+    /// had no stream (`H2Conn::idle_spare`).
+    idle_picks: std::sync::atomic::AtomicU32,
 }
 
 /// Until when a stream opened at `opened` is kept from its reset
@@ -101,8 +105,13 @@ impl std::fmt::Debug for H2Conn {
 }
 
 impl H2Conn {
-    /// The HTTP/2 handshake over `io`, and the connection's task.
-    pub(crate) async fn handshake<T>(io: T, addr: SocketAddr) -> Result<H2Conn, ClientError>
+    /// The HTTP/2 handshake over `io`, and the connection's task; until
+    /// the upstream's SETTINGS say otherwise, it may have `streams` open.
+    pub(crate) async fn handshake<T>(
+        io: T,
+        addr: SocketAddr,
+        streams: usize,
+    ) -> Result<H2Conn, ClientError>
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -112,7 +121,7 @@ impl H2Conn {
             .max_header_list_size(MAX_HEADER_LIST)
             .max_frame_size(MAX_FRAME)
             .max_send_buffer_size(MAX_SEND_BUFFER)
-            .initial_max_send_streams(INITIAL_STREAMS)
+            .initial_max_send_streams(streams)
             .max_local_error_reset_streams(Some(MAX_ERROR_RESETS))
             .enable_push(false)
             .handshake::<_, Bytes>(io)
@@ -125,7 +134,8 @@ impl H2Conn {
             closed: AtomicBool::new(false),
             open: AtomicUsize::new(0),
             streams: AtomicUsize::new(0),
-            max_streams: AtomicUsize::new(INITIAL_STREAMS),
+            idle_picks: std::sync::atomic::AtomicU32::new(0),
+            max_streams: AtomicUsize::new(streams),
         });
         let ping = conn.ping_pong();
         let task = shared.clone();
@@ -159,9 +169,25 @@ impl H2Conn {
         self.shared.closed.load(Ordering::Relaxed)
     }
 
+    /// The streams the upstream allows at once, as last seen.
+    pub(crate) fn max_streams(&self) -> usize {
+        self.shared.max_streams.load(Ordering::Relaxed)
+    }
+
     /// Streams open on the connection.
     pub(crate) fn streams(&self) -> usize {
         self.shared.streams.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request the pool sent elsewhere while this spare had no
+    /// stream; true once `picks` such requests came in a row.
+    pub(crate) fn idle_spare(&self, picks: u32) -> bool {
+        let idle = &self.shared.idle_picks;
+        if self.streams() > 0 {
+            idle.store(0, Ordering::Relaxed);
+            return false;
+        }
+        idle.fetch_add(1, Ordering::Relaxed) + 1 >= picks
     }
 
     /// A stream's place on this connection when one of the upstream's

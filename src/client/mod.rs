@@ -53,8 +53,15 @@ const MAX_IDLE_H1: usize = 256;
 /// (`H2Conn::try_reserve`), so that streams one client holds open (slow
 /// uploads, slow answers, young streams kept from their reset) cannot make
 /// every other client wait for a slot. Past this many, a request waits in
-/// `h2` for a slot on the least busy one.
+/// `h2` for a slot on the least busy one. Connections open one at a time
+/// (`Pool::shared_h2`), so a burst opens only as many as it fills.
 const MAX_H2_CONNS: usize = 16;
+/// A spare HTTP/2 connection (past the one requests go to) that stays
+/// empty while this many requests are sent is let go: requests fill the
+/// first connection with room, so a spare is only needed again in the
+/// next burst, and one kept idle meanwhile may have died unseen (no PINGs
+/// while idle, no probe reaches it).
+const SPARE_IDLE_PICKS: u32 = 1000;
 /// An idle HTTP/1.1 connection older than this is closed rather than reused:
 /// upstreams (ZITADEL's Go server among them) close idle ones on their side.
 const IDLE_H1_TTL: Duration = Duration::from_secs(50);
@@ -228,6 +235,9 @@ pub struct Pool {
     /// The shared HTTP/2 connections (`MAX_H2_CONNS`): read on every
     /// request without waiting (never held across `.await`).
     h2: Mutex<Vec<H2Conn>>,
+    /// The last HTTP/2 connect failed: requests waiting for it try their
+    /// own at once rather than one at a time behind a dead endpoint.
+    h2_failed: std::sync::atomic::AtomicBool,
     /// Held by the one request that opens an HTTP/2 connection, so that a
     /// burst of requests waits for that handshake instead of opening one
     /// each.
@@ -355,7 +365,18 @@ impl Pool {
     fn live_h2(&self) -> Option<H2Slot> {
         let mut conns = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
         conns.retain(|c| !c.is_closed());
-        if let Some(slot) = conns.iter().find_map(H2Conn::try_reserve) {
+        let found = conns
+            .iter()
+            .enumerate()
+            .find_map(|(i, c)| c.try_reserve().map(|slot| (i, slot)));
+        if let Some((used, slot)) = found {
+            if conns.len() > used + 1 {
+                let mut index = 0;
+                conns.retain(|c| {
+                    index += 1;
+                    index <= used + 1 || !c.idle_spare(SPARE_IDLE_PICKS)
+                });
+            }
             return Some(slot);
         }
         if conns.len() < MAX_H2_CONNS {
@@ -367,6 +388,16 @@ impl Pool {
             .map(H2Conn::reserve)
     }
 
+    /// The streams a new HTTP/2 connection may open before the upstream's
+    /// SETTINGS come: what the endpoint's other connections learned (a
+    /// server that allows 8 would refuse the 9th to 100th), else h2's
+    /// usual 100.
+    fn h2_streams(&self) -> usize {
+        let conns = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        let learned = conns.iter().map(H2Conn::max_streams).min();
+        learned.unwrap_or(h2conn::INITIAL_STREAMS).max(1)
+    }
+
     fn store_h2(&self, sender: &H2Conn) {
         let mut conns = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
         if conns.len() < MAX_H2_CONNS {
@@ -374,27 +405,33 @@ impl Pool {
         }
     }
 
-    /// Opens a shared HTTP/2 connection, or waits for the request that is
-    /// opening one. A waiter that finds none with room afterwards (that
-    /// connect failed, or the new one filled) tries once itself rather than
-    /// queueing behind a dead endpoint.
+    /// Opens a shared HTTP/2 connection, one at a time: a request waits
+    /// for the one opening, then takes a slot on it (or on another that
+    /// freed one), and opens the next only when none has room. After a
+    /// failed connect, a waiter tries its own at once rather than queueing
+    /// behind a dead endpoint.
     async fn shared_h2(&self, dial: Dial<'_>) -> Result<Fresh, ClientError> {
-        let waited = match self.h2_connect.try_lock() {
-            Ok(guard) => Some(guard),
+        let turn = match self.h2_connect.try_lock() {
+            Ok(turn) => Some(turn),
             Err(_) => {
-                let _turn = self.h2_connect.lock().await;
-                if let Some(s) = self.live_h2() {
-                    return Ok(Fresh::H2(s));
-                }
-                None
+                let turn = self.h2_connect.lock().await;
+                let failed = self.h2_failed.load(std::sync::atomic::Ordering::Relaxed);
+                (!failed).then_some(turn)
             }
         };
-        let fresh = connect(dial, false).await?;
-        if let Fresh::H2(s) = &fresh {
+        if let Some(s) = self.live_h2() {
+            return Ok(Fresh::H2(s));
+        }
+        let fresh = connect(dial, false, self.h2_streams()).await;
+        if turn.is_some() {
+            let failed = fresh.is_err();
+            self.h2_failed
+                .store(failed, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Ok(Fresh::H2(s)) = &fresh {
             self.store_h2(s.conn());
         }
-        drop(waited);
-        Ok(fresh)
+        fresh
     }
 
     /// Sends `req` (HTTP/1.1 form, or HTTP/2 form for an h2c endpoint:
@@ -460,8 +497,9 @@ impl Pool {
     }
 
     /// Sends `req` on a new connection (a connect is kilobytes of future
-    /// state: TCP, TLS handshake, HTTP handshake), or on the shared
-    /// HTTP/2 connection another request opened meanwhile.
+    /// state: TCP, TLS handshake, HTTP handshake), or on a shared HTTP/2
+    /// connection that another request opened, or that freed a slot,
+    /// meanwhile.
     async fn send_fresh(
         &self,
         dial: Dial<'_>,
@@ -473,7 +511,7 @@ impl Pool {
             // h2c, or https where ALPN may settle on h2: shared connections.
             self.shared_h2(dial).await
         } else {
-            connect(dial, false).await
+            connect(dial, false, h2conn::INITIAL_STREAMS).await
         };
         match fresh {
             Err(error) => Err(hand_back(
@@ -519,7 +557,7 @@ fn hand_back(mut failed: Failed, mut fields: Option<HopFields>) -> Failed {
 /// An upgrade (WebSocket) on a fresh hyper HTTP/1.1 connection, which
 /// hands the upgraded connection over after a 101.
 async fn send_upgrade(dial: Dial<'_>, req: Request<ReqBody>) -> Result<Sent, Failed> {
-    match connect(dial, true).await {
+    match connect(dial, true, h2conn::INITIAL_STREAMS).await {
         Ok(Fresh::Upgrade(sender)) => send_hyper_h1(sender, dial, req).await,
         Ok(_) => Err(Failed {
             error: ClientError::BadRequest {
@@ -638,10 +676,11 @@ fn to_h1(mut req: Request<ReqBody>) -> Request<ReqBody> {
     req
 }
 
-/// Connects to the endpoint: steer's own HTTP/1.1 connection, hyper's
-/// HTTP/2 (h2c, or https when ALPN says h2), or with `upgrade` hyper's
-/// HTTP/1.1 (TLS offers only http/1.1 then).
-async fn connect(dial: Dial<'_>, upgrade: bool) -> Result<Fresh, ClientError> {
+/// Connects to the endpoint: steer's own HTTP/1.1 connection, its HTTP/2
+/// one (h2c, or https when ALPN says h2; `h2_streams` open before the
+/// upstream's SETTINGS), or with `upgrade` hyper's HTTP/1.1 (TLS offers
+/// only http/1.1 then).
+async fn connect(dial: Dial<'_>, upgrade: bool, h2_streams: usize) -> Result<Fresh, ClientError> {
     let addr = dial.addr;
     let tcp = tokio::time::timeout(dial.connect_timeout, TcpStream::connect(addr))
         .await
@@ -669,7 +708,7 @@ async fn connect(dial: Dial<'_>, upgrade: bool) -> Result<Fresh, ClientError> {
                 })?
                 .map_err(|source| ClientError::Tls { addr, source })?;
             if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                H2Conn::handshake(stream, addr)
+                H2Conn::handshake(stream, addr, h2_streams)
                     .await
                     .map(|c| Fresh::H2(c.reserve()))
             } else if upgrade {
@@ -681,7 +720,7 @@ async fn connect(dial: Dial<'_>, upgrade: bool) -> Result<Fresh, ClientError> {
                 )))
             }
         }
-        (Protocol::H2c, _) if !upgrade => H2Conn::handshake(tcp, addr)
+        (Protocol::H2c, _) if !upgrade => H2Conn::handshake(tcp, addr, h2_streams)
             .await
             .map(|c| Fresh::H2(c.reserve())),
         // Never fall back to plaintext for an https upstream.

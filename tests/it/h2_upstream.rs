@@ -77,12 +77,18 @@ pub async fn narrow(body: &'static [u8]) -> H2Upstream {
     serve(Some(body), Mode::Narrow).await
 }
 
-/// How long the `lazy` upstream lets streams wait to be accepted.
-pub const LAZY_ACCEPT: std::time::Duration = std::time::Duration::from_millis(300);
+/// An upstream that allows `NARROW_STREAMS` streams at once and answers
+/// each 300 ms after it has read it.
+pub async fn narrow_slow(body: &'static [u8]) -> H2Upstream {
+    serve(Some(body), Mode::NarrowSlow).await
+}
 
-/// An upstream that accepts streams only every `LAZY_ACCEPT` (reading
-/// frames meanwhile), as a busy server does, and otherwise answers as
-/// `start`. Its `h2` ends the connection (GOAWAY ENHANCE_YOUR_CALM) when
+/// How long the `lazy` upstream lets a stream wait to be accepted.
+pub const LAZY_ACCEPT: std::time::Duration = std::time::Duration::from_millis(600);
+
+/// An upstream that, when no stream is waiting to be accepted, reads
+/// frames for `LAZY_ACCEPT` before it accepts the next (and then every one
+/// that came meanwhile), as a busy server does; it answers as `start`. Its `h2` ends the connection (GOAWAY ENHANCE_YOUR_CALM) when
 /// the client resets 20 streams it has not accepted yet, as hyper does.
 pub async fn lazy(body: &'static [u8]) -> H2Upstream {
     serve(Some(body), Mode::Lazy).await
@@ -96,6 +102,7 @@ enum Mode {
     Stall,
     Slow,
     Narrow,
+    NarrowSlow,
     Lazy,
 }
 
@@ -116,7 +123,7 @@ async fn serve(body: Option<&'static [u8]>, mode: Mode) -> H2Upstream {
                     seen: seen.clone(),
                 };
                 let mut builder = h2::server::Builder::new();
-                if mode == Mode::Narrow {
+                if matches!(mode, Mode::Narrow | Mode::NarrowSlow) {
                     builder.max_concurrent_streams(NARROW_STREAMS);
                 }
                 let Ok(mut conn) = builder.handshake(io).await else {
@@ -157,7 +164,7 @@ async fn serve(body: Option<&'static [u8]>, mode: Mode) -> H2Upstream {
                         if let Ok(Some(t)) = recv.trailers().await {
                             seen.trailers.lock().unwrap().push(t);
                         }
-                        if mode == Mode::Slow {
+                        if matches!(mode, Mode::Slow | Mode::NarrowSlow) {
                             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                         }
                         let resp = http::Response::builder()
