@@ -400,6 +400,8 @@ pub fn explain_route(config: &Config, run: &DryRun) -> Result<(String, bool), St
         uri.path()
     };
     // As the proxy does, before routing.
+    crate::proxy::check_target(&method, path)
+        .map_err(|e| format!("{e} (the proxy answers 400)"))?;
     let normal = match config.proxy.normalize_path {
         true => routing::normalize_path(path).map_err(|_| {
             format!("`{path}` has a malformed percent-encoding (the proxy answers 400)")

@@ -26,7 +26,7 @@ use body::{ClientUpgrade, UpstreamBody};
 pub use body::{ProxyBody, open_tunnels};
 pub use errors::{Expects, ProxyError, error_response};
 use headers::{Hop, HopCache, HopFields, X_REQUEST_ID};
-pub(crate) use request::drop_underscored;
+pub(crate) use request::{check_target, drop_underscored};
 pub use retry::RetryBudget;
 
 use crate::body::Inbound;
@@ -200,7 +200,7 @@ fn proxy<'a>(
         if req.method() == http::Method::CONNECT {
             websocket_connect(table, req)?;
         }
-        request::check_target(req)?;
+        request::check_target(req.method(), req.uri().path())?;
         if table.proxy.normalize_path {
             request::normalize_path(req.uri_mut())?;
         }
@@ -227,7 +227,7 @@ fn proxy<'a>(
         outcome.client_ip = Some(client_ip);
         // In a block of its own: what matching needs is not kept in this
         // future across the forward's awaits.
-        let route = {
+        let (route, unstrippable) = {
             let decoded = match table.proxy.normalize_path {
                 true => routing::match_form(req.uri().path()),
                 false => None,
@@ -240,8 +240,22 @@ fn proxy<'a>(
                 headers: req.headers(),
                 client_ip,
             };
-            table.routes.select(&view).ok_or(ProxyError::NoRoute)?
+            let route = table.routes.select(&view).ok_or(ProxyError::NoRoute)?;
+            // A `%2F` in the prefix the route strips: the path the upstream
+            // gets keeps `%2F`, so the prefix cannot be stripped from it.
+            let unstrippable = decoded.as_deref().is_some_and(|matched| {
+                route.spec.strip_prefix.as_deref().is_some_and(|prefix| {
+                    strip_at_boundary(matched, prefix).is_some()
+                        && strip_at_boundary(req.uri().path(), prefix).is_none()
+                })
+            });
+            (route, unstrippable)
         };
+        if unstrippable {
+            return Err(ProxyError::BadRequest(
+                "an encoded slash (%2F) in the prefix this route strips",
+            ));
+        }
         outcome.route = Some(route.index);
         if let Some(limiter) = table.limiters.get(route.index).and_then(Option::as_ref) {
             let ip_text;
@@ -414,11 +428,18 @@ fn weighted(
 /// The path sent upstream after `strip_prefix` (only at a segment boundary:
 /// `/api` strips `/api` and `/api/x`, not `/apix`).
 fn rewrite_path<'p>(path: &'p str, strip: Option<&str>) -> std::borrow::Cow<'p, str> {
-    match strip.and_then(|p| path.strip_prefix(p)) {
+    match strip.and_then(|p| strip_at_boundary(path, p)) {
         Some("") => "/".into(),
-        Some(rest) if rest.starts_with('/') => rest.into(),
-        _ => path.into(),
+        Some(rest) => rest.into(),
+        None => path.into(),
     }
+}
+
+/// What follows `prefix` in `path` when `path` starts with it at a segment
+/// boundary (`/api` in `/api` and `/api/x`, not in `/apix`).
+fn strip_at_boundary<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
+    path.strip_prefix(prefix)
+        .filter(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 fn upstream_uri(

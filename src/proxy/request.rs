@@ -175,8 +175,8 @@ pub(crate) fn covered(names: &[String], host: &str) -> bool {
 
 /// The asterisk-form target (`*`) is for `OPTIONS` only (RFC 9112 §3.2.4,
 /// RFC 9113 §8.3.1): any other method with it gets 400, not a route.
-pub(crate) fn check_target<B>(req: &Request<B>) -> Result<(), ProxyError> {
-    if req.uri().path() == "*" && req.method() != http::Method::OPTIONS {
+pub(crate) fn check_target(method: &http::Method, path: &str) -> Result<(), ProxyError> {
+    if path == "*" && method != http::Method::OPTIONS {
         return Err(ProxyError::BadRequest(
             "the asterisk-form target `*` is for OPTIONS only",
         ));
@@ -185,9 +185,10 @@ pub(crate) fn check_target<B>(req: &Request<B>) -> Result<(), ProxyError> {
 }
 
 /// Puts the target's path in RFC 3986's normal form
-/// (`routing::normalize_path`) before routing: routes, their rate limits
-/// and body limits, `strip_prefix` and the upstream all see that one
-/// path. A `%` without two hex digits after it: 400.
+/// (`routing::normalize_path`) before routing: the upstream gets that
+/// path, `strip_prefix` works on it, and routes with their rate limits and
+/// body limits match it with `%2F` read as `/` (`routing::match_form`).
+/// A `%` without two hex digits after it: 400.
 pub(crate) fn normalize_path(uri: &mut http::Uri) -> Result<(), ProxyError> {
     let malformed = |_| ProxyError::BadRequest("the path has a malformed percent-encoding");
     let Some(path) = crate::routing::normalize_path(uri.path()).map_err(malformed)? else {

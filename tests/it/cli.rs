@@ -164,6 +164,10 @@ fn route_matches_the_normal_form_of_the_path_as_the_proxy_does() {
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("malformed percent-encoding"), "{text}");
+    let out = steer(&["route", &path, "GET", "*"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("for OPTIONS only"), "{text}");
 }
 
 #[test]

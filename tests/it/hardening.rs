@@ -222,6 +222,26 @@ async fn encoded_and_dotted_paths_meet_the_route_of_their_normal_form() {
 }
 
 #[tokio::test]
+async fn a_prefix_matched_through_an_encoded_slash_is_not_forwarded_unstripped() {
+    // The route matches `/api%2Fv2` as `/api/v2`, but the upstream gets
+    // `%2F`, from which `/api` cannot be stripped: 400, not the path the
+    // route meant to rewrite. A `%2F` after the prefix is no matter.
+    let routes = "[[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nstrip_prefix = \"/api\"\nupstream = \"blue\"\n";
+    let (_b, steer) = hardened("", routes).await;
+    let get = |path: &str| {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
+        let addr = steer.addr();
+        async move { raw(addr, head.as_bytes()).await }
+    };
+    let refused = get("/api%2Fv2").await;
+    assert_eq!(status_of(&refused), 400, "{refused}");
+    assert!(refused.contains("encoded slash"), "{refused}");
+    let stripped = get("/api/v2%2fx").await;
+    assert_eq!(status_of(&stripped), 200, "{stripped}");
+    assert!(stripped.contains(r#""path":"/v2%2Fx""#), "{stripped}");
+}
+
+#[tokio::test]
 async fn body_limit_gives_413_declared_or_streamed() {
     let routes = "[[routes]]\nname = \"r\"\nupstream = \"blue\"\nmax_body = \"1KiB\"\n";
     let (_b, steer) = hardened("", routes).await;
