@@ -44,6 +44,7 @@ pub fn lint(config: &Config) -> Vec<Warning> {
     split_without_checks(config, &mut out);
     grpc_to_http1(config, &mut out);
     certificates(config, &mut out);
+    paths_not_normal(config, &mut out);
     out.sort_by_key(|w| w.at);
     out
 }
@@ -207,6 +208,40 @@ fn login_flow(config: &Config, out: &mut Vec<Warning>) {
                     summary.join(", ")
                 ),
             });
+        }
+    }
+}
+
+/// With `normalize_path` (the default) routes match the path's normal
+/// form, so a `path`, `path_prefix` or `strip_prefix` written otherwise
+/// (percent-encodings steer decodes or upper-cases, `%2F`, dot segments)
+/// never matches: most likely a config written for raw matching.
+fn paths_not_normal(config: &Config, out: &mut Vec<Warning>) {
+    if !config.proxy.normalize_path {
+        return;
+    }
+    let matched = |p: &str| {
+        let normal = crate::routing::normalize_path(p).ok().flatten();
+        let normal = normal.as_deref().unwrap_or(p);
+        crate::routing::match_form(normal).unwrap_or_else(|| normal.to_owned())
+    };
+    for r in &config.routes {
+        let path = match &r.path {
+            Some(PathMatch::Exact(p) | PathMatch::Prefix(p)) => Some(("path", p)),
+            _ => None,
+        };
+        let strip = r.strip_prefix.as_ref().map(|p| ("strip_prefix", p));
+        for (key, p) in path.into_iter().chain(strip) {
+            let normal = matched(p);
+            if normal != *p {
+                out.push(Warning {
+                    at: r.at,
+                    message: format!(
+                        "route `{}`: {key} `{p}` is not in normal form, and requests are matched in normal form (normalize_path): it never matches; write `{normal}`, or set normalize_path = false",
+                        r.name
+                    ),
+                });
+            }
         }
     }
 }

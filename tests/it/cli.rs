@@ -171,6 +171,33 @@ fn route_matches_the_normal_form_of_the_path_as_the_proxy_does() {
 }
 
 #[test]
+fn check_warns_of_route_paths_that_normal_matching_never_meets() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = GOOD.replace(
+        "path_prefix = \"/ui/\"",
+        "path_prefix = \"/ui%2Fv2/./login\"\nstrip_prefix = \"/%75i\"",
+    );
+    let path = write(&dir, &routes);
+    let out = steer(&["check", &path]);
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("path `/ui%2Fv2/./login` is not in normal form")
+            && text.contains("write `/ui/v2/login`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("strip_prefix `/%75i` is not in normal form"),
+        "{text}"
+    );
+    // Matching the raw path, they are what they say.
+    let raw = routes.replace("[proxy]\n", "[proxy]\nnormalize_path = false\n");
+    let path = write(&dir, &raw);
+    let out = steer(&["check", &path]);
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains("normal form"), "{text}");
+}
+
+#[test]
 fn route_without_a_match_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(&dir, GOOD);

@@ -22,6 +22,13 @@ async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `GET path` as the request target, byte for byte (no client library
+/// normalises it), on a connection of its own.
+async fn get_raw(addr: std::net::SocketAddr, path: &str) -> String {
+    let head = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
+    raw(addr, head.as_bytes()).await
+}
+
 fn status_of(answer: &str) -> u16 {
     answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
@@ -166,11 +173,7 @@ async fn encoded_and_dotted_paths_meet_the_route_of_their_normal_form() {
     // upstream which decodes or cleans its paths reads as the same one.
     let routes = "[[routes]]\nname = \"token\"\npath = \"/oauth/v2/token\"\nupstream = \"blue\"\nrate_limit = { requests = 1, per = \"1m\", burst = 1 }\n[[routes]]\nname = \"r\"\nupstream = \"blue\"\n";
     let (_b, steer) = hardened("", routes).await;
-    let get = |path: &str| {
-        let head = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
-        let addr = steer.addr();
-        async move { raw(addr, head.as_bytes()).await }
-    };
+    let get = |path: &'static str| get_raw(steer.addr(), path);
     assert_eq!(status_of(&get("/oauth/v2/token").await), 200);
     for path in [
         "/oauth/v2/%74oken",
@@ -228,11 +231,7 @@ async fn a_prefix_matched_through_an_encoded_slash_is_not_forwarded_unstripped()
     // route meant to rewrite. A `%2F` after the prefix is no matter.
     let routes = "[[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nstrip_prefix = \"/api\"\nupstream = \"blue\"\n";
     let (_b, steer) = hardened("", routes).await;
-    let get = |path: &str| {
-        let head = format!("GET {path} HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n");
-        let addr = steer.addr();
-        async move { raw(addr, head.as_bytes()).await }
-    };
+    let get = |path: &'static str| get_raw(steer.addr(), path);
     let refused = get("/api%2Fv2").await;
     assert_eq!(status_of(&refused), 400, "{refused}");
     assert!(refused.contains("encoded slash"), "{refused}");
