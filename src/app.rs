@@ -402,18 +402,13 @@ pub fn explain_route(config: &Config, run: &DryRun) -> Result<(String, bool), St
     // As the proxy does, before routing.
     crate::proxy::check_target(&method, path)
         .map_err(|e| format!("{e} (the proxy answers 400)"))?;
-    let normal = match config.proxy.normalize_path {
-        true => routing::normalize_path(path).map_err(|_| {
+    let matched = match config.proxy.normalize_path {
+        true => routing::route_form(path).map_err(|_| {
             format!("`{path}` has a malformed percent-encoding (the proxy answers 400)")
         })?,
         false => None,
     };
-    let path = normal.as_deref().unwrap_or(path);
-    let decoded = match config.proxy.normalize_path {
-        true => routing::match_form(path),
-        false => None,
-    };
-    let path = decoded.as_deref().unwrap_or(path);
+    let path = matched.as_deref().unwrap_or(path);
     let view = RequestView {
         method: &method,
         host: host.as_deref(),

@@ -14,7 +14,7 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -86,7 +86,7 @@ struct Shared {
     max_streams: AtomicUsize,
     /// Requests the pool sent elsewhere while this connection, a spare,
     /// had no stream (`H2Conn::idle_spare`).
-    idle_picks: std::sync::atomic::AtomicU32,
+    idle_picks: AtomicU32,
 }
 
 /// Until when a stream opened at `opened` is kept from its reset
@@ -134,7 +134,7 @@ impl H2Conn {
             closed: AtomicBool::new(false),
             open: AtomicUsize::new(0),
             streams: AtomicUsize::new(0),
-            idle_picks: std::sync::atomic::AtomicU32::new(0),
+            idle_picks: AtomicU32::new(0),
             max_streams: AtomicUsize::new(streams),
         });
         let ping = conn.ping_pong();

@@ -17,6 +17,7 @@
 //! HTTP/1.1 connection, which hands the upgraded socket over.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -237,7 +238,7 @@ pub struct Pool {
     h2: Mutex<Vec<H2Conn>>,
     /// The last HTTP/2 connect failed: requests waiting for it try their
     /// own at once rather than one at a time behind a dead endpoint.
-    h2_failed: std::sync::atomic::AtomicBool,
+    h2_failed: AtomicBool,
     /// Held by the one request that opens an HTTP/2 connection, so that a
     /// burst of requests waits for that handshake instead of opening one
     /// each.
@@ -370,12 +371,10 @@ impl Pool {
             .enumerate()
             .find_map(|(i, c)| c.try_reserve().map(|slot| (i, slot)));
         if let Some((used, slot)) = found {
-            if conns.len() > used + 1 {
-                let mut index = 0;
-                conns.retain(|c| {
-                    index += 1;
-                    index <= used + 1 || !c.idle_spare(SPARE_IDLE_PICKS)
-                });
+            for spare in (used + 1..conns.len()).rev() {
+                if conns[spare].idle_spare(SPARE_IDLE_PICKS) {
+                    conns.remove(spare);
+                }
             }
             return Some(slot);
         }
@@ -415,7 +414,7 @@ impl Pool {
             Ok(turn) => Some(turn),
             Err(_) => {
                 let turn = self.h2_connect.lock().await;
-                let failed = self.h2_failed.load(std::sync::atomic::Ordering::Relaxed);
+                let failed = self.h2_failed.load(Ordering::Relaxed);
                 (!failed).then_some(turn)
             }
         };
@@ -425,8 +424,7 @@ impl Pool {
         let fresh = connect(dial, false, self.h2_streams()).await;
         if turn.is_some() {
             let failed = fresh.is_err();
-            self.h2_failed
-                .store(failed, std::sync::atomic::Ordering::Relaxed);
+            self.h2_failed.store(failed, Ordering::Relaxed);
         }
         if let Ok(Fresh::H2(s)) = &fresh {
             self.store_h2(s.conn());

@@ -220,11 +220,6 @@ fn paths_not_normal(config: &Config, out: &mut Vec<Warning>) {
     if !config.proxy.normalize_path {
         return;
     }
-    let matched = |p: &str| {
-        let normal = crate::routing::normalize_path(p).ok().flatten();
-        let normal = normal.as_deref().unwrap_or(p);
-        crate::routing::match_form(normal).unwrap_or_else(|| normal.to_owned())
-    };
     for r in &config.routes {
         let path = match &r.path {
             Some(PathMatch::Exact(p) | PathMatch::Prefix(p)) => Some(("path", p)),
@@ -232,8 +227,7 @@ fn paths_not_normal(config: &Config, out: &mut Vec<Warning>) {
         };
         let strip = r.strip_prefix.as_ref().map(|p| ("strip_prefix", p));
         for (key, p) in path.into_iter().chain(strip) {
-            let normal = matched(p);
-            if normal != *p {
+            if let Ok(Some(normal)) = crate::routing::route_form(p) {
                 out.push(Warning {
                     at: r.at,
                     message: format!(

@@ -243,12 +243,13 @@ fn proxy<'a>(
             let route = table.routes.select(&view).ok_or(ProxyError::NoRoute)?;
             // A `%2F` in the prefix the route strips: the path the upstream
             // gets keeps `%2F`, so the prefix cannot be stripped from it.
-            let unstrippable = decoded.as_deref().is_some_and(|matched| {
-                route.spec.strip_prefix.as_deref().is_some_and(|prefix| {
+            let unstrippable = match (decoded.as_deref(), route.spec.strip_prefix.as_deref()) {
+                (Some(matched), Some(prefix)) => {
                     strip_at_boundary(matched, prefix).is_some()
                         && strip_at_boundary(req.uri().path(), prefix).is_none()
-                })
-            });
+                }
+                _ => false,
+            };
             (route, unstrippable)
         };
         if unstrippable {

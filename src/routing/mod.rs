@@ -22,7 +22,7 @@ use http::{HeaderMap, Method};
 
 pub(crate) use client_ip::forwarded_for;
 pub use client_ip::{is_trusted as client_ip_trusted, resolve_client_ip};
-pub use path::{MalformedPath, match_form, normalize_path};
+pub use path::{MalformedPath, match_form, normalize_path, route_form};
 
 use crate::config::{HostPattern, PathMatch, RouteSpec};
 

@@ -6,6 +6,16 @@
 //! (`location`), Envoy (`normalize_path`) and HAProxy (`normalize-uri`)
 //! match on the normal form too.
 
+/// The form routes match `path` in, from the path as received:
+/// `match_form` of its normal form (`normalize_path`); `None` when that is
+/// `path` itself. For what reads a path outside a request (`steer route`,
+/// the config lints); the proxy keeps the normal form too, for upstream.
+pub fn route_form(path: &str) -> Result<Option<String>, MalformedPath> {
+    let normal = normalize_path(path)?;
+    let base = normal.as_deref().unwrap_or(path);
+    Ok(match_form(base).or(normal))
+}
+
 /// The form routes match a normal path in (`normalize_path`'s output):
 /// with `%2F` read as `/`, and the dot segments that makes removed. Go's
 /// servers decode `%2F` before they route (`url.URL.Path`: gorilla/mux,

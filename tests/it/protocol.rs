@@ -534,11 +534,17 @@ async fn an_upload_on_its_way_keeps_a_quiet_answer_alive() {
     assert!(answer.windows(2).any(|w| w == b"ok"));
 }
 
-/// A GET / over a new h2c connection to `steer`: its answer on the way.
-async fn h2c_get(steer: &Steer) -> h2::client::ResponseFuture {
-    let tcp = TcpStream::connect(steer.addr()).await.unwrap();
+/// A new h2c (prior knowledge) connection to `addr`, driven by a task.
+async fn h2c_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
     let (send, conn) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(conn);
+    send
+}
+
+/// A GET / over a new h2c connection to `steer`: its answer on the way.
+async fn h2c_get(steer: &Steer) -> h2::client::ResponseFuture {
+    let send = h2c_client(steer.addr()).await;
     let req = http::Request::get(format!("http://{}/", steer.addr()))
         .body(())
         .unwrap();
@@ -615,9 +621,7 @@ async fn an_upload_that_fails_right_away_makes_no_early_upstream_reset() {
 async fn narrow_slots_taken(
     steer: &Steer,
 ) -> Vec<(h2::client::ResponseFuture, h2::SendStream<Bytes>)> {
-    let tcp = TcpStream::connect(steer.addr()).await.unwrap();
-    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
+    let send = h2c_client(steer.addr()).await;
     let mut uploads = Vec::new();
     for _ in 0..h2_upstream::NARROW_STREAMS {
         let mut send = send.clone().ready().await.unwrap();
@@ -676,9 +680,7 @@ async fn a_burst_opens_only_the_upstream_connections_it_fills() {
     // one per request that found the others full.
     let up = h2_upstream::narrow_slow(b"ok").await;
     let steer = Steer::start_ready(&route_to("up", up.addr, "h2c")).await;
-    let tcp = TcpStream::connect(steer.addr()).await.unwrap();
-    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
+    let send = h2c_client(steer.addr()).await;
     let get = |send: h2::client::SendRequest<Bytes>| async move {
         let mut send = send.ready().await.unwrap();
         let req = http::Request::get("http://auth.example.com/")
@@ -718,9 +720,7 @@ async fn resets_of_streams_the_upstream_has_not_accepted_yet_do_not_end_its_conn
     // steer keeps each young stream until it is a second old.
     let up = h2_upstream::lazy(b"ok").await;
     let steer = Steer::start_ready(&route_to("up", up.addr, "h2c")).await;
-    let tcp = TcpStream::connect(steer.addr()).await.unwrap();
-    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
+    let send = h2c_client(steer.addr()).await;
     let mut answers = Vec::new();
     for _ in 0..100 {
         let mut send = send.clone().ready().await.unwrap();
@@ -753,9 +753,7 @@ async fn http2_answers_carry_a_date_as_http1_answers_do() {
         upstream_toml("up", up, "http1").replace("protocol", "health = false\nprotocol")
     );
     let steer = Steer::start_ready(&body).await;
-    let tcp = TcpStream::connect(steer.addr()).await.unwrap();
-    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
+    let send = h2c_client(steer.addr()).await;
     for (authority, status) in [("auth.example.com", 200), ("unrouted.example.com", 404)] {
         let req = http::Request::get(format!("http://{authority}/"))
             .body(())
@@ -815,9 +813,7 @@ async fn an_upstream_that_stops_sending_its_body_is_cut_off() {
 async fn unfinished_upload_started(
     addr: SocketAddr,
 ) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
+    let send = h2c_client(addr).await;
     let mut send = send.ready().await.unwrap();
     let req = http::Request::post(format!("http://{addr}/upload"))
         .body(())
