@@ -8,17 +8,19 @@
 //! stream and awaits the response head; only a request with a body gets a
 //! task of its own, which sends the body within the upstream's window.
 //! The connection itself runs in one task that also keeps it alive with
-//! PINGs.
+//! PINGs, and checks it with one before a request goes out on it after a
+//! quiet spell (`QUIET`).
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
 use http::{HeaderMap, Request, Response, header};
@@ -61,6 +63,19 @@ const MIN_STREAM_AGE: Duration = Duration::from_secs(1);
 /// 10 s, not while idle: gRPC servers punish PINGs on idle connections).
 const PING_EVERY: Duration = Duration::from_secs(20);
 const PONG_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that has sent steer nothing (no response head, no PONG)
+/// for this long is checked with a PING before a request goes out on it,
+/// and the request waits for the PONG (up to `connect_timeout`, what a new
+/// connection would get for its round trip). An idle connection can die
+/// unseen: a NAT or a balancer on the way forgets it, the upstream's node
+/// goes away, and no FIN or reset comes. Sent on it, a request would wait
+/// until `request_timeout`, and could not go elsewhere then (it may have
+/// been processed); checked first, it goes out on a new connection
+/// instead, unsent. A busy connection is never checked; a quiet one costs
+/// its first request one round trip. gRPC servers count a PING on a
+/// connection without streams as a strike, but forgive strikes once they
+/// send a response, which the request after the PONG brings.
+const QUIET: Duration = Duration::from_secs(5);
 
 /// One HTTP/2 connection to an endpoint, shared by its requests.
 #[derive(Clone)]
@@ -87,6 +102,62 @@ struct Shared {
     /// Requests the pool sent elsewhere while this connection, a spare,
     /// had no stream (`H2Conn::idle_spare`).
     idle_picks: AtomicU32,
+    /// When the connection started, and when the upstream was last heard
+    /// from (ms after `started`): a response head (counted from when its
+    /// request went out) or a PONG.
+    started: tokio::time::Instant,
+    heard_ms: AtomicU64,
+    /// A request asks the connection's task for a PING (`QUIET`): `ping`
+    /// goes from `PING_IDLE` to `PING_ASKED` (unless one is on its way)
+    /// and wakes `ask`; the request waits for the PONG at `pong`. An atomic
+    /// and a waker, not a `Notify`: the task polls them at each of its
+    /// wake-ups, several a request, and a `Notify` takes a lock to be polled.
+    ping: AtomicU8,
+    ask: AtomicWaker,
+    pong: tokio::sync::Notify,
+}
+
+const PING_IDLE: u8 = 0;
+const PING_ASKED: u8 = 1;
+const PING_SENT: u8 = 2;
+
+impl Shared {
+    fn ms_at(&self, at: tokio::time::Instant) -> u64 {
+        let since = at.saturating_duration_since(self.started);
+        since.as_secs() * 1000 + u64::from(since.subsec_millis())
+    }
+
+    fn heard_at(&self, at: tokio::time::Instant) {
+        self.heard_ms.fetch_max(self.ms_at(at), Ordering::Relaxed);
+    }
+
+    /// Whether nothing came from the upstream for `QUIET` before `now`.
+    fn quiet(&self, now: tokio::time::Instant) -> bool {
+        let heard = self.heard_ms.load(Ordering::Relaxed);
+        self.ms_at(now).saturating_sub(heard) >= QUIET.as_secs() * 1000
+    }
+
+    /// A PING round trip, within `within`: false when no PONG came (or the
+    /// connection cannot send PINGs).
+    async fn check(&self, within: Duration) -> bool {
+        let mut pong = std::pin::pin!(self.pong.notified());
+        // Registered before the PING is asked for: its PONG cannot be missed.
+        pong.as_mut().enable();
+        let idle =
+            self.ping
+                .compare_exchange(PING_IDLE, PING_ASKED, Ordering::AcqRel, Ordering::Acquire);
+        if idle.is_ok() {
+            self.ask.wake();
+        }
+        tokio::time::timeout(within, pong).await.is_ok()
+    }
+
+    /// A PONG came.
+    fn ponged(&self) {
+        self.heard_at(tokio::time::Instant::now());
+        self.ping.store(PING_IDLE, Ordering::Release);
+        self.pong.notify_waiters();
+    }
 }
 
 /// Until when a stream opened at `opened` is kept from its reset
@@ -136,6 +207,11 @@ impl H2Conn {
             streams: AtomicUsize::new(0),
             idle_picks: AtomicU32::new(0),
             max_streams: AtomicUsize::new(streams),
+            started: tokio::time::Instant::now(),
+            heard_ms: AtomicU64::new(0),
+            ping: AtomicU8::new(PING_IDLE),
+            ask: AtomicWaker::new(),
+            pong: tokio::sync::Notify::new(),
         });
         let ping = conn.ping_pong();
         let task = shared.clone();
@@ -248,7 +324,8 @@ impl H2Slot {
     /// lock) and awaits the response head. The request comes back in the
     /// error when the connection could not take a new stream (nothing was
     /// sent). A GOAWAY marks the connection closed: the next request opens
-    /// another.
+    /// another, as does a connection that stays silent to the PING a quiet
+    /// one gets first (`QUIET`; `check_within` for its PONG).
     ///
     /// Not an `async fn` (`crate::boxed`): the handle is taken apart and
     /// the request moved into the block, each kept once.
@@ -257,6 +334,7 @@ impl H2Slot {
         self,
         req: Request<ReqBody>,
         addr: SocketAddr,
+        check_within: Duration,
     ) -> impl Future<Output = Result<Response<H2Body>, Failed>> {
         let H2Slot {
             conn: H2Conn { mut send, shared },
@@ -273,6 +351,21 @@ impl H2Slot {
                     source: Box::new(e),
                 }
             };
+            let now = tokio::time::Instant::now();
+            let mut waited = shared.quiet(now);
+            // Boxed: rare, and its timer would add to every request's future.
+            if waited && !crate::boxed::pinned(|| shared.check(check_within)).await {
+                closed.store(true, Ordering::Relaxed);
+                tracing::warn!(%addr, within = ?check_within,
+                    "upstream HTTP/2 connection silent: no PONG to the PING before a request; opening another");
+                return Err(Failed {
+                    error: ClientError::Broken {
+                        addr,
+                        source: Box::new(Silent),
+                    },
+                    request: Some(req),
+                });
+            }
             if let Err(e) = poll_fn(|cx| send.poll_ready(cx)).await {
                 closed.store(true, Ordering::Relaxed);
                 return Err(Failed {
@@ -297,7 +390,12 @@ impl H2Slot {
             // A stream over the upstream's concurrency limit waits in h2 until
             // another closes, and goes out only once opened (hyper waited the
             // same way): if the connection ends first, nothing was sent.
-            if let Err(e) = poll_fn(|cx| send.poll_ready(cx)).await {
+            let ready = poll_fn(|cx| {
+                let ready = send.poll_ready(cx);
+                waited |= ready.is_pending();
+                ready
+            });
+            if let Err(e) = ready.await {
                 closed.store(true, Ordering::Relaxed);
                 return Err(Failed {
                     error: ClientError::Broken {
@@ -310,7 +408,11 @@ impl H2Slot {
             // Dropped with this future (request_timeout) or with the response
             // body before its end, the pump is aborted: with its last handle
             // gone, h2 resets the stream (a young one after `MIN_STREAM_AGE`).
-            let opened = tokio::time::Instant::now();
+            let opened = if waited {
+                tokio::time::Instant::now()
+            } else {
+                now
+            };
             let pump = (!eos).then(|| Pump::spawn(body, stream, Open::new(&shared), opened));
             let response = Unanswered {
                 response: Some((response, guard)),
@@ -320,6 +422,7 @@ impl H2Slot {
                 error: broken(e),
                 request: None,
             })?;
+            shared.heard_at(opened);
             let (head, recv) = response.into_parts();
             let body = H2Body::new(recv, &head.headers, guard, pump, opened);
             Ok(Response::from_parts(head, body))
@@ -424,6 +527,12 @@ where
 #[error("the connection ended before the stream opened: {0}")]
 pub(crate) struct NotOpened(#[source] h2::Error);
 
+/// A quiet connection did not answer the PING a request sent first
+/// (`QUIET`). Nothing of the request was sent.
+#[derive(Debug, thiserror::Error)]
+#[error("the connection was quiet and did not answer a PING in time; the request was not sent")]
+pub(crate) struct Silent;
+
 /// The task that sends a request body, aborted when dropped armed.
 struct Pump(Option<tokio::task::AbortHandle>);
 
@@ -508,15 +617,31 @@ impl std::fmt::Debug for Open {
     }
 }
 
-/// PINGs the peer every `PING_EVERY` while requests are `open`; returns
-/// when a PONG is late.
+/// PINGs the peer every `PING_EVERY` while requests are `open`, and when
+/// a request asks (`QUIET`); returns when a PONG is late.
 async fn keep_alive(ping: Option<h2::PingPong>, shared: &Shared) {
     let Some(mut ping) = ping else {
         return std::future::pending().await;
     };
     loop {
-        tokio::time::sleep(PING_EVERY).await;
-        if shared.open.load(Ordering::Relaxed) == 0 {
+        let asked = {
+            let mut every = std::pin::pin!(tokio::time::sleep(PING_EVERY));
+            poll_fn(|cx| {
+                shared.ask.register(cx.waker());
+                let asked = shared.ping.compare_exchange(
+                    PING_ASKED,
+                    PING_SENT,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+                if asked.is_ok() {
+                    return Poll::Ready(true);
+                }
+                every.as_mut().poll(cx).map(|()| false)
+            })
+            .await
+        };
+        if !asked && shared.open.load(Ordering::Relaxed) == 0 {
             continue;
         }
         if ping.send_ping(h2::Ping::opaque()).is_err() {
@@ -524,7 +649,7 @@ async fn keep_alive(ping: Option<h2::PingPong>, shared: &Shared) {
         }
         let pong = poll_fn(|cx| ping.poll_pong(cx));
         match tokio::time::timeout(PONG_TIMEOUT, pong).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => shared.ponged(),
             Ok(Err(_)) => return std::future::pending().await,
             Err(_) => {
                 tracing::debug!("upstream HTTP/2 keep-alive PING not answered; closing");

@@ -127,7 +127,8 @@ pub enum ClientError {
 impl ClientError {
     /// True when the upstream did not process the request, so it may go
     /// anywhere else whatever its method: it never left steer (also an
-    /// HTTP/2 stream that never opened), an HTTP/2 upstream refused the
+    /// HTTP/2 stream that never opened, or that waited for a quiet
+    /// connection's PONG in vain), an HTTP/2 upstream refused the
     /// stream (REFUSED_STREAM, RFC 9113 §8.7) or went away gracefully
     /// before it (GOAWAY with NO_ERROR: h2 fails only the streams above the
     /// GOAWAY's last-stream-id with it, and the requests sent after it), or
@@ -137,6 +138,7 @@ impl ClientError {
             ClientError::Unread { .. } => true,
             ClientError::Broken { source, .. } => {
                 source.downcast_ref::<h2conn::NotOpened>().is_some()
+                    || source.downcast_ref::<h2conn::Silent>().is_some()
                     || h2_error(&**source).is_some_and(|e| {
                         e.is_remote()
                             && (e.reason() == Some(h2::Reason::REFUSED_STREAM)
@@ -614,7 +616,7 @@ fn send_h2(
                 });
             }
         };
-        match std::pin::pin!(sender.send(req, dial.addr)).await {
+        match std::pin::pin!(sender.send(req, dial.addr, dial.connect_timeout)).await {
             Ok(response) => Ok(Sent::h2(response)),
             Err(Failed { error, request }) => Err(Failed {
                 error,

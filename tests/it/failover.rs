@@ -455,3 +455,105 @@ async fn a_request_whose_http2_stream_never_opened_goes_to_the_fallback() {
     }
     assert!(again >= 10, "{again} of 16 went again");
 }
+
+/// A TCP relay in front of `to`. `go_silent` makes every connection it
+/// relays now drop what either side sends from then on, without a FIN or
+/// a reset: the peer of a connection through a NAT or load balancer that
+/// forgot it, or on a node that died. Connections made later are relayed.
+struct Relay {
+    addr: std::net::SocketAddr,
+    generation: Arc<AtomicU64>,
+}
+
+impl Relay {
+    async fn start(to: std::net::SocketAddr) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let generation = Arc::new(AtomicU64::new(0));
+        let current = generation.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(to).await else {
+                    continue;
+                };
+                let born = current.load(Ordering::Relaxed);
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(relay_half(cr, sw, current.clone(), born));
+                tokio::spawn(relay_half(sr, cw, current.clone(), born));
+            }
+        });
+        Relay { addr, generation }
+    }
+
+    fn go_silent(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn relay_half(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    current: Arc<AtomicU64>,
+    born: u64,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if current.load(Ordering::Relaxed) != born {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// steer's HTTP/2 connection to an endpoint went silent while idle (the
+/// endpoint still takes new connections): the next request, a POST that
+/// cannot be sent twice, must not wait on it until `request_timeout`.
+/// A quiet connection whose peer answers is kept.
+#[tokio::test]
+async fn a_request_does_not_wait_on_an_upstream_connection_that_went_silent() {
+    let up = crate::h2_upstream::start(b"ok").await;
+    let relay = Relay::start(up.addr).await;
+    let body = format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
+        upstream_toml("blue", relay.addr, "h2c").replace("protocol", "health = false\nprotocol")
+    );
+    // `request_timeout` 2 s, `connect_timeout` 500 ms (`with_listen_full`).
+    let steer = Steer::start(&body).await;
+    let post = |what: &'static str| {
+        let req = request("POST", &steer.url("/token"))
+            .body(Full::new(Bytes::from_static(what.as_bytes())))
+            .unwrap();
+        async move {
+            let started = Instant::now();
+            (send(&http1(), req).await, started.elapsed())
+        }
+    };
+    let (first, _) = post("first").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    // Quiet past the point steer checks a connection before using it: a
+    // peer that answers keeps it.
+    tokio::time::sleep(QUIET + Duration::from_millis(500)).await;
+    let (second, _) = post("second").await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.text());
+    assert_eq!(up.seen.connections.load(Ordering::Relaxed), 1);
+    relay.go_silent();
+    tokio::time::sleep(QUIET + Duration::from_millis(500)).await;
+    let (third, took) = post("third").await;
+    assert_eq!(third.status, StatusCode::OK, "{}", third.text());
+    // The check's PING had `connect_timeout` for its PONG.
+    assert!(took < Duration::from_millis(1500), "took {took:?}");
+    assert_eq!(up.seen.connections.load(Ordering::Relaxed), 2);
+    assert_eq!(up.seen.requests.load(Ordering::Relaxed), 3);
+}
+
+/// How long steer's HTTP/2 upstream connection may hear nothing before a
+/// request checks it with a PING (`client::h2conn::QUIET`).
+const QUIET: Duration = Duration::from_secs(5);
