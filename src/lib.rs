@@ -48,6 +48,8 @@
 //!   upstream HTTP/1.1 connection (httparse), `client::h2conn` its HTTP/2
 //!   one (the `h2` crate); hyper's client only for upgrades.
 //! - [`table`]: the live table built from a config.
+//! - `dns`: endpoint names to addresses, all at once, each within a
+//!   deadline (`getaddrinfo` in the blocking pool, one lookup per name).
 //! - [`body`]: the request body as it arrives (hyper's or h2's, or none).
 //! - `h2send`: sending a body on an HTTP/2 stream within the peer's
 //!   window (responses to clients, request bodies to upstreams).
@@ -85,6 +87,7 @@ pub(crate) mod boxed;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub(crate) mod dns;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod h2send;

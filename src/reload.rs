@@ -543,9 +543,20 @@ impl Reloader {
                 None
             }
         };
+        // A task of its own: a resolver that does not answer holds a DNS
+        // round for up to `dns`'s deadline, and a reload must not wait for it.
         let dns_every = self.shared.live.load().proxy.dns_refresh;
+        let refresher = self.clone();
+        let dns = tokio::spawn(async move {
+            let mut dns = tokio::time::interval(dns_every);
+            dns.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                dns.tick().await;
+                refresher.refresh_dns().await;
+            }
+        });
+        let _dns = AbortOnDrop(dns);
         let mut poll = tokio::time::interval(POLL);
-        let mut dns = tokio::time::interval(dns_every);
         loop {
             tokio::select! {
                 Some(()) = rx.recv() => {
@@ -558,9 +569,17 @@ impl Reloader {
                     let _ = self.reload(false).await;
                     self.refresh_certificates();
                 }
-                _ = dns.tick() => self.refresh_dns().await,
             }
         }
+    }
+}
+
+/// Aborts its task when dropped: the DNS refresh ends with the watch.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -195,11 +195,12 @@ impl Table {
         }
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         let mut client_certs = Vec::new();
-        for spec in &config.upstreams {
+        let resolved = crate::dns::resolve_all(&config.upstreams, previous).await;
+        for (spec, resolved) in config.upstreams.iter().zip(resolved) {
             let tls = TlsFactory::new(spec, previous, &mut client_certs);
             let mut endpoints: Vec<Arc<Endpoint>> = Vec::new();
-            for configured in &spec.endpoints {
-                for addr in resolve(configured, spec, previous).await {
+            for (configured, addrs) in spec.endpoints.iter().zip(resolved) {
+                for addr in addrs {
                     let label = configured.to_string();
                     let ep =
                         match keep.remove(&key(&spec.name, &label, addr, spec.protocol, &tls.id)) {
@@ -315,15 +316,8 @@ impl Table {
 
     /// The addresses names resolve to now, to compare with what the table has.
     pub async fn resolved_addresses(&self) -> Vec<Vec<SocketAddr>> {
-        let mut out = Vec::new();
-        for spec in &self.upstream_specs {
-            let mut addrs = Vec::new();
-            for e in &spec.endpoints {
-                addrs.extend(resolve(e, spec, Some(self)).await);
-            }
-            out.push(addrs);
-        }
-        out
+        let resolved = crate::dns::resolve_all(&self.upstream_specs, Some(self)).await;
+        resolved.into_iter().map(|u| u.concat()).collect()
     }
 
     /// Whether every endpoint with active checks has been probed at least once.
@@ -444,42 +438,4 @@ fn by_name(shares: &[(usize, f64)], upstreams: &[Arc<Upstream>]) -> Vec<(String,
         .collect();
     v.sort();
     v
-}
-
-/// Every address of one configured endpoint. A name that fails to resolve
-/// keeps the addresses the previous table had for it (a DNS hiccup must not
-/// empty an upstream).
-async fn resolve(
-    configured: &EndpointAddr,
-    spec: &UpstreamSpec,
-    previous: Option<&Table>,
-) -> Vec<SocketAddr> {
-    let (host, port) = match configured {
-        EndpointAddr::Ip(addr) => return vec![*addr],
-        EndpointAddr::Name { host, port } => (host.as_str(), *port),
-    };
-    match tokio::net::lookup_host((host, port)).await {
-        Ok(addrs) => {
-            let mut list: Vec<SocketAddr> = addrs.collect();
-            list.sort();
-            list.dedup();
-            list
-        }
-        Err(e) => {
-            let label = configured.to_string();
-            let kept: Vec<SocketAddr> = previous
-                .and_then(|t| t.upstream(&spec.name))
-                .map(|u| {
-                    u.endpoints
-                        .iter()
-                        .filter(|e| e.configured_as == label)
-                        .map(|e| e.addr)
-                        .collect()
-                })
-                .unwrap_or_default();
-            tracing::warn!(upstream = %spec.name, endpoint = %label, error = %e, kept = kept.len(),
-                "cannot resolve endpoint name; keeping its previous addresses");
-            kept
-        }
-    }
 }
