@@ -227,15 +227,18 @@ fn paths_not_normal(config: &Config, out: &mut Vec<Warning>) {
         };
         let strip = r.strip_prefix.as_ref().map(|p| ("strip_prefix", p));
         for (key, p) in path.into_iter().chain(strip) {
-            if let Ok(Some(normal)) = crate::routing::route_form(p) {
-                out.push(Warning {
-                    at: r.at,
-                    message: format!(
-                        "route `{}`: {key} `{p}` is not in normal form, and requests are matched in normal form (normalize_path): it never matches; write `{normal}`, or set normalize_path = false",
-                        r.name
-                    ),
-                });
-            }
+            let message = match crate::routing::route_form(p) {
+                Ok(None) => continue,
+                Ok(Some(normal)) => format!(
+                    "route `{}`: {key} `{p}` is not in normal form, and requests are matched in normal form (normalize_path): it never matches; write `{normal}`, or set normalize_path = false",
+                    r.name
+                ),
+                Err(_) => format!(
+                    "route `{}`: {key} `{p}` has a malformed percent-encoding (`%` and two hex digits), and a request path with one gets 400 (normalize_path): it never matches",
+                    r.name
+                ),
+            };
+            out.push(Warning { at: r.at, message });
         }
     }
 }

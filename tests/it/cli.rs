@@ -191,6 +191,14 @@ fn check_warns_of_route_paths_that_normal_matching_never_meets() {
         text.contains("strip_prefix `/%75i` is not in normal form"),
         "{text}"
     );
+    // A request with a malformed percent-encoding gets 400: never routed.
+    let malformed = GOOD.replace("path_prefix = \"/ui/\"", "path_prefix = \"/ui%zz/\"");
+    let out = steer(&["check", &write(&dir, &malformed)]);
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("path `/ui%zz/` has a malformed percent-encoding"),
+        "{text}"
+    );
     // Matching the raw path, they are what they say.
     let raw = routes.replace("[proxy]\n", "[proxy]\nnormalize_path = false\n");
     let path = write(&dir, &raw);
