@@ -149,7 +149,17 @@ impl Shared {
         if idle.is_ok() {
             self.ask.wake();
         }
-        tokio::time::timeout(within, pong).await.is_ok()
+        let came = tokio::time::timeout(within, pong).await.is_ok();
+        came && !self.closed.load(Ordering::Relaxed)
+    }
+
+    /// The check of a quiet connection failed, or the connection ended: it
+    /// takes no new request, and every request waiting for its PONG learns
+    /// so now rather than at its own deadline. True the first time.
+    fn give_up(&self) -> bool {
+        let first = !self.closed.swap(true, Ordering::Relaxed);
+        self.pong.notify_waiters();
+        first
     }
 
     /// A PONG came.
@@ -233,7 +243,7 @@ impl H2Conn {
                 ended = run => ended,
                 () = keep_alive(ping, &task) => Ok(()),
             };
-            task.closed.store(true, Ordering::Relaxed);
+            task.give_up();
             if let Err(e) = ended {
                 tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
             }
@@ -243,6 +253,16 @@ impl H2Conn {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Relaxed)
+    }
+
+    /// Whether the upstream has sent nothing on it for `QUIET`.
+    pub(crate) fn quiet(&self) -> bool {
+        self.shared.quiet(tokio::time::Instant::now())
+    }
+
+    /// No new request goes to it; its open streams go on.
+    pub(crate) fn retire(&self) {
+        self.shared.closed.store(true, Ordering::Relaxed);
     }
 
     /// The streams the upstream allows at once, as last seen.
@@ -355,9 +375,10 @@ impl H2Slot {
             let mut waited = shared.quiet(now);
             // Boxed: rare, and its timer would add to every request's future.
             if waited && !crate::boxed::pinned(|| shared.check(check_within)).await {
-                closed.store(true, Ordering::Relaxed);
-                tracing::warn!(%addr, within = ?check_within,
-                    "upstream HTTP/2 connection silent: no PONG to the PING before a request; opening another");
+                if shared.give_up() {
+                    tracing::warn!(%addr, within = ?check_within,
+                        "upstream HTTP/2 connection silent: no PONG to the PING before a request; opening another");
+                }
                 return Err(Failed {
                     error: ClientError::Broken {
                         addr,

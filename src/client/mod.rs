@@ -149,6 +149,13 @@ impl ClientError {
         }
     }
 
+    /// True when a quiet HTTP/2 connection stayed silent to the PING sent
+    /// before the request (which was not sent).
+    pub(crate) fn silent(&self) -> bool {
+        matches!(self, ClientError::Broken { source, .. }
+            if source.downcast_ref::<h2conn::Silent>().is_some())
+    }
+
     /// True when a new connection (not a pooled one) was reset with the
     /// request unread: unprocessed, but an endpoint, or a balancer in
     /// front of it, that does this to every request must still leave the
@@ -389,6 +396,18 @@ impl Pool {
             .map(H2Conn::reserve)
     }
 
+    /// After a quiet connection stayed silent to the PING before a request
+    /// (`h2conn::Silent`): no quiet connection gets another request. One
+    /// that died unseen seldom died alone (the same NAT or balancer, the
+    /// same node), and each would cost a request its `connect_timeout`;
+    /// their open streams go on.
+    fn retire_quiet(&self) {
+        let conns = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        for c in conns.iter().filter(|c| c.quiet()) {
+            c.retire();
+        }
+    }
+
     /// The streams a new HTTP/2 connection may open before the upstream's
     /// SETTINGS come: what the endpoint's other connections learned (a
     /// server that allows 8 would refuse the 9th to 100th), else h2's
@@ -469,8 +488,13 @@ impl Pool {
                     // sent, and a new connection to the same endpoint is safe.
                     Err(Failed {
                         request: Some(back),
-                        ..
-                    }) => req = back,
+                        error,
+                    }) => {
+                        if error.silent() {
+                            self.retire_quiet();
+                        }
+                        req = back;
+                    }
                     sent => return sent,
                 }
             }
@@ -507,32 +531,48 @@ impl Pool {
         mut req: Request<ReqBody>,
         mut fields: Option<HopFields>,
     ) -> Result<Sent, Failed> {
-        let fresh = if wants_h2 {
-            // h2c, or https where ALPN may settle on h2: shared connections.
-            self.shared_h2(dial).await
-        } else {
-            connect(dial, false, h2conn::INITIAL_STREAMS).await
-        };
-        match fresh {
-            Err(error) => Err(hand_back(
-                Failed {
-                    error,
-                    request: Some(req),
-                },
-                fields,
-            )),
-            Ok(Fresh::H2(sender)) => {
-                into_map(&mut req, &mut fields);
-                send_h2(sender, dial, req).await
-            }
-            Ok(Fresh::H1(conn)) => h1::send(conn, req, fields.as_ref(), false)
-                .await
-                .map(Sent::h1)
-                .map_err(|f| hand_back(f, fields)),
-            Ok(Fresh::Upgrade(sender)) => {
-                into_map(&mut req, &mut fields);
-                send_hyper_h1(sender, dial, req).await
-            }
+        let mut silent_before = false;
+        loop {
+            let fresh = if wants_h2 {
+                // h2c, or https where ALPN may settle on h2: shared connections.
+                self.shared_h2(dial).await
+            } else {
+                connect(dial, false, h2conn::INITIAL_STREAMS).await
+            };
+            return match fresh {
+                Err(error) => Err(hand_back(
+                    Failed {
+                        error,
+                        request: Some(req),
+                    },
+                    fields,
+                )),
+                Ok(Fresh::H2(sender)) => {
+                    into_map(&mut req, &mut fields);
+                    match send_h2(sender, dial, req).await {
+                        // A connection that had room meanwhile was quiet and
+                        // stayed silent: once more, with the quiet ones gone.
+                        Err(Failed {
+                            request: Some(back),
+                            error,
+                        }) if error.silent() && !silent_before => {
+                            silent_before = true;
+                            self.retire_quiet();
+                            req = back;
+                            continue;
+                        }
+                        sent => sent,
+                    }
+                }
+                Ok(Fresh::H1(conn)) => h1::send(conn, req, fields.as_ref(), false)
+                    .await
+                    .map(Sent::h1)
+                    .map_err(|f| hand_back(f, fields)),
+                Ok(Fresh::Upgrade(sender)) => {
+                    into_map(&mut req, &mut fields);
+                    send_hyper_h1(sender, dial, req).await
+                }
+            };
         }
     }
 }

@@ -459,56 +459,92 @@ async fn a_request_whose_http2_stream_never_opened_goes_to_the_fallback() {
 /// A TCP relay in front of `to`. `go_silent` makes every connection it
 /// relays now drop what either side sends from then on, without a FIN or
 /// a reset: the peer of a connection through a NAT or load balancer that
-/// forgot it, or on a node that died. Connections made later are relayed.
+/// forgot it, or on a node that died. `close` ends them (a FIN both
+/// ways). Connections made later are relayed.
 struct Relay {
     addr: std::net::SocketAddr,
-    generation: Arc<AtomicU64>,
+    /// Connections born before the first number are silent, before the
+    /// second closed.
+    ends: tokio::sync::watch::Sender<(u64, u64)>,
+    /// Bytes a silent connection dropped.
+    dropped: Arc<AtomicU64>,
 }
 
 impl Relay {
     async fn start(to: std::net::SocketAddr) -> Relay {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let generation = Arc::new(AtomicU64::new(0));
-        let current = generation.clone();
+        let (ends, _) = tokio::sync::watch::channel((0, 0));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let (watch, counter) = (ends.clone(), dropped.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = tokio::net::TcpStream::connect(to).await else {
                     continue;
                 };
-                let born = current.load(Ordering::Relaxed);
+                let born = watch.borrow().0.max(watch.borrow().1);
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(relay_half(cr, sw, current.clone(), born));
-                tokio::spawn(relay_half(sr, cw, current.clone(), born));
+                for (from, to) in [(cr, sw), (sr, cw)] {
+                    let half = RelayHalf {
+                        ends: watch.subscribe(),
+                        born,
+                        dropped: counter.clone(),
+                    };
+                    tokio::spawn(half.run(from, to));
+                }
             }
         });
-        Relay { addr, generation }
+        Relay {
+            addr,
+            ends,
+            dropped,
+        }
     }
 
     fn go_silent(&self) {
-        self.generation.fetch_add(1, Ordering::Relaxed);
+        self.ends.send_modify(|(silent, _)| *silent += 1);
+    }
+
+    fn close(&self) {
+        self.ends.send_modify(|(_, closed)| *closed += 1);
     }
 }
 
-async fn relay_half(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    current: Arc<AtomicU64>,
+struct RelayHalf {
+    ends: tokio::sync::watch::Receiver<(u64, u64)>,
     born: u64,
-) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if current.load(Ordering::Relaxed) != born {
-            continue;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
+    dropped: Arc<AtomicU64>,
+}
+
+impl RelayHalf {
+    async fn run(
+        mut self,
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+    ) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = tokio::select! {
+                read = from.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                },
+                changed = self.ends.changed() => {
+                    if changed.is_err() || self.ends.borrow().1 > self.born {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if self.ends.borrow().0 > self.born {
+                self.dropped.fetch_add(n as u64, Ordering::Relaxed);
+                continue;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
         }
     }
 }
@@ -557,3 +593,92 @@ async fn a_request_does_not_wait_on_an_upstream_connection_that_went_silent() {
 /// How long steer's HTTP/2 upstream connection may hear nothing before a
 /// request checks it with a PING (`client::h2conn::QUIET`).
 const QUIET: Duration = Duration::from_secs(5);
+
+/// Two connections to the endpoint went silent while quiet: the request
+/// finds the first one silent and must not then try the second (and fail
+/// for want of another endpoint), but go out on a new connection.
+#[tokio::test]
+async fn a_request_does_not_try_one_silent_upstream_connection_after_another() {
+    let up = crate::h2_upstream::narrow_slow(b"ok").await;
+    let relay = Relay::start(up.addr).await;
+    let body = format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
+        upstream_toml("blue", relay.addr, "h2c").replace("protocol", "health = false\nprotocol")
+    );
+    let steer = Steer::start(&body).await;
+    // One request first: steer learns the upstream's limit of 8 streams.
+    let first = post_to(&steer, "first").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    // More requests at once than one connection takes: two connections.
+    let streams = crate::h2_upstream::NARROW_STREAMS as usize + 4;
+    let posts: Vec<_> = (0..streams)
+        .map(|i| {
+            let req = request("POST", &steer.url("/token"))
+                .body(Full::new(Bytes::from(format!("burst {i}"))))
+                .unwrap();
+            tokio::spawn(async move { send(&http1(), req).await.status })
+        })
+        .collect();
+    for post in posts {
+        assert_eq!(post.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(up.seen.connections.load(Ordering::Relaxed), 2);
+    relay.go_silent();
+    tokio::time::sleep(QUIET + Duration::from_millis(500)).await;
+    let a = send(
+        &http1(),
+        request("POST", &steer.url("/token"))
+            .body(Full::new(Bytes::from_static(b"after")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(up.seen.connections.load(Ordering::Relaxed), 3);
+}
+
+/// The upstream ends a quiet connection while a request waits for the
+/// PONG of its check: the request goes on at once, not at the end of
+/// `connect_timeout`.
+#[tokio::test]
+async fn a_request_waiting_on_a_check_goes_on_when_the_connection_ends() {
+    let up = crate::h2_upstream::start(b"ok").await;
+    let relay = Relay::start(up.addr).await;
+    let body = format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
+        upstream_toml("blue", relay.addr, "h2c").replace("protocol", "health = false\nprotocol")
+    );
+    let steer = Steer::start_with(
+        "connect_timeout = \"4s\"\nrequest_timeout = \"8s\"\n",
+        &body,
+    )
+    .await;
+    let post = |what: &'static str| {
+        let req = request("POST", &steer.url("/token"))
+            .body(Full::new(Bytes::from_static(what.as_bytes())))
+            .unwrap();
+        async move { send(&http1(), req).await }
+    };
+    assert_eq!(post("first").await.status, StatusCode::OK);
+    relay.go_silent();
+    tokio::time::sleep(QUIET + Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let second = tokio::spawn(post("second"));
+    // The check's PING reached the silent connection; then it ends.
+    eventually("the check's PING", || async {
+        relay.dropped.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    relay.close();
+    let second = second.await.unwrap();
+    assert_eq!(second.status, StatusCode::OK, "{}", second.text());
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_eq!(up.seen.connections.load(Ordering::Relaxed), 2);
+}
+
+async fn post_to(steer: &Steer, what: &'static str) -> Answer {
+    let req = request("POST", &steer.url("/token"))
+        .body(Full::new(Bytes::from_static(what.as_bytes())))
+        .unwrap();
+    send(&http1(), req).await
+}

@@ -108,9 +108,26 @@ pub fn with_listen_proxy(proxy: &str, body: &str) -> String {
     with_listen_full("", proxy, body)
 }
 
+/// The tests' `[proxy]` defaults, each unless `proxy` sets it.
+const PROXY_DEFAULTS: [(&str, &str); 4] = [
+    ("shutdown_delay", "\"0s\""),
+    ("drain_timeout", "\"5s\""),
+    ("request_timeout", "\"2s\""),
+    ("connect_timeout", "\"500ms\""),
+];
+
 pub fn with_listen_full(listen: &str, proxy: &str, body: &str) -> String {
+    let defaults: String = PROXY_DEFAULTS
+        .iter()
+        .filter(|(key, _)| {
+            !proxy
+                .lines()
+                .any(|l| l.trim_start().starts_with(&format!("{key} ")))
+        })
+        .map(|(key, value)| format!("{key} = {value}\n"))
+        .collect();
     format!(
-        "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{listen}\n\n[proxy]\n{proxy}\nshutdown_delay = \"0s\"\ndrain_timeout = \"5s\"\nrequest_timeout = \"2s\"\nconnect_timeout = \"500ms\"\n\n[health]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1\n\n{body}"
+        "[listen]\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n{listen}\n\n[proxy]\n{proxy}\n{defaults}\n[health]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1\n\n{body}"
     )
 }
 
