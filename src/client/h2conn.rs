@@ -59,9 +59,15 @@ const MAX_ERROR_RESETS: usize = 1024;
 const MIN_STREAM_AGE: Duration = Duration::from_secs(1);
 
 /// While requests are open, a PING this often; no PONG within
-/// `PONG_TIMEOUT` closes the connection (what hyper was set to: 20 s,
-/// 10 s, not while idle: gRPC servers punish PINGs on idle connections).
-const PING_EVERY: Duration = Duration::from_secs(20);
+/// `PONG_TIMEOUT` closes the connection. gRPC servers (grpc-go, gRPC
+/// C-core) take a PING as a strike when the one before came less than
+/// 5 min earlier and they sent no data since, and close the connection
+/// on the third ("too_many_pings"): at 20 s, a quiet gRPC server stream,
+/// and every other stream on the shared connection, died after 80 s. So
+/// a little over 5 min. A dead connection's streams are cut before that
+/// by `request_timeout` (heads) and `response_idle_timeout` (bodies), and
+/// a new request checks a quiet connection first (`QUIET`).
+const PING_EVERY: Duration = Duration::from_secs(310);
 const PONG_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection that has sent steer nothing (no response head, no PONG)
 /// for this long is checked with a PING before a request goes out on it,

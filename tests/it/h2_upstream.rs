@@ -23,6 +23,8 @@ pub struct Seen {
     pub first_request_at: Mutex<Option<std::time::Instant>>,
     pub first_reset_at: Mutex<Option<std::time::Instant>>,
     pub connections: AtomicU64,
+    /// PING frames received (not their ACKs).
+    pub pings: AtomicU64,
     /// Trailers of request bodies, as received.
     pub trailers: Mutex<Vec<http::HeaderMap>>,
 }
@@ -226,7 +228,8 @@ struct Frames {
 }
 
 impl Frames {
-    /// Feeds received bytes; counts RST_STREAM (type 0x3) frames.
+    /// Feeds received bytes; counts RST_STREAM (type 0x3) and PING (0x6,
+    /// without ACK) frames.
     fn feed(&mut self, mut bytes: &[u8], seen: &Seen) {
         let preface = self.preface_left.get_or_insert(24);
         let skip = (*preface).min(bytes.len());
@@ -251,6 +254,9 @@ impl Frames {
                     let now = std::time::Instant::now();
                     seen.first_reset_at.lock().unwrap().get_or_insert(now);
                     seen.resets.fetch_add(1, Ordering::Relaxed);
+                }
+                if h[3] == 0x6 && h[4] & 0x1 == 0 {
+                    seen.pings.fetch_add(1, Ordering::Relaxed);
                 }
                 self.header.clear();
             }

@@ -975,3 +975,28 @@ async fn a_form_post_that_came_whole_is_forwarded_whole_and_the_connection_goes_
     assert!(answers[1].starts_with("200 OK\r\n"), "{all}");
     assert_eq!(blue.requests(), 2);
 }
+
+/// gRPC servers (grpc-go, gRPC C-core) count a PING as a strike when the
+/// one before came less than 5 min earlier and they sent no data since,
+/// and close the connection on the third strike (GOAWAY
+/// ENHANCE_YOUR_CALM, "too_many_pings"). steer PINGed its shared upstream
+/// connection every 20 s while streams were open, so a quiet gRPC server
+/// stream (and every other client's stream on that connection) died
+/// after 80 s. A quiet open stream now brings no PING for over 5 min.
+#[tokio::test]
+async fn a_quiet_open_upstream_stream_brings_no_pings_a_grpc_server_would_punish() {
+    let up = h2_upstream::stalling(b"head").await;
+    let steer = Steer::start(&route_to("up", up.addr, "h2c")).await;
+    let send = h2c_client(steer.addr()).await;
+    let req = http::Request::get(format!("http://{}/watch", steer.addr()))
+        .body(())
+        .unwrap();
+    let (answer, _) = send.ready().await.unwrap().send_request(req, true).unwrap();
+    let answer = answer.await.unwrap();
+    assert_eq!(answer.status(), 200);
+    // The stream stays open and quiet (its body never ends) past the
+    // 20 s steer used to PING at.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    assert_eq!(up.seen.pings.load(Ordering::Relaxed), 0);
+    drop(answer);
+}
