@@ -149,6 +149,25 @@ impl ClientError {
         }
     }
 
+    /// True when the HTTP/2 connection, not the endpoint, failed the
+    /// request before the upstream processed it: the connection went away
+    /// gracefully above the request's stream (GOAWAY with NO_ERROR: an
+    /// upstream that rotates or closes its connections, Go's server as it
+    /// shuts down), ended before the stream opened, or stayed silent to
+    /// its check. A new connection to the same endpoint may take it, as
+    /// Go's HTTP/2 client and gRPC's transparent retries do (RFC 9113
+    /// §8.7).
+    pub(crate) fn connection_gone(&self) -> bool {
+        let ClientError::Broken { source, .. } = self else {
+            return false;
+        };
+        source.downcast_ref::<h2conn::NotOpened>().is_some()
+            || source.downcast_ref::<h2conn::Silent>().is_some()
+            || h2_error(&**source).is_some_and(|e| {
+                e.is_remote() && e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR)
+            })
+    }
+
     /// True when a quiet HTTP/2 connection stayed silent to the PING sent
     /// before the request (which was not sent).
     pub(crate) fn silent(&self) -> bool {

@@ -597,9 +597,12 @@ fn prepare(
     );
     // A copy of the head (and of the body, up to REPLAY_LIMIT) costs a
     // header-map clone per request: only worth it when there is
-    // somewhere else to send it.
+    // somewhere else to send it. An HTTP/2 endpoint always has: a new
+    // connection, when its shared one goes away before the request's
+    // stream (`ClientError::connection_gone`).
     let elsewhere = !upgrade
         && (table.upstreams[first.0].endpoints.len() > 1
+            || first.1.protocol != Protocol::Http1
             || !route.spec.fallback.is_empty()
             || matches!(route.spec.target, Target::Split(_)));
     let (body, kept) = if elsewhere && !empty_body {
@@ -757,7 +760,13 @@ fn forward<'a>(
                 .request
                 .or_else(|| resend.as_ref()?.again(unprocessed));
             let limit = if unprocessed { MAX_RETRIES } else { 1 };
-            let next = resend::next_target(table, route, upstream_index, &tried);
+            // Somewhere else first; else the same endpoint again, on a new
+            // connection, when only its connection failed.
+            let next = resend::next_target(table, route, upstream_index, &tried).or_else(|| {
+                error
+                    .connection_gone()
+                    .then_some((upstream_index, endpoint))
+            });
             match (again, next) {
                 (Some(req), Some(next))
                     if retries < limit && (local || shared.retry_budget.try_retry()) =>

@@ -10,7 +10,9 @@
 //!
 //! It goes to another endpoint of the same upstream, else wherever the
 //! route would send it now (a split's other members, then the fallbacks),
-//! never to an endpoint it already tried.
+//! never to an endpoint it already tried, unless only that endpoint's
+//! HTTP/2 connection failed it (`ClientError::connection_gone`): with
+//! nowhere else to go, the endpoint takes it again on a new connection.
 
 use std::sync::Arc;
 

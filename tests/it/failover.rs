@@ -682,3 +682,122 @@ async fn post_to(steer: &Steer, what: &'static str) -> Answer {
         .unwrap();
     send(&http1(), req).await
 }
+
+/// An HTTP/2 upstream, in raw frames, that goes away under requests: on
+/// each connection it waits for `want` streams (or 300 ms after the
+/// first), answers the first, and sends GOAWAY(NO_ERROR) with that
+/// stream as the last it processed, as a server that rotates or closes
+/// its connections does when requests cross its GOAWAY. The others it
+/// never processes (RFC 9113 §6.8). Counts connections and answers.
+async fn going_away_upstream(
+    want: usize,
+) -> (std::net::SocketAddr, Arc<AtomicU64>, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (connections, answered) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (c, a) = (connections.clone(), answered.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(go_away_after_one(tcp, want, a.clone()));
+        }
+    });
+    (addr, connections, answered)
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+async fn go_away_after_one(mut tcp: tokio::net::TcpStream, want: usize, answered: Arc<AtomicU64>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    if tcp.write_all(&frame(0x4, 0, 0, &[])).await.is_err() {
+        return;
+    }
+    let mut preface = [0u8; 24];
+    if tcp.read_exact(&mut preface).await.is_err() {
+        return;
+    }
+    let mut streams: Vec<u32> = Vec::new();
+    let mut first_at = None;
+    loop {
+        let wait = first_at.map_or(Duration::from_secs(30), |t: Instant| {
+            Duration::from_millis(300).saturating_sub(t.elapsed())
+        });
+        let mut head = [0u8; 9];
+        match tokio::time::timeout(wait, tcp.read_exact(&mut head)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return,
+            Err(_) => break,
+        }
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        if tcp.read_exact(&mut payload).await.is_err() {
+            return;
+        }
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        match head[3] {
+            // SETTINGS (not an ACK): acknowledged.
+            0x4 if head[4] & 0x1 == 0 => {
+                let _ = tcp.write_all(&frame(0x4, 0x1, 0, &[])).await;
+            }
+            0x1 if !streams.contains(&stream) => {
+                streams.push(stream);
+                first_at.get_or_insert_with(Instant::now);
+            }
+            _ => {}
+        }
+        if streams.len() >= want {
+            break;
+        }
+    }
+    let first = streams[0];
+    // `:status: 200` (static table index 8), "ok", then GOAWAY.
+    let mut out = frame(0x1, 0x4, first, &[0x88]);
+    out.extend(frame(0x0, 0x1, first, b"ok"));
+    let mut goaway = first.to_be_bytes().to_vec();
+    goaway.extend_from_slice(&0u32.to_be_bytes());
+    out.extend(frame(0x7, 0, 0, &goaway));
+    if tcp.write_all(&out).await.is_ok() {
+        answered.fetch_add(1, Ordering::Relaxed);
+    }
+    // Open a while, reading, as a server finishing its processed streams.
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while tcp.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
+}
+
+/// One HTTP/2 endpoint (a Kubernetes Service address) that goes away
+/// under requests: the streams it never processed (above its GOAWAY's
+/// last stream) go out again on a new connection to it, POSTs with
+/// bodies included, though there is no other endpoint to try.
+#[tokio::test]
+async fn requests_above_an_upstream_goaway_go_again_on_a_new_connection() {
+    let (up, connections, answered) = going_away_upstream(3).await;
+    let body = format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
+        upstream_toml("blue", up, "h2c").replace("protocol", "health = false\nprotocol")
+    );
+    let steer = Steer::start(&body).await;
+    let posts: Vec<_> = (0..3)
+        .map(|i| {
+            let req = request("POST", &steer.url("/token"))
+                .body(Full::new(Bytes::from(format!("token request {i}"))))
+                .unwrap();
+            tokio::spawn(async move { send(&http1(), req).await })
+        })
+        .collect();
+    for post in posts {
+        let a = post.await.unwrap();
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    }
+    // All three met the first connection; each round answers one.
+    assert_eq!(answered.load(Ordering::Relaxed), 3);
+    assert_eq!(connections.load(Ordering::Relaxed), 3);
+}
