@@ -748,7 +748,7 @@ pub(super) fn send(
         let body = H1Body::new(conn, writer, &parts.method, &head).map_err(|reason| Failed {
             error: ClientError::Broken {
                 addr,
-                source: reason.into(),
+                source: Box::new(BadAnswer(reason)),
             },
             request: None,
         })?;
@@ -829,7 +829,7 @@ fn poll_head(
                 }
                 Some(head) => return Poll::Ready(Ok(head)),
                 None if conn.buf.len() >= MAX_HEAD => {
-                    return Poll::Ready(Err(io::Error::other("response head too large")));
+                    return Poll::Ready(Err(bad_head("response head too large")));
                 }
                 None => {}
             }
@@ -848,6 +848,20 @@ fn invalid(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
+/// An answer steer cannot pass on: its head malformed or too large, or a
+/// 101 nobody asked for. The exchange failed, but a client may have made
+/// it so (an upstream that puts a request's bytes into its answer's head,
+/// a redirect's `Location`), so it says nothing of the endpoint's health
+/// (`ClientError::bad_answer`; nginx counts such an answer only with
+/// `proxy_next_upstream invalid_header`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct BadAnswer(pub(crate) &'static str);
+
+fn bad_head(what: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, BadAnswer(what))
+}
+
 /// Parses a complete head at the front of `buf` and takes it out; `None`
 /// when more bytes are needed. Field values are slices of the head's bytes.
 fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
@@ -857,15 +871,19 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
     let mut parsed = httparse::Response::new(&mut []);
     let config = httparse::ParserConfig::default();
     let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut fields) {
+        // A head that came in one read is held to the limit too.
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+            return Err(bad_head("response head too large"));
+        }
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(invalid("too many fields in the response head"));
+            return Err(bad_head("too many fields in the response head"));
         }
-        Err(_) => return Err(invalid("malformed response head")),
+        Err(_) => return Err(bad_head("malformed response head")),
     };
     let code = parsed.code.unwrap_or(0);
-    let status = StatusCode::from_u16(code).map_err(|_| invalid("invalid status code"))?;
+    let status = StatusCode::from_u16(code).map_err(|_| bad_head("invalid status code"))?;
     let version = match parsed.version {
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
@@ -880,7 +898,7 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
     let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     let mut framing = FramingFields::default();
     for f in parsed.headers.iter() {
-        let name = field_name(f.name.as_bytes()).map_err(|_| invalid("invalid field name"))?;
+        let name = field_name(f.name.as_bytes()).map_err(|_| bad_head("invalid field name"))?;
         match name {
             header::CONNECTION => framing.connection = true,
             header::TRANSFER_ENCODING => framing.transfer_encoding = true,
@@ -889,7 +907,7 @@ fn parse_head(buf: &mut BytesMut) -> io::Result<Option<Head>> {
         }
         let start = f.value.as_ptr() as usize - base;
         let value = HeaderValue::from_maybe_shared(head.slice(start..start + f.value.len()))
-            .map_err(|_| invalid("invalid field value"))?;
+            .map_err(|_| bad_head("invalid field value"))?;
         headers.append(name, value);
     }
     buf.advance(len);

@@ -168,6 +168,19 @@ impl ClientError {
             })
     }
 
+    /// True when the upstream answered with a head steer cannot pass on
+    /// (`h1::BadAnswer`): no fault of the endpoint's that health counts.
+    pub(crate) fn bad_answer(&self) -> bool {
+        let ClientError::Broken { source, .. } = self else {
+            return false;
+        };
+        let inner = source
+            .downcast_ref::<std::io::Error>()
+            .and_then(|e| e.get_ref())
+            .unwrap_or(&**source);
+        inner.downcast_ref::<h1::BadAnswer>().is_some()
+    }
+
     /// True when a quiet HTTP/2 connection stayed silent to the PING sent
     /// before the request (which was not sent).
     pub(crate) fn silent(&self) -> bool {

@@ -813,7 +813,9 @@ fn ramp_attempt(shared: &Shared, table: &Table, route: &Route, upstream: usize, 
 
 /// What a failed attempt says about its endpoint: one that took no
 /// connection is out at once; a broken exchange counts like a failed
-/// probe; a stream refused or cut by a graceful GOAWAY, or a pooled
+/// probe, unless it broke on an answer steer cannot pass on (a head too
+/// large or malformed, a 101 unasked: a client can provoke one, and must
+/// not take the endpoint out for everyone with two requests); a stream refused or cut by a graceful GOAWAY, or a pooled
 /// HTTP/1.1 connection closed with the request unread, is no fault (the
 /// endpoint is busy or restarting; a refused connect follows if it is
 /// gone). A new connection reset unread counts like a broken exchange: an
@@ -828,7 +830,7 @@ fn blame(
     let health = upstream.health.as_ref();
     if error.endpoint_down() {
         endpoint.record_passive_failure(health, &error.to_string(), true);
-    } else if !unprocessed || error.reset_when_new() {
+    } else if (!unprocessed && !error.bad_answer()) || error.reset_when_new() {
         endpoint.record_passive_failure(health, &error.to_string(), false);
     }
 }

@@ -358,3 +358,43 @@ async fn a_weight_zero_split_member_still_takes_over_when_the_others_are_down() 
     })
     .await;
 }
+
+/// An HTTP/1.1 upstream that answers `GET /reflect` with a head steer
+/// cannot pass on (200 fields: more than steer takes), as an upstream that
+/// puts a request's bytes into its answer's head can be made to, `GET
+/// /big` with a head of 100 KiB (over steer's 64 KiB, in one write), and
+/// everything else (its `/debug/ready` too) with 200 "ok".
+async fn reflecting_upstream() -> std::net::SocketAddr {
+    head_answering_upstream(|head| {
+        let fields = if head.starts_with("GET /reflect") {
+            (0..200).map(|i| format!("X-Echo-{i}: {i}\r\n")).collect()
+        } else if head.starts_with("GET /big") {
+            format!("X-Big: {}\r\n", "a".repeat(100 * 1024))
+        } else {
+            String::new()
+        };
+        let answer = format!("HTTP/1.1 200 OK\r\n{fields}Content-Length: 2\r\n\r\nok");
+        (answer.into_bytes(), false)
+    })
+    .await
+}
+
+/// A client that makes the upstream answer with a head steer cannot pass
+/// on gets 502, but does not take the endpoint out for everyone: with the
+/// tests' `unhealthy_threshold = 1`, each such request took it out before.
+#[tokio::test]
+async fn answers_a_client_provokes_do_not_take_the_endpoint_out() {
+    let up = reflecting_upstream().await;
+    let steer = Steer::start_ready(&format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"up\"\n",
+        upstream_toml("up", up, "http1")
+    ))
+    .await;
+    for path in ["/reflect", "/big", "/reflect"] {
+        let a = call(request("GET", &steer.url(path))).await;
+        assert_eq!(a.status, StatusCode::BAD_GATEWAY, "{}", a.text());
+        assert_eq!(states(&steer.admin(), "up").await, ["healthy"]);
+        let other = call(request("GET", &steer.url("/login"))).await;
+        assert_eq!(other.status, StatusCode::OK, "{}", other.text());
+    }
+}

@@ -381,36 +381,15 @@ async fn an_idempotent_request_on_a_connection_closed_as_it_arrives_is_sent_on_a
 /// An upstream that refuses `/big` as soon as it has its head (413, then
 /// closes without reading the body) and answers anything else with 200.
 async fn refusing_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                        buf.drain(..end + 4);
-                        if head.starts_with("POST /big ") {
-                            let no = b"HTTP/1.1 413 Content Too Large\r\nconnection: close\r\ncontent-length: 2\r\n\r\nno";
-                            let _ = s.write_all(no).await;
-                            return;
-                        }
-                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if s.write_all(ok).await.is_err() {
-                            return;
-                        }
-                    }
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-            });
+    head_answering_upstream(|head| {
+        if head.starts_with("POST /big ") {
+            let no = "HTTP/1.1 413 Content Too Large\r\nconnection: close\r\ncontent-length: 2\r\n\r\nno";
+            (no.into(), true)
+        } else {
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(), false)
         }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test]

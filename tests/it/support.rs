@@ -576,3 +576,35 @@ pub async fn in_flight_becomes(admin: &str, n: u64, what: &str) {
     })
     .await;
 }
+
+/// An HTTP/1.1 upstream that answers each request head (up to its blank
+/// line, as text) with `answer(head)`: the bytes to write, and whether to
+/// close the connection after them. Bodies are not read as such.
+pub async fn head_answering_upstream(answer: fn(&str) -> (Vec<u8>, bool)) -> SocketAddr {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let (bytes, close) = answer(&head);
+                        if s.write_all(&bytes).await.is_err() || close {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
