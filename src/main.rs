@@ -201,9 +201,22 @@ enum LogFormat {
     Json,
 }
 
-fn init_logging(format: Option<LogFormat>) {
+/// `RUST_LOG`, else INFO; rustls only at ERROR unless `RUST_LOG` names it.
+/// rustls logs a client's bad ClientHello at WARN with the client's bytes
+/// in the line (an SNI of 16 KB: a 16 KB line, as fast as clients send
+/// them). `RUST_LOG=info,rustls=warn` shows them when wanted.
+fn log_filter() -> tracing_subscriber::EnvFilter {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let names_rustls = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("rustls"));
+    match "rustls=error".parse() {
+        Ok(quiet) if !names_rustls => filter.add_directive(quiet),
+        _ => filter,
+    }
+}
+
+fn init_logging(format: Option<LogFormat>) {
+    let filter = log_filter();
     let json = match format {
         Some(LogFormat::Json) => true,
         Some(LogFormat::Pretty) => false,

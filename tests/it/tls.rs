@@ -781,3 +781,78 @@ async fn a_tls_client_that_says_close_notify_while_waiting_cancels_its_upstream_
     tls.shutdown().await.unwrap();
     upstream_dropped(dropped).await;
 }
+
+/// A ClientHello whose SNI is `name` and that offers nothing else (no
+/// handshake can come of it).
+fn client_hello_with_sni(name: &[u8]) -> Vec<u8> {
+    let len16 = |n: usize| u16::try_from(n).unwrap().to_be_bytes();
+    let mut sni = vec![0, 0];
+    sni.extend(len16(name.len() + 5));
+    sni.extend(len16(name.len() + 3));
+    sni.push(0);
+    sni.extend(len16(name.len()));
+    sni.extend_from_slice(name);
+    let mut hello = vec![0x03, 0x03];
+    hello.extend([7u8; 32]);
+    hello.extend([0, 0, 2, 0x13, 0x01, 1, 0]);
+    hello.extend(len16(sni.len()));
+    hello.extend(sni);
+    let mut handshake = vec![1, 0];
+    handshake.extend(len16(hello.len()));
+    handshake.extend(hello);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend(len16(handshake.len()));
+    record.extend(handshake);
+    record
+}
+
+/// rustls logged a ClientHello's invalid SNI at WARN with the name in the
+/// line: a client sending 16 KB names wrote as much to steer's log as it
+/// sent, as fast as it could. steer logs rustls's errors only.
+#[tokio::test]
+async fn a_client_hello_s_bad_sni_does_not_reach_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = self_signed(&["localhost"]);
+    std::fs::write(dir.path().join("cert.pem"), &pem.cert).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &pem.key).unwrap();
+    // A route to a closed port: a request's 502 is logged (WARN), a line
+    // to wait for after the ClientHello's.
+    let body = format!(
+        "[[tls.certificates]]\ncert = \"{0}/cert.pem\"\nkey = \"{0}/key.pem\"\n\n{1}\
+         [[routes]]\nname = \"r\"\nupstream = \"gone\"\n",
+        dir.path().display(),
+        upstream_toml("gone", closed_port(), "http1")
+            .replace("protocol", "health = false\nprotocol"),
+    );
+    let path = dir.path().join("routes.toml");
+    std::fs::write(
+        &path,
+        with_listen_full("https = \"127.0.0.1:0\"", "", &body),
+    )
+    .unwrap();
+    let steer = spawn_steer_at(Some(dir), path, &[]).await;
+    let started = steer.start.last().unwrap();
+    let https: serde_json::Value = serde_json::from_str(started).unwrap();
+    let https = https["https"].as_str().unwrap().to_owned();
+    let name = vec![b'a'; 4000];
+    let mut s = TcpStream::connect(&https).await.unwrap();
+    s.write_all(&client_hello_with_sni(&name)).await.unwrap();
+    // steer answers with an alert and closes.
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+    let (status, _) = get(&format!("{}/x", steer.http)).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = steer.logs.recv_timeout(left).expect("the 502's log line");
+        assert!(
+            !line.contains("aaaaaaaa"),
+            "the SNI in the log: {}",
+            &line[..200.min(line.len())]
+        );
+        if line.contains("request failed") {
+            break;
+        }
+    }
+}
