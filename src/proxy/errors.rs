@@ -44,6 +44,11 @@ pub enum ProxyError {
     NotImplemented(&'static str),
     #[error("misdirected request: this connection's certificate does not cover the requested host")]
     Misdirected,
+    /// A WebSocket over HTTP/2 when the listener's connections and tunnels
+    /// are at `max_connections`, or its client's at
+    /// `max_connections_per_ip` (`server::conn::TunnelCap`).
+    #[error("too many connections and WebSocket tunnels open; retry shortly")]
+    TooManyTunnels,
 }
 
 impl ProxyError {
@@ -52,9 +57,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoHealthyUpstream(_) | ProxyError::Exhausted(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoHealthyUpstream(_)
+            | ProxyError::Exhausted(_)
+            | ProxyError::TooManyTunnels => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect(_) | ProxyError::Broken(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -73,7 +78,7 @@ impl ProxyError {
     fn retry_after(&self) -> Option<u64> {
         match self {
             ProxyError::TooManyRequests(secs) => Some(*secs),
-            ProxyError::Exhausted(_) => Some(1),
+            ProxyError::Exhausted(_) | ProxyError::TooManyTunnels => Some(1),
             _ => None,
         }
     }

@@ -124,6 +124,7 @@ impl Progress {
 /// What each stream of a connection shares.
 struct Streams {
     shared: Arc<crate::proxy::Shared>,
+    tunnels: super::conn::TunnelCap,
     info: crate::proxy::ConnInfo,
     send_timeout: Duration,
     progress: Arc<Progress>,
@@ -162,6 +163,7 @@ where
     let mut conn = serving.h2.handshake::<_, Bytes>(io).await?;
     let streams = Streams {
         shared,
+        tunnels: serving.tunnels.clone(),
         info,
         send_timeout: serving.send_timeout,
         progress: Arc::default(),
@@ -457,17 +459,33 @@ fn stream<'a>(
     open: OpenGuard,
 ) -> impl Future<Output = ()> + 'a {
     let (req, connect) = inbound(req);
-    // Boxed: the request path's future is kilobytes; inline, each stream
-    // future would be that large from its start.
-    let handled = pinned(|| proxy::handle(&streams.shared, &streams.info, req));
+    // A WebSocket takes a place among the listener's connections for its
+    // life (`conn::TunnelCap`), or gets 503.
+    let place = connect
+        .as_ref()
+        .map(|_| streams.tunnels.admit(streams.info.peer.ip()));
+    let handled = match &place {
+        // Boxed: a response inline would add its size to every stream.
+        Some(None) => Err(Box::new(proxy::error_response(
+            &proxy::ProxyError::TooManyTunnels,
+            &proxy::headers::request_id(req.headers()),
+            proxy::Expects::of(&req),
+        ))),
+        // Boxed: the request path's future is kilobytes; inline, each
+        // stream future would be that large from its start.
+        _ => Ok(pinned(|| {
+            proxy::handle(&streams.shared, &streams.info, req)
+        })),
+    };
     let opened = Instant::now();
     async move {
         let _open = open;
+        let _place = place;
         // Freed when it has answered, not kept while the body or a tunnel
         // runs.
-        let resp = {
-            let handled = handled;
-            tokio::select! {
+        let resp = match handled {
+            Err(refused) => *refused,
+            Ok(handled) => tokio::select! {
                 // A stream reset before steer polled it starts no work.
                 biased;
                 _ = poll_fn(|cx| respond.poll_reset(cx)) => {
@@ -477,7 +495,7 @@ fn stream<'a>(
                     return;
                 }
                 resp = handled => resp,
-            }
+            },
         };
         let next = answer(resp, &mut respond, connect);
         match next {

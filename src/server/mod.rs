@@ -78,10 +78,16 @@ pub(crate) struct Serving {
     max_head: usize,
     /// Counts HTTP/2 connections closed for rapid reset (`h2::serve`).
     rapid_resets: prometheus::IntCounter,
+    /// Where WebSockets over HTTP/2 count among the listener's connections.
+    tunnels: conn::TunnelCap,
 }
 
 impl Serving {
-    fn new(settings: &ProxySettings, rapid_resets: prometheus::IntCounter) -> Serving {
+    fn new(
+        settings: &ProxySettings,
+        rapid_resets: prometheus::IntCounter,
+        tunnels: conn::TunnelCap,
+    ) -> Serving {
         Serving {
             http1: park::http1_builder(settings),
             h2: h2::builder(settings),
@@ -90,6 +96,7 @@ impl Serving {
             send_timeout: settings.send_timeout,
             max_head: parser_buf_size(settings),
             rapid_resets,
+            tunnels,
         }
     }
 }
@@ -141,11 +148,7 @@ pub async fn serve_proxy(
     listener_name: &'static str,
 ) {
     let rapid_resets = shared.metrics.rapid_resets(listener_name);
-    let serving = Arc::new(Serving::new(&settings, rapid_resets));
-    let send_timeouts = shared.metrics.send_timeouts(listener_name);
     let tracker = Arc::new(conn::Tracker::default());
-    let (finish, finish_rx) = watch::channel(false);
-    let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let limits = Limits {
         // Resolved by `ListenerSet::apply`, which knows the listeners.
         max: settings
@@ -153,6 +156,12 @@ pub async fn serve_proxy(
             .unwrap_or(open_files::DEFAULT_MAX_CONNECTIONS),
         tracker: tracker.clone(),
     };
+    let tunnels =
+        conn::TunnelCap::new(tracker.clone(), limits.max, settings.max_connections_per_ip);
+    let serving = Arc::new(Serving::new(&settings, rapid_resets, tunnels));
+    let send_timeouts = shared.metrics.send_timeouts(listener_name);
+    let (finish, finish_rx) = watch::channel(false);
+    let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     accept_loop(listener, stop, Some(limits), |stream, peer| {
         let slot = tracker.admit(peer.ip(), settings.max_connections_per_ip);
         let shared = shared.clone();

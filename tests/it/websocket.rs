@@ -522,3 +522,51 @@ async fn a_websocket_handshake_carries_the_forwarding_fields() {
         assert_eq!(handshake(&mut seen).await, expected, "{protocol}, HTTP/2");
     }
 }
+
+/// Each WebSocket over HTTP/2 holds an upstream connection, a descriptor,
+/// as a client connection does: it counts among the client's connections
+/// (`max_connections_per_ip`) and the listener's (`max_connections`), and
+/// one over either gets 503 with `Retry-After`. Before, one client's
+/// HTTP/2 connections of 100 tunnels each took every descriptor.
+#[tokio::test]
+async fn websockets_over_http2_count_among_the_client_s_connections() {
+    let steer = ws_steer("max_connections_per_ip = 3").await;
+    let tcp = tokio::net::TcpStream::connect(steer.addr()).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    // The connection is one; two tunnels make three.
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let (resp, ws) = h2_connect_on(send.clone(), steer.addr(), "/socket", "websocket").await;
+        assert_eq!(resp.status(), 200);
+        open.push(ws.unwrap());
+    }
+    let (resp, ws) = h2_connect_on(send.clone(), steer.addr(), "/socket", "websocket").await;
+    assert_eq!(resp.status(), 503);
+    assert!(ws.is_none());
+    assert_eq!(resp.headers()["retry-after"], "1");
+    // A tunnel that ends gives its place back.
+    let mut first = open.remove(0);
+    first.close(None).await.unwrap();
+    while let Some(Ok(_)) = first.next().await {}
+    tokio::io::AsyncWriteExt::shutdown(first.get_mut())
+        .await
+        .unwrap();
+    drop(first);
+    let addr = steer.addr();
+    eventually("the closed tunnel's place comes back", || {
+        let send = send.clone();
+        async move {
+            let (resp, _) = h2_connect_on(send, addr, "/socket", "websocket").await;
+            resp.status() == 200
+        }
+    })
+    .await;
+    // Other requests on the connection are not counted: this one reaches
+    // the upstream (which speaks only WebSocket: 502), not the cap's 503.
+    let get = http::Request::get(format!("http://{addr}/plain"))
+        .body(())
+        .unwrap();
+    let (answer, _) = send.ready().await.unwrap().send_request(get, true).unwrap();
+    assert_eq!(answer.await.unwrap().status(), 502);
+}
