@@ -767,9 +767,14 @@ fn forward<'a>(
                     .connection_gone()
                     .then_some((upstream_index, endpoint))
             });
+            // The budget guards upstreams that fail what they get; a request
+            // steer's own shortage or a gone connection kept from the
+            // upstream costs it nothing (Go's HTTP/2 client, too, resends
+            // those freely).
+            let free = local || error.connection_gone();
             match (again, next) {
                 (Some(req), Some(next))
-                    if retries < limit && (local || shared.retry_budget.try_retry()) =>
+                    if retries < limit && (free || shared.retry_budget.try_retry()) =>
                 {
                     retries += 1;
                     outcome.retries = retries;

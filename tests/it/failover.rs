@@ -689,8 +689,11 @@ async fn post_to(steer: &Steer, what: &'static str) -> Answer {
 /// stream as the last it processed, as a server that rotates or closes
 /// its connections does when requests cross its GOAWAY. The others it
 /// never processes (RFC 9113 §6.8). Counts connections and answers.
+/// With `first_only`, only its first connection goes away so; the others
+/// answer every stream as it comes.
 async fn going_away_upstream(
     want: usize,
+    first_only: bool,
 ) -> (std::net::SocketAddr, Arc<AtomicU64>, Arc<AtomicU64>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -698,7 +701,8 @@ async fn going_away_upstream(
     let (c, a) = (connections.clone(), answered.clone());
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            c.fetch_add(1, Ordering::Relaxed);
+            let n = c.fetch_add(1, Ordering::Relaxed);
+            let want = if n == 0 || !first_only { want } else { 0 };
             tokio::spawn(go_away_after_one(tcp, want, a.clone()));
         }
     });
@@ -724,6 +728,8 @@ async fn go_away_after_one(mut tcp: tokio::net::TcpStream, want: usize, answered
     }
     let mut streams: Vec<u32> = Vec::new();
     let mut first_at = None;
+    // `want` 0: every stream is answered as it comes, and nothing goes away.
+    let all = want == 0;
     loop {
         let wait = first_at.map_or(Duration::from_secs(30), |t: Instant| {
             Duration::from_millis(300).saturating_sub(t.elapsed())
@@ -745,13 +751,21 @@ async fn go_away_after_one(mut tcp: tokio::net::TcpStream, want: usize, answered
             0x4 if head[4] & 0x1 == 0 => {
                 let _ = tcp.write_all(&frame(0x4, 0x1, 0, &[])).await;
             }
+            0x1 if all => {
+                let mut out = frame(0x1, 0x4, stream, &[0x88]);
+                out.extend(frame(0x0, 0x1, stream, b"ok"));
+                if tcp.write_all(&out).await.is_err() {
+                    return;
+                }
+                answered.fetch_add(1, Ordering::Relaxed);
+            }
             0x1 if !streams.contains(&stream) => {
                 streams.push(stream);
                 first_at.get_or_insert_with(Instant::now);
             }
             _ => {}
         }
-        if streams.len() >= want {
+        if !all && streams.len() >= want {
             break;
         }
     }
@@ -779,13 +793,34 @@ async fn go_away_after_one(mut tcp: tokio::net::TcpStream, want: usize, answered
 /// bodies included, though there is no other endpoint to try.
 #[tokio::test]
 async fn requests_above_an_upstream_goaway_go_again_on_a_new_connection() {
-    let (up, connections, answered) = going_away_upstream(3).await;
+    let (up, connections, answered) = going_away_upstream(3, false).await;
+    all_posts_answered(up, 3).await;
+    // All three met the first connection; each round answers one.
+    assert_eq!(answered.load(Ordering::Relaxed), 3);
+    assert_eq!(connections.load(Ordering::Relaxed), 3);
+}
+
+/// Many requests cross one GOAWAY at once (a server rotating a busy
+/// connection): each goes again on the new connection, and none is
+/// refused for want of retry budget (20 % of a second's requests, at
+/// least 10), which guards upstreams that fail what they get, not these.
+#[tokio::test]
+async fn many_requests_above_one_goaway_all_go_again() {
+    let (up, connections, answered) = going_away_upstream(16, true).await;
+    all_posts_answered(up, 16).await;
+    assert_eq!(answered.load(Ordering::Relaxed), 16);
+    assert_eq!(connections.load(Ordering::Relaxed), 2);
+}
+
+/// `n` POSTs at once through a steer whose one route goes to the h2c
+/// endpoint `up`: each gets 200.
+async fn all_posts_answered(up: std::net::SocketAddr, n: usize) {
     let body = format!(
         "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
         upstream_toml("blue", up, "h2c").replace("protocol", "health = false\nprotocol")
     );
     let steer = Steer::start(&body).await;
-    let posts: Vec<_> = (0..3)
+    let posts: Vec<_> = (0..n)
         .map(|i| {
             let req = request("POST", &steer.url("/token"))
                 .body(Full::new(Bytes::from(format!("token request {i}"))))
@@ -797,7 +832,4 @@ async fn requests_above_an_upstream_goaway_go_again_on_a_new_connection() {
         let a = post.await.unwrap();
         assert_eq!(a.status, StatusCode::OK, "{}", a.text());
     }
-    // All three met the first connection; each round answers one.
-    assert_eq!(answered.load(Ordering::Relaxed), 3);
-    assert_eq!(connections.load(Ordering::Relaxed), 3);
 }
