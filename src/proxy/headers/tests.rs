@@ -235,6 +235,22 @@ fn request_id_is_kept_or_generated() {
     let b = request_id(&HeaderMap::new());
     assert_eq!(a.len(), 32);
     assert_ne!(a, b);
+    // Lower-case hex, every digit position in use.
+    let ids: Vec<_> = (0..64).map(|_| request_id(&HeaderMap::new())).collect();
+    for id in &ids {
+        assert!(
+            id.as_bytes()
+                .iter()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)),
+            "{id:?}"
+        );
+    }
+    for at in 0..32 {
+        assert!(
+            ids.iter().any(|id| id.as_bytes()[at] != b'0'),
+            "digit {at} always 0"
+        );
+    }
 }
 
 #[test]
