@@ -137,12 +137,9 @@ impl ClientError {
         match self {
             ClientError::Unread { .. } => true,
             ClientError::Broken { source, .. } => {
-                source.downcast_ref::<h2conn::NotOpened>().is_some()
-                    || source.downcast_ref::<h2conn::Silent>().is_some()
+                self.connection_gone()
                     || h2_error(&**source).is_some_and(|e| {
-                        e.is_remote()
-                            && (e.reason() == Some(h2::Reason::REFUSED_STREAM)
-                                || (e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR)))
+                        e.is_remote() && e.reason() == Some(h2::Reason::REFUSED_STREAM)
                     })
             }
             other => other.not_sent(),
@@ -161,8 +158,8 @@ impl ClientError {
         let ClientError::Broken { source, .. } = self else {
             return false;
         };
-        source.downcast_ref::<h2conn::NotOpened>().is_some()
-            || source.downcast_ref::<h2conn::Silent>().is_some()
+        self.silent()
+            || source.downcast_ref::<h2conn::NotOpened>().is_some()
             || h2_error(&**source).is_some_and(|e| {
                 e.is_remote() && e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR)
             })

@@ -762,16 +762,14 @@ fn forward<'a>(
             let limit = if unprocessed { MAX_RETRIES } else { 1 };
             // Somewhere else first; else the same endpoint again, on a new
             // connection, when only its connection failed.
-            let next = resend::next_target(table, route, upstream_index, &tried).or_else(|| {
-                error
-                    .connection_gone()
-                    .then_some((upstream_index, endpoint))
-            });
+            let gone = error.connection_gone();
+            let next = resend::next_target(table, route, upstream_index, &tried)
+                .or_else(|| gone.then_some((upstream_index, endpoint)));
             // The budget guards upstreams that fail what they get; a request
             // steer's own shortage or a gone connection kept from the
             // upstream costs it nothing (Go's HTTP/2 client, too, resends
             // those freely).
-            let free = local || error.connection_gone();
+            let free = local || gone;
             match (again, next) {
                 (Some(req), Some(next))
                     if retries < limit && (free || shared.retry_budget.try_retry()) =>
@@ -820,7 +818,8 @@ fn ramp_attempt(shared: &Shared, table: &Table, route: &Route, upstream: usize, 
 /// connection is out at once; a broken exchange counts like a failed
 /// probe, unless it broke on an answer steer cannot pass on (a head too
 /// large or malformed, a 101 unasked: a client can provoke one, and must
-/// not take the endpoint out for everyone with two requests); a stream refused or cut by a graceful GOAWAY, or a pooled
+/// not take the endpoint out for everyone with two requests); a stream
+/// refused or cut by a graceful GOAWAY, or a pooled
 /// HTTP/1.1 connection closed with the request unread, is no fault (the
 /// endpoint is busy or restarting; a refused connect follows if it is
 /// gone). A new connection reset unread counts like a broken exchange: an
