@@ -557,32 +557,22 @@ impl RelayHalf {
 async fn a_request_does_not_wait_on_an_upstream_connection_that_went_silent() {
     let up = crate::h2_upstream::start(b"ok").await;
     let relay = Relay::start(up.addr).await;
-    let body = format!(
-        "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
-        upstream_toml("blue", relay.addr, "h2c").replace("protocol", "health = false\nprotocol")
-    );
+    let body = one_route("blue", relay.addr, "h2c");
     // `request_timeout` 2 s, `connect_timeout` 500 ms (`with_listen_full`).
     let steer = Steer::start(&body).await;
-    let post = |what: &'static str| {
-        let req = request("POST", &steer.url("/token"))
-            .body(Full::new(Bytes::from_static(what.as_bytes())))
-            .unwrap();
-        async move {
-            let started = Instant::now();
-            (send(&http1(), req).await, started.elapsed())
-        }
-    };
-    let (first, _) = post("first").await;
+    let first = post_to(&steer, "first").await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.text());
     // Quiet past the point steer checks a connection before using it: a
     // peer that answers keeps it.
     tokio::time::sleep(QUIET + Duration::from_millis(500)).await;
-    let (second, _) = post("second").await;
+    let second = post_to(&steer, "second").await;
     assert_eq!(second.status, StatusCode::OK, "{}", second.text());
     assert_eq!(up.seen.connections.load(Ordering::Relaxed), 1);
     relay.go_silent();
     tokio::time::sleep(QUIET + Duration::from_millis(500)).await;
-    let (third, took) = post("third").await;
+    let started = Instant::now();
+    let third = post_to(&steer, "third").await;
+    let took = started.elapsed();
     assert_eq!(third.status, StatusCode::OK, "{}", third.text());
     // The check's PING had `connect_timeout` for its PONG.
     assert!(took < Duration::from_millis(1500), "took {took:?}");
@@ -601,37 +591,17 @@ const QUIET: Duration = Duration::from_secs(5);
 async fn a_request_does_not_try_one_silent_upstream_connection_after_another() {
     let up = crate::h2_upstream::narrow_slow(b"ok").await;
     let relay = Relay::start(up.addr).await;
-    let body = format!(
-        "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
-        upstream_toml("blue", relay.addr, "h2c").replace("protocol", "health = false\nprotocol")
-    );
+    let body = one_route("blue", relay.addr, "h2c");
     let steer = Steer::start(&body).await;
     // One request first: steer learns the upstream's limit of 8 streams.
     let first = post_to(&steer, "first").await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.text());
     // More requests at once than one connection takes: two connections.
-    let streams = crate::h2_upstream::NARROW_STREAMS as usize + 4;
-    let posts: Vec<_> = (0..streams)
-        .map(|i| {
-            let req = request("POST", &steer.url("/token"))
-                .body(Full::new(Bytes::from(format!("burst {i}"))))
-                .unwrap();
-            tokio::spawn(async move { send(&http1(), req).await.status })
-        })
-        .collect();
-    for post in posts {
-        assert_eq!(post.await.unwrap(), StatusCode::OK);
-    }
+    all_posts_answered(&steer, crate::h2_upstream::NARROW_STREAMS as usize + 4).await;
     assert_eq!(up.seen.connections.load(Ordering::Relaxed), 2);
     relay.go_silent();
     tokio::time::sleep(QUIET + Duration::from_millis(500)).await;
-    let a = send(
-        &http1(),
-        request("POST", &steer.url("/token"))
-            .body(Full::new(Bytes::from_static(b"after")))
-            .unwrap(),
-    )
-    .await;
+    let a = post_to(&steer, "after").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
     assert_eq!(up.seen.connections.load(Ordering::Relaxed), 3);
 }
@@ -643,26 +613,20 @@ async fn a_request_does_not_try_one_silent_upstream_connection_after_another() {
 async fn a_request_waiting_on_a_check_goes_on_when_the_connection_ends() {
     let up = crate::h2_upstream::start(b"ok").await;
     let relay = Relay::start(up.addr).await;
-    let body = format!(
-        "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
-        upstream_toml("blue", relay.addr, "h2c").replace("protocol", "health = false\nprotocol")
-    );
+    let body = one_route("blue", relay.addr, "h2c");
     let steer = Steer::start_with(
         "connect_timeout = \"4s\"\nrequest_timeout = \"8s\"\n",
         &body,
     )
     .await;
-    let post = |what: &'static str| {
-        let req = request("POST", &steer.url("/token"))
-            .body(Full::new(Bytes::from_static(what.as_bytes())))
-            .unwrap();
-        async move { send(&http1(), req).await }
-    };
-    assert_eq!(post("first").await.status, StatusCode::OK);
+    assert_eq!(post_to(&steer, "first").await.status, StatusCode::OK);
     relay.go_silent();
     tokio::time::sleep(QUIET + Duration::from_millis(500)).await;
     let started = Instant::now();
-    let second = tokio::spawn(post("second"));
+    let req = request("POST", &steer.url("/token"))
+        .body(Full::new(Bytes::from_static(b"second")))
+        .unwrap();
+    let second = tokio::spawn(async move { send(&http1(), req).await });
     // The check's PING reached the silent connection; then it ends.
     eventually("the check's PING", || async {
         relay.dropped.load(Ordering::Relaxed) > 0
@@ -794,7 +758,7 @@ async fn go_away_after_one(mut tcp: tokio::net::TcpStream, want: usize, answered
 #[tokio::test]
 async fn requests_above_an_upstream_goaway_go_again_on_a_new_connection() {
     let (up, connections, answered) = going_away_upstream(3, false).await;
-    all_posts_answered(up, 3).await;
+    all_posts_answered(&Steer::start(&one_route("blue", up, "h2c")).await, 3).await;
     // All three met the first connection; each round answers one.
     assert_eq!(answered.load(Ordering::Relaxed), 3);
     assert_eq!(connections.load(Ordering::Relaxed), 3);
@@ -807,19 +771,13 @@ async fn requests_above_an_upstream_goaway_go_again_on_a_new_connection() {
 #[tokio::test]
 async fn many_requests_above_one_goaway_all_go_again() {
     let (up, connections, answered) = going_away_upstream(16, true).await;
-    all_posts_answered(up, 16).await;
+    all_posts_answered(&Steer::start(&one_route("blue", up, "h2c")).await, 16).await;
     assert_eq!(answered.load(Ordering::Relaxed), 16);
     assert_eq!(connections.load(Ordering::Relaxed), 2);
 }
 
-/// `n` POSTs at once through a steer whose one route goes to the h2c
-/// endpoint `up`: each gets 200.
-async fn all_posts_answered(up: std::net::SocketAddr, n: usize) {
-    let body = format!(
-        "{}[[routes]]\nname = \"r\"\nupstream = \"blue\"\n",
-        upstream_toml("blue", up, "h2c").replace("protocol", "health = false\nprotocol")
-    );
-    let steer = Steer::start(&body).await;
+/// `n` POSTs at once through `steer`: each gets 200.
+async fn all_posts_answered(steer: &Steer, n: usize) {
     let posts: Vec<_> = (0..n)
         .map(|i| {
             let req = request("POST", &steer.url("/token"))

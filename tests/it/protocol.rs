@@ -15,13 +15,6 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::h2_upstream;
 use crate::support::*;
 
-fn route_to(name: &str, addr: SocketAddr, protocol: &str) -> String {
-    format!(
-        "{}[[routes]]\nname = \"r\"\nupstream = \"{name}\"\n",
-        upstream_toml(name, addr, protocol).replace("protocol", "health = false\nprotocol")
-    )
-}
-
 /// Sends `bytes` and reads what comes back until the server closes or
 /// `wait` passes.
 async fn exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
@@ -35,7 +28,7 @@ async fn exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
 #[tokio::test]
 async fn complete_http2_upstream_answers_are_never_reset() {
     let up = h2_upstream::start(b"0123456789").await;
-    let steer = Steer::start_ready(&route_to("api", up.addr, "h2c")).await;
+    let steer = Steer::start_ready(&one_route("api", up.addr, "h2c")).await;
     // HTTP/1.1 clients (hyper's server drops a Content-Length body once its
     // bytes are out) and HTTP/2 clients alike.
     for client in [http1(), h2c()] {
@@ -68,7 +61,7 @@ async fn complete_http2_upstream_answers_are_never_reset() {
 async fn a_client_that_leaves_early_resets_its_upstream_stream_and_it_is_counted() {
     // A long answer: the client reads the head, then goes away.
     let blue = upstream("blue").await;
-    let steer = Steer::start_ready(&route_to("blue", blue.addr(), "h2c")).await;
+    let steer = Steer::start_ready(&one_route("blue", blue.addr(), "h2c")).await;
     let mut s = TcpStream::connect(steer.addr()).await.unwrap();
     s.write_all(b"GET /demo/bytes?n=50000000 HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
@@ -91,7 +84,7 @@ async fn a_client_that_leaves_early_resets_its_upstream_stream_and_it_is_counted
 #[tokio::test]
 async fn cookie_crumbs_from_http2_reach_an_http1_upstream_as_one_line() {
     let blue = upstream("blue").await;
-    let steer = Steer::start_ready(&route_to("blue", blue.addr(), "http1")).await;
+    let steer = Steer::start_ready(&one_route("blue", blue.addr(), "http1")).await;
     let tcp = TcpStream::connect(steer.addr()).await.unwrap();
     let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(conn);
@@ -117,7 +110,7 @@ async fn cookie_crumbs_from_http2_reach_an_http1_upstream_as_one_line() {
 #[tokio::test]
 async fn duplicate_and_malformed_hosts_get_400() {
     let blue = upstream("blue").await;
-    let steer = Steer::start_ready(&route_to("blue", blue.addr(), "http1")).await;
+    let steer = Steer::start_ready(&one_route("blue", blue.addr(), "http1")).await;
     let cases: [&[u8]; 7] = [
         b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a.example:80@admin.example.com\r\n\r\n",
@@ -151,7 +144,7 @@ async fn duplicate_and_malformed_hosts_get_400() {
 #[tokio::test]
 async fn transfer_codings_other_than_chunked_get_501_and_a_close() {
     let blue = upstream("blue").await;
-    let steer = Steer::start_ready(&route_to("blue", blue.addr(), "http1")).await;
+    let steer = Steer::start_ready(&one_route("blue", blue.addr(), "http1")).await;
     for te in ["gzip, chunked", "chunked, chunked"] {
         let req = format!(
             "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {te}\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n"
@@ -223,7 +216,7 @@ async fn an_upstream_answer_framed_both_ways_arrives_whole_and_its_connection_is
         "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nA\r\n0123456789\r\n0\r\n\r\n".to_owned()
     }, Duration::ZERO, usize::MAX)
     .await;
-    let steer = Steer::start_ready(&route_to("raw", addr, "http1")).await;
+    let steer = Steer::start_ready(&one_route("raw", addr, "http1")).await;
     for _ in 0..2 {
         let a = call(request("GET", &steer.url("/x"))).await;
         assert_eq!(a.status, StatusCode::OK);
@@ -246,7 +239,7 @@ async fn an_upstream_that_answers_before_the_body_is_sent_does_not_poison_the_ne
     // next client's request to go out on the same connection, if steer
     // put it back in the pool.
     let (addr, _, _) = raw_upstream(answer, Duration::from_millis(100), usize::MAX).await;
-    let steer = Steer::start_ready(&route_to("raw", addr, "http1")).await;
+    let steer = Steer::start_ready(&one_route("raw", addr, "http1")).await;
     let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
     for i in 0..30 {
         // Client A: its head, then (once its answer is in) a body that
@@ -274,7 +267,7 @@ async fn an_upstream_that_answers_before_the_body_is_sent_does_not_poison_the_ne
 #[tokio::test]
 async fn underscored_header_names_are_dropped_unless_allowed() {
     let blue = upstream("blue").await;
-    let routes = route_to("blue", blue.addr(), "http1");
+    let routes = one_route("blue", blue.addr(), "http1");
     for (proxy, kept) in [("", false), ("underscores_in_headers = true", true)] {
         let steer = Steer::start_ready_with(proxy, &routes).await;
         let a = call(
@@ -296,7 +289,7 @@ async fn underscored_header_names_are_dropped_unless_allowed() {
 #[tokio::test]
 async fn request_trailers_lose_forwarding_and_zitadel_fields() {
     let up = h2_upstream::start(b"ok").await;
-    let steer = Steer::start_ready(&route_to("api", up.addr, "h2c")).await;
+    let steer = Steer::start_ready(&one_route("api", up.addr, "h2c")).await;
     let tcp = TcpStream::connect(steer.addr()).await.unwrap();
     let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(conn);
@@ -362,7 +355,7 @@ async fn an_idempotent_request_on_a_connection_closed_as_it_arrives_is_sent_on_a
         "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_owned()
     }
     let (addr, conns, heads) = raw_upstream(ok, Duration::ZERO, 1).await;
-    let steer = Steer::start_ready(&route_to("raw", addr, "http1")).await;
+    let steer = Steer::start_ready(&one_route("raw", addr, "http1")).await;
     for i in 0..5 {
         let a = call(request("GET", &steer.url(&format!("/{i}")))).await;
         assert_eq!(a.status, StatusCode::OK, "request {i}");
@@ -395,7 +388,7 @@ async fn refusing_upstream() -> SocketAddr {
 #[tokio::test]
 async fn an_upstream_that_refuses_a_body_is_answered_and_the_client_keeps_its_connection() {
     let addr = refusing_upstream().await;
-    let steer = Steer::start_ready(&route_to("raw", addr, "http1")).await;
+    let steer = Steer::start_ready(&one_route("raw", addr, "http1")).await;
     let body = vec![b'x'; 4 << 20];
     let client = TcpStream::connect(steer.addr()).await.unwrap();
     let (mut rd, mut wr) = client.into_split();
@@ -454,7 +447,7 @@ async fn an_http2_upstream_that_rotates_its_connections_loses_no_request() {
     // One endpoint, no fallback: a request that meets the connection after
     // its GOAWAY must go out on a new connection to the same endpoint.
     let up = h2_upstream::one_per_connection(b"ok").await;
-    let steer = Steer::start_ready(&route_to("rot", up.addr, "h2c")).await;
+    let steer = Steer::start_ready(&one_route("rot", up.addr, "h2c")).await;
     for i in 0..5 {
         let a = call(request("GET", &steer.url(&format!("/{i}")))).await;
         assert_eq!(
@@ -492,7 +485,7 @@ async fn an_upload_on_its_way_keeps_a_quiet_answer_alive() {
         let _ = up.read(&mut [0u8; 64]).await;
     });
     let idle = "response_idle_timeout = \"1s\"";
-    let steer = Steer::start_ready_with(idle, &route_to("up", addr, "http1")).await;
+    let steer = Steer::start_ready_with(idle, &one_route("up", addr, "http1")).await;
     let mut s = TcpStream::connect(steer.addr()).await.unwrap();
     s.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n")
         .await
@@ -543,7 +536,7 @@ async fn a_client_reset_right_after_opening_is_no_reset_upstream() {
     // connection among all its clients: a young stream is read to its end
     // instead, within a second of its start.
     let up = h2_upstream::slow(b"ok").await;
-    let steer = Steer::start_ready(&route_to("up", up.addr, "h2c")).await;
+    let steer = Steer::start_ready(&one_route("up", up.addr, "h2c")).await;
     let answer = h2c_get(&steer).await;
     in_flight_becomes(&steer.admin(), 1, "the request sent upstream").await;
     drop(answer); // RST_STREAM(CANCEL) from the client
@@ -571,7 +564,7 @@ async fn an_upload_that_fails_right_away_makes_no_early_upstream_reset() {
     // but not before it is a second old. Over max_body in its second part
     // (the body's pump sees it fail): 413, after that second.
     let up = h2_upstream::start(b"ok").await;
-    let routes = route_to("up", up.addr, "h2c") + "max_body = \"1KiB\"\n";
+    let routes = one_route("up", up.addr, "h2c") + "max_body = \"1KiB\"\n";
     let steer = Steer::start_ready(&routes).await;
     let (answer, mut upload) = unfinished_upload_started(steer.addr()).await;
     in_flight_becomes(&steer.admin(), 1, "the upload sent upstream").await;
@@ -585,7 +578,7 @@ async fn an_upload_that_fails_right_away_makes_no_early_upstream_reset() {
     // The client resets its upload (the request sees it first, or the
     // pump: either way).
     let up = h2_upstream::start(b"ok").await;
-    let steer = Steer::start_ready(&route_to("up", up.addr, "h2c")).await;
+    let steer = Steer::start_ready(&one_route("up", up.addr, "h2c")).await;
     let (answer, mut upload) = unfinished_upload_started(steer.addr()).await;
     in_flight_becomes(&steer.admin(), 1, "the upload sent upstream").await;
     upload.send_reset(h2::Reason::CANCEL);
@@ -627,7 +620,7 @@ async fn streams_one_client_holds_open_leave_other_clients_a_slot() {
     // slots (a second, or request_timeout): steer opens another connection.
     for reset in [false, true] {
         let up = h2_upstream::narrow(b"ok").await;
-        let steer = Steer::start_ready(&route_to("up", up.addr, "h2c")).await;
+        let steer = Steer::start_ready(&one_route("up", up.addr, "h2c")).await;
         let mut uploads = narrow_slots_taken(&steer).await;
         if reset {
             for (_, upload) in &mut uploads {
@@ -658,7 +651,7 @@ async fn a_burst_opens_only_the_upstream_connections_it_fills() {
     // that fill the first connection takes 4 more (8 streams each), not
     // one per request that found the others full.
     let up = h2_upstream::narrow_slow(b"ok").await;
-    let steer = Steer::start_ready(&route_to("up", up.addr, "h2c")).await;
+    let steer = Steer::start_ready(&one_route("up", up.addr, "h2c")).await;
     let send = h2c_client(steer.addr()).await;
     let get = |send: h2::client::SendRequest<Bytes>| async move {
         let mut send = send.ready().await.unwrap();
@@ -698,7 +691,7 @@ async fn resets_of_streams_the_upstream_has_not_accepted_yet_do_not_end_its_conn
     // must not make steer do that on the connection every client shares:
     // steer keeps each young stream until it is a second old.
     let up = h2_upstream::lazy(b"ok").await;
-    let steer = Steer::start_ready(&route_to("up", up.addr, "h2c")).await;
+    let steer = Steer::start_ready(&one_route("up", up.addr, "h2c")).await;
     let send = h2c_client(steer.addr()).await;
     let mut answers = Vec::new();
     for _ in 0..100 {
@@ -753,7 +746,7 @@ async fn an_upstream_that_stops_sending_its_body_is_cut_off() {
     // HTTP/1.1: the head, 10 of 100 bytes, then silence.
     let (addr, dropped) =
         holding_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
-    let steer = Steer::start_ready_with(IDLE, &route_to("up", addr, "http1")).await;
+    let steer = Steer::start_ready_with(IDLE, &one_route("up", addr, "http1")).await;
     let mut client = TcpStream::connect(steer.addr()).await.unwrap();
     client
         .write_all(b"GET / HTTP/1.1\r\nHost: auth.example.com\r\n\r\n")
@@ -774,7 +767,7 @@ async fn an_upstream_that_stops_sending_its_body_is_cut_off() {
     assert_eq!(metric(&steer.admin(), &series).await, 1.0);
     // HTTP/2: the stream is reset, and so is the upstream's.
     let up = h2_upstream::stalling(b"first").await;
-    let steer = Steer::start_ready_with(IDLE, &route_to("up", up.addr, "h2c")).await;
+    let steer = Steer::start_ready_with(IDLE, &one_route("up", up.addr, "h2c")).await;
     let answer = h2c_get(&steer).await;
     let mut body = answer.await.unwrap().into_body();
     assert_eq!(body.data().await.unwrap().unwrap(), "first");
@@ -821,7 +814,7 @@ async fn unfinished_upload(
 async fn a_request_timeout_resets_the_http2_upstream_stream_of_an_unfinished_upload() {
     let up = h2_upstream::start(b"ok").await;
     // The tests' request_timeout is 2 s.
-    let steer = Steer::start_ready(&route_to("up", up.addr, "h2c")).await;
+    let steer = Steer::start_ready(&one_route("up", up.addr, "h2c")).await;
     // An upload that starts and then waits: the upstream answers only
     // once it has the whole body.
     let (answer, upload) = unfinished_upload(steer.addr()).await;
@@ -839,7 +832,7 @@ async fn a_request_timeout_resets_the_http2_upstream_stream_of_an_unfinished_upl
 #[tokio::test]
 async fn an_upload_the_http2_upstream_answered_early_is_cut_off_after_a_grace() {
     let up = h2_upstream::answering_early(b"ok").await;
-    let steer = Steer::start_ready(&route_to("up", up.addr, "h2c")).await;
+    let steer = Steer::start_ready(&one_route("up", up.addr, "h2c")).await;
     // The client never ends its upload; the upstream has answered anyway.
     let (answer, upload) = unfinished_upload(steer.addr()).await;
     assert_eq!(answer.status(), StatusCode::OK);
@@ -883,7 +876,7 @@ async fn answers_on_one_client_connection_keep_their_framing() {
         .to_owned()
     }
     let (addr, _, _) = raw_upstream(answer, Duration::ZERO, usize::MAX).await;
-    let steer = Steer::start_ready(&route_to("raw", addr, "http1")).await;
+    let steer = Steer::start_ready(&one_route("raw", addr, "http1")).await;
     let mut s = TcpStream::connect(steer.addr()).await.unwrap();
     let host = "Host: auth.example.com\r\n";
     s.write_all(
@@ -923,7 +916,7 @@ async fn an_upstream_answer_cut_short_closes_the_client_connection() {
     // The client cannot tell where a body shorter than its content-length
     // ends: steer must close, not keep the connection for the next request.
     let addr = answering_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234").await;
-    let steer = Steer::start_ready(&route_to("cut", addr, "http1")).await;
+    let steer = Steer::start_ready(&one_route("cut", addr, "http1")).await;
     let mut s = TcpStream::connect(steer.addr()).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: auth.example.com\r\n\r\n")
         .await
@@ -965,7 +958,7 @@ async fn a_form_post_that_came_whole_is_forwarded_whole_and_the_connection_goes_
 #[tokio::test]
 async fn a_quiet_open_upstream_stream_brings_no_pings_a_grpc_server_would_punish() {
     let up = h2_upstream::stalling(b"head").await;
-    let steer = Steer::start(&route_to("up", up.addr, "h2c")).await;
+    let steer = Steer::start(&one_route("up", up.addr, "h2c")).await;
     let send = h2c_client(steer.addr()).await;
     let req = http::Request::get(format!("http://{}/watch", steer.addr()))
         .body(())

@@ -160,6 +160,15 @@ pub async fn single(protocol: &str) -> (Deployment, Steer) {
     (blue, steer)
 }
 
+/// An upstream `name` at `addr` without health checks, and one route,
+/// `r`, that sends everything to it.
+pub fn one_route(name: &str, addr: SocketAddr, protocol: &str) -> String {
+    format!(
+        "{}[[routes]]\nname = \"r\"\nupstream = \"{name}\"\n",
+        upstream_toml(name, addr, protocol).replace("protocol", "health = false\nprotocol")
+    )
+}
+
 /// An upstream block for `name` at `addr`.
 pub fn upstream_toml(name: &str, addr: SocketAddr, protocol: &str) -> String {
     format!("[upstreams.{name}]\nendpoints = [\"{addr}\"]\nprotocol = \"{protocol}\"\n\n")
