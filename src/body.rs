@@ -4,6 +4,7 @@
 //! type either way.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -15,7 +16,7 @@ use crate::BoxError;
 #[derive(Debug)]
 pub enum Inbound {
     Http1(Incoming),
-    Http2(H2Body),
+    Http2(H2Recv),
     /// No body: an HTTP/1.1 request without one on steer's own path
     /// (`server::h1`), or one steer made up (tests, fuzzing).
     Empty,
@@ -26,11 +27,7 @@ pub enum Inbound {
 
 impl Inbound {
     pub(crate) fn h2(recv: h2::RecvStream, content_length: Option<u64>) -> Inbound {
-        Inbound::Http2(H2Body {
-            recv,
-            left: content_length,
-            data_done: false,
-        })
+        Inbound::Http2(H2Recv::new(recv, content_length))
     }
 }
 
@@ -38,7 +35,7 @@ impl Inbound {
     /// The HTTP/2 stream's receive half, for a tunnel (extended CONNECT).
     pub(crate) fn into_h2_recv(self) -> Option<h2::RecvStream> {
         match self {
-            Inbound::Http2(b) => Some(b.recv),
+            Inbound::Http2(b) => Some(b.into_inner()),
             _ => None,
         }
     }
@@ -50,24 +47,47 @@ impl From<Incoming> for Inbound {
     }
 }
 
-/// The body of one HTTP/2 request stream. Receive window is given back as
-/// data is taken, so a client can only send as fast as steer forwards.
+/// The receive half of one HTTP/2 stream as a body: DATA, then trailers;
+/// a client's request (`Inbound::Http2`) or an upstream's answer
+/// (`client::h2conn::H2Body`). The window is given back as data is taken,
+/// so a peer can only send as fast as steer forwards.
 #[derive(Debug)]
-pub struct H2Body {
+pub struct H2Recv {
     recv: h2::RecvStream,
     /// What `content-length` still announces (h2 checks that the DATA
     /// frames add up to it).
     left: Option<u64>,
     data_done: bool,
+    /// The stream's end, once known. `RecvStream::is_end_stream` locks the
+    /// connection's stream store (two atomic operations), and the request
+    /// path asks it several times a request; an ended stream stays ended.
+    ended: AtomicBool,
 }
 
-impl H2Body {
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+impl H2Recv {
+    pub(crate) fn new(recv: h2::RecvStream, content_length: Option<u64>) -> H2Recv {
+        H2Recv {
+            recv,
+            left: content_length,
+            data_done: false,
+            ended: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn into_inner(self) -> h2::RecvStream {
+        self.recv
+    }
+
+    /// The next frame; `None` after the last.
+    pub(crate) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if !self.data_done {
             match std::task::ready!(self.recv.poll_data(cx)) {
                 Some(Ok(data)) => {
-                    // The window is released as the data leaves for the
-                    // upstream: back-pressure reaches the client.
+                    // The window is released as the data leaves:
+                    // back-pressure reaches the sender.
                     let _ = self.recv.flow_control().release_capacity(data.len());
                     if let Some(left) = &mut self.left {
                         *left = left.saturating_sub(data.len() as u64);
@@ -78,10 +98,32 @@ impl H2Body {
                 None => self.data_done = true,
             }
         }
-        match std::task::ready!(self.recv.poll_trailers(cx)) {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-            Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e.into()))),
+        let last = match std::task::ready!(self.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Some(Ok(Frame::trailers(trailers))),
+            Ok(None) => None,
+            Err(e) => return Poll::Ready(Some(Err(e.into()))),
+        };
+        *self.ended.get_mut() = true;
+        Poll::Ready(last)
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        // Relaxed: a plain load and store; the flag only caches what the
+        // stream store said, under its lock, to this same owner.
+        if self.ended.load(Ordering::Relaxed) {
+            return true;
+        }
+        let ended = self.recv.is_end_stream();
+        if ended {
+            self.ended.store(true, Ordering::Relaxed);
+        }
+        ended
+    }
+
+    pub(crate) fn size_hint(&self) -> SizeHint {
+        match self.left {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
         }
     }
 }
@@ -105,7 +147,7 @@ impl Body for Inbound {
     fn is_end_stream(&self) -> bool {
         match self {
             Inbound::Http1(b) => b.is_end_stream(),
-            Inbound::Http2(b) => b.recv.is_end_stream(),
+            Inbound::Http2(b) => b.is_end_stream(),
             Inbound::Empty => true,
             Inbound::Buffered(b) => b.is_none(),
         }
@@ -114,10 +156,7 @@ impl Body for Inbound {
     fn size_hint(&self) -> SizeHint {
         match self {
             Inbound::Http1(b) => b.size_hint(),
-            Inbound::Http2(b) => match b.left {
-                Some(n) => SizeHint::with_exact(n),
-                None => SizeHint::default(),
-            },
+            Inbound::Http2(b) => b.size_hint(),
             Inbound::Empty => SizeHint::with_exact(0),
             Inbound::Buffered(b) => SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
         }

@@ -718,10 +718,7 @@ async fn pump(
 /// let go of it too).
 #[derive(Debug)]
 pub struct H2Body {
-    recv: RecvStream,
-    data_done: bool,
-    /// What `content-length` says is left, when it says.
-    left: Option<u64>,
+    recv: crate::body::H2Recv,
     pump: Option<Pump>,
     _open: Open,
     opened: tokio::time::Instant,
@@ -736,9 +733,7 @@ impl H2Body {
         opened: tokio::time::Instant,
     ) -> H2Body {
         H2Body {
-            recv,
-            data_done: false,
-            left: crate::body::content_length(headers),
+            recv: crate::body::H2Recv::new(recv, crate::body::content_length(headers)),
             pump,
             _open: open,
             opened,
@@ -777,30 +772,17 @@ impl Body for H2Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, crate::BoxError>>> {
         let this = self.get_mut();
-        if !this.data_done {
-            match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    if let Some(left) = this.left.as_mut() {
-                        *left = left.saturating_sub(data.len() as u64);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
-                None => this.data_done = true,
-            }
+        let frame = ready!(this.recv.poll(cx));
+        // Trailers or the end: the answer is whole.
+        let whole = match &frame {
+            None => true,
+            Some(Ok(f)) => !f.is_data(),
+            Some(Err(_)) => false,
+        };
+        if whole {
+            this.ended();
         }
-        match ready!(this.recv.poll_trailers(cx)) {
-            Ok(Some(trailers)) => {
-                this.ended();
-                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
-            }
-            Ok(None) => {
-                this.ended();
-                Poll::Ready(None)
-            }
-            Err(e) => Poll::Ready(Some(Err(e.into()))),
-        }
+        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -808,9 +790,6 @@ impl Body for H2Body {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.left {
-            Some(n) => SizeHint::with_exact(n),
-            None => SizeHint::default(),
-        }
+        self.recv.size_hint()
     }
 }
