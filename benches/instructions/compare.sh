@@ -15,21 +15,28 @@
 # Every proxy sets the same forwarding fields and X-Request-ID, access
 # logs off (as benches/load/run.sh configures them, without the log).
 #
-# Usage: benches/instructions/compare.sh [--requests N] [--streams CxM] [--cache-sim [--branch-sim]]
+# Usage: benches/instructions/compare.sh [--requests N] [--streams CxM] [--cache-sim [--branch-sim]] [--atomics] [--steer-only]
 #   --streams CxM  C connections with M streams each over HTTP/2 (C
 #                  connections over HTTP/1.1) instead of one request at a
 #                  time: the working set of a loaded proxy
-#   --cache-sim    callgrind's cache simulation too: first-level data
-#                  misses and last-level misses (data and instructions)
-#                  per request, a second table
+#   --cache-sim    callgrind's cache simulation too: first-level
+#                  instruction and data misses and last-level misses
+#                  (data and instructions) per request, a second table
 #   --branch-sim   with --cache-sim: simulated branch mispredictions per
 #                  request (conditional and indirect) in that table too
+#   --atomics      locked (atomic read-modify-write) instructions per
+#                  request too, in the proxy and its libraries
+#                  (benches/instructions/atomics.py; needs objdump)
+#   --steer-only   steer alone (STEER=binary, target/release/steer by
+#                  default): one line per scenario, the numbers only
+# CALLGRIND_ARGS: more options for callgrind, e.g. a fixed cache model
+# (--I1=32768,8,64) instead of this host's sizes.
 # Needs valgrind, h2load, nginx and haproxy (apt-get install valgrind
 # nghttp2-client nginx haproxy) and target/release/steer.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-REQUESTS=3000 CONNS=1 STREAMS=1 CACHE=()
-usage() { echo "usage: $0 [--requests N] [--streams CxM] [--cache-sim [--branch-sim]]" >&2; exit 2; }
+REQUESTS=3000 CONNS=1 STREAMS=1 CACHE=() ATOMICS=0 STEER_ONLY=0
+usage() { echo "usage: $0 [--requests N] [--streams CxM] [--cache-sim [--branch-sim]] [--atomics] [--steer-only]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --requests) [ $# -ge 2 ] || usage; REQUESTS="$2"; shift 2 ;;
@@ -39,6 +46,8 @@ while [ $# -gt 0 ]; do
       CONNS="${2%%x*}"; STREAMS="${2#*x}"; shift 2 ;;
     --cache-sim) CACHE+=(--cache-sim=yes); shift ;;
     --branch-sim) CACHE+=(--branch-sim=yes); shift ;;
+    --atomics) ATOMICS=1; CACHE+=(--dump-instr=yes --compress-strings=no); shift ;;
+    --steer-only) STEER_ONLY=1; shift ;;
     *) usage ;;
   esac
 done
@@ -48,8 +57,10 @@ for v in "$REQUESTS" "$CONNS" "$STREAMS"; do
   case "$v" in ''|*[!0-9]*|0*) usage ;; esac
 done
 [ "$REQUESTS" -ge "$CONNS" ] || usage
-case "${CACHE[*]}" in *branch*) case "${CACHE[*]}" in *cache*) ;; *) usage ;; esac ;; esac
-for tool in valgrind callgrind_control h2load nginx haproxy openssl curl python3; do
+case "${CACHE[*]}" in *branch*) case "${CACHE[*]}" in *cache-sim*) ;; *) usage ;; esac ;; esac
+tools=(valgrind callgrind_control h2load openssl curl python3)
+[ "$STEER_ONLY" = 1 ] || tools+=(nginx haproxy)
+for tool in "${tools[@]}"; do
   command -v "$tool" >/dev/null || [ -x "/usr/sbin/$tool" ] \
     || { echo "compare.sh needs $tool" >&2; exit 2; }
 done
@@ -63,8 +74,9 @@ start_upstream "$STEER"
 
 # count NAME URL [H2LOAD FLAGS]: the process under callgrind as NAME
 # ($pid): warm up, zero the counters, send $REQUESTS requests, dump;
-# prints instructions per request, and with --cache-sim also first-level
-# data and last-level misses per request.
+# prints instructions per request, locked instructions per request ("-"
+# without --atomics), and with --cache-sim also first-level data,
+# last-level and first-level instruction misses per request.
 count() {
   local name="$1" url="$2" load=(-c "$CONNS")
   shift 2
@@ -85,9 +97,11 @@ count() {
   done
   # events: Ir [Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw] (--cache-sim)
   # [Bc Bcm Bi Bim] (--branch-sim)
+  local atomics=-
+  [ "$ATOMICS" = 0 ] || atomics="$(python3 benches/instructions/atomics.py "$REQUESTS" "$work/$name.out".*)"
   cat "$work/$name.out".* | sed -n 's/^summary: //p' | sort -n | tail -1 |
-    awk -v n="$REQUESTS" '{ printf "%d", $1 / n }
-      NF >= 9 { printf " %.1f %.1f", ($5 + $6) / n, ($7 + $8 + $9) / n }
+    awk -v n="$REQUESTS" -v a="$atomics" '{ printf "%d %s", $1 / n, a }
+      NF >= 9 { printf " %.1f %.1f %.1f", ($5 + $6) / n, ($7 + $8 + $9) / n, $4 / n }
       NF >= 13 { printf " %.1f", ($11 + $13) / n } END { print "" }'
 }
 
@@ -103,7 +117,8 @@ wait_http() {
 callgrind_on() {
   local name="$1"
   shift
-  valgrind --tool=callgrind "${CACHE[@]}" --callgrind-out-file="$work/$name.out" "$@" \
+  # shellcheck disable=SC2086  # CALLGRIND_ARGS: words for valgrind
+  valgrind --tool=callgrind ${CALLGRIND_ARGS:-} "${CACHE[@]}" --callgrind-out-file="$work/$name.out" "$@" \
     >"$work/$name.stdout" 2>"$work/$name.stderr" &
   pid=$!
   pids+=("$pid")
@@ -128,6 +143,13 @@ steer_scenario() {  # scenario proto scheme
 steer_scenario http1 http1 http
 steer_scenario h2-tls http1 https
 steer_scenario h2-tls-h2c h2c https
+if [ "$STEER_ONLY" = 1 ]; then
+  # scenario, instructions, locked instructions ("-" without --atomics)
+  # [first-level data, last-level and first-level instruction misses
+  # [branch mispredictions]], per request
+  for s in http1 h2-tls h2-tls-h2c; do echo "$s ${result[steer,$s]}"; done
+  exit 0
+fi
 
 # nginx and HAProxy: one process each; port A: HTTP/1.1 and TLS to the
 # HTTP/1.1 upstream; port B: TLS to the same upstream over h2c.
@@ -209,15 +231,24 @@ for s in http1 h2-tls h2-tls-h2c; do
   printf '%-12s %10s %10s %10s %14s %14s\n' "$s" "$st" "$ng" "$hp" \
     "$(python3 -c "print(f'{$st / $ng:.2f}x')")" "$(python3 -c "print(f'{$st / $hp:.2f}x')")"
 done
-[ ${#CACHE[@]} -gt 0 ] || exit 0
+if [ "$ATOMICS" = 1 ]; then
+  echo
+  echo "locked (atomic read-modify-write) instructions per request"
+  printf '%-12s %10s %10s %10s\n' scenario steer nginx haproxy
+  for s in http1 h2-tls h2-tls-h2c; do
+    read -r _ st _ <<<"${result[steer,$s]}"; read -r _ ng _ <<<"${result[nginx,$s]}"; read -r _ hp _ <<<"${result[haproxy,$s]}"
+    printf '%-12s %10s %10s %10s\n' "$s" "$st" "$ng" "$hp"
+  done
+fi
+case "${CACHE[*]}" in *cache-sim*) ;; *) exit 0 ;; esac
 echo
-echo "per request (callgrind's simulation): first-level data misses / last-level misses [/ branch mispredictions]"
-printf '%-12s %24s %24s %24s\n' scenario steer nginx haproxy
+echo "per request (callgrind's simulation): first-level instruction misses / first-level data misses / last-level misses [/ branch mispredictions]"
+printf '%-12s %30s %30s %30s\n' scenario steer nginx haproxy
 for s in http1 h2-tls h2-tls-h2c; do
   cells=()
   for px in steer nginx haproxy; do
-    read -r _ d1 ll bm <<<"${result[$px,$s]}"
-    cells+=("$d1 / $ll${bm:+ / $bm}")
+    read -r _ _ d1 ll i1 bm <<<"${result[$px,$s]}"
+    cells+=("$i1 / $d1 / $ll${bm:+ / $bm}")
   done
-  printf '%-12s %24s %24s %24s\n' "$s" "${cells[@]}"
+  printf '%-12s %30s %30s %30s\n' "$s" "${cells[@]}"
 done

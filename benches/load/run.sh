@@ -20,6 +20,8 @@
 # Proxy CPU = utime+stime from /proc/PID/stat over the run / requests.
 # Prints Markdown tables (medians over rounds, ratios other/steer) and
 # writes them to benches/load/results-<date>.md. See README.md here.
+# STEER=binary measures another steer build than target/release/steer
+# (the BOLT build of scripts/bolt.sh, say).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -98,7 +100,8 @@ ncpu=$(nproc --all)
 CLK_TCK=$(getconf CLK_TCK)
 
 # ------------------------------------------------------------ steer binary
-STEER_SRC="$REPO/target/release/steer"
+STEER_SRC="${STEER:-$REPO/target/release/steer}"
+[ -n "${STEER:-}" ] && [ ! -x "$STEER_SRC" ] && die "STEER=$STEER is not an executable"
 if [ ! -x "$STEER_SRC" ]; then
   log "no $STEER_SRC: building it (cargo build --release --locked)"
   (cd "$REPO" && cargo build --release --locked)
@@ -451,7 +454,7 @@ EOF
   echo
   echo "Command: \`bash benches/load/run.sh --rounds $ROUNDS --seconds $SECONDS_$( [ "$IDLE_CONNS" != 8000 ] && echo " --idle-conns $IDLE_CONNS")$( [ "$IDLE_KINDS" != plain ] && echo " --idle-kinds $IDLE_KINDS")$( [ "$SCENARIOS" != a,b,c,d,e ] && echo " --scenarios $SCENARIOS")\`"
   echo
-  echo "- steer: $("$STEER_BIN" --version) (binary built $(date -u -r "$STEER_SRC" '+%Y-%m-%d %H:%M UTC'); work tree at commit $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)), --workers $STEER_THREADS, access log on (JSON to /dev/null)"
+  echo "- steer: $("$STEER_BIN" --version) (binary ${STEER_SRC#"$REPO"/} built $(date -u -r "$STEER_SRC" '+%Y-%m-%d %H:%M UTC'); work tree at commit $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)), --workers $STEER_THREADS, access log on (JSON to /dev/null)"
   echo "- $(nginx -v 2>&1 | sed 's/^nginx version: //'): 1 worker, upstream keepalive $NGINX_KEEPALIVE, access log on (file, buffer=64k)"
   echo "- $(haproxy -v | head -1 | cut -d' ' -f1-3): nbthread 1, http-reuse always, option httplog to stdout (/dev/null)"
   echo "- $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $(h2load --version | head -1); upstream: nginx, 1 worker, 100-byte body"
