@@ -564,12 +564,12 @@ async fn a_request_does_not_wait_on_an_upstream_connection_that_went_silent() {
     assert_eq!(first.status, StatusCode::OK, "{}", first.text());
     // Quiet past the point steer checks a connection before using it: a
     // peer that answers keeps it.
-    tokio::time::sleep(QUIET + Duration::from_millis(500)).await;
+    quiet_past_the_check().await;
     let second = post_to(&steer, "second").await;
     assert_eq!(second.status, StatusCode::OK, "{}", second.text());
     assert_eq!(up.seen.connections.load(Ordering::Relaxed), 1);
     relay.go_silent();
-    tokio::time::sleep(QUIET + Duration::from_millis(500)).await;
+    quiet_past_the_check().await;
     let started = Instant::now();
     let third = post_to(&steer, "third").await;
     let took = started.elapsed();
@@ -583,6 +583,12 @@ async fn a_request_does_not_wait_on_an_upstream_connection_that_went_silent() {
 /// How long steer's HTTP/2 upstream connection may hear nothing before a
 /// request checks it with a PING (`client::h2conn::QUIET`).
 const QUIET: Duration = Duration::from_secs(5);
+
+/// Lets steer's upstream connections stay quiet until the next request
+/// checks them: the time passing is the condition, nothing to poll for.
+async fn quiet_past_the_check() {
+    tokio::time::sleep(QUIET + Duration::from_millis(500)).await;
+}
 
 /// Two connections to the endpoint went silent while quiet: the request
 /// finds the first one silent and must not then try the second (and fail
@@ -600,7 +606,7 @@ async fn a_request_does_not_try_one_silent_upstream_connection_after_another() {
     all_posts_answered(&steer, crate::h2_upstream::NARROW_STREAMS as usize + 4).await;
     assert_eq!(up.seen.connections.load(Ordering::Relaxed), 2);
     relay.go_silent();
-    tokio::time::sleep(QUIET + Duration::from_millis(500)).await;
+    quiet_past_the_check().await;
     let a = post_to(&steer, "after").await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
     assert_eq!(up.seen.connections.load(Ordering::Relaxed), 3);
@@ -621,11 +627,9 @@ async fn a_request_waiting_on_a_check_goes_on_when_the_connection_ends() {
     .await;
     assert_eq!(post_to(&steer, "first").await.status, StatusCode::OK);
     relay.go_silent();
-    tokio::time::sleep(QUIET + Duration::from_millis(500)).await;
+    quiet_past_the_check().await;
     let started = Instant::now();
-    let req = request("POST", &steer.url("/token"))
-        .body(Full::new(Bytes::from_static(b"second")))
-        .unwrap();
+    let req = post_request(&steer, "second");
     let second = tokio::spawn(async move { send(&http1(), req).await });
     // The check's PING reached the silent connection; then it ends.
     eventually("the check's PING", || async {
@@ -641,10 +645,14 @@ async fn a_request_waiting_on_a_check_goes_on_when_the_connection_ends() {
 }
 
 async fn post_to(steer: &Steer, what: &'static str) -> Answer {
-    let req = request("POST", &steer.url("/token"))
+    send(&http1(), post_request(steer, what)).await
+}
+
+/// A POST to `/token`, which steer may not send twice.
+fn post_request(steer: &Steer, what: &'static str) -> http::Request<Full<Bytes>> {
+    request("POST", &steer.url("/token"))
         .body(Full::new(Bytes::from_static(what.as_bytes())))
-        .unwrap();
-    send(&http1(), req).await
+        .unwrap()
 }
 
 /// An HTTP/2 upstream, in raw frames, that goes away under requests: on
