@@ -18,6 +18,7 @@ instruction count can differ in CPU time by their atomics.
 """
 
 import collections
+import functools
 import re
 import subprocess
 import sys
@@ -25,26 +26,26 @@ import sys
 LOCKED = re.compile(r"\t(lock\s|xchg\s.*\()")
 
 
-def locked_addresses(path, cache={}):
-    """Virtual addresses of the locked instructions of one ELF object."""
-    if path not in cache:
-        try:
-            out = subprocess.run(
-                ["objdump", "-d", "--no-show-raw-insn", path],
-                capture_output=True, text=True, check=True,
-            ).stdout
-        except (OSError, subprocess.CalledProcessError):
-            out = ""
-        addrs = set()
-        for line in out.splitlines():
-            if LOCKED.search(line):
-                head = line.split(":", 1)[0].strip()
-                try:
-                    addrs.add(int(head, 16))
-                except ValueError:
-                    pass
-        cache[path] = addrs
-    return cache[path]
+@functools.cache
+def locked_addresses(path):
+    """Virtual addresses of the locked instructions of one ELF object
+    (none for what objdump cannot read, such as valgrind's "???")."""
+    try:
+        out = subprocess.run(
+            ["objdump", "-d", "--no-show-raw-insn", path],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return frozenset()
+    addrs = set()
+    for line in out.splitlines():
+        if LOCKED.search(line):
+            head = line.split(":", 1)[0].strip()
+            try:
+                addrs.add(int(head, 16))
+            except ValueError:
+                pass
+    return frozenset(addrs)
 
 
 def summary(path):
@@ -58,17 +59,24 @@ def summary(path):
 def count(path):
     """Locked instructions executed, in all and per function."""
     per_fn = collections.Counter()
-    locks, fn, addr, call = set(), None, 0, False
+    locks, fn, addr, call = frozenset(), None, 0, False
+    ir = None  # the column of Ir: after the positions (instr line)
     with open(path, errors="replace") as f:
         for line in f:
             c = line[:1]
-            if line.startswith("ob="):
+            if line.startswith("positions:"):
+                positions = line.split()[1:]
+                if positions[:1] == ["instr"]:
+                    ir = len(positions)
+            elif line.startswith("ob="):
                 locks = locked_addresses(line[3:].strip())
             elif line.startswith("fn="):
                 fn = line[3:].strip()
             elif line.startswith("calls="):
                 call = True  # the next cost line is the call's, not the address's own
             elif c.isdigit() or c in "+-*":
+                if ir is None:
+                    sys.exit(f"{path}: written without --dump-instr=yes")
                 parts = line.split()
                 a = parts[0]
                 if a.startswith("0x"):
@@ -77,8 +85,8 @@ def count(path):
                     addr += int(a)
                 if call:
                     call = False
-                elif addr in locks:
-                    per_fn[fn] += int(parts[2]) if len(parts) > 2 else 0
+                elif addr in locks and len(parts) > ir:
+                    per_fn[fn] += int(parts[ir])
     return per_fn
 
 

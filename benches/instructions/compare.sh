@@ -35,7 +35,8 @@
 # nghttp2-client nginx haproxy) and target/release/steer.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-REQUESTS=3000 CONNS=1 STREAMS=1 CACHE=() ATOMICS=0 STEER_ONLY=0
+# CALLGRIND: the options the flags add to callgrind's command line.
+REQUESTS=3000 CONNS=1 STREAMS=1 CALLGRIND=() CACHE_SIM=0 BRANCH_SIM=0 ATOMICS=0 STEER_ONLY=0
 usage() { echo "usage: $0 [--requests N] [--streams CxM] [--cache-sim [--branch-sim]] [--atomics] [--steer-only]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -44,9 +45,11 @@ while [ $# -gt 0 ]; do
       [ $# -ge 2 ] || usage
       case "$2" in *x*) ;; *) usage ;; esac
       CONNS="${2%%x*}"; STREAMS="${2#*x}"; shift 2 ;;
-    --cache-sim) CACHE+=(--cache-sim=yes); shift ;;
-    --branch-sim) CACHE+=(--branch-sim=yes); shift ;;
-    --atomics) ATOMICS=1; CACHE+=(--dump-instr=yes --compress-strings=no); shift ;;
+    --cache-sim) CACHE_SIM=1; CALLGRIND+=(--cache-sim=yes); shift ;;
+    --branch-sim) BRANCH_SIM=1; CALLGRIND+=(--branch-sim=yes); shift ;;
+    # atomics.py reads the dump by instruction address, and with every
+    # name in it: the dumps before the zeroing are deleted.
+    --atomics) ATOMICS=1; CALLGRIND+=(--dump-instr=yes --compress-strings=no); shift ;;
     --steer-only) STEER_ONLY=1; shift ;;
     *) usage ;;
   esac
@@ -57,7 +60,7 @@ for v in "$REQUESTS" "$CONNS" "$STREAMS"; do
   case "$v" in ''|*[!0-9]*|0*) usage ;; esac
 done
 [ "$REQUESTS" -ge "$CONNS" ] || usage
-case "${CACHE[*]}" in *branch*) case "${CACHE[*]}" in *cache-sim*) ;; *) usage ;; esac ;; esac
+[ "$BRANCH_SIM" = 0 ] || [ "$CACHE_SIM" = 1 ] || usage
 tools=(valgrind callgrind_control h2load openssl curl python3)
 [ "$STEER_ONLY" = 1 ] || tools+=(nginx haproxy)
 for tool in "${tools[@]}"; do
@@ -75,8 +78,8 @@ start_upstream "$STEER"
 # count NAME URL [H2LOAD FLAGS]: the process under callgrind as NAME
 # ($pid): warm up, zero the counters, send $REQUESTS requests, dump;
 # prints instructions per request, locked instructions per request ("-"
-# without --atomics), and with --cache-sim also first-level data,
-# last-level and first-level instruction misses per request.
+# without --atomics), and with --cache-sim also first-level instruction,
+# first-level data and last-level misses per request.
 count() {
   local name="$1" url="$2" load=(-c "$CONNS")
   shift 2
@@ -100,9 +103,12 @@ count() {
   local atomics=-
   [ "$ATOMICS" = 0 ] || atomics="$(python3 benches/instructions/atomics.py "$REQUESTS" "$work/$name.out".*)"
   cat "$work/$name.out".* | sed -n 's/^summary: //p' | sort -n | tail -1 |
-    awk -v n="$REQUESTS" -v a="$atomics" '{ printf "%d %s", $1 / n, a }
-      NF >= 9 { printf " %.1f %.1f %.1f", ($5 + $6) / n, ($7 + $8 + $9) / n, $4 / n }
-      NF >= 13 { printf " %.1f", ($11 + $13) / n } END { print "" }'
+    # By the flags, not the field count: callgrind leaves out trailing
+    # zero counts (no last-level write misses in a short run).
+    awk -v n="$REQUESTS" -v a="$atomics" -v cache="$CACHE_SIM" -v branch="$BRANCH_SIM" '
+      { printf "%d %s", $1 / n, a }
+      cache == 1 { printf " %.1f %.1f %.1f", $4 / n, ($5 + $6) / n, ($7 + $8 + $9) / n }
+      branch == 1 { printf " %.1f", ($11 + $13) / n } END { print "" }'
 }
 
 # wait_http URL: until it answers, valgrind starting slowly (60 s).
@@ -118,7 +124,7 @@ callgrind_on() {
   local name="$1"
   shift
   # shellcheck disable=SC2086  # CALLGRIND_ARGS: words for valgrind
-  valgrind --tool=callgrind ${CALLGRIND_ARGS:-} "${CACHE[@]}" --callgrind-out-file="$work/$name.out" "$@" \
+  valgrind --tool=callgrind ${CALLGRIND_ARGS:-} "${CALLGRIND[@]}" --callgrind-out-file="$work/$name.out" "$@" \
     >"$work/$name.stdout" 2>"$work/$name.stderr" &
   pid=$!
   pids+=("$pid")
@@ -145,7 +151,7 @@ steer_scenario h2-tls http1 https
 steer_scenario h2-tls-h2c h2c https
 if [ "$STEER_ONLY" = 1 ]; then
   # scenario, instructions, locked instructions ("-" without --atomics)
-  # [first-level data, last-level and first-level instruction misses
+  # [first-level instruction, first-level data and last-level misses
   # [branch mispredictions]], per request
   for s in http1 h2-tls h2-tls-h2c; do echo "$s ${result[steer,$s]}"; done
   exit 0
@@ -240,14 +246,14 @@ if [ "$ATOMICS" = 1 ]; then
     printf '%-12s %10s %10s %10s\n' "$s" "$st" "$ng" "$hp"
   done
 fi
-case "${CACHE[*]}" in *cache-sim*) ;; *) exit 0 ;; esac
+[ "$CACHE_SIM" = 1 ] || exit 0
 echo
 echo "per request (callgrind's simulation): first-level instruction misses / first-level data misses / last-level misses [/ branch mispredictions]"
 printf '%-12s %30s %30s %30s\n' scenario steer nginx haproxy
 for s in http1 h2-tls h2-tls-h2c; do
   cells=()
   for px in steer nginx haproxy; do
-    read -r _ _ d1 ll i1 bm <<<"${result[$px,$s]}"
+    read -r _ _ i1 d1 ll bm <<<"${result[$px,$s]}"
     cells+=("$i1 / $d1 / $ll${bm:+ / $bm}")
   done
   printf '%-12s %30s %30s %30s\n' "$s" "${cells[@]}"

@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 need() { [ -x "$1" ] || command -v "$1" >/dev/null 2>&1; }
-if ! need /usr/lib/llvm-19/bin/llvm-bolt || ! need valgrind || ! need h2load; then
+if ! need "${LLVM_BOLT_DIR:-/usr/lib/llvm-19/bin}/llvm-bolt" || ! need valgrind || ! need h2load; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq bolt-19 valgrind nghttp2-client >/dev/null
@@ -33,7 +33,7 @@ bash scripts/bolt.sh target/bolt/steer
 MODEL="--I1=65536,16,64 --D1=49152,12,64 --LL=33554432,16,64"
 measure() {  # binary, compare.sh flags -> "scenario I1-misses" lines
   STEER="$(realpath "$1")" CALLGRIND_ARGS="$MODEL" bash benches/instructions/compare.sh --steer-only --cache-sim "${@:2}" \
-    2> >(grep -v '^sending command' >&2) | awk '{ print $1, $6 }'
+    2> >(grep -v '^sending command' >&2) | awk '{ print $1, $4 }'
 }
 # check MODE LIMIT FLAGS...: misses after / before, per scenario.
 failed=0
