@@ -77,24 +77,9 @@ pub struct TableMetrics {
     rows: Vec<OnceLock<Box<[Cell]>>>,
     requests: IntCounterVec,
     duration: HistogramVec,
-    resets: IntCounterVec,
-    /// Per upstream, created on first use.
-    reset_handles: Vec<OnceLock<IntCounter>>,
 }
 
 impl TableMetrics {
-    /// The counter of HTTP/2 streams to upstream `u` that steer reset
-    /// because the client went away before the response ended.
-    pub fn stream_resets(&self, u: usize) -> IntCounter {
-        let name = self.upstream_names.get(u).map_or("", String::as_str);
-        match self.reset_handles.get(u) {
-            Some(cell) => cell
-                .get_or_init(|| self.resets.with_label_values(&[name]))
-                .clone(),
-            None => self.resets.with_label_values(&[name]),
-        }
-    }
-
     /// Counts one answered request and observes its time to response head.
     pub fn record(
         &self,
@@ -294,8 +279,6 @@ impl Metrics {
             .chain([String::new()])
             .collect();
         TableMetrics {
-            reset_handles: upstreams.iter().map(|_| OnceLock::new()).collect(),
-            resets: self.stream_resets.clone(),
             rows: route_names.iter().map(|_| OnceLock::new()).collect(),
             route_names,
             upstream_names,
@@ -316,6 +299,7 @@ impl Metrics {
                 .endpoint_healthy
                 .with_label_values(&[upstream, endpoint]),
             body_timeouts: self.body_timeouts.with_label_values(&[upstream, endpoint]),
+            stream_resets: self.stream_resets.clone(),
         }
     }
 

@@ -262,7 +262,7 @@ impl Drop for UpstreamBody {
             }
             _ => {
                 if let Some(f) = &finished {
-                    f.resets.inc();
+                    f.guard.count_stream_reset();
                 }
             }
         }
@@ -282,7 +282,7 @@ async fn await_end_stream(
         .await
         .unwrap_or(false);
     if !ended && let Some(f) = &finished {
-        f.resets.inc();
+        f.guard.count_stream_reset();
     }
 }
 

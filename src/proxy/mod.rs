@@ -728,7 +728,6 @@ fn forward<'a>(
                     let finished = Finished {
                         guard,
                         request: fault,
-                        resets: table.metrics.stream_resets(upstream_index),
                     };
                     return respond(sent, table, route, client_upgrade, finished);
                 }
@@ -846,8 +845,6 @@ pub(crate) struct Finished {
     /// Whether the request went out whole: only then may an HTTP/1.1
     /// upstream connection carry another request.
     pub(crate) request: Arc<Fault>,
-    /// Counts HTTP/2 upstream streams reset because the client left early.
-    pub(crate) resets: prometheus::IntCounter,
 }
 
 /// The client's response from the upstream's: framing made unambiguous,

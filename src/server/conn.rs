@@ -75,6 +75,19 @@ impl Activity {
         self.open.fetch_add(1, Ordering::Relaxed);
         OpenGuard(self.clone())
     }
+
+    /// As `open`, for a request that ends before this borrow does (an
+    /// HTTP/2 stream, whose future borrows its connection's state): no
+    /// reference count taken and given back per request.
+    pub fn open_borrowed(&self) -> OpenRef<'_> {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenRef(self)
+    }
+
+    fn close_one(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.touch();
+    }
 }
 
 #[derive(Debug)]
@@ -82,8 +95,17 @@ pub struct OpenGuard(Arc<Activity>);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-        self.0.touch();
+        self.0.close_one();
+    }
+}
+
+/// `Activity::open_borrowed`'s guard.
+#[derive(Debug)]
+pub struct OpenRef<'a>(&'a Activity);
+
+impl Drop for OpenRef<'_> {
+    fn drop(&mut self) {
+        self.0.close_one();
     }
 }
 

@@ -130,12 +130,15 @@ pub(super) async fn serve<S: Parkable>(
             }
         };
         *deadline = None;
-        let open = ctx.activity.open();
         // As hyper does: a client that closes while its request is
         // answered cancels it, unless it has sent more (the next request).
         let watch = buf.is_empty();
         let kept = std::pin::pin!(exchange(stream, ctx, req, asked_close, watch)).await?;
-        drop(open);
+        // The idle clock starts again at the answer's end. No open count
+        // around the exchange (`Activity::open`, four atomic operations):
+        // the only idle check of this connection is `park::wait_readable`,
+        // on this task, between requests.
+        ctx.activity.touch();
         if !kept {
             return close(stream).await;
         }
@@ -361,7 +364,7 @@ fn exchange<'a, S: Parkable>(
                 () = client_gone(stream), if watch => return Ok(false),
             }
         };
-        let keep_alive = !asked_close && !*ctx.finish.borrow();
+        let keep_alive = !asked_close && !super::asked_to_finish(&ctx.finish);
         respond(stream, resp, head_only, keep_alive, watch).await
     }
 }

@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Interval, Sleep};
 
-use super::conn::{self, OpenGuard};
+use super::conn::{self, OpenRef};
 use super::h2_connect::{Handed, OnConnect};
 use super::io::StallReport;
 use super::{ClientResult, ConnCtx};
@@ -210,10 +210,10 @@ where
                     Some(Ok((req, respond))) => {
                         // A panic ends its own stream, as it ended its
                         // own task when each stream had one.
-                        let served =
-                            AssertUnwindSafe(stream(req, respond, &streams, activity.open()))
-                                .catch_unwind()
-                                .map(|_| ());
+                        let open = activity.open_borrowed();
+                        let served = AssertUnwindSafe(stream(req, respond, &streams, open))
+                            .catch_unwind()
+                            .map(|_| ());
                         running.push(served);
                         opened = opened.saturating_add(1);
                         if !control.asked && streams.rapid_reset(opened) {
@@ -456,7 +456,7 @@ fn stream<'a>(
     req: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     streams: &'a Streams,
-    open: OpenGuard,
+    open: OpenRef<'a>,
 ) -> impl Future<Output = ()> + 'a {
     let (req, connect) = inbound(req);
     // A WebSocket takes a place among the listener's connections for its

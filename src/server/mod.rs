@@ -326,6 +326,16 @@ async fn start_tls(io: ClientIo, tls: TlsListener, mut ctx: ConnCtx) -> ClientRe
     Ok(server_for(stream, buf, ctx, speaks))
 }
 
+/// Whether `drain` has asked the connections to finish, for the checks
+/// made per request: the watch's version is one atomic load, where
+/// `borrow` takes its read lock. `drain` sends `true` once, and a
+/// connection's receiver takes that change only in the waits that end the
+/// connection, so a change not yet taken is the ask. A dropped sender (the
+/// listener is gone) counts as one, as in the waits.
+fn asked_to_finish(finish: &watch::Receiver<bool>) -> bool {
+    !matches!(finish.has_changed(), Ok(false))
+}
+
 /// After the accept loop: keep-alive grace, then
 /// ask every connection to finish, bounded by `drain_timeout`.
 async fn drain(shared: &Shared, tracker: &conn::Tracker, finish: &watch::Sender<bool>) {

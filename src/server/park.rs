@@ -264,7 +264,7 @@ async fn wait_readable(
     idle: Duration,
     finish: &mut watch::Receiver<bool>,
 ) -> io::Result<Woken> {
-    if *finish.borrow() {
+    if super::asked_to_finish(finish) {
         return Ok(Woken::Close);
     }
     loop {

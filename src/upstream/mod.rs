@@ -46,6 +46,9 @@ pub struct EndpointGauges {
     pub healthy: prometheus::IntGauge,
     /// Response bodies cut off for `response_idle_timeout`.
     pub body_timeouts: prometheus::IntCounter,
+    /// `steer_upstream_stream_resets_total`, by upstream: its series is
+    /// looked up at the first reset (rare), so it appears on first use.
+    pub stream_resets: prometheus::IntCounterVec,
 }
 
 /// One address of an upstream.
@@ -145,6 +148,16 @@ impl Endpoint {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Copies the in-flight count into its gauge. Done when `/metrics` is
+    /// read, not per request: the count is the endpoint's own atomic, and
+    /// a gauge kept in step would cost each request two more atomic adds.
+    pub fn publish_in_flight(&self) {
+        if let Some(g) = self.gauges.get() {
+            g.in_flight
+                .set(i64::try_from(self.in_flight()).unwrap_or(i64::MAX));
+        }
     }
 
     /// Marks the endpoint live (its table was committed), creating its
@@ -338,9 +351,6 @@ pub struct InFlight {
 impl InFlight {
     pub fn new(endpoint: Arc<Endpoint>) -> InFlight {
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
-        if let Some(g) = endpoint.gauges.get() {
-            g.in_flight.inc();
-        }
         InFlight { endpoint }
     }
 
@@ -348,6 +358,15 @@ impl InFlight {
     pub fn count_body_timeout(&self) {
         if let Some(g) = self.endpoint.gauges.get() {
             g.body_timeouts.inc();
+        }
+    }
+
+    /// Counts an HTTP/2 stream to this endpoint that steer reset because
+    /// its client went away before the response ended.
+    pub fn count_stream_reset(&self) {
+        if let Some(g) = self.endpoint.gauges.get() {
+            let upstream = self.endpoint.upstream.as_str();
+            g.stream_resets.with_label_values(&[upstream]).inc();
         }
     }
 
@@ -359,9 +378,6 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if let Some(g) = self.endpoint.gauges.get() {
-            g.in_flight.dec();
-        }
     }
 }
 
