@@ -1,20 +1,29 @@
 #!/usr/bin/env python3
-"""Atomic read-modify-write instructions per request, from a callgrind dump.
+"""Atomic read-modify-write instructions and hot code per request, from a
+callgrind dump.
 
   atomics.py REQUESTS DUMP... [--top N]
 
 Of the dumps given, reads the one with the most instructions (the load
 after the zeroing, as compare.sh picks it). It must have been written
-with --dump-instr=yes --compress-strings=no. Each object the dump names
-(the proxy's binary and its shared libraries) is disassembled with
-objdump; an instruction counts when it carries the lock prefix or is an
-xchg with memory (locked without the prefix). Prints the count per
-request, then with --top N the N functions with the most.
+with --dump-instr=yes --compress-strings=no. Prints two numbers:
+
+- locked instructions per request. Each object the dump names (the
+  proxy's binary and its shared libraries) is disassembled with objdump;
+  an instruction counts when it carries the lock prefix or is an xchg
+  with memory (locked without the prefix). With --top N, then the N
+  functions with the most.
+- the hot code, in KiB: the 64-byte lines of code that run in at least
+  every other request (a line runs as often as its most run
+  instruction). It is the instruction cache a request's code needs: when
+  it is larger than the first-level cache, every request misses on part
+  of its own code.
 
 Why count them: a locked instruction costs tens of cycles (it waits for
-the store buffer to drain and holds the cache line), while callgrind
-counts it as one instruction like any other. So two proxies with the same
-instruction count can differ in CPU time by their atomics.
+the store buffer to drain and holds the cache line), and an instruction
+fetched from the second-level cache costs several; callgrind counts each
+as one instruction like any other. So two proxies with the same
+instruction count can differ in CPU time by these.
 """
 
 import collections
@@ -57,9 +66,11 @@ def summary(path):
 
 
 def count(path):
-    """Locked instructions executed, in all and per function."""
+    """Locked instructions executed per function, and how often each
+    instruction ran, by (object, address)."""
     per_fn = collections.Counter()
-    locks, fn, addr, call = frozenset(), None, 0, False
+    runs = collections.Counter()
+    ob, locks, fn, addr, call = None, frozenset(), None, 0, False
     ir = None  # the column of Ir: after the positions (instr line)
     with open(path, errors="replace") as f:
         for line in f:
@@ -69,7 +80,8 @@ def count(path):
                 if positions[:1] == ["instr"]:
                     ir = len(positions)
             elif line.startswith("ob="):
-                locks = locked_addresses(line[3:].strip())
+                ob = line[3:].strip()
+                locks = locked_addresses(ob)
             elif line.startswith("fn="):
                 fn = line[3:].strip()
             elif line.startswith("calls="):
@@ -85,9 +97,21 @@ def count(path):
                     addr += int(a)
                 if call:
                     call = False
-                elif addr in locks and len(parts) > ir:
-                    per_fn[fn] += int(parts[ir])
-    return per_fn
+                elif len(parts) > ir:
+                    n = int(parts[ir])
+                    runs[(ob, addr)] += n
+                    if addr in locks:
+                        per_fn[fn] += n
+    return per_fn, runs
+
+
+def hot_kib(runs, requests):
+    """The 64-byte code lines run in at least every other request, in KiB."""
+    line_runs = collections.Counter()
+    for (ob, addr), n in runs.items():
+        key = (ob, addr >> 6)
+        line_runs[key] = max(line_runs[key], n)
+    return sum(n * 2 >= requests for n in line_runs.values()) * 64 / 1024
 
 
 def main(argv):
@@ -97,8 +121,8 @@ def main(argv):
         top = int(argv[i + 1])
         del argv[i : i + 2]
     requests, dumps = int(argv[1]), argv[2:]
-    per_fn = count(max(dumps, key=summary))
-    print(f"{sum(per_fn.values()) / requests:.1f}")
+    per_fn, runs = count(max(dumps, key=summary))
+    print(f"{sum(per_fn.values()) / requests:.1f} {hot_kib(runs, requests):.1f}")
     for fn, n in per_fn.most_common(top):
         print(f"{n / requests:8.2f}  {fn}")
 

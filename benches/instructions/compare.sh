@@ -25,8 +25,11 @@
 #   --branch-sim   with --cache-sim: simulated branch mispredictions per
 #                  request (conditional and indirect) in that table too
 #   --atomics      locked (atomic read-modify-write) instructions per
-#                  request too, in the proxy and its libraries
-#                  (benches/instructions/atomics.py; needs objdump)
+#                  request too, in the proxy and its libraries, and the
+#                  hot code: KiB of 64-byte code lines run in at least
+#                  every other request, what a request needs of the
+#                  instruction cache (benches/instructions/atomics.py;
+#                  needs objdump)
 #   --steer-only   steer alone (STEER=binary, target/release/steer by
 #                  default): one line per scenario, the numbers only
 # CALLGRIND_ARGS: more options for callgrind, e.g. a fixed cache model
@@ -77,8 +80,9 @@ start_upstream "$STEER"
 
 # count NAME URL [H2LOAD FLAGS]: the process under callgrind as NAME
 # ($pid): warm up, zero the counters, send $REQUESTS requests, dump;
-# prints instructions per request, locked instructions per request ("-"
-# without --atomics), and with --cache-sim also first-level instruction,
+# prints instructions per request, locked instructions per request and
+# hot code KiB ("- -" without --atomics), and with --cache-sim also
+# first-level instruction,
 # first-level data and last-level misses per request.
 count() {
   local name="$1" url="$2" load=(-c "$CONNS")
@@ -100,7 +104,7 @@ count() {
   done
   # events: Ir [Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw] (--cache-sim)
   # [Bc Bcm Bi Bim] (--branch-sim)
-  local atomics=-
+  local atomics="- -"
   [ "$ATOMICS" = 0 ] || atomics="$(python3 benches/instructions/atomics.py "$REQUESTS" "$work/$name.out".*)"
   cat "$work/$name.out".* | sed -n 's/^summary: //p' | sort -n | tail -1 |
     # By the flags, not the field count: callgrind leaves out trailing
@@ -150,7 +154,8 @@ steer_scenario http1 http1 http
 steer_scenario h2-tls http1 https
 steer_scenario h2-tls-h2c h2c https
 if [ "$STEER_ONLY" = 1 ]; then
-  # scenario, instructions, locked instructions ("-" without --atomics)
+  # scenario, instructions, locked instructions, hot code KiB ("- -"
+  # without --atomics)
   # [first-level instruction, first-level data and last-level misses
   # [branch mispredictions]], per request
   for s in http1 h2-tls h2-tls-h2c; do echo "$s ${result[steer,$s]}"; done
@@ -172,7 +177,7 @@ events { worker_connections 1000; }
 http {
   access_log off;
   keepalive_requests 10000000;
-$(nginx_temp_paths $work/nginx/tmp)
+$(nginx_temp_paths "$work/nginx/tmp")
   ssl_certificate $work/cert.pem;
   ssl_certificate_key $work/key.pem;
   upstream up { server $up; keepalive 64; keepalive_requests 10000000; }
@@ -239,11 +244,15 @@ for s in http1 h2-tls h2-tls-h2c; do
 done
 if [ "$ATOMICS" = 1 ]; then
   echo
-  echo "locked (atomic read-modify-write) instructions per request"
-  printf '%-12s %10s %10s %10s\n' scenario steer nginx haproxy
+  echo "locked (atomic read-modify-write) instructions per request / hot code in KiB (64-byte lines run in at least every other request)"
+  printf '%-12s %16s %16s %16s\n' scenario steer nginx haproxy
   for s in http1 h2-tls h2-tls-h2c; do
-    read -r _ st _ <<<"${result[steer,$s]}"; read -r _ ng _ <<<"${result[nginx,$s]}"; read -r _ hp _ <<<"${result[haproxy,$s]}"
-    printf '%-12s %10s %10s %10s\n' "$s" "$st" "$ng" "$hp"
+    cells=()
+    for px in steer nginx haproxy; do
+      read -r _ locked hot _ <<<"${result[$px,$s]}"
+      cells+=("$locked / $hot")
+    done
+    printf '%-12s %16s %16s %16s\n' "$s" "${cells[@]}"
   done
 fi
 [ "$CACHE_SIM" = 1 ] || exit 0
@@ -253,7 +262,7 @@ printf '%-12s %30s %30s %30s\n' scenario steer nginx haproxy
 for s in http1 h2-tls h2-tls-h2c; do
   cells=()
   for px in steer nginx haproxy; do
-    read -r _ _ i1 d1 ll bm <<<"${result[$px,$s]}"
+    read -r _ _ _ i1 d1 ll bm <<<"${result[$px,$s]}"
     cells+=("$i1 / $d1 / $ll${bm:+ / $bm}")
   done
   printf '%-12s %30s %30s %30s\n' "$s" "${cells[@]}"

@@ -33,7 +33,7 @@ bash scripts/bolt.sh target/bolt/steer
 MODEL="--I1=65536,16,64 --D1=49152,12,64 --LL=33554432,16,64"
 measure() {  # binary, compare.sh flags -> "scenario I1-misses" lines
   STEER="$(realpath "$1")" CALLGRIND_ARGS="$MODEL" bash benches/instructions/compare.sh --steer-only --cache-sim "${@:2}" \
-    2> >(grep -v '^sending command' >&2) | awk '{ print $1, $4 }'
+    2> >(grep -v '^sending command' >&2) | awk '{ print $1, $5 }'
 }
 # check MODE LIMIT FLAGS...: misses after / before, per scenario.
 failed=0
