@@ -97,7 +97,7 @@ impl Drop for Access {
             status = self.status,
             bytes = self.bytes,
             duration_ms = duration.as_secs_f64() * 1000.0,
-            request_id = %String::from_utf8_lossy(self.request_id.as_bytes()),
+            request_id = %super::headers::id_text(&self.request_id),
             retries = self.outcome.retries,
             trace_id = self.trace_id.as_deref().unwrap_or(""),
             "request"

@@ -127,7 +127,7 @@ pub fn error_response(
     expects: Expects,
 ) -> Response<ProxyBody> {
     let status = err.status();
-    let id = String::from_utf8_lossy(request_id.as_bytes());
+    let id = super::headers::id_text(request_id);
     if status.is_server_error() {
         tracing::warn!(request_id = %id, status = status.as_u16(), error = %err, "request failed");
     } else {

@@ -797,6 +797,12 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     id
 }
 
+/// A request id as log text. Not `HeaderValue`'s `Debug`: for the
+/// sensitive value `request_id` makes, that prints `Sensitive`.
+pub(crate) fn id_text(id: &HeaderValue) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(id.as_bytes())
+}
+
 fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = [b'0'; 32];

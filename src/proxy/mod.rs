@@ -753,7 +753,7 @@ fn forward<'a>(
                 ramp_attempt(shared, table, route, upstream_index, true);
                 blame(endpoint, upstream, &error, unprocessed);
             }
-            tracing::debug!(request_id = ?request_id, endpoint = %endpoint.addr, error = %error, unprocessed, "upstream attempt failed");
+            tracing::debug!(request_id = %headers::id_text(request_id), endpoint = %endpoint.addr, error = %error, unprocessed, "upstream attempt failed");
             tried.push(endpoint.clone());
             let again = failed
                 .request

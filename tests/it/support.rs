@@ -317,12 +317,25 @@ pub async fn spawn_steer(body: &str) -> Proc {
     spawn_steer_at(Some(dir), path, &[]).await
 }
 
+/// As `spawn_steer`, logging what `RUST_LOG=filter` lets through.
+pub async fn spawn_steer_logging(body: &str, filter: &str) -> Proc {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.toml");
+    std::fs::write(&path, with_listen(body)).unwrap();
+    let filter = filter.to_owned();
+    tokio::task::spawn_blocking(move || {
+        spawn_blocking_steer(Some(dir), path, &[], None, Some(filter))
+    })
+    .await
+    .unwrap()
+}
+
 /// Runs `steer run --config PATH ARGS...` and waits for its start line,
 /// off the test's runtime (which must keep serving the test upstreams that
 /// the new steer probes meanwhile).
 pub async fn spawn_steer_at(dir: Option<tempfile::TempDir>, path: PathBuf, args: &[&str]) -> Proc {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || spawn_blocking_steer(dir, path, &args, None))
+    tokio::task::spawn_blocking(move || spawn_blocking_steer(dir, path, &args, None, None))
         .await
         .unwrap()
 }
@@ -340,9 +353,11 @@ pub async fn spawn_steer_with_ulimit(proxy: &str, body: &str, args: &str) -> Pro
     let path = dir.path().join("routes.toml");
     std::fs::write(&path, with_listen_proxy(proxy, body)).unwrap();
     let ulimit = args.to_owned();
-    tokio::task::spawn_blocking(move || spawn_blocking_steer(Some(dir), path, &[], Some(ulimit)))
-        .await
-        .unwrap()
+    tokio::task::spawn_blocking(move || {
+        spawn_blocking_steer(Some(dir), path, &[], Some(ulimit), None)
+    })
+    .await
+    .unwrap()
 }
 
 /// The soft and hard open-files limits of process `pid`.
@@ -368,6 +383,7 @@ fn spawn_blocking_steer(
     path: PathBuf,
     args: &[String],
     ulimit: Option<String>,
+    rust_log: Option<String>,
 ) -> Proc {
     let mut command = match ulimit {
         // `exec` keeps the pid: the limit applies to steer itself.
@@ -379,6 +395,9 @@ fn spawn_blocking_steer(
         }
         None => Command::new(env!("CARGO_BIN_EXE_steer")),
     };
+    if let Some(filter) = rust_log {
+        command.env("RUST_LOG", filter);
+    }
     let mut child = command
         .args(["run", "--config"])
         .arg(&path)
