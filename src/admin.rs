@@ -37,11 +37,6 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Pr
             }
         }
         (&Method::GET, ["metrics"]) => {
-            // Set when read, not per request (`Endpoint::publish_in_flight`).
-            let table = state.shared.live.load();
-            for e in table.upstreams.iter().flat_map(|u| &u.endpoints) {
-                e.publish_in_flight();
-            }
             let mut resp =
                 Response::new(ProxyBody::full(Bytes::from(state.shared.metrics.render())));
             resp.headers_mut().insert(

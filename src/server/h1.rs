@@ -136,8 +136,8 @@ pub(super) async fn serve<S: Parkable>(
         let kept = std::pin::pin!(exchange(stream, ctx, req, asked_close, watch)).await?;
         // The idle clock starts again at the answer's end. No open count
         // around the exchange (`Activity::open`, four atomic operations):
-        // the only idle check of this connection is `park::wait_readable`,
-        // on this task, between requests.
+        // this connection's idle checks (`park::wait_readable`, a hyper
+        // round's tick) run on this task, never during an exchange.
         ctx.activity.touch();
         if !kept {
             return close(stream).await;

@@ -46,8 +46,8 @@ pub struct EndpointGauges {
     pub healthy: prometheus::IntGauge,
     /// Response bodies cut off for `response_idle_timeout`.
     pub body_timeouts: prometheus::IntCounter,
-    /// `steer_upstream_stream_resets_total`, by upstream: its series is
-    /// looked up at the first reset (rare), so it appears on first use.
+    /// `steer_upstream_stream_resets_total`, by upstream: a reset (rare)
+    /// looks its series up, so no response carries a handle to it.
     pub stream_resets: prometheus::IntCounterVec,
 }
 
@@ -148,16 +148,6 @@ impl Endpoint {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Copies the in-flight count into its gauge. Done when `/metrics` is
-    /// read, not per request: the count is the endpoint's own atomic, and
-    /// a gauge kept in step would cost each request two more atomic adds.
-    pub fn publish_in_flight(&self) {
-        if let Some(g) = self.gauges.get() {
-            g.in_flight
-                .set(i64::try_from(self.in_flight()).unwrap_or(i64::MAX));
-        }
     }
 
     /// Marks the endpoint live (its table was committed), creating its
@@ -351,6 +341,13 @@ pub struct InFlight {
 impl InFlight {
     pub fn new(endpoint: Arc<Endpoint>) -> InFlight {
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        // Kept in step, not copied from the count when `/metrics` is read:
+        // endpoints a reload replaced (another protocol or TLS setting,
+        // same address) and duplicates of one address share a series,
+        // and their requests and tunnels add up in it.
+        if let Some(g) = endpoint.gauges.get() {
+            g.in_flight.inc();
+        }
         InFlight { endpoint }
     }
 
@@ -378,6 +375,9 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(g) = self.endpoint.gauges.get() {
+            g.in_flight.dec();
+        }
     }
 }
 
