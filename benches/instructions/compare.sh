@@ -242,28 +242,29 @@ for s in http1 h2-tls h2-tls-h2c; do
   printf '%-12s %10s %10s %10s %14s %14s\n' "$s" "$st" "$ng" "$hp" \
     "$(python3 -c "print(f'{$st / $ng:.2f}x')")" "$(python3 -c "print(f'{$st / $hp:.2f}x')")"
 done
-if [ "$ATOMICS" = 1 ]; then
-  echo
-  echo "locked (atomic read-modify-write) instructions per request / hot code in KiB (64-byte lines run in at least every other request)"
-  printf '%-12s %16s %16s %16s\n' scenario steer nginx haproxy
+# table WIDTH CELL: a row per scenario, a column per proxy; CELL prints
+# one cell from that proxy's fields after the instruction count, read
+# into locked, hot, i1, d1, ll and bm.
+table() {
+  local width="$1" cell="$2" s px cells _ locked hot i1 d1 ll bm
+  printf "%-12s %${width}s %${width}s %${width}s\n" scenario steer nginx haproxy
   for s in http1 h2-tls h2-tls-h2c; do
     cells=()
     for px in steer nginx haproxy; do
-      read -r _ locked hot _ <<<"${result[$px,$s]}"
-      cells+=("$locked / $hot")
+      read -r _ locked hot i1 d1 ll bm <<<"${result[$px,$s]}"
+      cells+=("$("$cell")")
     done
-    printf '%-12s %16s %16s %16s\n' "$s" "${cells[@]}"
+    printf "%-12s %${width}s %${width}s %${width}s\n" "$s" "${cells[@]}"
   done
+}
+atomics_cell() { echo "$locked / $hot"; }
+cache_cell() { echo "$i1 / $d1 / $ll${bm:+ / $bm}"; }
+if [ "$ATOMICS" = 1 ]; then
+  echo
+  echo "locked (atomic read-modify-write) instructions per request / hot code in KiB (64-byte lines run in at least every other request)"
+  table 16 atomics_cell
 fi
 [ "$CACHE_SIM" = 1 ] || exit 0
 echo
 echo "per request (callgrind's simulation): first-level instruction misses / first-level data misses / last-level misses [/ branch mispredictions]"
-printf '%-12s %30s %30s %30s\n' scenario steer nginx haproxy
-for s in http1 h2-tls h2-tls-h2c; do
-  cells=()
-  for px in steer nginx haproxy; do
-    read -r _ _ _ i1 d1 ll bm <<<"${result[$px,$s]}"
-    cells+=("$i1 / $d1 / $ll${bm:+ / $bm}")
-  done
-  printf '%-12s %30s %30s %30s\n' "$s" "${cells[@]}"
-done
+table 30 cache_cell

@@ -171,16 +171,9 @@ async fn access_log_lines_are_json_with_every_field() {
     )
     .await;
     assert_eq!(a.body.len(), 1234);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let line = loop {
-        assert!(Instant::now() < deadline, "no access line");
-        if let Ok(l) = p.logs.recv_timeout(Duration::from_millis(100))
-            && l.contains("steer::access")
-            && l.contains("access-1")
-        {
-            break l;
-        }
-    };
+    let line = p.log_line("access", |l| {
+        l.contains("steer::access") && l.contains("access-1")
+    });
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["target"], "steer::access");
     assert_eq!(v["method"], "GET");
@@ -258,18 +251,9 @@ async fn a_failed_attempt_is_logged_with_the_requests_id() {
     let a =
         call(request("GET", &format!("{}/x", p.http)).header("x-request-id", "attempt-7")).await;
     assert_eq!(a.status, StatusCode::BAD_GATEWAY);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let line = loop {
-        assert!(
-            Instant::now() < deadline,
-            "no `upstream attempt failed` line"
-        );
-        if let Ok(l) = p.logs.recv_timeout(Duration::from_millis(100))
-            && l.contains("upstream attempt failed")
-        {
-            break l;
-        }
-    };
+    let line = p.log_line("`upstream attempt failed`", |l| {
+        l.contains("upstream attempt failed")
+    });
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["request_id"], "attempt-7", "{line}");
 }

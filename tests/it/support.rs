@@ -303,6 +303,22 @@ pub struct Proc {
     pub logs: std::sync::mpsc::Receiver<String>,
 }
 
+impl Proc {
+    /// The next log line that `matches`, within 10 s (lines before it are
+    /// taken too).
+    pub fn log_line(&self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "no {what} log line");
+            if let Ok(line) = self.logs.recv_timeout(Duration::from_millis(100))
+                && matches(&line)
+            {
+                return line;
+            }
+        }
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -311,33 +327,27 @@ impl Drop for Proc {
 }
 
 pub async fn spawn_steer(body: &str) -> Proc {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("routes.toml");
-    std::fs::write(&path, with_listen(body)).unwrap();
+    let (dir, path) = config_dir(&with_listen(body));
     spawn_steer_at(Some(dir), path, &[]).await
 }
 
 /// As `spawn_steer`, logging what `RUST_LOG=filter` lets through.
 pub async fn spawn_steer_logging(body: &str, filter: &str) -> Proc {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("routes.toml");
-    std::fs::write(&path, with_listen(body)).unwrap();
-    let filter = filter.to_owned();
-    tokio::task::spawn_blocking(move || {
-        spawn_blocking_steer(Some(dir), path, &[], None, Some(filter))
-    })
-    .await
-    .unwrap()
+    let (dir, path) = config_dir(&with_listen(body));
+    let launch = Launch {
+        rust_log: Some(filter.to_owned()),
+        ..Launch::default()
+    };
+    spawn_off_runtime(Some(dir), path, launch).await
 }
 
-/// Runs `steer run --config PATH ARGS...` and waits for its start line,
-/// off the test's runtime (which must keep serving the test upstreams that
-/// the new steer probes meanwhile).
+/// Runs `steer run --config PATH ARGS...` and waits for its start line.
 pub async fn spawn_steer_at(dir: Option<tempfile::TempDir>, path: PathBuf, args: &[&str]) -> Proc {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || spawn_blocking_steer(dir, path, &args, None, None))
-        .await
-        .unwrap()
+    let launch = Launch {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        ..Launch::default()
+    };
+    spawn_off_runtime(dir, path, launch).await
 }
 
 /// As `spawn_steer`, with `[proxy]` lines and the process's open-file
@@ -349,15 +359,39 @@ pub async fn spawn_steer_with_fd_limit(proxy: &str, body: &str, fds: u32) -> Pro
 /// As `spawn_steer`, with `[proxy]` lines and `ulimit ARGS` applied to
 /// the process (for example `-Sn 128`: the soft open-files limit).
 pub async fn spawn_steer_with_ulimit(proxy: &str, body: &str, args: &str) -> Proc {
+    let (dir, path) = config_dir(&with_listen_proxy(proxy, body));
+    let launch = Launch {
+        ulimit: Some(args.to_owned()),
+        ..Launch::default()
+    };
+    spawn_off_runtime(Some(dir), path, launch).await
+}
+
+/// A temporary directory holding `routes.toml` with `contents`.
+fn config_dir(contents: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("routes.toml");
-    std::fs::write(&path, with_listen_proxy(proxy, body)).unwrap();
-    let ulimit = args.to_owned();
-    tokio::task::spawn_blocking(move || {
-        spawn_blocking_steer(Some(dir), path, &[], Some(ulimit), None)
-    })
-    .await
-    .unwrap()
+    std::fs::write(&path, contents).unwrap();
+    (dir, path)
+}
+
+/// How a `steer run` child is started, beyond its config.
+#[derive(Default)]
+struct Launch {
+    /// More arguments after `--config PATH`.
+    args: Vec<String>,
+    /// `ulimit` arguments applied to the process.
+    ulimit: Option<String>,
+    /// Its `RUST_LOG`.
+    rust_log: Option<String>,
+}
+
+/// Starts steer off the test's runtime (which must keep serving the test
+/// upstreams that the new steer probes meanwhile).
+async fn spawn_off_runtime(dir: Option<tempfile::TempDir>, path: PathBuf, launch: Launch) -> Proc {
+    tokio::task::spawn_blocking(move || spawn_blocking_steer(dir, path, launch))
+        .await
+        .unwrap()
 }
 
 /// The soft and hard open-files limits of process `pid`.
@@ -378,14 +412,8 @@ pub fn open_fds(pid: u32) -> usize {
         .count()
 }
 
-fn spawn_blocking_steer(
-    dir: Option<tempfile::TempDir>,
-    path: PathBuf,
-    args: &[String],
-    ulimit: Option<String>,
-    rust_log: Option<String>,
-) -> Proc {
-    let mut command = match ulimit {
+fn spawn_blocking_steer(dir: Option<tempfile::TempDir>, path: PathBuf, launch: Launch) -> Proc {
+    let mut command = match launch.ulimit {
         // `exec` keeps the pid: the limit applies to steer itself.
         Some(args) => {
             let mut c = Command::new("sh");
@@ -395,14 +423,14 @@ fn spawn_blocking_steer(
         }
         None => Command::new(env!("CARGO_BIN_EXE_steer")),
     };
-    if let Some(filter) = rust_log {
+    if let Some(filter) = launch.rust_log {
         command.env("RUST_LOG", filter);
     }
     let mut child = command
         .args(["run", "--config"])
         .arg(&path)
         .arg("--log-format=json")
-        .args(args)
+        .args(&launch.args)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
