@@ -17,8 +17,10 @@ FROM rust:1.95.0-bookworm AS builder
 WORKDIR /src
 # Cargo reads every target the manifest declares (the `it` test, the
 # benches) even for `cargo build`, so tests/ and benches/ come along;
-# routes.toml is compiled in as the demo's table (include_str! in src/app.rs).
+# routes.toml is compiled in as the demo's table (include_str! in src/app.rs);
+# vendor/ holds steer's copy of h2 (vendor/h2/STEER.md).
 COPY Cargo.toml Cargo.lock routes.toml ./
+COPY vendor ./vendor
 COPY src ./src
 COPY benches ./benches
 COPY tests ./tests
