@@ -247,7 +247,12 @@ async fn a_missing_upstream_is_named_at_start_with_why() {
 async fn a_failed_attempt_is_logged_with_the_requests_id() {
     // Nothing listens at the endpoint: the attempt fails, and its DEBUG
     // line must let an operator find the request in the access log.
-    let p = spawn_steer_logging(&one_route("blue", closed_port(), "http1"), "steer=debug").await;
+    let p = spawn_steer_logging(
+        "",
+        &one_route("blue", closed_port(), "http1"),
+        "steer=debug",
+    )
+    .await;
     let a =
         call(request("GET", &format!("{}/x", p.http)).header("x-request-id", "attempt-7")).await;
     assert_eq!(a.status, StatusCode::BAD_GATEWAY);

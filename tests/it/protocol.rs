@@ -514,6 +514,79 @@ async fn h2c_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
     send
 }
 
+/// Sends `body` to `path` on `send`'s connection; the answer's status and
+/// body (within 10 s), its window given back as it arrives.
+async fn h2_exchange(
+    send: &h2::client::SendRequest<Bytes>,
+    authority: &str,
+    path: &str,
+    body: Bytes,
+) -> (StatusCode, Bytes) {
+    let exchange = async {
+        let method = if body.is_empty() { "GET" } else { "POST" };
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{authority}{path}"))
+            .body(())
+            .unwrap();
+        let mut send = send.clone().ready().await.unwrap();
+        let (answer, mut upload) = send.send_request(req, body.is_empty()).unwrap();
+        if !body.is_empty() {
+            upload.send_data(body, true).unwrap();
+        }
+        let answer = answer.await.unwrap();
+        let status = answer.status();
+        let mut body = answer.into_body();
+        let mut got = bytes::BytesMut::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            body.flow_control().release_capacity(chunk.len()).unwrap();
+            got.extend_from_slice(&chunk);
+        }
+        (status, got.freeze())
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("no whole answer to {path} within 10 s"))
+}
+
+/// An HTTP/2 connection quiet for a whole idle tick gives h2's read and
+/// write buffers back (vendor/h2/STEER.md). The requests after it need
+/// them again: an upload larger than the 8 KiB read buffer, and answers
+/// larger than the 16 KiB write buffer, on the same connection.
+#[tokio::test]
+async fn an_http2_connection_that_gave_back_its_buffers_serves_on() {
+    let blue = upstream("blue").await;
+    // idle_timeout 8 s: a tick every 2 s, and no close before the end.
+    let p = spawn_steer_logging(
+        "idle_timeout = \"8s\"",
+        &one_route("blue", blue.addr(), "http1"),
+        "steer=info,steer::server::h2=trace",
+    )
+    .await;
+    let authority = p.http.trim_start_matches("http://").to_owned();
+    let send = h2c_client(authority.parse().unwrap()).await;
+    let (status, _) = h2_exchange(&send, &authority, "/first", Bytes::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    p.log_line("buffers released", |l| l.contains("codec buffers released"));
+
+    let upload = Bytes::from(
+        (0..100_000u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
+    let (status, echoed) = h2_exchange(&send, &authority, "/demo/echo", upload.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        echoed == upload,
+        "the echo differs: {} of {} bytes",
+        echoed.len(),
+        upload.len()
+    );
+    let (status, got) = h2_exchange(&send, &authority, "/demo/bytes?n=300000", Bytes::new()).await;
+    assert_eq!((status, got.len()), (StatusCode::OK, 300_000));
+}
+
 /// A GET / over a new h2c connection to `steer`: its answer on the way.
 async fn h2c_get(steer: &Steer) -> h2::client::ResponseFuture {
     let send = h2c_client(steer.addr()).await;

@@ -331,9 +331,10 @@ pub async fn spawn_steer(body: &str) -> Proc {
     spawn_steer_at(Some(dir), path, &[]).await
 }
 
-/// As `spawn_steer`, logging what `RUST_LOG=filter` lets through.
-pub async fn spawn_steer_logging(body: &str, filter: &str) -> Proc {
-    let (dir, path) = config_dir(&with_listen(body));
+/// As `spawn_steer`, with `proxy`'s lines in `[proxy]`, logging what
+/// `RUST_LOG=filter` lets through.
+pub async fn spawn_steer_logging(proxy: &str, body: &str, filter: &str) -> Proc {
+    let (dir, path) = config_dir(&with_listen_proxy(proxy, body));
     let launch = Launch {
         rust_log: Some(filter.to_owned()),
         ..Launch::default()

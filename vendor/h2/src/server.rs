@@ -550,6 +550,16 @@ where
         self.connection.go_away_gracefully();
     }
 
+    /// Frees the connection's read and write buffers (8 and 16 KiB) if they
+    /// hold nothing, and says whether either was freed; the next read or
+    /// frame allocates them again. For a connection that stays open while
+    /// idle, which otherwise keeps them for its whole life.
+    ///
+    /// steer: not in h2 0.4.20 (vendor/h2/STEER.md).
+    pub fn release_buffers(&mut self) -> bool {
+        self.connection.release_buffers()
+    }
+
     /// Takes a `PingPong` instance from the connection.
     ///
     /// # Note

@@ -52,6 +52,9 @@ struct Partial {
     continuation_frames_count: usize,
 }
 
+/// tokio-util's `FramedRead` starts with this much read buffer.
+const READ_BUFFER_CAPACITY: usize = 8 * 1024;
+
 #[derive(Debug)]
 enum Continuable {
     Headers(frame::Headers),
@@ -62,6 +65,17 @@ impl<T> FramedRead<T> {
     pub fn new(inner: InnerFramedRead<T, LengthDelimitedCodec>) -> FramedRead<T> {
         let decoder = FrameDecoder::new(inner.decoder().max_frame_length());
         FramedRead { inner, decoder }
+    }
+
+    /// steer: frees the read buffer if it holds no bytes, and says whether
+    /// it did; the next read allocates it again (`poll_next`).
+    pub fn release_buffer(&mut self) -> bool {
+        let buf = self.inner.read_buffer();
+        if !buf.is_empty() || buf.capacity() == 0 {
+            return false;
+        }
+        *self.inner.read_buffer_mut() = BytesMut::new();
+        true
     }
 
     pub fn get_ref(&self) -> &T {
@@ -421,6 +435,12 @@ where
         let _e = span.enter();
         loop {
             tracing::trace!("poll");
+            // steer: a buffer given back by `release_buffer` is allocated
+            // again at its first read, as large as tokio-util's first one
+            // (which would otherwise grow it from a few bytes).
+            if self.inner.read_buffer().capacity() == 0 {
+                self.inner.read_buffer_mut().reserve(READ_BUFFER_CAPACITY);
+            }
             let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
                 Some(Ok(bytes)) => bytes,
                 Some(Err(e)) => return Poll::Ready(Some(Err(map_err(e)))),

@@ -223,6 +223,10 @@ where
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
+        // steer: given back by `release_buffer` while idle.
+        if self.buf.get_ref().capacity() == 0 {
+            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+        }
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
 
@@ -307,9 +311,12 @@ where
     }
 
     fn has_capacity(&self) -> bool {
+        // steer: a buffer given back by `release_buffer` has no capacity
+        // until `buffer` allocates it again, which it does first.
         self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+            && (self.buf.get_ref().capacity() == 0
+                || self.buf.get_ref().capacity() - self.buf.get_ref().len()
+                    >= self.min_buffer_capacity)
     }
 
     fn is_empty(&self) -> bool {
@@ -360,6 +367,21 @@ impl<T: AsyncRead + Unpin, B> AsyncRead for FramedWrite<T, B> {
         buf: &mut ReadBuf,
     ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+// steer: the write buffer given back while the connection is idle.
+impl<T, B> FramedWrite<T, B> {
+    /// Frees the write buffer if nothing waits in it, and says whether it
+    /// did; the next frame buffered allocates it again.
+    pub fn release_buffer(&mut self) -> bool {
+        let idle = self.encoder.next.is_none() && !self.encoder.buf.has_remaining();
+        if !idle || self.encoder.buf.get_ref().capacity() == 0 {
+            return false;
+        }
+        *self.encoder.buf.get_mut() = BytesMut::new();
+        self.encoder.buf.set_position(0);
+        true
     }
 }
 

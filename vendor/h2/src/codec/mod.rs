@@ -105,6 +105,13 @@ impl<T, B> Codec<T, B> {
         self.inner.set_max_header_list_size(val);
     }
 
+    /// steer: frees the read and write buffers that hold nothing, and says
+    /// whether either was freed.
+    pub fn release_buffers(&mut self) -> bool {
+        let read = self.inner.release_buffer();
+        self.inner.get_mut().release_buffer() | read
+    }
+
     /// Get a reference to the inner stream.
     #[cfg(feature = "unstable")]
     pub fn get_ref(&self) -> &T {

@@ -131,6 +131,11 @@ where
     P: Peer,
     B: Buf,
 {
+    /// steer: see `server::Connection::release_buffers`.
+    pub(crate) fn release_buffers(&mut self) -> bool {
+        self.codec.release_buffers()
+    }
+
     pub fn new(codec: Codec<T, Prioritized<B>>, config: Config) -> Connection<T, P, B> {
         fn streams_config(config: &Config) -> streams::Config {
             streams::Config {
