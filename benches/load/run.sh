@@ -426,6 +426,10 @@ fi
 if has d; then
   log "scenario d: $IDLE_CONNS idle keep-alive connections per proxy ($IDLE_KINDS), $ROUNDS rounds, fresh proxy each time"
   for kind in ${IDLE_KINDS//,/ }; do
+  # steer gives an idle HTTP/2 connection's codec buffers back after a
+  # quiet tick (5 s at the default idle_timeout): held 12 s at least.
+  hold=$IDLE_HOLD
+  [ "$kind" = h2 ] && hold=$(python3 -c "print(max($IDLE_HOLD, 12))")
   for r in $(seq "$ROUNDS"); do
     for px in "${PROXIES[@]}"; do
       stop_proxy "$px"; start_proxy "$px"
@@ -435,7 +439,7 @@ if has d; then
       sleep 1
       note_noise
       taskset -c 1 timeout -k 5 180 python3 "$HERE/idle_conns.py" --port "$port" --kind "$kind" \
-        --pid "${MAIN[$px]}" --conns "$IDLE_CONNS" --hold "$IDLE_HOLD" --deadline 120 --out "$RAW" \
+        --pid "${MAIN[$px]}" --conns "$IDLE_CONNS" --hold "$hold" --deadline 120 --out "$RAW" \
         --meta scenario=d --meta round="$r" --meta proxy="$px" --meta rustc="$(rustc_running)" || log "idle run failed for $px ($kind)"
     done
   done
