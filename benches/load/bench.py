@@ -86,10 +86,17 @@ class RssSampler:
     def run(self):
         while not self.done.wait(0.1):
             try:
-                now = {k: proc_status_kib(self.pid, k) for k in self.PARTS}
+                with open(f"/proc/{self.pid}/status") as f:
+                    lines = f.read().splitlines()
             except OSError:
                 return
-            if now["VmRSS"] is not None and (self.best is None or now["VmRSS"] > self.best["VmRSS"]):
+            # One read: the parts and the total of the same instant.
+            now = {}
+            for line in lines:
+                key, _, rest = line.partition(":")
+                if key in self.PARTS:
+                    now[key] = int(rest.split()[0])
+            if now.get("VmRSS") is not None and (self.best is None or now["VmRSS"] > self.best["VmRSS"]):
                 self.best = now
 
     def stop(self):
@@ -527,9 +534,7 @@ def cmd_report(args):
             ciphers = sorted({f"{r.get('proxy')}: {r.get('alpn')}/{r.get('cipher')}" for r in rs})
             notes.append("Negotiated: " + "; ".join(ciphers) + ".")
         if key == "d":
-            notes = [f"Per round and proxy: a freshly started proxy, one request on each of "
-                     f"{meta.get('idle_conns')} connections, held HOLD s; "
-                     f"KiB per connection = (VmRSS with them open − VmRSS before) / connections."]
+            notes = []  # each kind's own, below
         n = noise_note(rs, key)
         if n:
             notes.append(n)
@@ -543,8 +548,10 @@ def cmd_report(args):
                 # Each kind's own hold (run.sh holds HTTP/2 longer).
                 hold = med([r.get("hold_seconds") for r in kr])
                 hold = meta.get("idle_hold") if hold is None else f"{hold:g}"
-                note = " ".join(notes).replace("HOLD", str(hold), 1)
-                out.extend(fn(kr, f"{title}: {IDLE_KINDS_TITLE[kind]}", note))
+                first = (f"Per round and proxy: a freshly started proxy, one request on each of "
+                         f"{meta.get('idle_conns')} connections, held {hold} s; "
+                         f"KiB per connection = (VmRSS with them open − VmRSS before) / connections.")
+                out.extend(fn(kr, f"{title}: {IDLE_KINDS_TITLE[kind]}", " ".join([first] + notes)))
                 out.append("")
             continue
         out.extend(fn(rs, title, " ".join(notes)))

@@ -279,6 +279,16 @@ wait_http() {  # port [scheme]
   return 1
 }
 children() { pgrep -P "$1" | tr '\n' ' '; }
+# The commit the work tree is at, and whether it has changes not in it
+# (a build of uncommitted code must not be reported as the commit's).
+work_tree() {
+  local head; head=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null) || { echo unknown; return; }
+  if [ -n "$(cd "$REPO" && git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+    echo "$head, with uncommitted changes"
+  else
+    echo "$head"
+  fi
+}
 
 start_upstream() {
   mkdir -p "$WORK/up/tmp"
@@ -336,7 +346,8 @@ measure() {  # scenario round proxy kind timeout -- cmd...
   local sc=$1 rnd=$2 px=$3 kind=$4 to=$5; shift 5
   local pids="" rss=0
   if [ "$px" != direct ]; then pids=$(echo ${PIDS[$px]} | tr ' ' ','); rss=${MAIN[$px]}; fi
-  python3 "$HERE/bench.py" measure --out "$RAW" --pids "$pids" --rss-pid "$rss" --up-pids "$(echo $UP_PIDS | tr ' ' ',')" \
+  # On CPU 1, with the load: its RSS sampler must not take the proxies' CPU.
+  taskset -c 1 python3 "$HERE/bench.py" measure --out "$RAW" --pids "$pids" --rss-pid "$rss" --up-pids "$(echo $UP_PIDS | tr ' ' ',')" \
     --kind "$kind" --h2log "$WORK/h2load.log" --timeout "$to" \
     --meta scenario="$sc" --meta round="$rnd" --meta proxy="$px" --meta rustc="$(rustc_running)" "$@"
   # keep nginx's access log from filling the disk between runs
@@ -426,10 +437,13 @@ fi
 if has d; then
   log "scenario d: $IDLE_CONNS idle keep-alive connections per proxy ($IDLE_KINDS), $ROUNDS rounds, fresh proxy each time"
   for kind in ${IDLE_KINDS//,/ }; do
-  # steer gives an idle HTTP/2 connection's codec buffers back after a
-  # quiet tick (5 s at the default idle_timeout): held 12 s at least.
+  # steer gives an idle HTTP/2 connection's codec buffers back within
+  # two idle ticks of its last request (5-10 s at the default
+  # idle_timeout): held 12 s at least. Opening 8,000 TLS connections
+  # takes 15-18 s here, so the first ones see steer's 30 s keep-alive
+  # PING (which takes the buffers again) only after the count.
   hold=$IDLE_HOLD
-  [ "$kind" = h2 ] && hold=$(python3 -c "print(max($IDLE_HOLD, 12))")
+  [ "$kind" = h2 ] && hold=$(( IDLE_HOLD > 12 ? IDLE_HOLD : 12 ))
   for r in $(seq "$ROUNDS"); do
     for px in "${PROXIES[@]}"; do
       stop_proxy "$px"; start_proxy "$px"
@@ -458,7 +472,7 @@ EOF
   echo
   echo "Command: \`bash benches/load/run.sh --rounds $ROUNDS --seconds $SECONDS_$( [ "$IDLE_CONNS" != 8000 ] && echo " --idle-conns $IDLE_CONNS")$( [ "$IDLE_KINDS" != plain ] && echo " --idle-kinds $IDLE_KINDS")$( [ "$SCENARIOS" != a,b,c,d,e ] && echo " --scenarios $SCENARIOS")\`"
   echo
-  echo "- steer: $("$STEER_BIN" --version) (binary ${STEER_SRC#"$REPO"/} built $(date -u -r "$STEER_SRC" '+%Y-%m-%d %H:%M UTC'); work tree at commit $(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)), --workers $STEER_THREADS, access log on (JSON to /dev/null)"
+  echo "- steer: $("$STEER_BIN" --version) (binary ${STEER_SRC#"$REPO"/} built $(date -u -r "$STEER_SRC" '+%Y-%m-%d %H:%M UTC'); work tree at commit $(work_tree)), --workers $STEER_THREADS, access log on (JSON to /dev/null)"
   echo "- $(nginx -v 2>&1 | sed 's/^nginx version: //'): 1 worker, upstream keepalive $NGINX_KEEPALIVE, access log on (file, buffer=64k)"
   echo "- $(haproxy -v | head -1 | cut -d' ' -f1-3): nbthread 1, http-reuse always, option httplog to stdout (/dev/null)"
   echo "- $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $(h2load --version | head -1); upstream: nginx, 1 worker, 100-byte body"

@@ -47,6 +47,11 @@ use crate::proxy::{self, ProxyBody};
 /// vanished without a FIN).
 const PING_EVERY: Duration = Duration::from_secs(30);
 const PONG_TIMEOUT: Duration = Duration::from_secs(20);
+/// A connection gives h2's codec buffers back after at least this long
+/// quiet, however short its idle tick (`idle_timeout` / 4 can be 50 ms): a
+/// client with a request every few hundred milliseconds would otherwise
+/// have them freed and taken again between its requests.
+const RELEASE_AFTER: Duration = Duration::from_secs(1);
 /// The receive windows steer grants: per stream and for the connection.
 pub(super) const STREAM_WINDOW: u32 = 1024 * 1024;
 pub(super) const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
@@ -234,15 +239,18 @@ where
             Event::Closed => return Ok(()),
             Event::Finish => ask_to_finish(&mut conn, &conn_woken),
             Event::Tick => {
-                // Quiet for a whole tick: h2's read and write buffers (8
-                // and 16 KiB, their touched pages resident) go back until
-                // the next frame. Checked per tick, so a busy connection
-                // pays nothing per request.
-                if running.is_empty()
-                    && activity.idle_for(control.tick.period())
-                    && conn.release_buffers()
-                {
-                    tracing::trace!(peer = %streams.info.peer, "idle HTTP/2 connection: codec buffers released");
+                // Quiet for a whole tick (and at least RELEASE_AFTER):
+                // h2's read and write buffers (8 and 16 KiB, their touched
+                // pages resident) go back until the next read or frame.
+                // Checked per tick, so a busy connection pays nothing per
+                // request.
+                let quiet = control.tick.period().max(RELEASE_AFTER);
+                if running.is_empty() && activity.idle_for(quiet) {
+                    let freed = conn.release_buffers();
+                    if freed.read || freed.write {
+                        tracing::trace!(peer = %streams.info.peer, read = freed.read, write = freed.write,
+                            "idle HTTP/2 connection: codec buffers released");
+                    }
                 }
                 if activity.idle_for(idle) {
                     control.asked = true;

@@ -551,9 +551,11 @@ async fn h2_exchange(
 }
 
 /// An HTTP/2 connection quiet for a whole idle tick gives h2's read and
-/// write buffers back (vendor/h2/STEER.md). The requests after it need
-/// them again: an upload larger than the 8 KiB read buffer, and answers
-/// larger than the 16 KiB write buffer, on the same connection.
+/// write buffers back (vendor/h2/STEER.md), both of them. The requests
+/// after it, on the same connection, take them again: an upload read in
+/// frames through the new read buffer, and answers whose heads and DATA
+/// frames go out through the new write buffer (which h2 must count as
+/// room: without that it waits for room forever).
 #[tokio::test]
 async fn an_http2_connection_that_gave_back_its_buffers_serves_on() {
     let blue = upstream("blue").await;
@@ -568,7 +570,13 @@ async fn an_http2_connection_that_gave_back_its_buffers_serves_on() {
     let send = h2c_client(authority.parse().unwrap()).await;
     let (status, _) = h2_exchange(&send, &authority, "/first", Bytes::new()).await;
     assert_eq!(status, StatusCode::OK);
-    p.log_line("buffers released", |l| l.contains("codec buffers released"));
+    let line = p.log_line("buffers released", |l| l.contains("codec buffers released"));
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (v["read"].as_bool(), v["write"].as_bool()),
+        (Some(true), Some(true)),
+        "{line}"
+    );
 
     let upload = Bytes::from(
         (0..100_000u32)

@@ -116,6 +116,8 @@
 //! [`TcpListener`]: https://docs.rs/tokio-core/0.1/tokio_core/net/struct.TcpListener.html
 
 use crate::codec::{Codec, UserError};
+/// steer: what `Connection::release_buffers` freed.
+pub use crate::codec::ReleasedBuffers;
 use crate::frame::{self, Pseudo, PushPromiseHeaderError, Reason, Settings, StreamId};
 use crate::proto::{self, Config, Error, Prioritized};
 use crate::{FlowControl, PingPong, RecvStream, SendStream};
@@ -550,13 +552,16 @@ where
         self.connection.go_away_gracefully();
     }
 
-    /// Frees the connection's read and write buffers (8 and 16 KiB) if they
-    /// hold nothing, and says whether either was freed; the next read or
-    /// frame allocates them again. For a connection that stays open while
-    /// idle, which otherwise keeps them for its whole life.
+    /// Drops the connection's read and write buffers (8 and 16 KiB) if they
+    /// hold nothing, and says which it dropped. The next poll allocates
+    /// the read buffer again, the next frame written the write buffer. For
+    /// a connection that stays open while idle, which otherwise keeps them
+    /// for its whole life. Frames already received may share the read
+    /// buffer's allocation (a DATA payload still held, a header value the
+    /// HPACK table keeps); its memory returns once they are gone.
     ///
     /// steer: not in h2 0.4.20 (vendor/h2/STEER.md).
-    pub fn release_buffers(&mut self) -> bool {
+    pub fn release_buffers(&mut self) -> ReleasedBuffers {
         self.connection.release_buffers()
     }
 

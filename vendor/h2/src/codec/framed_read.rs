@@ -52,7 +52,7 @@ struct Partial {
     continuation_frames_count: usize,
 }
 
-/// tokio-util's `FramedRead` starts with this much read buffer.
+/// steer: tokio-util's `FramedRead` starts with this much read buffer.
 const READ_BUFFER_CAPACITY: usize = 8 * 1024;
 
 #[derive(Debug)]

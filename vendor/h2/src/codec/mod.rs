@@ -20,6 +20,15 @@ use tokio_util::codec::length_delimited;
 
 use std::io;
 
+/// steer: which of a connection's codec buffers `release_buffers` freed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReleasedBuffers {
+    /// The read buffer (8 KiB when allocated) was freed.
+    pub read: bool,
+    /// The write buffer (16 KiB when allocated) was freed.
+    pub write: bool,
+}
+
 #[derive(Debug)]
 pub struct Codec<T, B> {
     inner: FramedRead<FramedWrite<T, B>>,
@@ -106,10 +115,12 @@ impl<T, B> Codec<T, B> {
     }
 
     /// steer: frees the read and write buffers that hold nothing, and says
-    /// whether either was freed.
-    pub fn release_buffers(&mut self) -> bool {
-        let read = self.inner.release_buffer();
-        self.inner.get_mut().release_buffer() | read
+    /// which were freed.
+    pub fn release_buffers(&mut self) -> ReleasedBuffers {
+        ReleasedBuffers {
+            read: self.inner.release_buffer(),
+            write: self.inner.get_mut().release_buffer(),
+        }
     }
 
     /// Get a reference to the inner stream.

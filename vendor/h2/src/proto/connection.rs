@@ -132,7 +132,7 @@ where
     B: Buf,
 {
     /// steer: see `server::Connection::release_buffers`.
-    pub(crate) fn release_buffers(&mut self) -> bool {
+    pub(crate) fn release_buffers(&mut self) -> crate::codec::ReleasedBuffers {
         self.codec.release_buffers()
     }
 
