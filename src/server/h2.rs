@@ -239,13 +239,14 @@ where
             Event::Closed => return Ok(()),
             Event::Finish => ask_to_finish(&mut conn, &conn_woken),
             Event::Tick => {
-                // Quiet for a whole tick (and at least RELEASE_AFTER):
-                // h2's read and write buffers (8 and 16 KiB, their touched
+                // No stream for a whole tick (and at least RELEASE_AFTER;
+                // each stream counts as open until its future ends): h2's
+                // read and write buffers (8 and 16 KiB, their touched
                 // pages resident) go back until the next read or frame.
                 // Checked per tick, so a busy connection pays nothing per
                 // request.
                 let quiet = control.tick.period().max(RELEASE_AFTER);
-                if running.is_empty() && activity.idle_for(quiet) {
+                if activity.idle_for(quiet) {
                     let freed = conn.release_buffers();
                     if freed.read || freed.write {
                         tracing::trace!(peer = %streams.info.peer, read = freed.read, write = freed.write,

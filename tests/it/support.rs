@@ -334,12 +334,11 @@ pub async fn spawn_steer(body: &str) -> Proc {
 /// As `spawn_steer`, with `proxy`'s lines in `[proxy]`, logging what
 /// `RUST_LOG=filter` lets through.
 pub async fn spawn_steer_logging(proxy: &str, body: &str, filter: &str) -> Proc {
-    let (dir, path) = config_dir(&with_listen_proxy(proxy, body));
     let launch = Launch {
         rust_log: Some(filter.to_owned()),
         ..Launch::default()
     };
-    spawn_off_runtime(Some(dir), path, launch).await
+    spawn_steer_launched(proxy, body, launch).await
 }
 
 /// Runs `steer run --config PATH ARGS...` and waits for its start line.
@@ -360,11 +359,16 @@ pub async fn spawn_steer_with_fd_limit(proxy: &str, body: &str, fds: u32) -> Pro
 /// As `spawn_steer`, with `[proxy]` lines and `ulimit ARGS` applied to
 /// the process (for example `-Sn 128`: the soft open-files limit).
 pub async fn spawn_steer_with_ulimit(proxy: &str, body: &str, args: &str) -> Proc {
-    let (dir, path) = config_dir(&with_listen_proxy(proxy, body));
     let launch = Launch {
         ulimit: Some(args.to_owned()),
         ..Launch::default()
     };
+    spawn_steer_launched(proxy, body, launch).await
+}
+
+/// As `spawn_steer`, with `[proxy]` lines, started as `launch` says.
+async fn spawn_steer_launched(proxy: &str, body: &str, launch: Launch) -> Proc {
+    let (dir, path) = config_dir(&with_listen_proxy(proxy, body));
     spawn_off_runtime(Some(dir), path, launch).await
 }
 
