@@ -92,6 +92,8 @@ pub(super) fn builder(settings: &crate::config::ProxySettings) -> h2::server::Bu
         .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
         .max_local_error_reset_streams(Some(MAX_ERROR_RESETS))
         .max_send_buffer_size(SEND_BUFFER)
+        // Raw header literals: see `crate::client::h2conn`'s handshake.
+        .huffman_encoding(false)
         // RFC 8441: WebSocket over HTTP/2 (see `h2_connect`).
         .enable_connect_protocol();
     b

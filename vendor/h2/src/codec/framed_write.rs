@@ -350,6 +350,11 @@ impl<T, B> FramedWrite<T, B> {
         self.encoder.hpack.update_max_size(val);
     }
 
+    /// steer: whether header blocks Huffman-code their literals.
+    pub fn set_huffman(&mut self, val: bool) {
+        self.encoder.hpack.set_huffman(val);
+    }
+
     /// Retrieve the last data frame that has been sent
     pub fn take_last_data_frame(&mut self) -> Option<frame::Data<B>> {
         self.encoder.last_data_frame.take()

@@ -104,6 +104,11 @@ impl<T, B> Codec<T, B> {
         self.framed_write().set_header_table_size(val)
     }
 
+    /// steer: whether header blocks sent Huffman-code their literals.
+    pub fn set_send_huffman(&mut self, val: bool) {
+        self.framed_write().set_huffman(val)
+    }
+
     /// Set the decoder header table size size.
     pub fn set_recv_header_table_size(&mut self, val: usize) {
         self.inner.set_header_table_size(val)

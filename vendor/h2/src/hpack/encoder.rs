@@ -18,6 +18,10 @@ pub struct Encoder {
     /// across frames instead of being allocated and freed per frame. See
     /// `take_scratch` / `return_scratch`.
     scratch: BytesMut,
+    /// steer: whether string literals are Huffman-coded (the default) or
+    /// sent as raw octets. RFC 7541 section 5.2 leaves the choice to the
+    /// encoder, per string; see `set_huffman`.
+    huffman: bool,
 }
 
 #[derive(Debug, Copy, Clone, Eq, PartialEq)]
@@ -35,7 +39,18 @@ impl Encoder {
             max_allowed_size: DEFAULT_MAX_ALLOWED_SIZE,
             size_update: None,
             scratch: BytesMut::new(),
+            huffman: true,
         }
+    }
+
+    /// steer: sends string literals raw (`false`) instead of Huffman-coded.
+    ///
+    /// Huffman coding costs about ten instructions per octet on every
+    /// literal the encoder writes (a header block's unique values, such as
+    /// a request id, are literals on every request) and saves about a
+    /// fifth of the octets. A peer decodes either (RFC 7541 section 5.2).
+    pub fn set_huffman(&mut self, huffman: bool) {
+        self.huffman = huffman;
     }
 
     #[cfg(test)]
@@ -160,7 +175,13 @@ impl Encoder {
             Index::Name(idx, _) => {
                 let header = self.table.resolve(index);
 
-                encode_not_indexed(idx, header.value_slice(), header.is_sensitive(), dst);
+                encode_not_indexed(
+                    idx,
+                    header.value_slice(),
+                    header.is_sensitive(),
+                    self.huffman,
+                    dst,
+                );
             }
             Index::Inserted(_) => {
                 let header = self.table.resolve(index);
@@ -169,8 +190,8 @@ impl Encoder {
 
                 dst.put_u8(0b0100_0000);
 
-                encode_str(header.name().as_slice(), dst);
-                encode_str(header.value_slice(), dst);
+                encode_str(header.name().as_slice(), self.huffman, dst);
+                encode_str(header.value_slice(), self.huffman, dst);
             }
             Index::InsertedValue(idx, _) => {
                 let header = self.table.resolve(index);
@@ -178,7 +199,7 @@ impl Encoder {
                 assert!(!header.is_sensitive());
 
                 encode_int(idx, 6, 0b0100_0000, dst);
-                encode_str(header.value_slice(), dst);
+                encode_str(header.value_slice(), self.huffman, dst);
             }
             Index::NotIndexed(_) => {
                 let header = self.table.resolve(index);
@@ -187,6 +208,7 @@ impl Encoder {
                     header.name().as_slice(),
                     header.value_slice(),
                     header.is_sensitive(),
+                    self.huffman,
                     dst,
                 );
             }
@@ -206,7 +228,7 @@ impl Encoder {
             | Index::InsertedValue(..) => {
                 let idx = self.table.resolve_idx(last);
 
-                encode_not_indexed(idx, value.as_ref(), value.is_sensitive(), dst);
+                encode_not_indexed(idx, value.as_ref(), value.is_sensitive(), self.huffman, dst);
             }
             Index::NotIndexed(_) => {
                 let last = self.table.resolve(last);
@@ -215,6 +237,7 @@ impl Encoder {
                     last.name().as_slice(),
                     value.as_ref(),
                     value.is_sensitive(),
+                    self.huffman,
                     dst,
                 );
             }
@@ -232,28 +255,46 @@ fn encode_size_update(val: usize, dst: &mut BytesMut) {
     encode_int(val, 5, 0b0010_0000, dst)
 }
 
-fn encode_not_indexed(name: usize, value: &[u8], sensitive: bool, dst: &mut BytesMut) {
+fn encode_not_indexed(
+    name: usize,
+    value: &[u8],
+    sensitive: bool,
+    huffman: bool,
+    dst: &mut BytesMut,
+) {
     if sensitive {
         encode_int(name, 4, 0b10000, dst);
     } else {
         encode_int(name, 4, 0, dst);
     }
 
-    encode_str(value, dst);
+    encode_str(value, huffman, dst);
 }
 
-fn encode_not_indexed2(name: &[u8], value: &[u8], sensitive: bool, dst: &mut BytesMut) {
+fn encode_not_indexed2(
+    name: &[u8],
+    value: &[u8],
+    sensitive: bool,
+    huffman: bool,
+    dst: &mut BytesMut,
+) {
     if sensitive {
         dst.put_u8(0b10000);
     } else {
         dst.put_u8(0);
     }
 
-    encode_str(name, dst);
-    encode_str(value, dst);
+    encode_str(name, huffman, dst);
+    encode_str(value, huffman, dst);
 }
 
-fn encode_str(val: &[u8], dst: &mut BytesMut) {
+fn encode_str(val: &[u8], huffman: bool, dst: &mut BytesMut) {
+    if !huffman {
+        // steer: a raw literal, H bit clear (RFC 7541 section 5.2).
+        encode_int(val.len(), 7, 0, dst);
+        dst.extend_from_slice(val);
+        return;
+    }
     if !val.is_empty() {
         let idx = position(dst);
 
@@ -389,6 +430,21 @@ mod test {
         assert_eq!(res[0], 0b01000000 | 27); // Indexed name
         assert_eq!(res[1], 0x80 | 3); // header value w/ huffman coding
         assert_eq!("bar", huff_decode(&res[2..5]));
+    }
+
+    // steer: `set_huffman(false)` writes literals raw, and indexes as before.
+    #[test]
+    fn test_raw_literals() {
+        let mut encoder = Encoder::default();
+        encoder.set_huffman(false);
+        let res = encode(&mut encoder, vec![header("foo", "hello")]);
+        assert_eq!(&res[..], b"\x40\x03foo\x05hello");
+
+        let res = encode(&mut encoder, vec![header("foo", "hello")]);
+        assert_eq!([0x80 | 62], *res);
+
+        let res = encode(&mut encoder, vec![header("content-language", "foo")]);
+        assert_eq!(&res[..], b"\x5b\x03foo"); // indexed name 27, raw value
     }
 
     #[test]
