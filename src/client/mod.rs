@@ -47,8 +47,14 @@ pub(crate) use h2conn::read_out;
 use h2conn::{H2Conn, H2Slot};
 pub use replay::{REPLAY_LIMIT, Replay, ReplayBody};
 
-/// Idle HTTP/1.1 connections kept per endpoint.
-const MAX_IDLE_H1: usize = 256;
+/// Idle HTTP/1.1 connections kept per endpoint. The pool never holds
+/// more than were in use at once (a connection opens only when none is
+/// idle), so this bounds only what a burst leaves behind. Below the
+/// concurrency of a load, every swing past it closes connections that the
+/// next swing opens again: at 256 and 500 requests in flight that cost
+/// ~10 % of steer's CPU per request (BENCHMARKS.md, "Upstream connection
+/// churn"). HAProxy and Envoy keep idle connections without a count cap.
+const MAX_IDLE_H1: usize = 1024;
 /// HTTP/2 connections per endpoint. Requests share one; another opens only
 /// when every open one has all the streams the upstream allows at once
 /// (`H2Conn::try_reserve`), so that streams one client holds open (slow

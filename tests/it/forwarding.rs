@@ -566,3 +566,79 @@ fn tokio_stream_from<T: Send + 'static>(
 ) -> impl futures_util::Stream<Item = T> + Send {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+/// An HTTP/1.1 upstream that counts the connections it accepts and
+/// answers each request once `barrier` is full: every request of a burst
+/// is at the upstream at once, each on a connection of its own.
+async fn burst_upstream(
+    barrier: std::sync::Arc<tokio::sync::Barrier>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut up, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                while read_head(&mut up).await {
+                    barrier.wait().await;
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if up.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// A burst of requests to an HTTP/1.1 upstream finds, the next time, the
+/// connections the last burst opened: steer keeps them all idle (up to
+/// 1,024 per endpoint), not only 256 of them, so a load whose
+/// concurrency swings past 256 does not close and reopen connections all
+/// the time (10 % of steer's CPU per request at 500 in flight).
+#[tokio::test]
+async fn a_burst_of_300_requests_reuses_the_upstream_connections_the_last_one_opened() {
+    const BURST: usize = 300;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(BURST));
+    let (addr, accepted) = burst_upstream(barrier).await;
+    // A debug build serving 300 requests on the test's one thread takes
+    // longer than the tests' 500 ms to come round to a connect.
+    let proxy = "connect_timeout = \"10s\"\nrequest_timeout = \"20s\"";
+    let steer = Steer::start_with(proxy, &one_route("up", addr, "http1")).await;
+    let client = http1();
+    for round in 1..=2 {
+        let burst = (0..BURST).map(|_| {
+            let client = client.clone();
+            let url = steer.url("/burst");
+            async move {
+                let answer = tokio::time::timeout(
+                    std::time::Duration::from_secs(20),
+                    send(
+                        &client,
+                        request("GET", &url).body(Full::new(Bytes::new())).unwrap(),
+                    ),
+                )
+                .await
+                .expect("the burst is answered");
+                assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+            }
+        });
+        futures_util::future::join_all(burst).await;
+        // Each connection is back in the pool before its request leaves
+        // the in-flight count.
+        in_flight_becomes(&steer.admin(), 0, "no request in flight").await;
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            BURST,
+            "upstream connections opened after round {round}"
+        );
+    }
+}
