@@ -52,8 +52,9 @@ pub use replay::{REPLAY_LIMIT, Replay, ReplayBody};
 /// idle), so this bounds only what a burst leaves behind. Below the
 /// concurrency of a load, every swing past it closes connections that the
 /// next swing opens again: at 256 and 500 requests in flight that cost
-/// ~10 % of steer's CPU per request (BENCHMARKS.md, "Upstream connection
-/// churn"). HAProxy and Envoy keep idle connections without a count cap.
+/// ~10 % of steer's CPU per request (BENCHMARKS.md, "Raw HPACK literals,
+/// one field check, no upstream churn"). HAProxy and Envoy keep idle
+/// connections without a count cap.
 const MAX_IDLE_H1: usize = 1024;
 /// HTTP/2 connections per endpoint. Requests share one; another opens only
 /// when every open one has all the streams the upstream allows at once
