@@ -16,6 +16,7 @@
 //! steer's own over the `h2` crate (`h2conn`); upgrades (WebSocket) use hyper's
 //! HTTP/1.1 connection, which hands the upgraded socket over.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -277,7 +278,8 @@ pub struct Dial<'a> {
 
 #[derive(Debug, Default)]
 pub struct Pool {
-    idle_h1: Mutex<Vec<(H1Conn, Instant)>>,
+    /// Oldest first; requests take the newest (`take_h1`).
+    idle_h1: Mutex<VecDeque<(H1Conn, Instant)>>,
     /// The shared HTTP/2 connections (`MAX_H2_CONNS`): read on every
     /// request without waiting (never held across `.await`).
     h2: Mutex<Vec<H2Conn>>,
@@ -382,13 +384,39 @@ enum Fresh {
     Upgrade(UpgradeSender),
 }
 
+/// Idle connections a connection returned to the pool closes, at most.
+const SWEEP_PER_RETURN: usize = 4;
+
+/// Moves into `out` the oldest entries idle for `IDLE_H1_TTL` or more, up
+/// to `SWEEP_PER_RETURN` in all. Requests take the newest, so without this
+/// the connections a burst left behind would keep their descriptors and
+/// read buffers until every newer one was taken; a few per return keep
+/// any single request from paying for closing a burst's worth.
+fn sweep<T>(idle: &mut VecDeque<(T, Instant)>, now: Instant, out: &mut Vec<T>) {
+    while out.len() < SWEEP_PER_RETURN
+        && idle
+            .front()
+            .is_some_and(|(_, since)| now.saturating_duration_since(*since) >= IDLE_H1_TTL)
+        && let Some((conn, _)) = idle.pop_front()
+    {
+        out.push(conn);
+    }
+}
+
 impl Pool {
     pub fn put_h1(&self, mut conn: H1Conn) {
         conn.shrink();
-        let mut idle = self.idle_h1.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < MAX_IDLE_H1 {
-            idle.push((conn, Instant::now()));
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        {
+            let mut idle = self.idle_h1.lock().unwrap_or_else(PoisonError::into_inner);
+            sweep(&mut idle, now, &mut expired);
+            if idle.len() < MAX_IDLE_H1 {
+                idle.push_back((conn, now));
+            }
         }
+        // Closed outside the lock.
+        drop(expired);
     }
 
     /// The most recently used idle connection that is still open.
@@ -398,7 +426,7 @@ impl Pool {
         loop {
             let (mut conn, since) = {
                 let mut idle = self.idle_h1.lock().unwrap_or_else(PoisonError::into_inner);
-                idle.pop()?
+                idle.pop_back()?
             };
             if since.elapsed() < IDLE_H1_TTL && conn.is_usable(retryable) {
                 return Some(conn);
@@ -834,6 +862,30 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_return_closes_a_few_of_the_connections_idle_past_the_ttl_oldest_first() {
+        let start = Instant::now();
+        let ages = [70u64, 65, 60, 55, 51, 50, 49, 10];
+        let now = start + Duration::from_secs(ages[0]);
+        let mut idle: VecDeque<(u64, Instant)> = ages
+            .iter()
+            .map(|age| (*age, now - Duration::from_secs(*age)))
+            .collect();
+        let mut out = Vec::new();
+        sweep(&mut idle, now, &mut out);
+        assert_eq!(out, [70, 65, 60, 55], "at most four, oldest first");
+        out.clear();
+        sweep(&mut idle, now, &mut out);
+        assert_eq!(out, [51, 50], "50 s idle is past the TTL, 49 s is not");
+        assert_eq!(
+            idle.iter().map(|(age, _)| *age).collect::<Vec<_>>(),
+            [49, 10]
+        );
+        out.clear();
+        sweep(&mut idle, now, &mut out);
+        assert!(out.is_empty());
+    }
 
     #[test]
     fn only_steers_own_shortages_spare_the_endpoint() {
