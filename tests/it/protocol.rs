@@ -1053,3 +1053,90 @@ async fn a_quiet_open_upstream_stream_brings_no_pings_a_grpc_server_would_punish
     assert_eq!(up.seen.pings.load(Ordering::Relaxed), 0);
     drop(answer);
 }
+
+/// The payload of the first HEADERS frame on stream 1 that `s` reads
+/// within 5 s (steer pads nothing and sends no priority).
+async fn first_headers_block(s: &mut TcpStream) -> Vec<u8> {
+    let read = async {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            while got.len() >= 9 {
+                let len =
+                    usize::from(got[0]) << 16 | usize::from(got[1]) << 8 | usize::from(got[2]);
+                if got.len() < 9 + len {
+                    break;
+                }
+                let frame: Vec<u8> = got.drain(..9 + len).collect();
+                if frame[3] == 1 && frame[5..9] == [0, 0, 0, 1] {
+                    return frame[9..].to_vec();
+                }
+            }
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "steer closed the connection before a HEADERS frame");
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("a HEADERS frame within 5 s")
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Header literals that steer writes over HTTP/2 go out raw, not
+/// Huffman-coded (RFC 7541 §5.2; `vendor/h2/STEER.md`, change 2): a value
+/// sent as a literal is in the header block verbatim, to a client and to
+/// an h2c upstream.
+#[tokio::test]
+async fn http2_header_literals_go_out_raw_to_clients_and_upstreams() {
+    // To the client: an h2c request by hand, and the answer's head.
+    let blue = upstream("blue").await;
+    let down = "raw-literal-on-the-way-down";
+    let route = one_route("blue", blue.addr(), "http1")
+        + &format!("response_headers = {{ set = {{ \"x-check\" = \"{down}\" }} }}\n");
+    let steer = Steer::start(&route).await;
+    let mut s = TcpStream::connect(steer.addr()).await.unwrap();
+    let authority = b"steer.test";
+    // :method GET, :scheme http, :path / (static table), :authority as
+    // a raw literal with its name from the static table.
+    let mut block = vec![0x82, 0x86, 0x84, 0x41, authority.len() as u8];
+    block.extend_from_slice(authority);
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&[0, 0, block.len() as u8, 1, 0x5, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    s.write_all(&out).await.unwrap();
+    let head = first_headers_block(&mut s).await;
+    assert!(contains(&head, down.as_bytes()), "{head:x?}");
+
+    // To an h2c upstream: the request's head as steer sends it.
+    let up = "raw-literal-on-the-way-up";
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !contains(&got, up.as_bytes()) {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        got
+    });
+    let route = one_route("up", addr, "h2c")
+        + &format!("request_headers = {{ set = {{ \"x-check\" = \"{up}\" }} }}\n");
+    let steer = Steer::start(&route).await;
+    // Never answered: it ends at the tests' request_timeout.
+    let _asked = tokio::spawn(call(request("GET", &steer.url("/"))));
+    let got = tokio::time::timeout(Duration::from_secs(5), seen)
+        .await
+        .expect("the request's head reached the upstream within 5 s")
+        .unwrap();
+    assert!(contains(&got, up.as_bytes()), "{got:x?}");
+}

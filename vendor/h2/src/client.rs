@@ -1090,7 +1090,7 @@ impl Builder {
     /// (`true`, the default) or sends them as raw octets.
     ///
     /// Raw literals cost fewer instructions per header block and about a
-    /// fifth more octets for each literal; a peer decodes either
+    /// quarter more octets for each literal; a peer decodes either
     /// (RFC 7541 section 5.2).
     pub fn huffman_encoding(&mut self, enabled: bool) -> &mut Self {
         self.huffman_encoding = enabled;

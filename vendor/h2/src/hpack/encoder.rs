@@ -48,7 +48,7 @@ impl Encoder {
     /// Huffman coding costs about ten instructions per octet on every
     /// literal the encoder writes (a header block's unique values, such as
     /// a request id, are literals on every request) and saves about a
-    /// fifth of the octets. A peer decodes either (RFC 7541 section 5.2).
+    /// fifth of the octets (raw, a literal takes a quarter more). A peer decodes either (RFC 7541 section 5.2).
     pub fn set_huffman(&mut self, huffman: bool) {
         self.huffman = huffman;
     }
@@ -445,6 +445,22 @@ mod test {
 
         let res = encode(&mut encoder, vec![header("content-language", "foo")]);
         assert_eq!(&res[..], b"\x5b\x03foo"); // indexed name 27, raw value
+
+        // A length past the 7-bit prefix: 127, then 200 - 127 = 73.
+        let long = "a".repeat(200);
+        let res = encode(&mut encoder, vec![header("x-long", &long)]);
+        assert_eq!(&res[..10], b"\x40\x06x-long\x7f\x49");
+        assert_eq!(&res[10..], long.as_bytes());
+
+        let res = encode(&mut encoder, vec![header("x-empty", "")]);
+        assert_eq!(&res[..], b"\x40\x07x-empty\x00");
+
+        // Never indexed, both strings raw.
+        let mut value = http::header::HeaderValue::from_static("12345");
+        value.set_sensitive(true);
+        let name = Some("my-password".parse().unwrap());
+        let res = encode(&mut encoder, vec![Header::Field { name, value }]);
+        assert_eq!(&res[..], b"\x10\x0bmy-password\x0512345");
     }
 
     #[test]
