@@ -211,8 +211,9 @@ impl H2Conn {
             // Header literals go out raw, as HAProxy sends them: Huffman
             // coding cost ~10 instructions per octet on every literal (a
             // request id, a path, a content-length: literals on every
-            // request) to save about a fifth of those octets (raw, a quarter more). Repeated
-            // fields still go out as one-octet indexes (RFC 7541 5.2, 6.1).
+            // request) to save about a fifth of those octets (raw, a
+            // quarter more). Repeated fields still go out as one-octet
+            // indexes (RFC 7541 5.2, 6.1).
             .huffman_encoding(false)
             .initial_max_send_streams(streams)
             .max_local_error_reset_streams(Some(MAX_ERROR_RESETS))

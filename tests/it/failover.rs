@@ -681,14 +681,6 @@ async fn going_away_upstream(
     (addr, connections, answered)
 }
 
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
 async fn go_away_after_one(mut tcp: tokio::net::TcpStream, want: usize, answered: Arc<AtomicU64>) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     if tcp.write_all(&frame(0x4, 0, 0, &[])).await.is_err() {

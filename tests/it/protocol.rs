@@ -1058,23 +1058,15 @@ async fn a_quiet_open_upstream_stream_brings_no_pings_a_grpc_server_would_punish
 /// within 5 s (steer pads nothing and sends no priority).
 async fn first_headers_block(s: &mut TcpStream) -> Vec<u8> {
     let read = async {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
         loop {
-            while got.len() >= 9 {
-                let len =
-                    usize::from(got[0]) << 16 | usize::from(got[1]) << 8 | usize::from(got[2]);
-                if got.len() < 9 + len {
-                    break;
-                }
-                let frame: Vec<u8> = got.drain(..9 + len).collect();
-                if frame[3] == 1 && frame[5..9] == [0, 0, 0, 1] {
-                    return frame[9..].to_vec();
-                }
+            let mut head = [0u8; 9];
+            s.read_exact(&mut head).await.unwrap();
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            s.read_exact(&mut payload).await.unwrap();
+            if head[3] == 0x1 && head[5..9] == [0, 0, 0, 1] {
+                return payload;
             }
-            let n = s.read(&mut buf).await.unwrap();
-            assert!(n > 0, "steer closed the connection before a HEADERS frame");
-            got.extend_from_slice(&buf[..n]);
         }
     };
     tokio::time::timeout(Duration::from_secs(5), read)
@@ -1105,9 +1097,9 @@ async fn http2_header_literals_go_out_raw_to_clients_and_upstreams() {
     let mut block = vec![0x82, 0x86, 0x84, 0x41, authority.len() as u8];
     block.extend_from_slice(authority);
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
-    out.extend_from_slice(&[0, 0, block.len() as u8, 1, 0x5, 0, 0, 0, 1]);
-    out.extend_from_slice(&block);
+    out.extend(frame(0x4, 0, 0, &[]));
+    // END_STREAM | END_HEADERS
+    out.extend(frame(0x1, 0x5, 1, &block));
     s.write_all(&out).await.unwrap();
     let head = first_headers_block(&mut s).await;
     assert!(contains(&head, down.as_bytes()), "{head:x?}");
@@ -1118,7 +1110,7 @@ async fn http2_header_literals_go_out_raw_to_clients_and_upstreams() {
     let addr = listener.local_addr().unwrap();
     let seen = tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
-        s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+        s.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
         while !contains(&got, up.as_bytes()) {

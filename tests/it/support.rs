@@ -669,3 +669,12 @@ pub async fn head_answering_upstream(answer: fn(&str) -> (Vec<u8>, bool)) -> Soc
     });
     addr
 }
+
+/// An HTTP/2 frame (RFC 9113 §4.1) of `kind` with `flags` on `stream`.
+pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
