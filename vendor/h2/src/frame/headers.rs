@@ -1,9 +1,9 @@
 use super::{util, StreamDependency, StreamId};
 use crate::ext::Protocol;
 use crate::frame::{Error, Frame, Head, Kind};
-use crate::hpack::{self, BytesStr};
+use crate::hpack::{self, header::FieldRef, BytesStr};
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header;
 use http::{uri, HeaderMap, Method, Request, StatusCode, Uri};
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -75,15 +75,6 @@ pub struct Pseudo {
 
     // Response
     pub status: Option<StatusCode>,
-}
-
-#[derive(Debug)]
-pub struct Iter {
-    /// Pseudo headers
-    pseudo: Option<Pseudo>,
-
-    /// Header fields
-    fields: header::IntoIter<HeaderValue>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -708,48 +699,6 @@ impl EncodingHeaderBlock {
     }
 }
 
-// ===== impl Iter =====
-
-impl Iterator for Iter {
-    type Item = hpack::Header<Option<HeaderName>>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        use crate::hpack::Header::*;
-
-        if let Some(ref mut pseudo) = self.pseudo {
-            if let Some(method) = pseudo.method.take() {
-                return Some(Method(method));
-            }
-
-            if let Some(scheme) = pseudo.scheme.take() {
-                return Some(Scheme(scheme));
-            }
-
-            if let Some(authority) = pseudo.authority.take() {
-                return Some(Authority(authority));
-            }
-
-            if let Some(path) = pseudo.path.take() {
-                return Some(Path(path));
-            }
-
-            if let Some(protocol) = pseudo.protocol.take() {
-                return Some(Protocol(protocol));
-            }
-
-            if let Some(status) = pseudo.status.take() {
-                return Some(Status(status));
-            }
-        }
-
-        self.pseudo = None;
-
-        self.fields
-            .next()
-            .map(|(name, value)| Field { name, value })
-    }
-}
-
 // ===== impl HeadersFlag =====
 
 impl HeadersFlag {
@@ -992,12 +941,22 @@ impl HeaderBlock {
     fn into_encoding(self, encoder: &mut hpack::Encoder) -> EncodingHeaderBlock {
         let mut hpack = encoder.take_scratch();
         hpack.clear();
-        let headers = Iter {
-            pseudo: Some(self.pseudo),
-            fields: self.fields.into_iter(),
-        };
-
-        encoder.encode(headers, &mut hpack);
+        // steer: encoded where they are, in this order (pseudo-headers
+        // first, RFC 9113 section 8.3), and dropped with the block.
+        let pseudo = &self.pseudo;
+        let pseudo = [
+            pseudo.method.as_ref().map(FieldRef::Method),
+            pseudo.scheme.as_ref().map(FieldRef::Scheme),
+            pseudo.authority.as_ref().map(FieldRef::Authority),
+            pseudo.path.as_ref().map(FieldRef::Path),
+            pseudo.protocol.as_ref().map(FieldRef::Protocol),
+            pseudo.status.as_ref().map(FieldRef::Status),
+        ];
+        let fields = self
+            .fields
+            .iter()
+            .map(|(name, value)| FieldRef::Field { name, value });
+        encoder.encode_fields(pseudo.into_iter().flatten().chain(fields), &mut hpack);
 
         EncodingHeaderBlock { hpack }
     }
@@ -1044,6 +1003,7 @@ mod test {
     use super::*;
     use crate::frame;
     use crate::hpack::{huffman, Encoder};
+    use http::header::{HeaderName, HeaderValue};
 
     #[test]
     fn test_nameless_header_at_resume() {
@@ -1098,6 +1058,62 @@ mod test {
         assert_eq!("zomg", huff_decode(&dst[15..18]));
         assert_eq!(&[15, 47, 0x80 | 3], &dst[18..21]);
         assert_eq!("sup", huff_decode(&dst[21..]));
+    }
+
+    /// steer: `into_encoding` encodes the fields where they are; it must
+    /// write what h2's `Encoder::encode` writes for the same fields moved
+    /// out in order, through inserts, evictions, a name with several
+    /// values, a sensitive value and pseudo-headers of both kinds.
+    #[test]
+    fn borrowed_fields_encode_as_moved_ones() {
+        use crate::hpack::Header;
+
+        let mut borrowed = Encoder::new(256, 0);
+        let mut moved = Encoder::new(256, 0);
+        for i in 0..40u32 {
+            let mut fields = HeaderMap::new();
+            fields.insert("x-request-id", format!("id-{i}").parse().unwrap());
+            fields.insert("content-type", HeaderValue::from_static("text/plain"));
+            fields.append("x-many", HeaderValue::from_static("one"));
+            fields.append("x-many", format!("{}", i % 3).parse().unwrap());
+            let mut secret = HeaderValue::from_static("Bearer token");
+            secret.set_sensitive(true);
+            fields.insert("authorization", secret);
+            fields.insert("content-length", format!("{}", i * 7).parse().unwrap());
+            let pseudo = || {
+                let uri = format!("https://example.com/p/{}", i % 5).parse().unwrap();
+                match i % 4 {
+                    0 => Pseudo::request(Method::POST, uri, None),
+                    2 => Pseudo::request(Method::CONNECT, uri, Some("websocket".into())),
+                    _ => Pseudo::response(StatusCode::from_u16(200 + (i as u16 % 3)).unwrap()),
+                }
+            };
+
+            let mut want = BytesMut::new();
+            let mut order: Vec<Header<Option<HeaderName>>> = Vec::new();
+            let p = pseudo();
+            order.extend(p.method.map(Header::Method));
+            order.extend(p.scheme.map(Header::Scheme));
+            order.extend(p.authority.map(Header::Authority));
+            order.extend(p.path.map(Header::Path));
+            order.extend(p.protocol.map(Header::Protocol));
+            order.extend(p.status.map(Header::Status));
+            let copy = fields.clone();
+            order.extend(
+                copy.into_iter()
+                    .map(|(name, value)| Header::Field { name, value }),
+            );
+            moved.encode(order, &mut want);
+
+            let got = HeaderBlock {
+                fields,
+                field_size: 0,
+                is_over_size: false,
+                pseudo: pseudo(),
+            }
+            .into_encoding(&mut borrowed);
+            assert_eq!(got.hpack, want, "block {i}");
+        }
     }
 
     fn huff_decode(src: &[u8]) -> BytesMut {

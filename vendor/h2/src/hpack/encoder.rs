@@ -1,5 +1,8 @@
+use super::header::{FieldRef, Name};
+use super::huffman;
 use super::table::{Index, Table};
-use super::{huffman, Header};
+#[cfg(any(test, fuzzing))]
+use super::Header;
 
 use bytes::{BufMut, BytesMut};
 use http::header::{HeaderName, HeaderValue};
@@ -113,6 +116,10 @@ impl Encoder {
     }
 
     /// Encode a set of headers into the provide buffer
+    ///
+    /// steer: h2's frames use `encode_fields`; this stays for h2's tests
+    /// and fuzzing.
+    #[cfg(any(test, fuzzing))]
     pub fn encode<I>(&mut self, headers: I, dst: &mut BytesMut)
     where
         I: IntoIterator<Item = Header<Option<HeaderName>>>,
@@ -122,33 +129,63 @@ impl Encoder {
 
         self.encode_size_updates(dst);
 
-        let mut last_index = None;
+        let mut last: Option<(Index, Header)> = None;
 
         for header in headers {
             match header.reify() {
                 // The header has an associated name. In which case, try to
                 // index it in the table.
                 Ok(header) => {
-                    let index = self.table.index(header);
-                    self.encode_header(&index, dst);
-
-                    last_index = Some(index);
+                    let index = self.encode_field(header.as_field(), dst);
+                    last = Some((index, header));
                 }
                 // The header does not have an associated name. This means that
                 // the name is the same as the previously yielded header. In
                 // which case, we skip table lookup and just use the same index
                 // as the previous entry.
                 Err(value) => {
-                    self.encode_header_without_name(
-                        last_index.as_ref().unwrap_or_else(|| {
-                            panic!("encoding header without name, but no previous index to use for name");
-                        }),
-                        &value,
-                        dst,
-                    );
+                    let (index, header) = last.as_ref().unwrap_or_else(|| {
+                        panic!(
+                            "encoding header without name, but no previous index to use for name"
+                        );
+                    });
+                    self.encode_header_without_name(index, header.name(), &value, dst);
                 }
             }
         }
+    }
+
+    /// steer: encodes fields borrowed from where they are (a frame's
+    /// pseudo-headers and `HeaderMap`), which `encode` would move out one
+    /// by one, through the table and back. The same octets as `encode`:
+    /// a name's second and later values follow its first without a table
+    /// lookup (`HeaderMap::iter` yields them next to each other, with the
+    /// same name reference).
+    pub(crate) fn encode_fields<'a>(
+        &mut self,
+        fields: impl Iterator<Item = FieldRef<'a>>,
+        dst: &mut BytesMut,
+    ) {
+        self.encode_size_updates(dst);
+        let mut last: Option<(Index, &HeaderName)> = None;
+        for field in fields {
+            let FieldRef::Field { name, value } = field else {
+                self.encode_field(field, dst);
+                continue;
+            };
+            match &last {
+                Some((index, last)) if std::ptr::eq(*last, name) => {
+                    self.encode_header_without_name(index, Name::Field(name), value, dst)
+                }
+                _ => last = Some((self.encode_field(field, dst), name)),
+            }
+        }
+    }
+
+    fn encode_field(&mut self, field: FieldRef<'_>, dst: &mut BytesMut) -> Index {
+        let index = self.table.index(field);
+        self.encode_header(&index, field, dst);
+        index
     }
 
     fn encode_size_updates(&mut self, dst: &mut BytesMut) {
@@ -167,47 +204,39 @@ impl Encoder {
         }
     }
 
-    fn encode_header(&mut self, index: &Index, dst: &mut BytesMut) {
+    fn encode_header(&mut self, index: &Index, field: FieldRef<'_>, dst: &mut BytesMut) {
         match *index {
-            Index::Indexed(idx, _) => {
+            Index::Indexed(idx) => {
                 encode_int(idx, 7, 0x80, dst);
             }
-            Index::Name(idx, _) => {
-                let header = self.table.resolve(index);
-
+            Index::Name(idx) => {
                 encode_not_indexed(
                     idx,
-                    header.value_slice(),
-                    header.is_sensitive(),
+                    field.value_slice(),
+                    field.is_sensitive(),
                     self.huffman,
                     dst,
                 );
             }
-            Index::Inserted(_) => {
-                let header = self.table.resolve(index);
-
-                assert!(!header.is_sensitive());
+            Index::Inserted => {
+                assert!(!field.is_sensitive());
 
                 dst.put_u8(0b0100_0000);
 
-                encode_str(header.name().as_slice(), self.huffman, dst);
-                encode_str(header.value_slice(), self.huffman, dst);
+                encode_str(field.name().as_slice(), self.huffman, dst);
+                encode_str(field.value_slice(), self.huffman, dst);
             }
-            Index::InsertedValue(idx, _) => {
-                let header = self.table.resolve(index);
-
-                assert!(!header.is_sensitive());
+            Index::InsertedValue(idx) => {
+                assert!(!field.is_sensitive());
 
                 encode_int(idx, 6, 0b0100_0000, dst);
-                encode_str(header.value_slice(), self.huffman, dst);
+                encode_str(field.value_slice(), self.huffman, dst);
             }
-            Index::NotIndexed(_) => {
-                let header = self.table.resolve(index);
-
+            Index::NotIndexed => {
                 encode_not_indexed2(
-                    header.name().as_slice(),
-                    header.value_slice(),
-                    header.is_sensitive(),
+                    field.name().as_slice(),
+                    field.value_slice(),
+                    field.is_sensitive(),
                     self.huffman,
                     dst,
                 );
@@ -218,23 +247,19 @@ impl Encoder {
     fn encode_header_without_name(
         &mut self,
         last: &Index,
+        name: Name<'_>,
         value: &HeaderValue,
         dst: &mut BytesMut,
     ) {
         match *last {
-            Index::Indexed(..)
-            | Index::Name(..)
-            | Index::Inserted(..)
-            | Index::InsertedValue(..) => {
+            Index::Indexed(..) | Index::Name(..) | Index::Inserted | Index::InsertedValue(..) => {
                 let idx = self.table.resolve_idx(last);
 
                 encode_not_indexed(idx, value.as_ref(), value.is_sensitive(), self.huffman, dst);
             }
-            Index::NotIndexed(_) => {
-                let last = self.table.resolve(last);
-
+            Index::NotIndexed => {
                 encode_not_indexed2(
-                    last.name().as_slice(),
+                    name.as_slice(),
                     value.as_ref(),
                     value.is_sensitive(),
                     self.huffman,

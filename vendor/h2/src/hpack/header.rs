@@ -31,6 +31,24 @@ pub enum Name<'a> {
     Status,
 }
 
+/// steer: a header field borrowed where it is, so that the encoder
+/// indexes and writes it without moving it out of its header block (the
+/// fields of a `HeaderMap` and the pseudo-headers). Only a field the
+/// encoder inserts into its table is cloned (`to_owned`).
+#[derive(Debug, Clone, Copy)]
+pub enum FieldRef<'a> {
+    Field {
+        name: &'a HeaderName,
+        value: &'a HeaderValue,
+    },
+    Authority(&'a BytesStr),
+    Method(&'a Method),
+    Scheme(&'a BytesStr),
+    Path(&'a BytesStr),
+    Protocol(&'a Protocol),
+    Status(&'a StatusCode),
+}
+
 #[doc(hidden)]
 #[derive(Clone, Eq, PartialEq, Default)]
 pub struct BytesStr(Bytes);
@@ -41,6 +59,7 @@ pub fn len(name: &HeaderName, value: &HeaderValue) -> usize {
 }
 
 impl Header<Option<HeaderName>> {
+    #[cfg(any(test, fuzzing))]
     pub fn reify(self) -> Result<Header, HeaderValue> {
         use self::Header::*;
 
@@ -102,95 +121,87 @@ impl Header {
         }
     }
 
-    pub fn len(&self) -> usize {
+    /// The field borrowed, for the queries below and the encoder.
+    pub fn as_field(&self) -> FieldRef<'_> {
         match *self {
             Header::Field {
                 ref name,
                 ref value,
-            } => len(name, value),
-            Header::Authority(ref v) => 32 + 10 + v.len(),
-            Header::Method(ref v) => 32 + 7 + v.as_ref().len(),
-            Header::Scheme(ref v) => 32 + 7 + v.len(),
-            Header::Path(ref v) => 32 + 5 + v.len(),
-            Header::Protocol(ref v) => 32 + 9 + v.as_str().len(),
-            Header::Status(_) => 32 + 7 + 3,
+            } => FieldRef::Field { name, value },
+            Header::Authority(ref v) => FieldRef::Authority(v),
+            Header::Method(ref v) => FieldRef::Method(v),
+            Header::Scheme(ref v) => FieldRef::Scheme(v),
+            Header::Path(ref v) => FieldRef::Path(v),
+            Header::Protocol(ref v) => FieldRef::Protocol(v),
+            Header::Status(ref v) => FieldRef::Status(v),
         }
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_field().len()
     }
 
     /// Returns the header name
     pub fn name(&self) -> Name<'_> {
-        match *self {
-            Header::Field { ref name, .. } => Name::Field(name),
-            Header::Authority(..) => Name::Authority,
-            Header::Method(..) => Name::Method,
-            Header::Scheme(..) => Name::Scheme,
-            Header::Path(..) => Name::Path,
-            Header::Protocol(..) => Name::Protocol,
-            Header::Status(..) => Name::Status,
-        }
+        self.as_field().name()
     }
 
     pub fn value_slice(&self) -> &[u8] {
-        match *self {
-            Header::Field { ref value, .. } => value.as_ref(),
-            Header::Authority(ref v) => v.as_ref(),
-            Header::Method(ref v) => v.as_ref().as_ref(),
-            Header::Scheme(ref v) => v.as_ref(),
-            Header::Path(ref v) => v.as_ref(),
-            Header::Protocol(ref v) => v.as_ref(),
-            Header::Status(ref v) => v.as_str().as_ref(),
+        self.as_field().value_slice()
+    }
+}
+
+impl<'a> FieldRef<'a> {
+    pub fn len(self) -> usize {
+        match self {
+            FieldRef::Field { name, value } => len(name, value),
+            FieldRef::Authority(v) => 32 + 10 + v.len(),
+            FieldRef::Method(v) => 32 + 7 + v.as_ref().len(),
+            FieldRef::Scheme(v) => 32 + 7 + v.len(),
+            FieldRef::Path(v) => 32 + 5 + v.len(),
+            FieldRef::Protocol(v) => 32 + 9 + v.as_str().len(),
+            FieldRef::Status(_) => 32 + 7 + 3,
         }
     }
 
-    pub fn value_eq(&self, other: &Header) -> bool {
-        match *self {
-            Header::Field { ref value, .. } => {
-                let a = value;
-                match *other {
-                    Header::Field { ref value, .. } => a == value,
-                    _ => false,
-                }
-            }
-            Header::Authority(ref a) => match *other {
-                Header::Authority(ref b) => a == b,
-                _ => false,
-            },
-            Header::Method(ref a) => match *other {
-                Header::Method(ref b) => a == b,
-                _ => false,
-            },
-            Header::Scheme(ref a) => match *other {
-                Header::Scheme(ref b) => a == b,
-                _ => false,
-            },
-            Header::Path(ref a) => match *other {
-                Header::Path(ref b) => a == b,
-                _ => false,
-            },
-            Header::Protocol(ref a) => match *other {
-                Header::Protocol(ref b) => a == b,
-                _ => false,
-            },
-            Header::Status(ref a) => match *other {
-                Header::Status(ref b) => a == b,
-                _ => false,
-            },
+    /// Returns the header name
+    pub fn name(self) -> Name<'a> {
+        match self {
+            FieldRef::Field { name, .. } => Name::Field(name),
+            FieldRef::Authority(..) => Name::Authority,
+            FieldRef::Method(..) => Name::Method,
+            FieldRef::Scheme(..) => Name::Scheme,
+            FieldRef::Path(..) => Name::Path,
+            FieldRef::Protocol(..) => Name::Protocol,
+            FieldRef::Status(..) => Name::Status,
         }
     }
 
-    pub fn is_sensitive(&self) -> bool {
-        match *self {
-            Header::Field { ref value, .. } => value.is_sensitive(),
+    pub fn value_slice(self) -> &'a [u8] {
+        match self {
+            FieldRef::Field { value, .. } => value.as_ref(),
+            FieldRef::Authority(v) => v.as_ref(),
+            FieldRef::Method(v) => v.as_ref().as_ref(),
+            FieldRef::Scheme(v) => v.as_ref(),
+            FieldRef::Path(v) => v.as_ref(),
+            FieldRef::Protocol(v) => v.as_ref(),
+            FieldRef::Status(v) => v.as_str().as_bytes(),
+        }
+    }
+
+    pub fn is_sensitive(self) -> bool {
+        match self {
+            FieldRef::Field { value, .. } => value.is_sensitive(),
             // TODO: Technically these other header values can be sensitive too.
             _ => false,
         }
     }
 
-    pub fn skip_value_index(&self) -> bool {
+    pub fn skip_value_index(self) -> bool {
         use http::header;
 
-        match *self {
-            Header::Field { ref name, .. } => matches!(
+        match self {
+            FieldRef::Field { name, .. } => matches!(
                 *name,
                 header::AGE
                     | header::AUTHORIZATION
@@ -202,8 +213,25 @@ impl Header {
                     | header::COOKIE
                     | header::SET_COOKIE
             ),
-            Header::Path(..) => true,
+            FieldRef::Path(..) => true,
             _ => false,
+        }
+    }
+
+    /// The field owned, for the encoder's table: the name and value are
+    /// reference-counted or static, so this copies no octets.
+    pub fn to_owned(self) -> Header {
+        match self {
+            FieldRef::Field { name, value } => Header::Field {
+                name: name.clone(),
+                value: value.clone(),
+            },
+            FieldRef::Authority(v) => Header::Authority(v.clone()),
+            FieldRef::Method(v) => Header::Method(v.clone()),
+            FieldRef::Scheme(v) => Header::Scheme(v.clone()),
+            FieldRef::Path(v) => Header::Path(v.clone()),
+            FieldRef::Protocol(v) => Header::Protocol(v.clone()),
+            FieldRef::Status(v) => Header::Status(*v),
         }
     }
 }

@@ -1,4 +1,4 @@
-use super::Header;
+use super::header::{FieldRef, Header};
 
 use fnv::FnvHasher;
 use http::header;
@@ -20,22 +20,27 @@ pub struct Table {
     max_size: usize,
 }
 
+/// Where a field stands in the table after `Table::index`. The field
+/// itself stays with the caller (steer: it is borrowed, not moved in and
+/// out again).
 #[derive(Debug)]
 pub enum Index {
     // The header is already fully indexed
-    Indexed(usize, Header),
+    Indexed(usize),
 
     // The name is indexed, but not the value
-    Name(usize, Header),
+    Name(usize),
 
-    // The full header has been inserted into the table.
-    Inserted(usize),
+    // The full header has been inserted into the table, as its newest
+    // entry (dynamic index 62).
+    Inserted,
 
-    // Only the value has been inserted (hpack table idx, slots idx)
-    InsertedValue(usize, usize),
+    // Only the value has been inserted, as the newest entry (hpack table
+    // idx of the name)
+    InsertedValue(usize),
 
     // The header is not indexed by this table
-    NotIndexed(Header),
+    NotIndexed,
 }
 
 #[derive(Debug)]
@@ -105,35 +110,22 @@ impl Table {
         self.max_size
     }
 
-    /// Gets the header stored in the table
-    pub fn resolve<'a>(&'a self, index: &'a Index) -> &'a Header {
-        use self::Index::*;
-
-        match *index {
-            Indexed(_, ref h) => h,
-            Name(_, ref h) => h,
-            Inserted(idx) => &self.slots[idx].header,
-            InsertedValue(_, idx) => &self.slots[idx].header,
-            NotIndexed(ref h) => h,
-        }
-    }
-
     pub fn resolve_idx(&self, index: &Index) -> usize {
         use self::Index::*;
 
         match *index {
-            Indexed(idx, ..) => idx,
-            Name(idx, ..) => idx,
-            Inserted(idx) => idx + DYN_OFFSET,
-            InsertedValue(_name_idx, slot_idx) => slot_idx + DYN_OFFSET,
-            NotIndexed(_) => panic!("cannot resolve index"),
+            Indexed(idx) => idx,
+            Name(idx) => idx,
+            Inserted | InsertedValue(_) => DYN_OFFSET,
+            NotIndexed => panic!("cannot resolve index"),
         }
     }
 
-    /// Index the header in the HPACK table.
-    pub fn index(&mut self, header: Header) -> Index {
+    /// Index the header in the HPACK table. Only a field it inserts is
+    /// cloned into the table.
+    pub fn index(&mut self, header: FieldRef<'_>) -> Index {
         // Check the static table
-        let statik = index_static(&header);
+        let statik = index_static(header);
 
         // Don't index certain headers. This logic is borrowed from nghttp2.
         if header.skip_value_index() {
@@ -141,23 +133,23 @@ impl Table {
             // static table. At some point in the future, this might not be true
             // and this logic will need to be updated.
             debug_assert!(statik.is_some(), "skip_value_index requires a static name",);
-            return Index::new(statik, header);
+            return Index::new(statik);
         }
 
         // If the header is already indexed by the static table, return that
         if let Some((n, true)) = statik {
-            return Index::Indexed(n, header);
+            return Index::Indexed(n);
         }
 
         // Don't index large headers
         if header.len() * 4 > self.max_size * 3 {
-            return Index::new(statik, header);
+            return Index::new(statik);
         }
 
         self.index_dynamic(header, statik)
     }
 
-    fn index_dynamic(&mut self, header: Header, statik: Option<(usize, bool)>) -> Index {
+    fn index_dynamic(&mut self, header: FieldRef<'_>, statik: Option<(usize, bool)>) -> Index {
         debug_assert!(self.assert_valid_state("one"));
 
         if header.len() + self.size < self.max_size || !header.is_sensitive() {
@@ -169,10 +161,10 @@ impl Table {
             // If `indices` is not empty, then it is impossible for all
             // `indices` entries to be `Some`. So, we only need to check for the
             // empty case.
-            return Index::new(statik, header);
+            return Index::new(statik);
         }
 
-        let hash = hash_header(&header);
+        let hash = hash_header(header);
 
         let desired_pos = desired_pos(self.mask, hash);
         let mut probe = desired_pos;
@@ -204,7 +196,7 @@ impl Table {
 
     fn index_occupied(
         &mut self,
-        header: Header,
+        header: FieldRef<'_>,
         hash: HashValue,
         mut index: usize,
         statik: Option<usize>,
@@ -218,9 +210,10 @@ impl Table {
             // Compute the real index into the VecDeque
             let real_idx = index.wrapping_add(self.inserted);
 
-            if self.slots[real_idx].header.value_eq(&header) {
+            // The names are equal, so the values compare as octets.
+            if self.slots[real_idx].header.value_slice() == header.value_slice() {
                 // We have a full match!
-                return Index::Indexed(real_idx + DYN_OFFSET, header);
+                return Index::Indexed(real_idx + DYN_OFFSET);
             }
 
             if let Some(next) = self.slots[real_idx].next {
@@ -231,13 +224,13 @@ impl Table {
             if header.is_sensitive() {
                 // Should we assert this?
                 // debug_assert!(statik.is_none());
-                return Index::Name(real_idx + DYN_OFFSET, header);
+                return Index::Name(real_idx + DYN_OFFSET);
             }
 
             self.update_size(header.len(), Some(index));
 
             // Insert the new header
-            self.insert(header, hash);
+            self.insert(header.to_owned(), hash);
 
             // Recompute real_idx as it just changed.
             let new_real_idx = index.wrapping_add(self.inserted);
@@ -256,23 +249,23 @@ impl Table {
             // it when inserting the new one...
             return if let Some(n) = statik {
                 // If name is in static table, use it instead
-                Index::InsertedValue(n, 0)
+                Index::InsertedValue(n)
             } else {
-                Index::InsertedValue(real_idx + DYN_OFFSET, 0)
+                Index::InsertedValue(real_idx + DYN_OFFSET)
             };
         }
     }
 
     fn index_vacant(
         &mut self,
-        header: Header,
+        header: FieldRef<'_>,
         hash: HashValue,
         mut dist: usize,
         mut probe: usize,
         statik: Option<(usize, bool)>,
     ) -> Index {
         if header.is_sensitive() {
-            return Index::new(statik, header);
+            return Index::new(statik);
         }
 
         debug_assert!(self.assert_valid_state("top"));
@@ -302,7 +295,7 @@ impl Table {
 
         debug_assert!(self.assert_valid_state("after update"));
 
-        self.insert(header, hash);
+        self.insert(header.to_owned(), hash);
 
         let pos_idx = 0usize.wrapping_sub(self.inserted);
 
@@ -328,9 +321,9 @@ impl Table {
         debug_assert!(self.assert_valid_state("bottom"));
 
         if let Some((n, _)) = statik {
-            Index::InsertedValue(n, 0)
+            Index::InsertedValue(n)
         } else {
-            Index::Inserted(0)
+            Index::Inserted
         }
     }
 
@@ -630,11 +623,11 @@ impl Table {
 }
 
 impl Index {
-    fn new(v: Option<(usize, bool)>, e: Header) -> Index {
+    fn new(v: Option<(usize, bool)>) -> Index {
         match v {
-            None => Index::NotIndexed(e),
-            Some((n, true)) => Index::Indexed(n, e),
-            Some((n, false)) => Index::Name(n, e),
+            None => Index::NotIndexed,
+            Some((n, true)) => Index::Indexed(n),
+            Some((n, false)) => Index::Name(n),
         }
     }
 }
@@ -659,7 +652,7 @@ fn probe_distance(mask: usize, hash: HashValue, current: usize) -> usize {
     current.wrapping_sub(desired_pos(mask, hash)) & mask
 }
 
-fn hash_header(header: &Header) -> HashValue {
+fn hash_header(header: FieldRef<'_>) -> HashValue {
     const MASK: u64 = (MAX_SIZE as u64) - 1;
 
     let mut h = FnvHasher::default();
@@ -669,12 +662,9 @@ fn hash_header(header: &Header) -> HashValue {
 
 /// Checks the static table for the header. If found, returns the index and a
 /// boolean representing if the value matched as well.
-fn index_static(header: &Header) -> Option<(usize, bool)> {
-    match *header {
-        Header::Field {
-            ref name,
-            ref value,
-        } => match *name {
+fn index_static(header: FieldRef<'_>) -> Option<(usize, bool)> {
+    match header {
+        FieldRef::Field { name, value } => match *name {
             header::ACCEPT_CHARSET => Some((15, false)),
             header::ACCEPT_ENCODING => {
                 if value == "gzip, deflate" {
@@ -730,24 +720,24 @@ fn index_static(header: &Header) -> Option<(usize, bool)> {
             header::WWW_AUTHENTICATE => Some((61, false)),
             _ => None,
         },
-        Header::Authority(_) => Some((1, false)),
-        Header::Method(ref v) => match *v {
+        FieldRef::Authority(_) => Some((1, false)),
+        FieldRef::Method(v) => match *v {
             Method::GET => Some((2, true)),
             Method::POST => Some((3, true)),
             _ => Some((2, false)),
         },
-        Header::Scheme(ref v) => match &**v {
+        FieldRef::Scheme(v) => match &**v {
             "http" => Some((6, true)),
             "https" => Some((7, true)),
             _ => Some((6, false)),
         },
-        Header::Path(ref v) => match &**v {
+        FieldRef::Path(v) => match &**v {
             "/" => Some((4, true)),
             "/index.html" => Some((5, true)),
             _ => Some((4, false)),
         },
-        Header::Protocol(..) => None,
-        Header::Status(ref v) => match u16::from(*v) {
+        FieldRef::Protocol(..) => None,
+        FieldRef::Status(v) => match v.as_u16() {
             200 => Some((8, true)),
             204 => Some((9, true)),
             206 => Some((10, true)),
