@@ -34,7 +34,7 @@ pub enum Name<'a> {
 /// steer: a header field borrowed where it is, so that the encoder
 /// indexes and writes it without moving it out of its header block (the
 /// fields of a `HeaderMap` and the pseudo-headers). Only a field the
-/// encoder inserts into its table is cloned (`to_owned`).
+/// encoder inserts into its table is cloned (`to_header`).
 #[derive(Debug, Clone, Copy)]
 pub enum FieldRef<'a> {
     Field {
@@ -220,7 +220,7 @@ impl<'a> FieldRef<'a> {
 
     /// The field owned, for the encoder's table: the name and value are
     /// reference-counted or static, so this copies no octets.
-    pub fn to_owned(self) -> Header {
+    pub fn to_header(self) -> Header {
         match self {
             FieldRef::Field { name, value } => Header::Field {
                 name: name.clone(),

@@ -230,7 +230,7 @@ impl Table {
             self.update_size(header.len(), Some(index));
 
             // Insert the new header
-            self.insert(header.to_owned(), hash);
+            self.insert(header.to_header(), hash);
 
             // Recompute real_idx as it just changed.
             let new_real_idx = index.wrapping_add(self.inserted);
@@ -295,7 +295,7 @@ impl Table {
 
         debug_assert!(self.assert_valid_state("after update"));
 
-        self.insert(header.to_owned(), hash);
+        self.insert(header.to_header(), hash);
 
         let pos_idx = 0usize.wrapping_sub(self.inserted);
 
