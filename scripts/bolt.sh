@@ -37,33 +37,15 @@ plain="$build/release/steer"
 
 # shellcheck source=benches/load/one_route.sh
 . benches/load/one_route.sh
+# shellcheck source=scripts/lib/train.sh
+. scripts/lib/train.sh
 "$BOLT_DIR/llvm-bolt" "$plain" -instrument -o "$work/steer.inst" \
   -instrumentation-file="$work/profile" -instrumentation-file-append-pid >"$work/instrument.log" 2>&1 \
   || { cat "$work/instrument.log" >&2; exit 1; }
 
-# Training: the instrumented binary behind the three shapes; each run
-# writes its profile when steer exits (SIGTERM, a graceful stop).
-start_upstream "$plain"
-for proto in http1 h2c; do
-  TLS=1 PROTO="$proto" write_routes
-  "$work/steer.inst" run --config "$work/routes.toml" --workers 1 >"$work/train-$proto.log" 2>&1 &
-  pid=$!
-  pids+=("$pid")
-  wait_ready "$work/train-$proto.log"
-  url="/demo/bytes?n=64"
-  # Under load (50 connections) and one request at a time (a tenth as
-  # many), whose wakeups and waits take paths that batching skips.
-  runs=("$REQUESTS https://127.0.0.1:$https$url -c 50 -m 10"
-    "$((REQUESTS / 10)) https://127.0.0.1:$https$url -c 1")
-  [ "$proto" = http1 ] && runs+=("$REQUESTS http://127.0.0.1:$http$url --h1 -c 50"
-    "$((REQUESTS / 10)) http://127.0.0.1:$http$url --h1 -c 1")
-  for run in "${runs[@]}"; do
-    # shellcheck disable=SC2086  # the run's words are h2load's arguments
-    timeout 300 h2load -n $run >"$work/h2load.out"
-    grep -q " 0 failed, 0 errored" "$work/h2load.out" || { cat "$work/h2load.out" >&2; exit 1; }
-  done
-  stop "$pid" 30
-done
+# Training (scripts/lib/train.sh): each run writes its profile when steer
+# exits.
+train "$plain" "$work/steer.inst"
 profiles=("$work"/profile.*.fdata)
 [ -e "${profiles[0]}" ] || { echo "bolt.sh: the training run wrote no profile" >&2; exit 1; }
 "$BOLT_DIR/merge-fdata" "${profiles[@]}" >"$work/merged.fdata" 2>/dev/null

@@ -11,9 +11,11 @@
 #
 # steer (`--workers 1`) on CPU 0; h2load and the upstream (`steer
 # demo-upstream`, 64-byte answers) on CPU 1. PROTO=h2c makes the upstream
-# h2c (default http1). Needs h2load (nghttp2-client), taskset, curl.
+# h2c (default http1); TLS=1 sends the load over TLS (h2load negotiates
+# HTTP/2 by ALPN unless told --h1; needs openssl). Needs h2load
+# (nghttp2-client), taskset, curl.
 set -euo pipefail
-[ $# -ge 3 ] || { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 3 ] || { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 A="$(realpath "$1")"; B="$(realpath "$2")"; ROUNDS="$3"; shift 3
 [ $# -gt 0 ] || set -- --h1 -c 50 -n 150000
 # shellcheck source=benches/load/one_route.sh
@@ -32,6 +34,7 @@ for r in $(seq "$ROUNDS"); do
     pid=$!
     wait_ready "$log"
     url="http://127.0.0.1:$http/demo/bytes?n=64"
+    [ "${TLS:-0}" = 1 ] && url="https://127.0.0.1:$https/demo/bytes?n=64"
     taskset -c 1 h2load "$@" -n 5000 "$url" >/dev/null
     cpu0=$(( $(stat_field "$pid" 14) + $(stat_field "$pid" 15) )); user0=$(stat_field "$pid" 14); flt0=$(stat_field "$pid" 10)
     out="$(taskset -c 1 h2load "$@" "$url")"

@@ -1,5 +1,6 @@
 # Sourced by benches/load/ab.sh, benches/instructions/compare.sh,
-# scripts/ci/idle-memory.sh and scripts/ci/instructions.sh: a scratch directory and background
+# scripts/bolt.sh, scripts/pgo.sh, scripts/ci/idle-memory.sh and
+# scripts/ci/instructions.sh: a scratch directory and background
 # processes cleaned up at exit, a `steer demo-upstream`, and a steer
 # config with one route to it.
 

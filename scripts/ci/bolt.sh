@@ -42,20 +42,7 @@ check() {
   shift 2
   before="$(measure target/bolt-build/release/steer "$@")"
   after="$(measure target/bolt/steer "$@")"
-  python3 - "$mode" "$limit" "$before" "$after" <<'PY' || failed=1
-import sys
-mode, limit = sys.argv[1], float(sys.argv[2])
-before = dict(l.split() for l in sys.argv[3].splitlines())
-after = dict(l.split() for l in sys.argv[4].splitlines())
-failed = False
-for s in ("http1", "h2-tls", "h2-tls-h2c"):
-    b, a = float(before[s]), float(after[s])
-    ok = a <= b * limit
-    failed |= not ok
-    print(f"bolt {s}, {mode}: {b:.0f} -> {a:.0f} first-level instruction misses per request"
-          f" ({a / b:.2f}x, limit {limit:.2f}x){'' if ok else '  FAILED'}")
-sys.exit(1 if failed else 0)
-PY
+  python3 scripts/lib/ratio.py "bolt, $mode" "first-level instruction misses" "$limit" "$before" "$after" || failed=1
 }
 check "under load" 0.5 --requests 10000 --streams 50x10
 check "one at a time" 0.75

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# An optimized steer for packagers: the release build compiled again with
+# profile-guided optimization (PGO) from a training run through the three
+# shapes the benchmarks measure (scripts/lib/train.sh, as scripts/bolt.sh).
+# The source is the same; LLVM inlines, lays out and orders branches by
+# what the training ran, and compiles what it never ran for size. At
+# 413b937: 21-24 % fewer instructions per request, 10-14 % less CPU
+# (BENCHMARKS.md, "Profile-guided optimization").
+#
+#   bash scripts/pgo.sh [OUT]        OUT defaults to target/pgo/steer
+#
+# Needs llvm-profdata of the same LLVM as rustc (`rustup component add
+# llvm-tools`; LLVM_PROFDATA names another), h2load (nghttp2-client),
+# openssl and curl. Builds in target/pgo-gen (instrumented) and
+# target/pgo-use (optimized), with their own flags, so the usual
+# target/release stays as it is; TRAIN_REQUESTS (50000) per shape.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${1:-target/pgo/steer}"
+REQUESTS="${TRAIN_REQUESTS:-50000}"
+host="$(rustc -vV | sed -n 's/^host: //p')"
+PROFDATA="${LLVM_PROFDATA:-$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata}"
+[ -x "$PROFDATA" ] || { echo "pgo.sh needs $PROFDATA (rustup component add llvm-tools)" >&2; exit 2; }
+for tool in h2load openssl curl; do
+  command -v "$tool" >/dev/null || { echo "pgo.sh needs $tool" >&2; exit 2; }
+done
+
+# shellcheck source=benches/load/one_route.sh
+. benches/load/one_route.sh
+# shellcheck source=scripts/lib/train.sh
+. scripts/lib/train.sh
+
+# --target: RUSTFLAGS then reach the crates that make up steer, not build
+# scripts and proc macros (which would write profiles of their own while
+# the build runs them, and need none).
+build() {  # TARGET_DIR RUSTFLAGS -> the binary's path on stdout
+  CARGO_TARGET_DIR="$1" RUSTFLAGS="$2" cargo build --release --locked --target "$host" >&2
+  echo "$1/$host/release/steer"
+}
+# The upstream of the training run is the plain build: only steer's own
+# profile is wanted.
+[ -x target/release/steer ] || cargo build --release --locked
+# The instrumented build writes its profiles into a fixed directory, so
+# that it is rebuilt only when the source changes; the optimized one reads
+# a profile in $work, a new path each run, because cargo does not notice a
+# changed profile behind the same flags.
+raw="$PWD/target/pgo-gen/profiles"
+instrumented="$(build "$PWD/target/pgo-gen" "-Cprofile-generate=$raw")"
+rm -rf "$raw"
+train target/release/steer "$instrumented"
+profiles=("$raw"/*.profraw)
+[ -e "${profiles[0]}" ] || { echo "pgo.sh: the training run wrote no profile" >&2; exit 1; }
+"$PROFDATA" merge -o "$work/steer.profdata" "${profiles[@]}"
+
+# A profile that does not match a function (none should: same source) is
+# reported by rustc as a warning, not an error.
+optimized="$(build "$PWD/target/pgo-use" "-Cprofile-use=$work/steer.profdata")"
+mkdir -p "$(dirname "$OUT")"
+cp "$optimized" "$OUT"
+"$OUT" --version >/dev/null
+echo "pgo.sh: $OUT ($(du -h "$OUT" | cut -f1))"
