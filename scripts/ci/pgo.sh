@@ -5,8 +5,8 @@
 # guard under callgrind (benches/instructions/compare.sh --steer-only,
 # which fails on any failed request, one request at a time), and must run
 # at most 0.9x the instructions per request of the plain release build of
-# the same source. At 413b937: http1 28,474 -> 22,399, h2-tls 49,051 ->
-# 37,161, h2-tls-h2c 68,236 -> 52,064 (0.76-0.79x; BENCHMARKS.md,
+# the same source. At 413b937: http1 28,495 -> 22,374, h2-tls 49,012 ->
+# 37,164, h2-tls-h2c 68,282 -> 52,099 (0.76-0.79x; BENCHMARKS.md,
 # "Profile-guided optimization"). A profile that matched nothing (a
 # training run that ran other code, flags that did not reach the build)
 # leaves the count where it was.

@@ -5,12 +5,11 @@
 # benchmarks measure (HTTP/1.1 in and out, HTTP/2 over TLS to HTTP/1.1,
 # HTTP/2 over TLS to h2c), each under load (50 connections) and one
 # request at a time (a tenth as many requests), whose wakeups and waits
-# take paths that batching skips, with the JSON access log on, as
-# operators run steer and as benches/load/run.sh measures it.
-# UPSTREAM_BIN serves as the upstream.
-# STEER_BIN is stopped with SIGTERM after each shape (a graceful stop: an
-# instrumented binary writes its profile as it exits). $REQUESTS per run
-# under load.
+# take paths that batching skips; the JSON access log on, as operators
+# run steer and as benches/load/run.sh measures it. UPSTREAM_BIN serves
+# as the upstream. STEER_BIN is stopped with SIGTERM after each shape (a
+# graceful stop: an instrumented binary writes its profile as it exits).
+# $REQUESTS per run under load.
 train() {
   local upstream_bin="$1" steer_bin="$2" proto pid url run runs
   start_upstream "$upstream_bin"
