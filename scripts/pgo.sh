@@ -9,9 +9,11 @@
 #
 #   bash scripts/pgo.sh [OUT]        OUT defaults to target/pgo/steer
 #
-# Needs llvm-profdata of the same LLVM as rustc (`rustup component add
-# llvm-tools`; LLVM_PROFDATA names another), h2load (nghttp2-client),
-# openssl and curl. Builds in target/pgo-gen (instrumented) and
+# Needs an llvm-profdata that reads rustc's raw profiles: rustup's
+# (`rustup component add llvm-tools`, rustc's own LLVM), or another named
+# by LLVM_PROFDATA (for rustc 1.95, Debian's llvm-19 does:
+# /usr/lib/llvm-19/bin/llvm-profdata); h2load (nghttp2-client), openssl
+# and curl. Builds in target/pgo-gen (instrumented) and
 # target/pgo-use (optimized), with their own flags, so the usual
 # target/release stays as it is; TRAIN_REQUESTS (50000) per shape.
 set -euo pipefail

@@ -11,18 +11,27 @@
 # training run that ran other code, flags that did not reach the build)
 # leaves the count where it was.
 #
-# Needs rustup's llvm-tools, valgrind and nghttp2-client; installs them
-# when missing.
+# Needs llvm-profdata, valgrind and nghttp2-client; installs them when
+# missing: llvm-profdata from rustup's llvm-tools, or where rustup cannot
+# fetch it, Debian's llvm-19 (its llvm-profdata reads the raw profiles of
+# rustc 1.95's LLVM 22, and rustc reads what it writes: checked at
+# 413b937 with the same instruction counts).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+apt_install() {
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
 host="$(rustc -vV | sed -n 's/^host: //p')"
-[ -n "${LLVM_PROFDATA:-}" ] || [ -x "$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata" ] \
-  || rustup component add llvm-tools
+if [ -z "${LLVM_PROFDATA:-}" ] && [ ! -x "$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata" ] \
+  && ! rustup component add llvm-tools; then
+  [ -x /usr/lib/llvm-19/bin/llvm-profdata ] || apt_install llvm-19
+  export LLVM_PROFDATA=/usr/lib/llvm-19/bin/llvm-profdata
+fi
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need valgrind || ! need h2load; then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq valgrind nghttp2-client >/dev/null
+  apt_install valgrind nghttp2-client
 fi
 bash scripts/pgo.sh target/pgo/steer
 
