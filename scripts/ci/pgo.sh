@@ -25,7 +25,7 @@ apt_install() {
 }
 host="$(rustc -vV | sed -n 's/^host: //p')"
 if [ -z "${LLVM_PROFDATA:-}" ] && [ ! -x "$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata" ] \
-  && ! rustup component add llvm-tools; then
+  && ! timeout 120 rustup component add llvm-tools; then
   [ -x /usr/lib/llvm-19/bin/llvm-profdata ] || apt_install llvm-19
   export LLVM_PROFDATA=/usr/lib/llvm-19/bin/llvm-profdata
 fi
