@@ -17,12 +17,19 @@
 # target/pgo-use (optimized), with their own flags, so the usual
 # target/release stays as it is; TRAIN_REQUESTS (50000) per shape.
 set -euo pipefail
+# A failed build inside $(...) must stop the script, not hand on the
+# binary an earlier run left.
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 OUT="${1:-target/pgo/steer}"
 REQUESTS="${TRAIN_REQUESTS:-50000}"
 host="$(rustc -vV | sed -n 's/^host: //p')"
-PROFDATA="${LLVM_PROFDATA:-$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata}"
-[ -x "$PROFDATA" ] || { echo "pgo.sh needs $PROFDATA (rustup component add llvm-tools)" >&2; exit 2; }
+if [ -n "${LLVM_PROFDATA:-}" ]; then
+  PROFDATA="$(command -v "$LLVM_PROFDATA")" || { echo "pgo.sh: LLVM_PROFDATA=$LLVM_PROFDATA is not a command" >&2; exit 2; }
+else
+  PROFDATA="$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata"
+  [ -x "$PROFDATA" ] || { echo "pgo.sh needs $PROFDATA (rustup component add llvm-tools), or LLVM_PROFDATA" >&2; exit 2; }
+fi
 for tool in h2load openssl curl; do
   command -v "$tool" >/dev/null || { echo "pgo.sh needs $tool" >&2; exit 2; }
 done
@@ -34,18 +41,23 @@ done
 
 # --target: RUSTFLAGS then reach the crates that make up steer, not build
 # scripts and proc macros (which would write profiles of their own while
-# the build runs them, and need none).
-build() {  # TARGET_DIR RUSTFLAGS -> the binary's path on stdout
-  CARGO_TARGET_DIR="$1" RUSTFLAGS="$2" cargo build --release --locked --target "$host" >&2
+# the build runs them, and need none). The packager's own RUSTFLAGS
+# (-C target-cpu, say) come first; CARGO_ENCODED_RUSTFLAGS would replace
+# them all, so it is unset.
+unset CARGO_ENCODED_RUSTFLAGS
+build() {  # TARGET_DIR FLAGS -> the binary's path on stdout
+  CARGO_TARGET_DIR="$1" RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }$2" \
+    cargo build --release --locked --target "$host" >&2
   echo "$1/$host/release/steer"
 }
 # The upstream of the training run is the plain build: only steer's own
 # profile is wanted.
 [ -x target/release/steer ] || cargo build --release --locked
 # The instrumented build writes its profiles into a fixed directory, so
-# that it is rebuilt only when the source changes; the optimized one reads
-# a profile in $work, a new path each run, because cargo does not notice a
-# changed profile behind the same flags.
+# that it is rebuilt only when the source changes. The optimized build
+# reads this run's profile from $work, a new path each run: no build made
+# with another run's profile is reused, whether or not cargo tracks the
+# file.
 raw="$PWD/target/pgo-gen/profiles"
 instrumented="$(build "$PWD/target/pgo-gen" "-Cprofile-generate=$raw")"
 rm -rf "$raw"

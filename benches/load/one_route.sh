@@ -15,10 +15,13 @@ cleanup() {
 }
 trap cleanup EXIT
 # stop PID [SECONDS]: SIGTERM, up to SECONDS (5) to exit, then SIGKILL;
-# reaps it.
+# reaps it. Sets killed=1 if it took SIGKILL (a process killed so writes
+# nothing at exit, such as an instrumented binary's profile), else 0.
 stop() {
+  killed=0
   kill "$1" 2>/dev/null || true
   for _ in $(seq $(( ${2:-5} * 10 ))); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$1" 2>/dev/null && killed=1
   kill -9 "$1" 2>/dev/null || true
   wait "$1" 2>/dev/null || true
 }

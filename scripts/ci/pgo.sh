@@ -33,10 +33,14 @@ need() { command -v "$1" >/dev/null 2>&1; }
 if ! need valgrind || ! need h2load; then
   apt_install valgrind nghttp2-client
 fi
+# The plain build of this source (a no-op when it is current).
+cargo build --release --locked
 bash scripts/pgo.sh target/pgo/steer
 
 measure() {  # binary -> "scenario instructions" lines
   STEER="$(realpath "$1")" bash benches/instructions/compare.sh --steer-only \
     2> >(grep -v '^sending command' >&2) | awk '{ print $1, $2 }'
 }
-python3 scripts/lib/ratio.py pgo instructions 0.9 "$(measure target/release/steer)" "$(measure target/pgo/steer)"
+before="$(measure target/release/steer)"
+after="$(measure target/pgo/steer)"
+python3 scripts/lib/ratio.py pgo instructions 0.9 "$before" "$after"

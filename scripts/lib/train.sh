@@ -30,5 +30,6 @@ train() {
       grep -q " 0 failed, 0 errored" "$work/h2load.out" || { cat "$work/h2load.out" >&2; exit 1; }
     done
     stop "$pid" 30
+    [ "$killed" = 0 ] || { echo "train: steer ($proto) did not stop within 30 s; its profile is lost" >&2; exit 1; }
   done
 }
