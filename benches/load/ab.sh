@@ -16,7 +16,6 @@
 # (nghttp2-client), taskset, curl.
 set -euo pipefail
 [ $# -ge 3 ] || { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
-[ "${TLS:-0}" = 1 ] && ! command -v openssl >/dev/null && { echo "ab.sh: TLS=1 needs openssl" >&2; exit 2; }
 A="$(realpath "$1")"; B="$(realpath "$2")"; ROUNDS="$3"; shift 3
 [ $# -gt 0 ] || set -- --h1 -c 50 -n 150000
 # shellcheck source=benches/load/one_route.sh

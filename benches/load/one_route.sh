@@ -47,9 +47,12 @@ start_upstream() {
 write_routes() {
   local https_listener="" certificates=""
   if [ "${TLS:-0}" = 1 ]; then
+    # openssl's output is noise when it works; when it fails, say so (set -e
+    # would end the caller without a word).
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
       -subj /CN=localhost -addext subjectAltName=DNS:localhost \
-      -keyout "$work/key.pem" -out "$work/cert.pem" >/dev/null 2>&1
+      -keyout "$work/key.pem" -out "$work/cert.pem" >/dev/null 2>&1 \
+      || { echo "write_routes: TLS=1 needs openssl to make a certificate" >&2; exit 2; }
     https_listener='https = "127.0.0.1:0"'
     certificates="[[tls.certificates]]
 cert = \"$work/cert.pem\"
