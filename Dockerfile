@@ -18,7 +18,7 @@ WORKDIR /src
 # Cargo reads every target the manifest declares (the `it` test, the
 # benches) even for `cargo build`, so tests/ and benches/ come along;
 # routes.toml is compiled in as the demo's table (include_str! in src/app.rs);
-# vendor/ holds steer's copy of h2 (vendor/h2/STEER.md).
+# vendor/ holds steer's copies of h2 and rustls (vendor/*/STEER.md).
 COPY Cargo.toml Cargo.lock routes.toml ./
 COPY vendor ./vendor
 COPY src ./src
