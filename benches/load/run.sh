@@ -437,13 +437,14 @@ fi
 if has d; then
   log "scenario d: $IDLE_CONNS idle keep-alive connections per proxy ($IDLE_KINDS), $ROUNDS rounds, fresh proxy each time"
   for kind in ${IDLE_KINDS//,/ }; do
-  # steer gives an idle HTTP/2 connection's codec buffers back within
-  # two idle ticks of its last request (5-10 s at the default
-  # idle_timeout): held 12 s at least. Opening 8,000 TLS connections
-  # takes 15-18 s here, so the first ones see steer's 30 s keep-alive
-  # PING (which takes the buffers again) only after the count.
+  # steer gives an idle TLS connection's buffers back (rustls's, and
+  # h2's over HTTP/2) within two idle ticks of its last request (5-10 s
+  # at the default idle_timeout): held 12 s at least. Opening 8,000 TLS
+  # connections takes 15-18 s here, so the first HTTP/2 ones see steer's
+  # 30 s keep-alive PING (which takes the buffers again) only after the
+  # count.
   hold=$IDLE_HOLD
-  [ "$kind" = h2 ] && hold=$(( IDLE_HOLD > 12 ? IDLE_HOLD : 12 ))
+  [ "$kind" != plain ] && hold=$(( IDLE_HOLD > 12 ? IDLE_HOLD : 12 ))
   for r in $(seq "$ROUNDS"); do
     for px in "${PROXIES[@]}"; do
       stop_proxy "$px"; start_proxy "$px"

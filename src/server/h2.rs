@@ -35,7 +35,7 @@ use tokio::time::{Interval, Sleep};
 
 use super::conn::{self, OpenRef};
 use super::h2_connect::{Handed, OnConnect};
-use super::io::StallReport;
+use super::io::{Release, StallReport};
 use super::{ClientResult, ConnCtx};
 use crate::body::Inbound;
 use crate::boxed::pinned;
@@ -47,11 +47,6 @@ use crate::proxy::{self, ProxyBody};
 /// vanished without a FIN).
 const PING_EVERY: Duration = Duration::from_secs(30);
 const PONG_TIMEOUT: Duration = Duration::from_secs(20);
-/// A connection gives h2's codec buffers back after at least this long
-/// quiet, however short its idle tick (`idle_timeout` / 4 can be 50 ms): a
-/// client with a request every few hundred milliseconds would otherwise
-/// have them freed and taken again between its requests.
-const RELEASE_AFTER: Duration = Duration::from_secs(1);
 /// The receive windows steer grants: per stream and for the connection.
 pub(super) const STREAM_WINDOW: u32 = 1024 * 1024;
 pub(super) const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
@@ -153,7 +148,7 @@ impl Streams {
 /// at the front of `io` (see `io::read_h2_start`).
 pub(super) async fn serve<I>(io: I, ctx: ConnCtx) -> ClientResult
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Release + Unpin + Send + 'static,
 {
     let ConnCtx {
         shared,
@@ -185,7 +180,10 @@ where
         ask_to_finish(&mut conn, &conn_woken);
     }
     // Declared after `streams`, which they borrow: dropped first.
-    let mut running = FuturesUnordered::new();
+    // Made at the first stream and dropped when the connection goes
+    // quiet: an idle connection would otherwise keep its set's stub task,
+    // as large as a stream's future (~1.4 KiB).
+    let mut running = None;
     let mut opened: u32 = 0;
     loop {
         let event = poll_fn(|cx| {
@@ -203,7 +201,11 @@ where
                 // Streams first: the connection's poll below then writes
                 // out the frames they queued, in this same turn (queueing
                 // a frame wakes the connection).
-                while let Poll::Ready(Some(())) = running.poll_next_unpin(cx) {}
+                if let Some(running) = running.as_mut() {
+                    while let Poll::Ready(Some(())) = FuturesUnordered::poll_next_unpin(running, cx)
+                    {
+                    }
+                }
                 let Some(mut conn_cx) = conn_woken.take(cx) else {
                     break;
                 };
@@ -221,7 +223,9 @@ where
                         let served = AssertUnwindSafe(stream(req, respond, &streams, open))
                             .catch_unwind()
                             .map(|_| ());
-                        running.push(served);
+                        running
+                            .get_or_insert_with(FuturesUnordered::new)
+                            .push(served);
                         opened = opened.saturating_add(1);
                         if !control.asked && streams.rapid_reset(opened) {
                             return Poll::Ready(Event::RapidReset);
@@ -243,16 +247,21 @@ where
             Event::Tick => {
                 // No stream for a whole tick (and at least RELEASE_AFTER;
                 // each stream counts as open until its future ends): h2's
-                // read and write buffers (8 and 16 KiB, their touched
-                // pages resident) go back until the next read or frame.
-                // Checked per tick, so a busy connection pays nothing per
-                // request.
-                let quiet = control.tick.period().max(RELEASE_AFTER);
+                // read, write and Huffman buffers (8, 16 and 4 KiB, their
+                // touched pages resident), the room its stream slots grew
+                // to, the stream set and rustls's buffers (4 KiB) go back
+                // until the next read, frame or stream. Checked per tick,
+                // so a busy connection pays nothing per request.
+                let quiet = control.tick.period().max(super::RELEASE_AFTER);
                 if activity.idle_for(quiet) {
+                    if running.as_ref().is_some_and(FuturesUnordered::is_empty) {
+                        running = None;
+                    }
                     let freed = conn.release_buffers();
-                    if freed.read || freed.write {
+                    let tls = conn.get_mut().release_buffers();
+                    if freed.read || freed.write || freed.hpack || tls {
                         tracing::trace!(peer = %streams.info.peer, read = freed.read, write = freed.write,
-                            "idle HTTP/2 connection: codec buffers released");
+                            hpack = freed.hpack, tls, "idle HTTP/2 connection: codec buffers released");
                     }
                 }
                 if activity.idle_for(idle) {

@@ -50,6 +50,46 @@ impl<I> Prefixed<I> {
     }
 }
 
+/// A client stream that can give back the buffers it holds while its
+/// connection is idle: rustls's, over TLS. Each is allocated again when
+/// next needed, so nothing read or queued is lost.
+pub(super) trait Release {
+    /// Frees what holds nothing now; says whether anything was freed.
+    fn release_buffers(&mut self) -> bool;
+}
+
+impl Release for super::ClientIo {
+    fn release_buffers(&mut self) -> bool {
+        false
+    }
+}
+
+/// rustls's buffers that hold nothing: its 4 KiB record buffer
+/// (zero-filled, so resident), the handshake's room for messages and the
+/// empty record queues (`vendor/rustls/STEER.md`).
+impl Release for tokio_rustls::server::TlsStream<super::ClientIo> {
+    fn release_buffers(&mut self) -> bool {
+        self.get_mut().1.release_buffers()
+    }
+}
+
+impl<R: Release> Release for Box<R> {
+    fn release_buffers(&mut self) -> bool {
+        (**self).release_buffers()
+    }
+}
+
+impl<R: Release> Release for Prefixed<R> {
+    fn release_buffers(&mut self) -> bool {
+        // A prefix read to its end still holds the allocation it was
+        // read into (the preface and first frame, ~100 bytes).
+        if self.prefix.is_empty() {
+            self.prefix = Bytes::new();
+        }
+        self.inner.release_buffers()
+    }
+}
+
 impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
     fn poll_read(
         self: Pin<&mut Self>,

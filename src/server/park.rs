@@ -51,7 +51,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::io::Prefixed;
+use super::io::{Prefixed, Release};
 use super::{ClientIo, ClientResult, ConnCtx, conn, h1};
 use crate::boxed::pinned;
 use crate::proxy;
@@ -84,7 +84,9 @@ impl Exchange {
 
 /// A client stream that can be parked: its socket, to wait on, and what
 /// it holds already read.
-pub(super) trait Parkable: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+pub(super) trait Parkable:
+    AsyncRead + AsyncWrite + Release + Unpin + Send + 'static
+{
     fn socket(&self) -> &TcpStream;
 
     /// Bytes already received and decoded but not yet read (TLS
@@ -252,16 +254,19 @@ impl<S: Parkable> AsyncWrite for RoundIo<S> {
 enum Woken {
     Readable,
     Close,
+    /// Quiet for `quiet`: time to give the stream's buffers back.
+    Quiet,
 }
 
 /// Waits, holding nothing but the socket, until it is readable; `Close`
 /// when the listener finishes, the connection has been idle for `idle`
-/// (checked at `tick`).
+/// (checked at `tick`); `Quiet` at a tick that finds it quiet for
+/// `quiet`, if given.
 async fn wait_readable(
     socket: &TcpStream,
     tick: &mut tokio::time::Interval,
     activity: &conn::Activity,
-    idle: Duration,
+    (idle, quiet): (Duration, Option<Duration>),
     finish: &mut watch::Receiver<bool>,
 ) -> io::Result<Woken> {
     if super::asked_to_finish(finish) {
@@ -284,6 +289,9 @@ async fn wait_readable(
                 if activity.idle_for(idle) {
                     return Ok(Woken::Close);
                 }
+                if quiet.is_some_and(|quiet| activity.idle_for(quiet)) {
+                    return Ok(Woken::Quiet);
+                }
             }
         }
     }
@@ -299,6 +307,10 @@ async fn wait_for_request<S: Parkable>(
     ctx: &mut ConnCtx,
     tick: &mut tokio::time::Interval,
 ) -> io::Result<Option<BytesMut>> {
+    // Over TLS, rustls's buffers go back once the connection has been
+    // quiet for a whole tick (and at least RELEASE_AFTER), as h2's do: a
+    // busy connection pays nothing per request.
+    let mut quiet = Some(tick.period().max(super::RELEASE_AFTER));
     loop {
         match stream.take_buffered() {
             None => return Ok(None),
@@ -306,7 +318,7 @@ async fn wait_for_request<S: Parkable>(
             Some(_) => {}
         }
         let (idle, finish) = (ctx.serving.idle, &mut ctx.finish);
-        let wait = wait_readable(stream.socket(), tick, &ctx.activity, idle, finish);
+        let wait = wait_readable(stream.socket(), tick, &ctx.activity, (idle, quiet), finish);
         let woken = match deadline {
             // Boxed: only a wait before a connection's first request has
             // a deadline, and its timer is then no part of what every
@@ -316,8 +328,16 @@ async fn wait_for_request<S: Parkable>(
                 .unwrap_or(Ok(Woken::Close))?,
             None => wait.await?,
         };
-        if let Woken::Close = woken {
-            return Ok(None);
+        match woken {
+            Woken::Readable => {}
+            Woken::Close => return Ok(None),
+            Woken::Quiet => {
+                quiet = None;
+                if stream.release_buffers() {
+                    tracing::trace!(peer = %ctx.info.peer, "idle connection: TLS buffers released");
+                }
+                continue;
+            }
         }
         let mut buf = BytesMut::with_capacity(h1::READ_BUF);
         let mut read = std::pin::pin!(tokio::io::AsyncReadExt::read_buf(stream, &mut buf));

@@ -516,7 +516,7 @@ async fn h2c_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
 
 /// Sends `body` to `path` on `send`'s connection; the answer's status and
 /// body (within 10 s), its window given back as it arrives.
-async fn h2_exchange(
+pub(super) async fn h2_exchange(
     send: &h2::client::SendRequest<Bytes>,
     authority: &str,
     path: &str,
@@ -573,8 +573,12 @@ async fn an_http2_connection_that_gave_back_its_buffers_serves_on() {
     let line = p.log_line("buffers released", |l| l.contains("codec buffers released"));
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(
-        (v["read"].as_bool(), v["write"].as_bool()),
-        (Some(true), Some(true)),
+        (
+            v["read"].as_bool(),
+            v["write"].as_bool(),
+            v["hpack"].as_bool()
+        ),
+        (Some(true), Some(true), Some(true)),
         "{line}"
     );
 

@@ -304,6 +304,13 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Its HTTPS listener's address, when it has one.
+    pub fn https(&self) -> SocketAddr {
+        let started = self.start.last().unwrap();
+        let v: serde_json::Value = serde_json::from_str(started).unwrap();
+        v["https"].as_str().unwrap().parse().unwrap()
+    }
+
     /// The next log line that `matches`, within 10 s (lines before it are
     /// taken too).
     pub fn log_line(&self, what: &str, matches: impl Fn(&str) -> bool) -> String {
@@ -369,6 +376,34 @@ pub async fn spawn_steer_with_ulimit(proxy: &str, body: &str, args: &str) -> Pro
 /// As `spawn_steer`, with `[proxy]` lines, started as `launch` says.
 async fn spawn_steer_launched(proxy: &str, body: &str, launch: Launch) -> Proc {
     let (dir, path) = config_dir(&with_listen_proxy(proxy, body));
+    spawn_off_runtime(Some(dir), path, launch).await
+}
+
+/// As `spawn_steer_logging`, with an HTTPS listener too: its
+/// `[[tls.certificates]]` (`(file stem, certificate PEM, key PEM)`) are
+/// written beside the config first.
+pub async fn spawn_tls_steer_logging(
+    certs: &[(&str, &str, &str)],
+    proxy: &str,
+    body: &str,
+    filter: &str,
+) -> Proc {
+    let mut tls = String::new();
+    for (name, _, _) in certs {
+        tls.push_str(&format!(
+            "[[tls.certificates]]\ncert = \"{name}.pem\"\nkey = \"{name}.key\"\n\n"
+        ));
+    }
+    let listen = "https = \"127.0.0.1:0\"";
+    let (dir, path) = config_dir(&with_listen_full(listen, proxy, &format!("{tls}{body}")));
+    for (name, cert, key) in certs {
+        std::fs::write(dir.path().join(format!("{name}.pem")), cert).unwrap();
+        std::fs::write(dir.path().join(format!("{name}.key")), key).unwrap();
+    }
+    let launch = Launch {
+        rust_log: Some(filter.to_owned()),
+        ..Launch::default()
+    };
     spawn_off_runtime(Some(dir), path, launch).await
 }
 

@@ -16,6 +16,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::protocol::h2_exchange;
 use crate::support::*;
 
 pub(super) struct Pem {
@@ -855,4 +856,89 @@ async fn a_client_hello_s_bad_sni_does_not_reach_the_log() {
             break;
         }
     }
+}
+
+/// steer over TLS in front of the demo upstream `blue`, with
+/// idle_timeout 8 s (an idle tick every 2 s, no close before the end) and
+/// its buffer releases logged.
+async fn releasing_steer(blue: &steer::demo::Deployment) -> Proc {
+    let a = self_signed(&["auth.example.com"]);
+    spawn_tls_steer_logging(
+        &[("a", &a.cert, &a.key)],
+        "idle_timeout = \"8s\"",
+        &one_route("blue", blue.addr(), "http1"),
+        "steer=info,steer::server::park=trace,steer::server::h2=trace",
+    )
+    .await
+}
+
+/// 100,000 bytes to upload, not all alike.
+fn upload() -> Bytes {
+    (0..100_000u32).map(|i| (i % 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn an_https1_connection_that_gave_back_its_tls_buffers_serves_on() {
+    // An idle HTTP/1.1 connection over TLS frees rustls's buffers
+    // (src/server/park.rs, `wait_for_request`; vendor/rustls/STEER.md);
+    // the next requests, an upload and a download larger than them, must
+    // find them again.
+    let blue = upstream("blue").await;
+    let p = releasing_steer(&blue).await;
+    let tls = connect(p.https(), Some("auth.example.com"), &[b"http/1.1"]).await;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut exchange = async |path: &str, body: Bytes| {
+        let method = if body.is_empty() { "GET" } else { "POST" };
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "auth.example.com")
+            .body(http_body_util::Full::new(body))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let status = resp.status();
+        (status, resp.into_body().collect().await.unwrap().to_bytes())
+    };
+    assert_eq!(exchange("/first", Bytes::new()).await.0, StatusCode::OK);
+    p.log_line("TLS buffers released", |l| {
+        l.contains("TLS buffers released")
+    });
+    let (status, echoed) = exchange("/demo/echo", upload()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        echoed == upload(),
+        "the echo differs: {} bytes",
+        echoed.len()
+    );
+    let (status, got) = exchange("/demo/bytes?n=300000", Bytes::new()).await;
+    assert_eq!((status, got.len()), (StatusCode::OK, 300_000));
+}
+
+#[tokio::test]
+async fn an_h2_connection_that_gave_back_its_tls_buffers_serves_on() {
+    // As above, over HTTP/2: rustls's buffers go with h2's
+    // (src/server/h2.rs, `Event::Tick`).
+    let blue = upstream("blue").await;
+    let p = releasing_steer(&blue).await;
+    let tls = connect(p.https(), Some("auth.example.com"), &[b"h2"]).await;
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let authority = "auth.example.com";
+    let (status, _) = h2_exchange(&send, authority, "/first", Bytes::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    let line = p.log_line("buffers released", |l| l.contains("codec buffers released"));
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["tls"].as_bool(), Some(true), "{line}");
+    let (status, echoed) = h2_exchange(&send, authority, "/demo/echo", upload()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        echoed == upload(),
+        "the echo differs: {} bytes",
+        echoed.len()
+    );
+    let (status, got) = h2_exchange(&send, authority, "/demo/bytes?n=300000", Bytes::new()).await;
+    assert_eq!((status, got.len()), (StatusCode::OK, 300_000));
 }

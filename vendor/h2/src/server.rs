@@ -558,17 +558,30 @@ where
         self.connection.go_away_gracefully();
     }
 
-    /// Drops the connection's read and write buffers (8 and 16 KiB) if they
-    /// hold nothing, and says which it dropped. The next poll allocates
-    /// the read buffer again, the next frame written the write buffer. For
-    /// a connection that stays open while idle, which otherwise keeps them
-    /// for its whole life. Frames already received may share the read
-    /// buffer's allocation (a DATA payload still held, a header value the
-    /// HPACK table keeps); its memory returns once they are gone.
+    /// Drops the connection's read and write buffers (8 and 16 KiB) and
+    /// its HPACK decoder's Huffman buffer (4 KiB) if they hold nothing,
+    /// and says which it dropped. The next poll allocates the read buffer
+    /// again, the next frame written the write buffer, the next
+    /// Huffman-coded string the decoder's. For a connection that stays
+    /// open while idle, which otherwise keeps them for its whole life.
+    /// Frames already received may share the read or Huffman buffer's
+    /// allocation (a DATA payload or header value still held); its memory
+    /// returns once they are gone. The HPACK table keeps copies of its
+    /// own. With no stream open, the room the stream state grew to goes
+    /// too (not counted in the answer).
     ///
     /// steer: not in h2 0.4.20 (vendor/h2/STEER.md).
     pub fn release_buffers(&mut self) -> ReleasedBuffers {
         self.connection.release_buffers()
+    }
+
+    /// The I/O object under the connection, for what it keeps of its own
+    /// while idle (a TLS session's buffers). Reading or writing through it
+    /// would corrupt the HTTP/2 framing.
+    ///
+    /// steer: not in h2 0.4.20 (vendor/h2/STEER.md).
+    pub fn get_mut(&mut self) -> &mut T {
+        self.connection.io_mut()
     }
 
     /// Takes a `PingPong` instance from the connection.

@@ -463,6 +463,24 @@ impl<Data> ConnectionCommon<Data> {
             .process_new_packets(&mut self.deframer_buffer, &mut self.sendable_plaintext)
     }
 
+    /// steer: gives back the buffers that hold nothing: the 4 KiB buffer
+    /// of received TLS bytes (resident for the connection's life, as
+    /// `prepare_read` zero-fills it), the handshake deframer's room for
+    /// message spans (640 bytes, kept after the handshake) and the empty
+    /// queues of plaintext and TLS records. Each is allocated again when
+    /// next needed (the record buffer only once bytes come, see
+    /// `DeframerVecBuffer::read`), so a caller may call this whenever the
+    /// connection is idle; nothing it holds is lost. Returns whether the
+    /// record buffer was freed.
+    pub fn release_buffers(&mut self) -> bool {
+        let core = &mut self.core;
+        core.hs_deframer.release();
+        self.sendable_plaintext.release();
+        core.common_state.received_plaintext.release();
+        core.common_state.sendable_tls.release();
+        self.deframer_buffer.release()
+    }
+
     /// Derives key material from the agreed connection secrets.
     ///
     /// This function fills in `output` with `output.len()` bytes of key

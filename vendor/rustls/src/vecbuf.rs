@@ -46,6 +46,14 @@ impl ChunkVecBuffer {
         self.limit = new_limit;
     }
 
+    /// steer: frees the deque's room if it holds no chunk. The next
+    /// `append` allocates it again.
+    pub(crate) fn release(&mut self) {
+        if self.chunks.is_empty() {
+            self.chunks = VecDeque::new();
+        }
+    }
+
     /// If we're empty
     pub(crate) fn is_empty(&self) -> bool {
         self.chunks.is_empty()

@@ -78,6 +78,12 @@ impl<T> FramedRead<T> {
         true
     }
 
+    /// steer: frees the HPACK decoder's Huffman buffer if it holds
+    /// nothing (`hpack::Decoder::release_buffer`).
+    pub fn release_hpack_buffer(&mut self) -> bool {
+        self.decoder.hpack.release_buffer()
+    }
+
     pub fn get_ref(&self) -> &T {
         self.inner.get_ref()
     }

@@ -27,6 +27,9 @@ pub struct ReleasedBuffers {
     pub read: bool,
     /// The write buffer (16 KiB when allocated) was freed.
     pub write: bool,
+    /// The HPACK decoder's Huffman buffer (4 KiB when allocated) was
+    /// freed.
+    pub hpack: bool,
 }
 
 #[derive(Debug)]
@@ -125,6 +128,7 @@ impl<T, B> Codec<T, B> {
         ReleasedBuffers {
             read: self.inner.release_buffer(),
             write: self.inner.get_mut().release_buffer(),
+            hpack: self.inner.release_hpack_buffer(),
         }
     }
 

@@ -143,6 +143,9 @@ struct Table {
     max_size: usize,
 }
 
+/// steer: the Huffman output buffer's size (h2's, named).
+const HUFFMAN_BUFFER_CAPACITY: usize = 4096;
+
 struct StringMarker {
     offset: usize,
     len: usize,
@@ -158,8 +161,21 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            buffer: BytesMut::with_capacity(HUFFMAN_BUFFER_CAPACITY),
         }
+    }
+
+    /// steer: frees the Huffman output buffer if it holds nothing (what
+    /// it decoded is split off as it is decoded), and says whether it
+    /// did; the next Huffman-coded string allocates it again
+    /// (`try_decode_string`). Its allocation returns once the last header
+    /// value that is a slice of it is dropped.
+    pub fn release_buffer(&mut self) -> bool {
+        if !self.buffer.is_empty() || self.buffer.capacity() == 0 {
+            return false;
+        }
+        self.buffer = BytesMut::new();
+        true
     }
 
     /// Queues a potential size update
@@ -214,8 +230,9 @@ impl Decoder {
                     can_resize = false;
                     let entry = self.decode_literal(src, true)?;
 
-                    // Insert the header into the table
-                    self.table.insert(entry.clone());
+                    // Insert the header into the table (steer: a copy
+                    // that holds no buffer, `Header::detached`)
+                    self.table.insert(entry.detached());
                     consume(src);
 
                     if f(entry).is_break() {
@@ -333,6 +350,10 @@ impl Decoder {
 
         let offset = (buf.position() - old_pos) as usize;
         if huff {
+            // steer: given back by `release_buffer`; as large as at the start.
+            if self.buffer.capacity() == 0 {
+                self.buffer = BytesMut::with_capacity(HUFFMAN_BUFFER_CAPACITY);
+            }
             let ret = {
                 let raw = &buf.chunk()[..len];
                 huffman::decode(raw, &mut self.buffer).map(|buf| StringMarker {
@@ -900,6 +921,56 @@ mod test {
         let mut buf = BytesMut::new();
         huffman::encode(src, &mut buf);
         buf
+    }
+
+    fn value_of(h: &Header) -> &[u8] {
+        match h {
+            Header::Field { value, .. } => value.as_bytes(),
+            other => panic!("not a field: {other:?}"),
+        }
+    }
+
+    /// steer: a field inserted into the table is a copy, neither a slice
+    /// of the block it came in nor of the Huffman buffer; it is still
+    /// there after `release_buffer`, and Huffman strings decode after it.
+    #[test]
+    fn steer_table_keeps_copies() {
+        let mut de = Decoder::new(4096);
+        let literal = |name: &[u8], value: &[u8]| {
+            let value = huff_encode(value);
+            let mut block = BytesMut::new();
+            block.extend([0b0100_0000, name.len() as u8]);
+            block.extend(name);
+            block.extend([0x80 | value.len() as u8]);
+            block.extend(&value);
+            block
+        };
+        let decode = |de: &mut Decoder, mut block: BytesMut| {
+            let mut got = vec![];
+            de.decode(&mut Cursor::new(&mut block), |h| {
+                got.push(h);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            got
+        };
+        let block = literal(b"foo", b"a value to keep");
+        let sent = block.as_ptr_range();
+        let handed = decode(&mut de, block);
+        assert_eq!(value_of(&handed[0]), b"a value to keep");
+        let kept = de.table.get(62).unwrap();
+        assert_eq!(value_of(&kept), b"a value to keep");
+        let kept_at = value_of(&kept).as_ptr();
+        assert!(!sent.contains(&kept_at), "the table keeps a slice of the block");
+        assert_ne!(kept_at, value_of(&handed[0]).as_ptr(), "the table keeps the Huffman buffer's slice");
+
+        assert!(de.release_buffer());
+        assert!(!de.release_buffer(), "nothing left to release");
+        let mut indexed = BytesMut::new();
+        indexed.extend([0x80 | 62]);
+        assert_eq!(value_of(&decode(&mut de, indexed)[0]), b"a value to keep");
+        let again = decode(&mut de, literal(b"bar", b"decoded after the release"));
+        assert_eq!(value_of(&again[0]), b"decoded after the release");
     }
 
     #[test]

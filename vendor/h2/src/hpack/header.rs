@@ -80,6 +80,31 @@ impl Header<Option<HeaderName>> {
 }
 
 impl Header {
+    /// steer: the same field in allocations of its own. A decoded field's
+    /// octets are slices of the connection's read buffer or of the
+    /// decoder's Huffman buffer; kept in the dynamic table, they would
+    /// keep those buffers' whole allocations alive for the connection's
+    /// life (vendor/h2/STEER.md).
+    pub fn detached(&self) -> Header {
+        match self {
+            Header::Field { name, value } => {
+                let mut copied = HeaderValue::from_bytes(value.as_bytes())
+                    .unwrap_or_else(|_| value.clone());
+                copied.set_sensitive(value.is_sensitive());
+                Header::Field {
+                    name: name.clone(),
+                    value: copied,
+                }
+            }
+            Header::Authority(v) => Header::Authority(BytesStr::from(v.as_str())),
+            Header::Scheme(v) => Header::Scheme(BytesStr::from(v.as_str())),
+            Header::Path(v) => Header::Path(BytesStr::from(v.as_str())),
+            Header::Protocol(v) => Header::Protocol(Protocol::from(v.as_str())),
+            Header::Method(v) => Header::Method(v.clone()),
+            Header::Status(v) => Header::Status(*v),
+        }
+    }
+
     pub fn new(name: Bytes, value: Bytes) -> Result<Header, DecoderError> {
         if name.is_empty() {
             return Err(DecoderError::NeedMore(NeedMore::UnexpectedEndOfStream));

@@ -133,7 +133,13 @@ where
 {
     /// steer: see `server::Connection::release_buffers`.
     pub(crate) fn release_buffers(&mut self) -> crate::codec::ReleasedBuffers {
+        self.inner.streams.release();
         self.codec.release_buffers()
+    }
+
+    /// steer: see `server::Connection::get_mut`.
+    pub(crate) fn io_mut(&mut self) -> &mut T {
+        self.codec.get_mut()
     }
 
     pub fn new(codec: Codec<T, Prioritized<B>>, config: Config) -> Connection<T, P, B> {

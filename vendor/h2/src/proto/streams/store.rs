@@ -86,6 +86,18 @@ impl Store {
         }
     }
 
+    /// steer: with no stream held, frees the room the slab and the id map
+    /// grew for streams that are gone (no key can point into an empty
+    /// slab); the next stream allocates it again.
+    pub fn release(&mut self) {
+        if self.slab.is_empty() {
+            self.slab = slab::Slab::new();
+        }
+        if self.ids.is_empty() {
+            self.ids = IndexMap::new();
+        }
+    }
+
     pub fn find_mut(&mut self, id: &StreamId) -> Option<Ptr<'_>> {
         let index = {
             let key = self.ids.get(id)?;

@@ -128,6 +128,18 @@ where
         }
     }
 
+    /// steer: frees the room the stream slab, the id map and the frame
+    /// buffers grew to, where nothing is held in it: an idle connection's
+    /// (`server::Connection::release_buffers`).
+    pub fn release(&self) {
+        {
+            let mut me = self.inner.lock().unwrap();
+            me.store.release();
+            me.actions.recv.release_buffer();
+        }
+        self.send_buffer.inner.lock().unwrap().release();
+    }
+
     pub fn set_target_connection_window_size(&mut self, size: WindowSize) -> Result<(), Reason> {
         let mut me = self.inner.lock().unwrap();
         let me = &mut *me;

@@ -147,6 +147,10 @@ impl BufferProgress {
     }
 }
 
+/// How much `DeframerVecBuffer` makes room for before each read.
+#[cfg(feature = "std")]
+const READ_SIZE: usize = 4096;
+
 #[derive(Default, Debug)]
 pub(crate) struct DeframerVecBuffer {
     /// Buffer of data read from the socket, in the process of being parsed into messages.
@@ -184,6 +188,16 @@ impl DeframerVecBuffer {
         }
     }
 
+    /// steer: frees the buffer if it holds no bytes; says whether it did.
+    /// `prepare_read` allocates it again before the next read.
+    pub(crate) fn release(&mut self) -> bool {
+        if self.used != 0 || self.buf.capacity() == 0 {
+            return false;
+        }
+        self.buf = Vec::new();
+        true
+    }
+
     pub(crate) fn filled_mut(&mut self) -> &mut [u8] {
         &mut self.buf[..self.used]
     }
@@ -197,6 +211,13 @@ impl DeframerVecBuffer {
 impl DeframerVecBuffer {
     /// Read some bytes from `rd`, and add them to the buffer.
     pub(crate) fn read(&mut self, rd: &mut dyn io::Read, in_handshake: bool) -> io::Result<usize> {
+        // steer: a buffer given back by `release` (or not allocated yet)
+        // is allocated once bytes come, not for a read that would block:
+        // a caller polls the socket again right after an idle connection
+        // gave the buffer back.
+        if self.buf.capacity() == 0 {
+            return self.read_first(rd, in_handshake);
+        }
         if let Err(err) = self.prepare_read(in_handshake) {
             return Err(io::Error::new(io::ErrorKind::InvalidData, err));
         }
@@ -210,14 +231,28 @@ impl DeframerVecBuffer {
         Ok(new_bytes)
     }
 
+    /// steer: `read` into an unallocated buffer: through the stack, so
+    /// that nothing is allocated unless bytes came.
+    fn read_first(&mut self, rd: &mut dyn io::Read, in_handshake: bool) -> io::Result<usize> {
+        let mut first = [0u8; READ_SIZE];
+        let new_bytes = rd.read(&mut first)?;
+        if new_bytes == 0 {
+            return Ok(0);
+        }
+        if let Err(err) = self.prepare_read(in_handshake) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, err));
+        }
+        self.buf[..new_bytes].copy_from_slice(&first[..new_bytes]);
+        self.used = new_bytes;
+        Ok(new_bytes)
+    }
+
     /// Resize the internal `buf` if necessary for reading more bytes.
     fn prepare_read(&mut self, is_joining_hs: bool) -> Result<(), &'static str> {
         /// TLS allows for handshake messages of up to 16MB.  We
         /// restrict that to 64KB to limit potential for denial-of-
         /// service.
         const MAX_HANDSHAKE_SIZE: u32 = 0xffff;
-
-        const READ_SIZE: usize = 4096;
 
         // We allow a maximum of 64k of buffered data for handshake messages only. Enforce this
         // by varying the maximum allowed buffer size here based on whether a prefix of a

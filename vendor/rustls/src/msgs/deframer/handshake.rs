@@ -91,6 +91,15 @@ impl HandshakeDeframer {
         !self.spans.is_empty()
     }
 
+    /// steer: frees the room for spans if none is held; the next
+    /// handshake message (a post-handshake one, such as a key update)
+    /// allocates it again.
+    pub(crate) fn release(&mut self) {
+        if self.spans.is_empty() {
+            self.spans = Vec::new();
+        }
+    }
+
     /// We are "aligned" if there are no pending handshake messages, complete or partial.
     pub(crate) fn is_aligned(&self) -> bool {
         // If we have any handshake spans, either:
