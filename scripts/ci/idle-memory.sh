@@ -28,7 +28,8 @@
 #   h2     23.0   19.4      the h2 crate's connection, steer's connection
 #                           state and the rustls session. h2's codec,
 #                           HPACK and stream-slab buffers and rustls's go
-#                           back as over HTTP/1.1 (vendor/h2/STEER.md).
+#                           back as over HTTP/1.1 (vendor/h2/STEER.md,
+#                           vendor/rustls/STEER.md).
 #                           24.2 while only h2's codec buffers went back,
 #                           32.6 while h2 kept them, 37.8 with the start
 #                           state kept.

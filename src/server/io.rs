@@ -82,7 +82,7 @@ impl<R: Release> Release for Box<R> {
 impl<R: Release> Release for Prefixed<R> {
     fn release_buffers(&mut self) -> bool {
         // A prefix read to its end still holds the allocation it was
-        // read into (the preface and first frame, ~100 bytes).
+        // read into (the preface and first frame, usually ~100 bytes).
         if self.prefix.is_empty() {
             self.prefix = Bytes::new();
         }

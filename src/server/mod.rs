@@ -115,11 +115,11 @@ pub(crate) struct ConnCtx {
     head_deadline: tokio::time::Instant,
 }
 
-/// A connection gives its buffers back (h2's codec buffers, rustls's)
-/// after at least this long quiet, however short its idle tick
-/// (`idle_timeout` / 4 can be 50 ms): a client with a request every few
-/// hundred milliseconds would otherwise have them freed and taken again
-/// between its requests.
+/// A connection gives its buffers back (h2's codec, HPACK and stream
+/// buffers and its stream set, rustls's) after at least this long quiet,
+/// however short its idle tick (`idle_timeout` / 4 can be 50 ms): a
+/// client with a request every few hundred milliseconds would otherwise
+/// have them freed and taken again between its requests.
 const RELEASE_AFTER: Duration = Duration::from_secs(1);
 
 /// How often a connection checks whether it has been idle for `idle`.

@@ -942,3 +942,90 @@ async fn an_h2_connection_that_gave_back_its_tls_buffers_serves_on() {
     let (status, got) = h2_exchange(&send, authority, "/demo/bytes?n=300000", Bytes::new()).await;
     assert_eq!((status, got.len()), (StatusCode::OK, 300_000));
 }
+
+/// Moves what `from` has to send into `to`, and has `to` process it.
+fn pump<A, B, DA, DB>(from: &mut A, to: &mut B)
+where
+    A: std::ops::DerefMut<Target = rustls::ConnectionCommon<DA>>,
+    B: std::ops::DerefMut<Target = rustls::ConnectionCommon<DB>>,
+{
+    let mut wire = Vec::new();
+    while from.wants_write() {
+        from.write_tls(&mut wire).unwrap();
+    }
+    let mut rest = &wire[..];
+    while !rest.is_empty() {
+        to.read_tls(&mut rest).unwrap();
+        to.process_new_packets().unwrap();
+    }
+}
+
+/// A socket with nothing to read yet.
+struct NothingYet;
+
+impl std::io::Read for NothingYet {
+    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::WouldBlock.into())
+    }
+}
+
+#[test]
+fn rustls_gives_its_buffers_back_and_takes_them_again_only_for_bytes() {
+    // What steer's idle TLS connections call (vendor/rustls/STEER.md): a
+    // read that finds the socket empty or closed must not take the record
+    // buffer again, and bytes that come after a release are read whole.
+    use rustls::pki_types::pem::PemObject;
+    let pem = self_signed(&["localhost"]);
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![pem.der.clone()], key)
+        .unwrap();
+    let mut server = rustls::ServerConnection::new(Arc::new(config)).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut client = rustls::ClientConnection::new(client_config(&[]), name).unwrap();
+    for _ in 0..10 {
+        pump(&mut client, &mut server);
+        pump(&mut server, &mut client);
+    }
+    assert!(!server.is_handshaking() && !client.is_handshaking());
+
+    assert!(server.release_buffers(), "the handshake's record buffer");
+    assert!(!server.release_buffers(), "nothing left to give back");
+    let empty = server.read_tls(&mut NothingYet).unwrap_err();
+    assert_eq!(empty.kind(), std::io::ErrorKind::WouldBlock);
+    assert!(
+        !server.release_buffers(),
+        "a read that found nothing took the buffer"
+    );
+
+    let said = b"after the release".repeat(500);
+    std::io::Write::write_all(&mut client.writer(), &said).unwrap();
+    pump(&mut client, &mut server);
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while got.len() < said.len() {
+        let n = std::io::Read::read(&mut server.reader(), &mut chunk).unwrap();
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        got == said,
+        "{} bytes of {} read back",
+        got.len(),
+        said.len()
+    );
+    assert!(
+        server.release_buffers(),
+        "bytes came: the buffer was taken again"
+    );
+
+    let closed = server.read_tls(&mut &b""[..]).unwrap();
+    assert_eq!(closed, 0);
+    assert!(
+        !server.release_buffers(),
+        "a read that found the socket closed took the buffer"
+    );
+}

@@ -923,54 +923,83 @@ mod test {
         buf
     }
 
+    /// The octets a decoded field's value is made of.
     fn value_of(h: &Header) -> &[u8] {
         match h {
             Header::Field { value, .. } => value.as_bytes(),
-            other => panic!("not a field: {other:?}"),
+            Header::Authority(v) | Header::Path(v) => v.as_ref(),
+            other => panic!("unexpected field: {other:?}"),
         }
     }
 
-    /// steer: a field inserted into the table is a copy, neither a slice
-    /// of the block it came in nor of the Huffman buffer; it is still
-    /// there after `release_buffer`, and Huffman strings decode after it.
+    /// steer: a literal with incremental indexing of the static table's
+    /// name `index`, its value raw or Huffman-coded.
+    fn indexed_name_literal(index: u8, value: &[u8], huffman: bool) -> BytesMut {
+        let mut block = BytesMut::new();
+        block.extend([0b0100_0000 | index]);
+        if huffman {
+            let coded = huff_encode(value);
+            block.extend([0x80 | coded.len() as u8]);
+            block.extend(&coded);
+        } else {
+            block.extend([value.len() as u8]);
+            block.extend(value);
+        }
+        block
+    }
+
+    fn decode_all(de: &mut Decoder, mut block: BytesMut) -> Vec<Header> {
+        let mut got = vec![];
+        de.decode(&mut Cursor::new(&mut block), |h| {
+            got.push(h);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        got
+    }
+
+    /// steer: the table keeps copies of pseudo-header values, which are
+    /// handed on as slices of the block (raw) or of the Huffman buffer;
+    /// a regular field's value is a copy already and is shared. Entries
+    /// outlive `release_buffer`, and Huffman strings decode after it.
     #[test]
     fn steer_table_keeps_copies() {
         let mut de = Decoder::new(4096);
-        let literal = |name: &[u8], value: &[u8]| {
-            let value = huff_encode(value);
-            let mut block = BytesMut::new();
-            block.extend([0b0100_0000, name.len() as u8]);
-            block.extend(name);
-            block.extend([0x80 | value.len() as u8]);
-            block.extend(&value);
-            block
-        };
-        let decode = |de: &mut Decoder, mut block: BytesMut| {
-            let mut got = vec![];
-            de.decode(&mut Cursor::new(&mut block), |h| {
-                got.push(h);
-                ControlFlow::Continue(())
-            })
-            .unwrap();
-            got
-        };
-        let block = literal(b"foo", b"a value to keep");
+
+        // `:authority` (static name 1), raw: a slice of the block.
+        let block = indexed_name_literal(1, b"auth.example.com", false);
         let sent = block.as_ptr_range();
-        let handed = decode(&mut de, block);
-        assert_eq!(value_of(&handed[0]), b"a value to keep");
+        let handed = decode_all(&mut de, block);
+        let handed_at = value_of(&handed[0]).as_ptr();
+        assert!(sent.contains(&handed_at), "handed on as a slice of the block");
         let kept = de.table.get(62).unwrap();
-        assert_eq!(value_of(&kept), b"a value to keep");
-        let kept_at = value_of(&kept).as_ptr();
-        assert!(!sent.contains(&kept_at), "the table keeps a slice of the block");
-        assert_ne!(kept_at, value_of(&handed[0]).as_ptr(), "the table keeps the Huffman buffer's slice");
+        assert_eq!(value_of(&kept), b"auth.example.com");
+        assert!(!sent.contains(&value_of(&kept).as_ptr()), "the table keeps a slice of the block");
+
+        // `:path` (static name 4), Huffman-coded: a slice of the Huffman buffer.
+        let handed = decode_all(&mut de, indexed_name_literal(4, b"/oauth/v2/authorize", true));
+        let kept = de.table.get(62).unwrap();
+        assert_eq!(value_of(&kept), b"/oauth/v2/authorize");
+        assert_ne!(
+            value_of(&kept).as_ptr(),
+            value_of(&handed[0]).as_ptr(),
+            "the table keeps the Huffman buffer's slice"
+        );
+
+        // `user-agent` (static name 58), Huffman-coded: already a copy.
+        let handed = decode_all(&mut de, indexed_name_literal(58, b"Mozilla/5.0", true));
+        let kept = de.table.get(62).unwrap();
+        assert_eq!(value_of(&kept).as_ptr(), value_of(&handed[0]).as_ptr(), "copied twice");
 
         assert!(de.release_buffer());
         assert!(!de.release_buffer(), "nothing left to release");
         let mut indexed = BytesMut::new();
-        indexed.extend([0x80 | 62]);
-        assert_eq!(value_of(&decode(&mut de, indexed)[0]), b"a value to keep");
-        let again = decode(&mut de, literal(b"bar", b"decoded after the release"));
-        assert_eq!(value_of(&again[0]), b"decoded after the release");
+        indexed.extend([0x80 | 63, 0x80 | 64]);
+        let got = decode_all(&mut de, indexed);
+        assert_eq!(value_of(&got[0]), b"/oauth/v2/authorize");
+        assert_eq!(value_of(&got[1]), b"auth.example.com");
+        let again = decode_all(&mut de, indexed_name_literal(4, b"/after/the/release", true));
+        assert_eq!(value_of(&again[0]), b"/after/the/release");
     }
 
     #[test]

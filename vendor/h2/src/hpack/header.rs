@@ -80,28 +80,21 @@ impl Header<Option<HeaderName>> {
 }
 
 impl Header {
-    /// steer: the same field in allocations of its own. A decoded field's
-    /// octets are slices of the connection's read buffer or of the
-    /// decoder's Huffman buffer; kept in the dynamic table, they would
-    /// keep those buffers' whole allocations alive for the connection's
-    /// life (vendor/h2/STEER.md).
+    /// steer: the same field, holding no buffer it was decoded from. A
+    /// decoded pseudo-header's value (`:authority`, `:path`, `:scheme`,
+    /// `:protocol`) is a slice of the connection's read buffer or of the
+    /// decoder's Huffman buffer; kept in the dynamic table, it would keep
+    /// that buffer's whole allocation alive for as long as the entry
+    /// lives (vendor/h2/STEER.md). Those are copied; a regular field's
+    /// value is a copy already (`HeaderValue::from_bytes`), and the rest
+    /// own no octets.
     pub fn detached(&self) -> Header {
         match self {
-            Header::Field { name, value } => {
-                let mut copied = HeaderValue::from_bytes(value.as_bytes())
-                    .unwrap_or_else(|_| value.clone());
-                copied.set_sensitive(value.is_sensitive());
-                Header::Field {
-                    name: name.clone(),
-                    value: copied,
-                }
-            }
             Header::Authority(v) => Header::Authority(BytesStr::from(v.as_str())),
             Header::Scheme(v) => Header::Scheme(BytesStr::from(v.as_str())),
             Header::Path(v) => Header::Path(BytesStr::from(v.as_str())),
             Header::Protocol(v) => Header::Protocol(Protocol::from(v.as_str())),
-            Header::Method(v) => Header::Method(v.clone()),
-            Header::Status(v) => Header::Status(*v),
+            other => other.clone(),
         }
     }
 

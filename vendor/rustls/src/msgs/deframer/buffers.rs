@@ -189,7 +189,8 @@ impl DeframerVecBuffer {
     }
 
     /// steer: frees the buffer if it holds no bytes; says whether it did.
-    /// `prepare_read` allocates it again before the next read.
+    /// The next read that brings bytes allocates it again
+    /// (`read_unallocated`).
     pub(crate) fn release(&mut self) -> bool {
         if self.used != 0 || self.buf.capacity() == 0 {
             return false;
@@ -216,7 +217,7 @@ impl DeframerVecBuffer {
         // a caller polls the socket again right after an idle connection
         // gave the buffer back.
         if self.buf.capacity() == 0 {
-            return self.read_first(rd, in_handshake);
+            return self.read_unallocated(rd, in_handshake);
         }
         if let Err(err) = self.prepare_read(in_handshake) {
             return Err(io::Error::new(io::ErrorKind::InvalidData, err));
@@ -233,7 +234,7 @@ impl DeframerVecBuffer {
 
     /// steer: `read` into an unallocated buffer: through the stack, so
     /// that nothing is allocated unless bytes came.
-    fn read_first(&mut self, rd: &mut dyn io::Read, in_handshake: bool) -> io::Result<usize> {
+    fn read_unallocated(&mut self, rd: &mut dyn io::Read, in_handshake: bool) -> io::Result<usize> {
         let mut first = [0u8; READ_SIZE];
         let new_bytes = rd.read(&mut first)?;
         if new_bytes == 0 {
