@@ -898,9 +898,14 @@ async fn an_https1_connection_that_gave_back_its_tls_buffers_serves_on() {
             .header("host", "auth.example.com")
             .body(http_body_util::Full::new(body))
             .unwrap();
-        let resp = send.send_request(req).await.unwrap();
-        let status = resp.status();
-        (status, resp.into_body().collect().await.unwrap().to_bytes())
+        let answer = async {
+            let resp = send.send_request(req).await.unwrap();
+            let status = resp.status();
+            (status, resp.into_body().collect().await.unwrap().to_bytes())
+        };
+        tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .unwrap_or_else(|_| panic!("no whole answer to {path} within 10 s"))
     };
     assert_eq!(exchange("/first", Bytes::new()).await.0, StatusCode::OK);
     p.log_line("TLS buffers released", |l| {
