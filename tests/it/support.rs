@@ -341,11 +341,26 @@ pub async fn spawn_steer(body: &str) -> Proc {
 /// As `spawn_steer`, with `proxy`'s lines in `[proxy]`, logging what
 /// `RUST_LOG=filter` lets through.
 pub async fn spawn_steer_logging(proxy: &str, body: &str, filter: &str) -> Proc {
+    spawn_steer_logging_in("", |_| {}, proxy, body, filter).await
+}
+
+/// As `spawn_steer_logging`, with `listen`'s lines in `[listen]` too, and
+/// `prepare` run on the config's directory first (to write the files the
+/// config names, such as certificates).
+pub async fn spawn_steer_logging_in(
+    listen: &str,
+    prepare: impl FnOnce(&std::path::Path),
+    proxy: &str,
+    body: &str,
+    filter: &str,
+) -> Proc {
+    let (dir, path) = config_dir(&with_listen_full(listen, proxy, body));
+    prepare(dir.path());
     let launch = Launch {
         rust_log: Some(filter.to_owned()),
         ..Launch::default()
     };
-    spawn_steer_launched(proxy, body, launch).await
+    spawn_off_runtime(Some(dir), path, launch).await
 }
 
 /// Runs `steer run --config PATH ARGS...` and waits for its start line.
@@ -376,34 +391,6 @@ pub async fn spawn_steer_with_ulimit(proxy: &str, body: &str, args: &str) -> Pro
 /// As `spawn_steer`, with `[proxy]` lines, started as `launch` says.
 async fn spawn_steer_launched(proxy: &str, body: &str, launch: Launch) -> Proc {
     let (dir, path) = config_dir(&with_listen_proxy(proxy, body));
-    spawn_off_runtime(Some(dir), path, launch).await
-}
-
-/// As `spawn_steer_logging`, with an HTTPS listener too: its
-/// `[[tls.certificates]]` (`(file stem, certificate PEM, key PEM)`) are
-/// written beside the config first.
-pub async fn spawn_tls_steer_logging(
-    certs: &[(&str, &str, &str)],
-    proxy: &str,
-    body: &str,
-    filter: &str,
-) -> Proc {
-    let mut tls = String::new();
-    for (name, _, _) in certs {
-        tls.push_str(&format!(
-            "[[tls.certificates]]\ncert = \"{name}.pem\"\nkey = \"{name}.key\"\n\n"
-        ));
-    }
-    let listen = "https = \"127.0.0.1:0\"";
-    let (dir, path) = config_dir(&with_listen_full(listen, proxy, &format!("{tls}{body}")));
-    for (name, cert, key) in certs {
-        std::fs::write(dir.path().join(format!("{name}.pem")), cert).unwrap();
-        std::fs::write(dir.path().join(format!("{name}.key")), key).unwrap();
-    }
-    let launch = Launch {
-        rust_log: Some(filter.to_owned()),
-        ..Launch::default()
-    };
     spawn_off_runtime(Some(dir), path, launch).await
 }
 

@@ -863,10 +863,15 @@ async fn a_client_hello_s_bad_sni_does_not_reach_the_log() {
 /// its buffer releases logged.
 async fn releasing_steer(blue: &steer::demo::Deployment) -> Proc {
     let a = self_signed(&["auth.example.com"]);
-    spawn_tls_steer_logging(
-        &[("a", &a.cert, &a.key)],
+    let body = format!(
+        "[[tls.certificates]]\ncert = \"a.pem\"\nkey = \"a.key\"\n\n{}",
+        one_route("blue", blue.addr(), "http1")
+    );
+    spawn_steer_logging_in(
+        "https = \"127.0.0.1:0\"",
+        |dir| write_pair(dir, "a", &a),
         "idle_timeout = \"8s\"",
-        &one_route("blue", blue.addr(), "http1"),
+        &body,
         "steer=info,steer::server::park=trace,steer::server::h2=trace",
     )
     .await
