@@ -18,10 +18,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 need() { [ -x "$1" ] || command -v "$1" >/dev/null 2>&1; }
+# shellcheck source=scripts/lib/apt.sh
+. scripts/lib/apt.sh
 if ! need "${LLVM_BOLT_DIR:-/usr/lib/llvm-19/bin}/llvm-bolt" || ! need valgrind || ! need h2load; then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq bolt-19 valgrind nghttp2-client >/dev/null
+  apt_install bolt-19 valgrind nghttp2-client
 fi
 bash scripts/bolt.sh target/bolt/steer
 

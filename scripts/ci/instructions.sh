@@ -33,10 +33,10 @@ while [ $# -gt 0 ]; do
   shift
 done
 need() { command -v "$1" >/dev/null 2>&1; }
+# shellcheck source=scripts/lib/apt.sh
+. scripts/lib/apt.sh
 if ! need valgrind || ! need h2load; then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq valgrind nghttp2-client >/dev/null
+  apt_install valgrind nghttp2-client
 fi
 [ -x target/release/steer ] || cargo build --release --locked
 STEER="${STEER:-$PWD/target/release/steer}"

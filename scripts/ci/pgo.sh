@@ -18,11 +18,8 @@
 # 413b937 with the same instruction counts).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-apt_install() {
-  $SUDO apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
-}
+# shellcheck source=scripts/lib/apt.sh
+. scripts/lib/apt.sh
 host="$(rustc -vV | sed -n 's/^host: //p')"
 if [ -z "${LLVM_PROFDATA:-}" ] && [ ! -x "$(rustc --print sysroot)/lib/rustlib/$host/bin/llvm-profdata" ] \
   && ! timeout 120 rustup component add llvm-tools; then
