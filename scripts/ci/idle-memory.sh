@@ -25,11 +25,16 @@
 #                           before the count. 9.5 while rustls kept them,
 #                           17.4 when the session was copied into each
 #                           future it passed through.
-#   h2     23.0   19.4      the h2 crate's connection, steer's connection
-#                           state and the rustls session. h2's codec,
-#                           HPACK and stream-slab buffers and rustls's go
-#                           back as over HTTP/1.1 (vendor/h2/STEER.md,
+#   h2     12.0   9.5       the h2 crate's connection, steer's connection
+#                           state (a 1.6 KB future; the handshake's is
+#                           freed before, src/server/h2.rs `start`) and
+#                           the rustls session. h2's codec, HPACK and
+#                           stream-slab buffers and rustls's go back as
+#                           over HTTP/1.1 (vendor/h2/STEER.md,
 #                           vendor/rustls/STEER.md).
+#                           19.4 while the connection's future kept room
+#                           for the handshake (3.6 KB; mimalloc kept far
+#                           more than those bytes, BENCHMARKS.md),
 #                           24.2 while only h2's codec buffers went back,
 #                           32.6 while h2 kept them, 37.8 with the start
 #                           state kept.
@@ -42,7 +47,7 @@ cd "$(dirname "$0")/../.."
 STEER="${1:-target/release/steer}"
 KINDS="${KINDS:-plain tls h2}"
 CONNS="${CONNS:-4000}"
-declare -A LIMIT_KIB=([plain]=${LIMIT_PLAIN_KIB:-2.0} [tls]=${LIMIT_TLS_KIB:-6.5} [h2]=${LIMIT_H2_KIB:-23.0})
+declare -A LIMIT_KIB=([plain]=${LIMIT_PLAIN_KIB:-2.0} [tls]=${LIMIT_TLS_KIB:-6.5} [h2]=${LIMIT_H2_KIB:-12.0})
 declare -A HOLD_S=([plain]=3 [tls]=12 [h2]=12)
 for kind in $KINDS; do
   [ -n "${LIMIT_KIB[$kind]:-}" ] || { echo "idle-memory: unknown kind '$kind' (plain, tls or h2)" >&2; exit 2; }

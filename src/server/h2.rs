@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::FuturesUnordered;
 use futures_util::task::AtomicWaker;
 use futures_util::{FutureExt as _, StreamExt as _};
@@ -35,12 +35,15 @@ use tokio::time::{Interval, Sleep};
 
 use super::conn::{self, OpenRef};
 use super::h2_connect::{Handed, OnConnect};
-use super::io::{Release, StallReport};
-use super::{ClientResult, ConnCtx};
+use super::io::{Prefixed, Release, StallReport};
+use super::{ClientResult, ConnCtx, Started};
 use crate::body::Inbound;
 use crate::boxed::pinned;
 use crate::h2send::{self, Stop};
 use crate::proxy::{self, ProxyBody};
+
+/// A client connection after its handshake.
+type Connection<I> = h2::server::Connection<Prefixed<I>, Bytes>;
 
 /// Keep-alive: a PING after this long without one, and the connection is
 /// closed when its PONG takes longer than `PONG_TIMEOUT` (a peer that
@@ -144,9 +147,36 @@ impl Streams {
     }
 }
 
-/// Serves one HTTP/2 connection whose preface and first frame are already
-/// at the front of `io` (see `io::read_h2_start`).
-pub(super) async fn serve<I>(io: I, ctx: ConnCtx) -> ClientResult
+/// Starts HTTP/2 on a connection whose preface is in `buf` or still to
+/// come: reads the client's first frame by the head deadline, sends
+/// steer's SETTINGS, and returns what serves the connection, boxed apart
+/// from the start so that the handshake's state (~1.2 KB) is not part of
+/// what an idle connection keeps.
+pub(super) async fn start<I>(mut io: I, mut buf: BytesMut, ctx: ConnCtx) -> ClientResult<Started>
+where
+    I: AsyncRead + AsyncWrite + Release + Unpin + Send + 'static,
+{
+    if !super::read_h2_start(&mut io, &mut buf, ctx.head_deadline).await? {
+        return Ok(None);
+    }
+    // The preface is in `buf`, so this only sends our SETTINGS; bounded
+    // all the same, by the write deadline underneath.
+    let conn = (ctx.serving.h2)
+        .handshake::<_, Bytes>(Prefixed::new(buf.freeze(), io))
+        .await?;
+    Ok(Some(pinned(|| serve(conn, ctx))))
+}
+
+/// Serves one HTTP/2 connection after its handshake.
+///
+/// Not an `async fn` (`crate::boxed`): what the block captures is all it
+/// keeps, where an `async fn` would keep `ctx` apart from what is taken
+/// out of it.
+#[allow(clippy::manual_async_fn)]
+fn serve<I>(
+    mut conn: Connection<I>,
+    ctx: ConnCtx,
+) -> impl Future<Output = ClientResult> + Send + use<I>
 where
     I: AsyncRead + AsyncWrite + Release + Unpin + Send + 'static,
 {
@@ -160,9 +190,6 @@ where
         ..
     } = ctx;
     info.hop_cache = Some(Arc::default());
-    // The preface is in `io` already, so this only sends our SETTINGS;
-    // bounded all the same, by the write deadline underneath.
-    let mut conn = serving.h2.handshake::<_, Bytes>(io).await?;
     let streams = Streams {
         shared,
         tunnels: serving.tunnels.clone(),
@@ -173,119 +200,121 @@ where
         early_resets: AtomicU32::new(0),
     };
     streams.progress.touch();
-    let idle = serving.idle;
-    let mut control = Control::new(conn.ping_pong(), finish, &streams.progress, idle);
+    let mut control = Control::new(conn.ping_pong(), finish, &streams.progress, serving.idle);
     let (conn_woken, control_woken) = (Woken::new(), Woken::new());
     if control.asked {
         ask_to_finish(&mut conn, &conn_woken);
     }
-    // Declared after `streams`, which they borrow: dropped first.
-    // Made at the first stream and dropped when the connection goes
-    // quiet: an idle connection would otherwise keep its set's stub task,
-    // as large as a stream's future (~1.4 KiB).
-    let mut running = None;
-    let mut opened: u32 = 0;
-    loop {
-        let event = poll_fn(|cx| {
-            // The timers and signals first: they are cheap, and they must
-            // not wait for the streams and the socket to leave some of the
-            // task's coop budget (a busy connection would put its GOAWAY
-            // off for as long as the load lasts).
-            if let Some(mut cx) = control_woken.take(cx)
-                && let Poll::Ready(event) = control.poll_event(&mut cx)
-            {
-                control_woken.again();
-                return Poll::Ready(event);
-            }
-            loop {
-                // Streams first: the connection's poll below then writes
-                // out the frames they queued, in this same turn (queueing
-                // a frame wakes the connection).
-                if let Some(running) = running.as_mut() {
-                    while let Poll::Ready(Some(())) = FuturesUnordered::poll_next_unpin(running, cx)
-                    {
+    async move {
+        // The streams borrow `streams`, which the block captured: a
+        // block's locals are dropped before what it captured. The set is
+        // made at the first stream and dropped when the connection goes
+        // quiet: an idle connection would otherwise keep its stub task,
+        // as large as a stream's future (~1.4 KiB).
+        let mut running = None;
+        let mut opened: u32 = 0;
+        loop {
+            let event = poll_fn(|cx| {
+                // The timers and signals first: they are cheap, and they must
+                // not wait for the streams and the socket to leave some of the
+                // task's coop budget (a busy connection would put its GOAWAY
+                // off for as long as the load lasts).
+                if let Some(mut cx) = control_woken.take(cx)
+                    && let Poll::Ready(event) = control.poll_event(&mut cx)
+                {
+                    control_woken.again();
+                    return Poll::Ready(event);
+                }
+                loop {
+                    // Streams first: the connection's poll below then writes
+                    // out the frames they queued, in this same turn (queueing
+                    // a frame wakes the connection).
+                    if let Some(running) = running.as_mut() {
+                        while let Poll::Ready(Some(())) =
+                            FuturesUnordered::poll_next_unpin(running, cx)
+                        {}
+                    }
+                    let Some(mut conn_cx) = conn_woken.take(cx) else {
+                        break;
+                    };
+                    let Poll::Ready(accepted) = conn.poll_accept(&mut conn_cx) else {
+                        break;
+                    };
+                    conn_woken.again();
+                    // The loop ends when h2 has no stream to hand over and
+                    // nothing to write (or the socket's coop budget is spent).
+                    match accepted {
+                        Some(Ok((req, respond))) => {
+                            // A panic ends its own stream, as it ended its
+                            // own task when each stream had one.
+                            let open = activity.open_borrowed();
+                            let served = AssertUnwindSafe(stream(req, respond, &streams, open))
+                                .catch_unwind()
+                                .map(|_| ());
+                            running
+                                .get_or_insert_with(FuturesUnordered::new)
+                                .push(served);
+                            opened = opened.saturating_add(1);
+                            if !control.asked && streams.rapid_reset(opened) {
+                                return Poll::Ready(Event::RapidReset);
+                            }
+                        }
+                        Some(Err(e)) => return Poll::Ready(Event::Failed(e)),
+                        None => return Poll::Ready(Event::Closed),
                     }
                 }
-                let Some(mut conn_cx) = conn_woken.take(cx) else {
-                    break;
-                };
-                let Poll::Ready(accepted) = conn.poll_accept(&mut conn_cx) else {
-                    break;
-                };
-                conn_woken.again();
-                // The loop ends when h2 has no stream to hand over and
-                // nothing to write (or the socket's coop budget is spent).
-                match accepted {
-                    Some(Ok((req, respond))) => {
-                        // A panic ends its own stream, as it ended its
-                        // own task when each stream had one.
-                        let open = activity.open_borrowed();
-                        let served = AssertUnwindSafe(stream(req, respond, &streams, open))
-                            .catch_unwind()
-                            .map(|_| ());
-                        running
-                            .get_or_insert_with(FuturesUnordered::new)
-                            .push(served);
-                        opened = opened.saturating_add(1);
-                        if !control.asked && streams.rapid_reset(opened) {
-                            return Poll::Ready(Event::RapidReset);
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::Failed(e) => return Err(e.into()),
+                // The connection is done (after a GOAWAY, or the client's
+                // close): streams still in `running` have nobody to answer.
+                Event::Closed => return Ok(()),
+                Event::Finish => ask_to_finish(&mut conn, &conn_woken),
+                Event::Tick => {
+                    // No stream for a whole tick (and at least RELEASE_AFTER;
+                    // each stream counts as open until its future ends): h2's
+                    // read, write and Huffman buffers (8, 16 and 4 KiB, their
+                    // touched pages resident), the room its stream slots grew
+                    // to, the stream set and rustls's buffers (4 KiB) go back
+                    // until the next read, frame or stream. Checked per tick,
+                    // so a busy connection pays nothing per request.
+                    let quiet = control.tick.period().max(super::RELEASE_AFTER);
+                    if activity.idle_for(quiet) {
+                        if running.as_ref().is_some_and(FuturesUnordered::is_empty) {
+                            running = None;
+                        }
+                        let freed = conn.release_buffers();
+                        let tls = conn.get_mut().release_buffers();
+                        if freed.read || freed.write || freed.hpack || tls {
+                            tracing::trace!(peer = %streams.info.peer, read = freed.read, write = freed.write,
+                            hpack = freed.hpack, tls, "idle HTTP/2 connection: codec buffers released");
                         }
                     }
-                    Some(Err(e)) => return Poll::Ready(Event::Failed(e)),
-                    None => return Poll::Ready(Event::Closed),
-                }
-            }
-            Poll::Pending
-        })
-        .await;
-        match event {
-            Event::Failed(e) => return Err(e.into()),
-            // The connection is done (after a GOAWAY, or the client's
-            // close): streams still in `running` have nobody to answer.
-            Event::Closed => return Ok(()),
-            Event::Finish => ask_to_finish(&mut conn, &conn_woken),
-            Event::Tick => {
-                // No stream for a whole tick (and at least RELEASE_AFTER;
-                // each stream counts as open until its future ends): h2's
-                // read, write and Huffman buffers (8, 16 and 4 KiB, their
-                // touched pages resident), the room its stream slots grew
-                // to, the stream set and rustls's buffers (4 KiB) go back
-                // until the next read, frame or stream. Checked per tick,
-                // so a busy connection pays nothing per request.
-                let quiet = control.tick.period().max(super::RELEASE_AFTER);
-                if activity.idle_for(quiet) {
-                    if running.as_ref().is_some_and(FuturesUnordered::is_empty) {
-                        running = None;
-                    }
-                    let freed = conn.release_buffers();
-                    let tls = conn.get_mut().release_buffers();
-                    if freed.read || freed.write || freed.hpack || tls {
-                        tracing::trace!(peer = %streams.info.peer, read = freed.read, write = freed.write,
-                            hpack = freed.hpack, tls, "idle HTTP/2 connection: codec buffers released");
+                    if activity.idle_for(serving.idle) {
+                        control.asked = true;
+                        tracing::debug!(peer = %streams.info.peer, "closing idle HTTP/2 connection");
+                        ask_to_finish(&mut conn, &conn_woken);
                     }
                 }
-                if activity.idle_for(idle) {
+                Event::PongLate => {
+                    tracing::debug!(peer = %streams.info.peer, "HTTP/2 keep-alive ping not answered; closing");
+                    return Ok(());
+                }
+                Event::GiveUp => {
+                    // What the streams hold (upstream requests) goes now.
+                    drop(running);
+                    return close_now(&mut conn, Reason::NO_ERROR).await;
+                }
+                Event::RapidReset => {
+                    let early = streams.early_resets.load(Ordering::Relaxed);
+                    tracing::warn!(peer = %streams.info.peer, streams = opened, early_resets = early,
+                    "HTTP/2 client reset most of its streams right after opening them (rapid reset); asking it to close");
+                    serving.rapid_resets.inc();
                     control.asked = true;
-                    tracing::debug!(peer = %streams.info.peer, "closing idle HTTP/2 connection");
                     ask_to_finish(&mut conn, &conn_woken);
                 }
-            }
-            Event::PongLate => {
-                tracing::debug!(peer = %streams.info.peer, "HTTP/2 keep-alive ping not answered; closing");
-                return Ok(());
-            }
-            Event::GiveUp => {
-                // What the streams hold (upstream requests) goes now.
-                drop(running);
-                return close_now(&mut conn, Reason::NO_ERROR).await;
-            }
-            Event::RapidReset => {
-                let early = streams.early_resets.load(Ordering::Relaxed);
-                tracing::warn!(peer = %streams.info.peer, streams = opened, early_resets = early,
-                    "HTTP/2 client reset most of its streams right after opening them (rapid reset); asking it to close");
-                serving.rapid_resets.inc();
-                control.asked = true;
-                ask_to_finish(&mut conn, &conn_woken);
             }
         }
     }

@@ -37,7 +37,7 @@ mod io;
 pub mod listeners;
 mod park;
 use crate::proxy::{ConnInfo, ProxyBody, Shared};
-use io::{Prefixed, Speaks, StallReport, WriteDeadline};
+use io::{Speaks, StallReport, WriteDeadline};
 
 /// hyper's own parser limit sits above steer's `max_header_bytes` so that
 /// oversized heads reach steer and get a 431 with a reason; only heads
@@ -238,12 +238,21 @@ type Started = Option<futures_util::future::BoxFuture<'static, ClientResult>>;
 /// The future that serves a started connection, boxed and begun from the
 /// start phase's result: a future keeps its arguments for as long as it
 /// lives, so each layer of async functions that passed the stream and
-/// context on would hold a copy of them.
-fn server_for<I: park::Parkable>(io: I, buf: BytesMut, ctx: ConnCtx, speaks: Speaks) -> Started {
+/// context on would hold a copy of them. HTTP/2's handshake is part of
+/// the start (`h2::start`): its state would otherwise take room in every
+/// connection's future for the connection's life. Boxed apart from the
+/// start too: inline, it would make every connection's start, HTTP/1.1
+/// ones and clients that never send a byte included, as large as itself.
+async fn server_for<I: park::Parkable>(
+    io: I,
+    buf: BytesMut,
+    ctx: ConnCtx,
+    speaks: Speaks,
+) -> ClientResult<Started> {
     match speaks {
-        Speaks::Nothing => None,
-        Speaks::Http1 => Some(pinned(|| park::serve(io, buf, ctx))),
-        Speaks::Http2 => Some(pinned(|| serve_h2(io, buf, ctx))),
+        Speaks::Nothing => Ok(None),
+        Speaks::Http1 => Ok(Some(pinned(|| park::serve(io, buf, ctx)))),
+        Speaks::Http2 => pinned(|| h2::start(io, buf, ctx)).await,
     }
 }
 
@@ -265,23 +274,7 @@ async fn start_plain(mut io: ClientIo, mut ctx: ConnCtx) -> ClientResult<Started
         },
         () = async { let _ = finish.wait_for(|f| *f).await; } => return Ok(None),
     };
-    Ok(server_for(io, buf, ctx, speaks))
-}
-
-/// HTTP/2 once the preface and the first frame are in. Not an `async fn`
-/// for the reason `park::serve` gives.
-#[allow(clippy::manual_async_fn)]
-fn serve_h2<I: park::Parkable>(
-    mut io: I,
-    mut buf: BytesMut,
-    ctx: ConnCtx,
-) -> impl Future<Output = ClientResult> + Send {
-    async move {
-        if !read_h2_start(&mut io, &mut buf, ctx.head_deadline).await? {
-            return Ok(());
-        }
-        h2::serve(Prefixed::new(buf.freeze(), io), ctx).await
-    }
+    server_for(io, buf, ctx, speaks).await
 }
 
 /// Reads the client's first HTTP/2 frame by `deadline`; false when the
@@ -330,7 +323,7 @@ async fn start_tls(io: ClientIo, tls: TlsListener, mut ctx: ConnCtx) -> ClientRe
             Err(_) => return Ok(None),
         },
     };
-    Ok(server_for(stream, buf, ctx, speaks))
+    server_for(stream, buf, ctx, speaks).await
 }
 
 /// Whether `drain` has asked the connections to finish, for the checks

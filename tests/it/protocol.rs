@@ -108,6 +108,51 @@ async fn cookie_crumbs_from_http2_reach_an_http1_upstream_as_one_line() {
 }
 
 #[tokio::test]
+async fn a_head_split_into_continuation_frames_reaches_the_upstream_whole() {
+    // 24 cookie crumbs of 1,000 octets, sent raw (no Huffman coding): a
+    // header block of ~24 KB, more than one 16 KiB frame holds, so the
+    // client sends HEADERS and then CONTINUATION, which steer's copy of h2
+    // keeps in a box of its own until the block ends.
+    let blue = upstream("blue").await;
+    let steer = Steer::start_ready(&one_route("blue", blue.addr(), "http1")).await;
+    let tcp = TcpStream::connect(steer.addr()).await.unwrap();
+    let (send, conn) = h2::client::Builder::new()
+        .huffman_encoding(false)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let crumbs: Vec<String> = (0..24u8)
+        .map(|i| format!("c{i:02}={}", char::from(b'a' + i).to_string().repeat(996)))
+        .collect();
+    for round in 0..2 {
+        let mut req = http::Request::get(format!("http://{}/what", steer.addr()));
+        for crumb in &crumbs {
+            req = req.header("cookie", crumb.as_str());
+        }
+        let answer = async {
+            let mut send = send.clone().ready().await.unwrap();
+            let (resp, _) = send.send_request(req.body(()).unwrap(), true).unwrap();
+            let mut body = resp.await.unwrap().into_body();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = body.data().await {
+                bytes.extend_from_slice(&chunk.unwrap());
+            }
+            bytes
+        };
+        let bytes = tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .expect("no answer within 10 s");
+        let seen: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            seen["headers"]["cookie"],
+            serde_json::json!([crumbs.join("; ")]),
+            "round {round}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn duplicate_and_malformed_hosts_get_400() {
     let blue = upstream("blue").await;
     let steer = Steer::start_ready(&one_route("blue", blue.addr(), "http1")).await;
