@@ -8,7 +8,7 @@
 //! the granted bytes are handed to `h2`, so a stalled peer holds at most
 //! one chunk per stream in steer.
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::task::{Poll, ready};
 use std::time::Duration;
 
@@ -31,63 +31,70 @@ pub(crate) enum Stop {
 /// Sends `body` on `send`: its DATA in the pieces the window allows, then
 /// its trailers or END_STREAM. `limit` bounds each wait for window;
 /// `granted` is called whenever window came. A failing body resets the
-/// stream with `on_error`, or leaves that to the caller (`None`). The body
-/// is dropped on return either way.
-pub(crate) async fn send_body<B>(
-    mut body: B,
-    send: &mut SendStream<Bytes>,
+/// stream with `on_error`, or leaves that to the caller (`None`).
+///
+/// Borrows the body, and is not an `async fn` (`crate::boxed`): the
+/// future is part of every HTTP/2 stream's while its body is sent, and
+/// would otherwise hold the body twice, its caller's copy and its own.
+/// The caller drops the body once this returns.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn send_body<'a, B>(
+    body: &'a mut B,
+    send: &'a mut SendStream<Bytes>,
     limit: Option<Duration>,
-    mut granted: impl FnMut(),
+    mut granted: impl FnMut() + 'a,
     on_error: Option<Reason>,
-) -> Result<(), Stop>
+) -> impl Future<Output = Result<(), Stop>> + 'a
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    loop {
-        let frame = tokio::select! {
-            frame = body.frame() => frame,
-            _ = poll_fn(|cx| send.poll_reset(cx)) => return Err(Stop::Gone),
-        };
-        let frame = match frame {
-            None => {
-                let _ = send.send_data(Bytes::new(), true);
-                return Ok(());
-            }
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "HTTP/2 body failed");
-                if let Some(reason) = on_error {
-                    send.send_reset(reason);
-                }
-                return Err(Stop::Failed);
-            }
-            Some(Ok(frame)) => frame,
-        };
-        let mut data = match frame.into_data() {
-            Ok(data) => data,
-            Err(frame) => {
-                if let Ok(trailers) = frame.into_trailers() {
-                    let _ = send.send_trailers(trailers);
+    async move {
+        loop {
+            let frame = tokio::select! {
+                frame = body.frame() => frame,
+                _ = poll_fn(|cx| send.poll_reset(cx)) => return Err(Stop::Gone),
+            };
+            let frame = match frame {
+                None => {
+                    let _ = send.send_data(Bytes::new(), true);
                     return Ok(());
                 }
-                continue;
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "HTTP/2 body failed");
+                    if let Some(reason) = on_error {
+                        send.send_reset(reason);
+                    }
+                    return Err(Stop::Failed);
+                }
+                Some(Ok(frame)) => frame,
+            };
+            let mut data = match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        let _ = send.send_trailers(trailers);
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
+            let eos = body.is_end_stream();
+            if data.is_empty() && eos {
+                send.send_data(data, true).map_err(|_| Stop::Gone)?;
+                return Ok(());
             }
-        };
-        let eos = body.is_end_stream();
-        if data.is_empty() && eos {
-            send.send_data(data, true).map_err(|_| Stop::Gone)?;
-            return Ok(());
-        }
-        while !data.is_empty() {
-            send.reserve_capacity(data.len());
-            let n = window(send, limit).await?;
-            granted();
-            let part = data.split_to(n.min(data.len()));
-            send.send_data(part, eos && data.is_empty())
-                .map_err(|_| Stop::Gone)?;
-        }
-        if eos {
-            return Ok(());
+            while !data.is_empty() {
+                send.reserve_capacity(data.len());
+                let n = window(send, limit).await?;
+                granted();
+                let part = data.split_to(n.min(data.len()));
+                send.send_data(part, eos && data.is_empty())
+                    .map_err(|_| Stop::Gone)?;
+            }
+            if eos {
+                return Ok(());
+            }
         }
     }
 }

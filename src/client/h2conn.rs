@@ -703,12 +703,13 @@ fn has_payload(method: &http::Method) -> bool {
 /// (`h2send`); a failing body resets the stream. `_open` keeps PINGs
 /// going while an upload is under way.
 async fn pump(
-    body: ReqBody,
+    mut body: ReqBody,
     mut stream: SendStream<Bytes>,
     _open: Open,
     opened: tokio::time::Instant,
 ) {
-    let sent = crate::h2send::send_body(body, &mut stream, None, || {}, None).await;
+    let sent = crate::h2send::send_body(&mut body, &mut stream, None, || {}, None).await;
+    drop(body);
     // The client's body failed, most often because the client left: the
     // stream is reset, but not before it is `MIN_STREAM_AGE` old.
     if sent == Err(crate::h2send::Stop::Failed) {

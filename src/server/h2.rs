@@ -22,6 +22,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::Either;
 use futures_util::stream::FuturesUnordered;
 use futures_util::task::AtomicWaker;
 use futures_util::{FutureExt as _, StreamExt as _};
@@ -556,12 +557,7 @@ fn stream<'a>(
                 resp = handled => resp,
             },
         };
-        let next = answer(resp, &mut respond, connect);
-        match next {
-            Next::Tunnel(resp, hand) => hand_over(resp, respond, hand, streams).await,
-            Next::Body(body, send) => pipe(body, send, streams).await,
-            Next::Done => {}
-        }
+        rest(answer(resp, &mut respond, connect), &mut respond, streams).await;
     }
 }
 
@@ -594,6 +590,21 @@ enum Next {
     Body(ProxyBody, SendStream<Bytes>),
     /// The head went out with END_STREAM, or h2 refused it.
     Done,
+}
+
+/// What follows the head, as one future. `next` is taken whole here: a
+/// `match` on it in the stream's future would keep room for all of it
+/// (264 octets) while the body is sent, next to what the arms took out.
+fn rest<'a>(
+    next: Next,
+    respond: &'a mut SendResponse<Bytes>,
+    streams: &'a Streams,
+) -> impl Future<Output = ()> + 'a {
+    match next {
+        Next::Tunnel(resp, hand) => Either::Left(hand_over(resp, respond, hand, streams)),
+        Next::Body(body, send) => Either::Right(Either::Left(pipe(body, send, streams))),
+        Next::Done => Either::Right(Either::Right(std::future::ready(()))),
+    }
 }
 
 /// Sends the response head, unless the stream becomes a tunnel; a body
@@ -649,7 +660,7 @@ fn send_head(
 /// the request path set up; returns when the tunnel is gone.
 async fn hand_over(
     resp: Response<ProxyBody>,
-    mut respond: SendResponse<Bytes>,
+    respond: &mut SendResponse<Bytes>,
     hand: oneshot::Sender<Handed>,
     streams: &Streams,
 ) {
@@ -657,7 +668,7 @@ async fn hand_over(
     let (mut head, _) = resp.into_parts();
     head.headers.remove(header::CONTENT_LENGTH);
     head.headers.remove(header::TRANSFER_ENCODING);
-    let Some(send) = send_head(&mut respond, head, false) else {
+    let Some(send) = send_head(respond, head, false) else {
         return;
     };
     let (handed, ended) = Handed::new(send, streams.send_timeout, streams.progress.clone());
@@ -669,23 +680,34 @@ async fn hand_over(
 /// Sends `body` on `send`, each chunk only within the window the client
 /// grants (`h2send`). A stall past `send_timeout` resets the stream
 /// (CANCEL) and, when no stream of the connection moved either, closes the
-/// connection; the body, and with it the upstream side, is dropped on
-/// return either way.
-async fn pipe(body: ProxyBody, mut send: SendStream<Bytes>, streams: &Streams) {
-    let touch = || streams.progress.touch();
-    let sent = h2send::send_body(
-        body,
-        &mut send,
-        Some(streams.send_timeout),
-        touch,
-        Some(Reason::INTERNAL_ERROR),
-    )
-    .await;
-    if sent == Err(Stop::Stalled) {
-        send.send_reset(Reason::CANCEL);
-        streams.stalls.stalled(
-            "an HTTP/2 response got no flow-control window for send_timeout; stream reset",
-        );
-        streams.progress.stalled(streams.send_timeout);
+/// connection; the body, and with it the upstream side, is dropped before
+/// either.
+///
+/// Not an `async fn` (`crate::boxed`): the future is part of every stream's
+/// while its body is sent, and would hold the body and the stream twice.
+#[allow(clippy::manual_async_fn)]
+fn pipe<'a>(
+    mut body: ProxyBody,
+    mut send: SendStream<Bytes>,
+    streams: &'a Streams,
+) -> impl Future<Output = ()> + 'a {
+    async move {
+        let touch = || streams.progress.touch();
+        let sent = h2send::send_body(
+            &mut body,
+            &mut send,
+            Some(streams.send_timeout),
+            touch,
+            Some(Reason::INTERNAL_ERROR),
+        )
+        .await;
+        drop(body);
+        if sent == Err(Stop::Stalled) {
+            send.send_reset(Reason::CANCEL);
+            streams.stalls.stalled(
+                "an HTTP/2 response got no flow-control window for send_timeout; stream reset",
+            );
+            streams.progress.stalled(streams.send_timeout);
+        }
     }
 }
