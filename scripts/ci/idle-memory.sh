@@ -13,7 +13,7 @@
 #   plain  2.0    1.8       its task, the boxed HTTP/1.1 serve future
 #                           (socket, context, the wait), the socket's
 #                           registration and timer; no buffer
-#                           (src/server/park.rs, LIFECYCLE.md item 17).
+#                           (src/server/park.rs, LIFECYCLE.md item 19).
 #                           3.5 when the request path's state was kept
 #                           inline, 5.0 with hyper's path, 7.6 when the
 #                           read buffer was kept.
@@ -32,7 +32,7 @@
 #                           stream-slab buffers and rustls's go back as
 #                           over HTTP/1.1 (vendor/h2/STEER.md,
 #                           vendor/rustls/STEER.md).
-#                           19.4 while the connection's future kept room
+#                           19.5-20.0 while the connection's future kept room
 #                           for the handshake (3.6 KB; mimalloc kept far
 #                           more than those bytes, BENCHMARKS.md),
 #                           24.2 while only h2's codec buffers went back,

@@ -168,7 +168,9 @@ where
     Ok(Some(pinned(|| serve(conn, ctx))))
 }
 
-/// Serves one HTTP/2 connection after its handshake.
+/// Serves one HTTP/2 connection after its handshake. Its setup (the
+/// shared stream state, the timers) runs when the future is made, which
+/// `start` does just before the connection's task awaits it.
 ///
 /// Not an `async fn` (`crate::boxed`): what the block captures is all it
 /// keeps, where an `async fn` would keep `ctx` apart from what is taken
@@ -207,8 +209,8 @@ where
         ask_to_finish(&mut conn, &conn_woken);
     }
     async move {
-        // The streams borrow `streams`, which the block captured: a
-        // block's locals are dropped before what it captured. The set is
+        // The streams borrow `streams` and `activity`, which the block
+        // captured: a block's locals are dropped before what it captured. The set is
         // made at the first stream and dropped when the connection goes
         // quiet: an idle connection would otherwise keep its stub task,
         // as large as a stream's future (~1.4 KiB).

@@ -207,10 +207,10 @@ pub async fn serve_proxy(
                 stalls,
             };
             // Two boxes, one after the other: the start (sniff, TLS
-            // handshake) is freed before the connection is served, and the
-            // task holds a pointer to what serves it, not the largest of
-            // these inline. Between requests this is what a connection
-            // costs.
+            // handshake; for HTTP/2 its handshake too, in a box of its
+            // own) is freed before the connection is served, and the task
+            // holds a pointer to what serves it, not the largest of these
+            // inline. Between requests this is what a connection costs.
             let started = match tls {
                 None => pinned(|| start_plain(io, ctx)).await,
                 Some(tls) => pinned(|| start_tls(io, tls, ctx)).await,
@@ -231,18 +231,22 @@ pub async fn serve_proxy(
     drain(&shared, &tracker, &finish).await;
 }
 
-/// What serves a connection once it is known what it speaks; `None` when
-/// it is to close before that (`start_plain`, `start_tls`).
+/// What serves a connection once it is known what it speaks (and, for
+/// HTTP/2, once its handshake is done); `None` when it is to close before
+/// that (`start_plain`, `start_tls`, `h2::start`).
 type Started = Option<futures_util::future::BoxFuture<'static, ClientResult>>;
 
 /// The future that serves a started connection, boxed and begun from the
-/// start phase's result: a future keeps its arguments for as long as it
+/// start phase's result (for HTTP/2, after its handshake, which this
+/// awaits): a future keeps its arguments for as long as it
 /// lives, so each layer of async functions that passed the stream and
 /// context on would hold a copy of them. HTTP/2's handshake is part of
 /// the start (`h2::start`): its state would otherwise take room in every
 /// connection's future for the connection's life. Boxed apart from the
 /// start too: inline, it would make every connection's start, HTTP/1.1
 /// ones and clients that never send a byte included, as large as itself.
+/// An `async fn` all the same (`crate::boxed`'s rule is for what lives
+/// long): it and `h2::start` last only until the connection is served.
 async fn server_for<I: park::Parkable>(
     io: I,
     buf: BytesMut,
