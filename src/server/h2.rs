@@ -213,7 +213,7 @@ where
         // captured: a block's locals are dropped before what it captured. The set is
         // made at the first stream and dropped when the connection goes
         // quiet: an idle connection would otherwise keep its stub task,
-        // as large as a stream's future (~1.4 KiB).
+        // as large as a stream's future (~0.8 KiB).
         let mut running = None;
         let mut opened: u32 = 0;
         loop {

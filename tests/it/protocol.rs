@@ -123,15 +123,14 @@ async fn a_head_split_into_continuation_frames_reaches_the_upstream_whole() {
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(frame(0x4, 0, 0, &[]));
     s.write_all(&out).await.unwrap();
-    // Twice on one connection: the decoder's state survives the first.
-    for stream in [1u32, 3] {
-        let (block, field_end) = request_block("steer.test", "/what", &crumbs);
-        let (first, rest) = block.split_at(field_end);
-        let (second, third) = rest.split_at(rest.len() / 2);
-        let mut out = frame(0x1, 0x1, stream, first); // END_STREAM
-        out.extend(frame(0x9, 0, stream, second));
-        out.extend(frame(0x9, 0x4, stream, third)); // END_HEADERS
-        s.write_all(&out).await.unwrap();
+    // Twice on one connection: the first head has `:authority` added to
+    // the decoder's table (entry 62), the second names that entry, so the
+    // table must have outlived the first split block.
+    for (stream, authority) in [(1u32, Some("steer.test")), (3, None)] {
+        let (block, field_end) = request_block(authority, "/what", &crumbs);
+        s.write_all(&split_head(stream, stream, &block, field_end))
+            .await
+            .unwrap();
         let (head, body) = response_on(&mut s, stream).await;
         assert_eq!(head.first(), Some(&0x88), "not a 200: {head:x?}"); // :status 200
         let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -142,14 +141,14 @@ async fn a_head_split_into_continuation_frames_reaches_the_upstream_whole() {
         );
     }
 
-    // A CONTINUATION on another stream than its HEADERS: a connection
-    // error (RFC 9113 §6.10), GOAWAY PROTOCOL_ERROR.
+    // The same frames, but the last CONTINUATION on another stream than
+    // its HEADERS: a connection error (RFC 9113 §6.10), GOAWAY
+    // PROTOCOL_ERROR naming no stream as processed.
     let mut s = TcpStream::connect(steer.addr()).await.unwrap();
-    let (block, field_end) = request_block("steer.test", "/what", &crumbs);
+    let (block, field_end) = request_block(Some("steer.test"), "/what", &crumbs);
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(frame(0x4, 0, 0, &[]));
-    out.extend(frame(0x1, 0x1, 1, &block[..field_end]));
-    out.extend(frame(0x9, 0x4, 3, &block[field_end..]));
+    out.extend(split_head(1, 3, &block, field_end));
     s.write_all(&out).await.unwrap();
     let goaway = async {
         loop {
@@ -163,28 +162,54 @@ async fn a_head_split_into_continuation_frames_reaches_the_upstream_whole() {
         .await
         .expect("a GOAWAY within 5 s");
     assert_eq!(
-        goaway[4..8],
-        [0, 0, 0, 1],
-        "not PROTOCOL_ERROR: {goaway:x?}"
+        goaway[..8],
+        [0, 0, 0, 0, 0, 0, 0, 1],
+        "not PROTOCOL_ERROR with last stream 0: {goaway:x?}"
     );
 }
 
-/// A GET's header block (HPACK, RFC 7541), every literal raw and not
-/// indexed, and where its pseudo-header fields end.
-fn request_block(authority: &str, path: &str, cookies: &[String]) -> (Vec<u8>, usize) {
-    // :method GET, :scheme http (static table).
-    let mut block = vec![0x82, 0x86];
-    for (name_index, value) in [(0x04, path), (0x01, authority)] {
-        block.extend([name_index, u8::try_from(value.len()).unwrap()]);
+/// A GET's header block (HPACK, RFC 7541), every literal raw, and where
+/// its pseudo-header fields end. `authority`: a value the decoder is to
+/// add to its table, or `None` for the entry the last such value made.
+fn request_block(authority: Option<&str>, path: &str, cookies: &[String]) -> (Vec<u8>, usize) {
+    // One-octet lengths: 127 and above need a longer integer (§5.1).
+    let literal = |block: &mut Vec<u8>, value: &str| {
+        assert!(value.len() < 127, "{value}");
+        block.push(value.len() as u8);
         block.extend_from_slice(value.as_bytes());
+    };
+    // :method GET, :scheme http (static table); :path not indexed.
+    let mut block = vec![0x82, 0x86, 0x04];
+    literal(&mut block, path);
+    match authority {
+        // Incremental indexing, the name from static entry 1.
+        Some(value) => {
+            block.push(0x41);
+            literal(&mut block, value);
+        }
+        // The first dynamic entry: 62.
+        None => block.push(0x80 | 62),
     }
     let field_end = block.len();
     for cookie in cookies {
-        // `cookie` is static entry 32: 15 in the 4-bit prefix, then 17.
-        block.extend([0x0f, 0x11, u8::try_from(cookie.len()).unwrap()]);
-        block.extend_from_slice(cookie.as_bytes());
+        // Not indexed; `cookie` is static entry 32: 15 in the 4-bit
+        // prefix, then 17.
+        block.extend([0x0f, 0x11]);
+        literal(&mut block, cookie);
     }
     (block, field_end)
+}
+
+/// `block` as HEADERS (END_STREAM) on `stream` up to `field_end`, then two
+/// CONTINUATION frames splitting the rest in the middle, the last one
+/// (END_HEADERS) on `last`.
+fn split_head(stream: u32, last: u32, block: &[u8], field_end: usize) -> Vec<u8> {
+    let (first, rest) = block.split_at(field_end);
+    let (second, third) = rest.split_at(rest.len() / 2);
+    let mut out = frame(0x1, 0x1, stream, first);
+    out.extend(frame(0x9, 0, stream, second));
+    out.extend(frame(0x9, 0x4, last, third));
+    out
 }
 
 /// One frame: its type, flags, stream and payload.
@@ -208,7 +233,8 @@ async fn response_on(s: &mut TcpStream, stream: u32) -> (Vec<u8>, Vec<u8>) {
                 continue;
             }
             match kind {
-                0x1 => head = payload,
+                // The first HEADERS: trailers would come after it.
+                0x1 if head.is_empty() => head = payload,
                 0x0 => body.extend_from_slice(&payload),
                 _ => {}
             }
