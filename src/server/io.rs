@@ -305,9 +305,9 @@ pub(super) async fn sniff<I: AsyncRead + Unpin>(
 }
 
 /// Reads the rest of the preface (all of it when TLS's ALPN chose h2 and
-/// nothing was sniffed) and the client's first frame
-/// whole (RFC 9113 §3.4: it must be SETTINGS; h2 checks that). Under the
-/// caller's deadline, like `sniff`.
+/// nothing was sniffed) and the client's first frame whole (RFC 9113
+/// §3.4: it must be SETTINGS; h2 checks that). Under the caller's
+/// deadline, like `sniff`.
 pub(super) async fn read_h2_start<I: AsyncRead + Unpin>(
     io: &mut I,
     buf: &mut BytesMut,

@@ -223,7 +223,8 @@ async fn read_frame(s: &mut TcpStream) -> (u8, u8, u32, Vec<u8>) {
     (head[3], head[4], stream, payload)
 }
 
-/// The answer on `stream`: its header block and its body, within 5 s.
+/// The answer on `stream`: its header block and its body, within 5 s
+/// (steer pads nothing and sends no priority).
 async fn response_on(s: &mut TcpStream, stream: u32) -> (Vec<u8>, Vec<u8>) {
     let read = async {
         let (mut head, mut body) = (Vec::new(), Vec::new());
@@ -1199,22 +1200,6 @@ async fn a_quiet_open_upstream_stream_brings_no_pings_a_grpc_server_would_punish
     drop(answer);
 }
 
-/// The payload of the first HEADERS frame on stream 1 that `s` reads
-/// within 5 s (steer pads nothing and sends no priority).
-async fn first_headers_block(s: &mut TcpStream) -> Vec<u8> {
-    let read = async {
-        loop {
-            let (kind, _, stream, payload) = read_frame(s).await;
-            if kind == 0x1 && stream == 1 {
-                return payload;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), read)
-        .await
-        .expect("a HEADERS frame within 5 s")
-}
-
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -1242,7 +1227,7 @@ async fn http2_header_literals_go_out_raw_to_clients_and_upstreams() {
     // END_STREAM | END_HEADERS
     out.extend(frame(0x1, 0x5, 1, &block));
     s.write_all(&out).await.unwrap();
-    let head = first_headers_block(&mut s).await;
+    let (head, _) = response_on(&mut s, 1).await;
     assert!(contains(&head, down.as_bytes()), "{head:x?}");
 
     // To an h2c upstream: the request's head as steer sends it.
